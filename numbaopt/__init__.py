@@ -1,0 +1,27 @@
+"""numbaopt: the Keras 2.0 optimizers as fast, exact, checkpointable Numba kernels.
+
+``from numbaopt import optimizers`` gives SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax,
+Nadam and TFOptimizer with Keras 2.0's names, defaults and arithmetic. Importing
+numbaopt compiles nothing and does not import Numba: kernels are compiled (or loaded from
+the on-disk cache) on first use.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "optimizers": ("numbaopt.optimizers", None),
+    "save_optimizer": ("numbaopt.checkpoint", "save_optimizer"),
+    "load_optimizer": ("numbaopt.checkpoint", "load_optimizer"),
+    "CheckpointError": ("numbaopt.checkpoint", "CheckpointError"),
+}
+
+__all__ = ["optimizers", "save_optimizer", "load_optimizer", "CheckpointError", "__version__"]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'numbaopt' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attribute is None else getattr(value, attribute)

@@ -1,0 +1,5 @@
+import sys
+
+from numbaopt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""Adadelta (Keras 2.0).
+
+Per step, with ``lr_eff = lr / (1 + decay * iterations)``::
+
+    a <- rho * a + (1 - rho) * g^2
+    u  = g * sqrt(d + epsilon) / sqrt(a + epsilon)      (d before this step)
+    p <- p - lr_eff * u
+    d <- rho * d + (1 - rho) * u^2
+"""
+import math
+
+from numbaopt.optimizers.base import Hyperparameter, Optimizer
+
+
+def adadelta_rule(p, g, a, d, lr, rho, one_minus_rho, epsilon):
+    """One element of Adadelta; returns the new (p, a, d). Compiled for the CPU and for CUDA."""
+    a = rho * a + one_minus_rho * (g * g)
+    update = g * math.sqrt(d + epsilon) / math.sqrt(a + epsilon)
+    p = p - lr * update
+    d = rho * d + one_minus_rho * (update * update)
+    return p, a, d
+
+
+class Adadelta(Optimizer):
+    """Adadelta: adapts learning rates from a moving window of gradient updates.
+
+    Arguments: ``lr`` (best left at 1.0), ``rho``, ``epsilon``, ``decay`` (all floats
+    >= 0), and ``clipnorm`` / ``clipvalue``.
+    """
+
+    hyperparameters = (
+        Hyperparameter("lr", 1.0),
+        Hyperparameter("rho", 0.95),
+        Hyperparameter("epsilon", 1e-8),
+        Hyperparameter("decay", 0.0),
+    )
+    slot_names = ("accumulators", "delta_accumulators")
+    keras2_iterations = False
+    kernel = "adadelta_step"
+
+    def step_scalars(self, dtype):
+        rho = dtype(self.rho)
+        return self.lr_at_step(dtype), rho, dtype(1) - rho, dtype(self.epsilon)

@@ -1,0 +1,38 @@
+"""Adagrad (Keras 2.0).
+
+Per step, with ``lr_eff = lr / (1 + decay * iterations)`` and the accumulator starting
+at zero::
+
+    a <- a + g^2
+    p <- p - lr_eff * g / (sqrt(a) + epsilon)
+"""
+import math
+
+from numbaopt.optimizers.base import Hyperparameter, Optimizer
+
+
+def adagrad_rule(p, g, a, lr, epsilon):
+    """One element of Adagrad; returns the new (p, a). Compiled for the CPU and for CUDA."""
+    a = a + g * g
+    p = p - lr * g / (math.sqrt(a) + epsilon)
+    return p, a
+
+
+class Adagrad(Optimizer):
+    """Adagrad: per-parameter learning rates scaled by the sum of past squared gradients.
+
+    Arguments: ``lr``, ``epsilon``, ``decay`` (all floats >= 0), and ``clipnorm`` /
+    ``clipvalue``.
+    """
+
+    hyperparameters = (
+        Hyperparameter("lr", 0.01),
+        Hyperparameter("epsilon", 1e-8),
+        Hyperparameter("decay", 0.0),
+    )
+    slot_names = ("accumulators",)
+    keras2_iterations = False
+    kernel = "adagrad_step"
+
+    def step_scalars(self, dtype):
+        return self.lr_at_step(dtype), dtype(self.epsilon)

@@ -1,0 +1,46 @@
+"""Adam (Keras 2.0).
+
+Per step, with ``t = iterations + 1`` and ``lr_eff = lr / (1 + decay * iterations)``::
+
+    lr_t = lr_eff * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+    m <- beta_1 * m + (1 - beta_1) * g
+    v <- beta_2 * v + (1 - beta_2) * g^2
+    p <- p - lr_t * m / (sqrt(v) + epsilon)
+"""
+import math
+
+import numpy as np
+
+from numbaopt.optimizers.base import Hyperparameter, Optimizer
+
+
+def adam_rule(p, g, m, v, lr_t, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon):
+    """One element of Adam; returns the new (p, m, v). Compiled for the CPU and for CUDA."""
+    m = beta_1 * m + one_minus_beta_1 * g
+    v = beta_2 * v + one_minus_beta_2 * (g * g)
+    p = p - lr_t * m / (math.sqrt(v) + epsilon)
+    return p, m, v
+
+
+class Adam(Optimizer):
+    """Adam: adaptive moment estimation, with the paper's defaults.
+
+    Arguments: ``lr``, ``epsilon``, ``decay`` (floats >= 0), ``beta_1`` and ``beta_2``
+    (floats in [0, 1)), and ``clipnorm`` / ``clipvalue``.
+    """
+
+    hyperparameters = (
+        Hyperparameter("lr", 0.001),
+        Hyperparameter("beta_1", 0.9, "fraction"),
+        Hyperparameter("beta_2", 0.999, "fraction"),
+        Hyperparameter("epsilon", 1e-8),
+        Hyperparameter("decay", 0.0),
+    )
+    slot_names = ("ms", "vs")
+    kernel = "adam_step"
+
+    def step_scalars(self, dtype):
+        one, t = dtype(1), dtype(self.iterations + 1)
+        beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
+        lr_t = self.lr_at_step(dtype) * (np.sqrt(one - beta_2**t) / (one - beta_1**t))
+        return lr_t, beta_1, one - beta_1, beta_2, one - beta_2, dtype(self.epsilon)

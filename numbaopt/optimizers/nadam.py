@@ -1,0 +1,79 @@
+"""Nadam, Adam with Nesterov momentum (Keras 2.0).
+
+Per call, with ``t = iterations + 1`` and the scalar state ``m_schedule`` (starts at 1)::
+
+    mc_t    = beta_1 * (1 - 0.5 * 0.96^(t * schedule_decay))
+    mc_t1   = beta_1 * (1 - 0.5 * 0.96^((t + 1) * schedule_decay))
+    ms_new  = m_schedule * mc_t;   ms_next = ms_new * mc_t1;   m_schedule <- ms_new
+
+then per element::
+
+    g'   = g / (1 - ms_new)
+    m   <- beta_1 * m + (1 - beta_1) * g;     m' = m / (1 - ms_next)
+    v   <- beta_2 * v + (1 - beta_2) * g^2;   v' = v / (1 - beta_2^t)
+    p   <- p - lr * ((1 - mc_t) * g' + mc_t1 * m') / (sqrt(v') + epsilon)
+
+Nadam has no ``decay``: its learning rate follows the momentum schedule instead.
+"""
+import math
+
+from numbaopt.optimizers.base import Hyperparameter, Optimizer
+
+
+def nadam_rule(
+    p, g, m, v, lr, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon,
+    one_minus_ms_new, one_minus_ms_next, one_minus_beta_2_t, one_minus_mc_t, mc_t1,
+):
+    """One element of Nadam; returns the new (p, m, v). Compiled for the CPU and for CUDA."""
+    g_prime = g / one_minus_ms_new
+    m = beta_1 * m + one_minus_beta_1 * g
+    m_prime = m / one_minus_ms_next
+    v = beta_2 * v + one_minus_beta_2 * (g * g)
+    v_prime = v / one_minus_beta_2_t
+    m_bar = one_minus_mc_t * g_prime + mc_t1 * m_prime
+    p = p - lr * m_bar / (math.sqrt(v_prime) + epsilon)
+    return p, m, v
+
+
+class Nadam(Optimizer):
+    """Nadam: Adam with Nesterov momentum and a momentum schedule.
+
+    Arguments: ``lr``, ``epsilon``, ``schedule_decay`` (floats >= 0), ``beta_1`` and
+    ``beta_2`` (floats in [0, 1)), and ``clipnorm`` / ``clipvalue``. Best left at defaults.
+    """
+
+    hyperparameters = (
+        Hyperparameter("lr", 0.002),
+        Hyperparameter("beta_1", 0.9, "fraction"),
+        Hyperparameter("beta_2", 0.999, "fraction"),
+        Hyperparameter("epsilon", 1e-8),
+        Hyperparameter("schedule_decay", 0.004),
+    )
+    slot_names = ("ms", "vs")
+    scalar_state = (("m_schedule", 1.0),)
+    uses_decay = False
+    kernel = "nadam_step"
+
+    def _momentum_cache(self, dtype):
+        """``(mc_t, mc_t1)`` for the current call."""
+        one, half, base = dtype(1), dtype(0.5), dtype(0.96)
+        t, decay, beta_1 = dtype(self.iterations + 1), dtype(self.schedule_decay), dtype(self.beta_1)
+        mc_t = beta_1 * (one - half * base ** (t * decay))
+        mc_t1 = beta_1 * (one - half * base ** ((t + one) * decay))
+        return mc_t, mc_t1
+
+    def step_scalars(self, dtype):
+        one, t = dtype(1), dtype(self.iterations + 1)
+        beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
+        mc_t, mc_t1 = self._momentum_cache(dtype)
+        ms_new = dtype(self._scalars["m_schedule"]) * mc_t
+        ms_next = ms_new * mc_t1
+        return (
+            dtype(self.lr), beta_1, one - beta_1, beta_2, one - beta_2, dtype(self.epsilon),
+            one - ms_new, one - ms_next, one - beta_2**t, one - mc_t, mc_t1,
+        )
+
+    def advance_scalar_state(self):
+        # Kept in float64 whatever the parameters' dtypes: it is shared by all of them.
+        mc_t, _ = self._momentum_cache(float)
+        self._scalars["m_schedule"] *= mc_t

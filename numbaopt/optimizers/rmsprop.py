@@ -1,0 +1,40 @@
+"""RMSprop (Keras 2.0).
+
+Per step, with ``lr_eff = lr / (1 + decay * iterations)``::
+
+    a <- rho * a + (1 - rho) * g^2
+    p <- p - lr_eff * g / (sqrt(a) + epsilon)
+"""
+import math
+
+from numbaopt.optimizers.base import Hyperparameter, Optimizer
+
+
+def rmsprop_rule(p, g, a, lr, rho, one_minus_rho, epsilon):
+    """One element of RMSprop; returns the new (p, a). Compiled for the CPU and for CUDA."""
+    a = rho * a + one_minus_rho * (g * g)
+    # Keras adds epsilon outside the square root, after it.
+    p = p - lr * g / (math.sqrt(a) + epsilon)
+    return p, a
+
+
+class RMSprop(Optimizer):
+    """RMSProp: divide the gradient by a running average of its recent magnitude.
+
+    Arguments: ``lr``, ``rho``, ``epsilon`` (fuzz factor), ``decay`` (all floats >= 0), and
+    ``clipnorm`` / ``clipvalue``. Usually a good choice for recurrent networks.
+    """
+
+    hyperparameters = (
+        Hyperparameter("lr", 0.001),
+        Hyperparameter("rho", 0.9),
+        Hyperparameter("epsilon", 1e-8),
+        Hyperparameter("decay", 0.0),
+    )
+    slot_names = ("accumulators",)
+    keras2_iterations = False
+    kernel = "rmsprop_step"
+
+    def step_scalars(self, dtype):
+        rho = dtype(self.rho)
+        return self.lr_at_step(dtype), rho, dtype(1) - rho, dtype(self.epsilon)

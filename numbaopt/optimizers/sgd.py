@@ -1,0 +1,41 @@
+"""SGD with momentum, Nesterov momentum and time-based decay (Keras 2.0).
+
+Per step, with ``lr_eff = lr / (1 + decay * iterations)``::
+
+    v = momentum * m - lr_eff * g
+    m <- v
+    p <- p + momentum * v - lr_eff * g   if nesterov
+    p <- p + v                           otherwise
+"""
+from numbaopt.optimizers.base import Hyperparameter, Optimizer
+
+
+def sgd_rule(p, g, m, lr, momentum, nesterov):
+    """One element of SGD; returns the new (p, m). Compiled for the CPU and for CUDA."""
+    v = momentum * m - lr * g
+    if nesterov:
+        p = p + momentum * v - lr * g
+    else:
+        p = p + v
+    return p, v
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, Nesterov momentum and decay.
+
+    Arguments: ``lr`` (float >= 0), ``momentum`` (float >= 0), ``decay`` (float >= 0,
+    learning-rate decay over each update), ``nesterov`` (bool), and ``clipnorm`` /
+    ``clipvalue`` as on every optimizer.
+    """
+
+    hyperparameters = (
+        Hyperparameter("lr", 0.01),
+        Hyperparameter("momentum", 0.0),
+        Hyperparameter("decay", 0.0),
+        Hyperparameter("nesterov", False, "flag"),
+    )
+    slot_names = ("moments",)
+    kernel = "sgd_step"
+
+    def step_scalars(self, dtype):
+        return self.lr_at_step(dtype), dtype(self.momentum), self.nesterov

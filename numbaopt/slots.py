@@ -1,0 +1,138 @@
+"""Slots bound to parameters: layout, storage and the per-call kernel plumbing.
+
+Slots belong to parameters by position. Parameters of one dtype form a group; a group
+keeps all its slots in one buffer with a row per slot kind, each parameter's slots a
+contiguous range of its row, and a table of chunks that splits every tensor of the group
+into pieces of at most ``tuning.CHUNK_ELEMENTS`` elements. One kernel call then updates
+the whole group, and the global norm sums fixed chunks in a fixed order.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from numbaopt import tuning
+
+
+class ParamGroup(NamedTuple):
+    """The parameters of one dtype: their positions in the call and their slots."""
+
+    dtype: np.dtype
+    indices: tuple  # positions of the group's parameters in the call
+    offsets: np.ndarray  # int64: where each parameter's slots start in a row of ``slots``
+    chunks: np.ndarray  # int64 (n_chunks, 3): tensor (within the group), start, stop
+    slots: object  # (n_kinds, total elements) array on the group's device
+
+
+def _chunk_table(sizes, chunk):
+    rows = [(j, start, min(start + chunk, size)) for j, size in enumerate(sizes) for start in range(0, size, chunk)]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+class SlotStore:
+    """The slots of an optimizer bound to its parameters (shapes, dtypes, device)."""
+
+    def __init__(self, shapes, dtypes, slot_names, backend, groups):
+        self.shapes = shapes
+        self.dtypes = dtypes
+        self.slot_names = slot_names
+        self.backend = backend
+        self.groups = groups
+        self.n_params = len(shapes)
+
+    @classmethod
+    def create(cls, params, slot_names, backend, initial=None):
+        """Zero slots for ``params``, or ``initial`` (host arrays from set_weights) once checked."""
+        shapes = tuple(p.shape for p in params)
+        dtypes = tuple(p.dtype for p in params)
+        if initial is not None:
+            _check_slots_match(initial, shapes, dtypes, "the slots given to set_weights")
+        backend.check_distinct(params)
+        groups = []
+        for dtype in dict.fromkeys(dtypes):
+            indices = tuple(i for i, d in enumerate(dtypes) if d == dtype)
+            sizes = [int(np.prod(shapes[i], dtype=np.int64)) for i in indices]
+            offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
+            slots = backend.zeros((len(slot_names), int(sum(sizes))), dtype)
+            groups.append(ParamGroup(dtype, indices, offsets, _chunk_table(sizes, tuning.CHUNK_ELEMENTS), slots))
+        store = cls(shapes, dtypes, slot_names, backend, groups)
+        if initial is not None:
+            store.load_host_slots(initial)
+        return store
+
+    # ---------------------------------------------------------------- checking
+
+    def check_parameters(self, params, backend):
+        """Raise unless ``params`` have the bound count, shapes, dtypes and device."""
+        if backend is not self.backend:
+            raise ValueError(f"the slots live on {self.backend.name}, but the parameters are on {backend.name}")
+        if len(params) != self.n_params:
+            raise ValueError(f"apply_gradients got {len(params)} parameters, but the slots were made for {self.n_params}")
+        for i, p in enumerate(params):
+            if p.shape != self.shapes[i]:
+                raise ValueError(f"parameter {i} has shape {p.shape}, but its slots have shape {self.shapes[i]}")
+            if p.dtype != self.dtypes[i]:
+                raise TypeError(f"parameter {i} has dtype {p.dtype}, but its slots have dtype {self.dtypes[i]}")
+        backend.check_distinct(params)
+
+    def check_host_slots(self, slot_lists):
+        _check_slots_match(slot_lists, self.shapes, self.dtypes, "set_weights")
+
+    # ------------------------------------------------------------------- views
+
+    def _views(self, kind):
+        """Per-parameter views (on the device) of slot kind ``kind``, in parameter order."""
+        k = self.slot_names.index(kind)
+        views = [None] * self.n_params
+        for group in self.groups:
+            for j, i in enumerate(group.indices):
+                size = int(np.prod(self.shapes[i], dtype=np.int64))
+                start = int(group.offsets[j])
+                views[i] = group.slots[k, start : start + size].reshape(self.shapes[i])
+        return views
+
+    def host_slots(self):
+        """Every slot as a host copy: ``{kind: [array per parameter]}``."""
+        return {kind: [self.backend.to_host(v) for v in self._views(kind)] for kind in self.slot_names}
+
+    def load_host_slots(self, slot_lists):
+        """Overwrite every slot from host arrays (already checked)."""
+        for kind in self.slot_names:
+            for view, source in zip(self._views(kind), slot_lists[kind]):
+                self.backend.copy_from_host(view, np.asarray(source, dtype=view.dtype))
+
+    # ------------------------------------------------------------------- a call
+
+    def global_norm(self, grads):
+        """``sqrt(sum of squares)`` over all gradients, the same for any thread count."""
+        total = 0.0
+        for group in self.groups:
+            partial_sums = self.backend.zeros(len(group.chunks), np.float64)
+            addresses = self.backend.addresses([grads[i] for i in group.indices])
+            self.backend.kernels.sum_of_squares(addresses, group.chunks, group.slots, partial_sums)
+            total += float(np.sum(partial_sums))
+        return float(np.sqrt(total))
+
+    def run(self, kernel, group, params, grads, clip, scalars):
+        """One update kernel over every tensor of ``group``."""
+        step = getattr(self.backend.kernels, kernel)
+        step(
+            self.backend.addresses([params[i] for i in group.indices]),
+            self.backend.addresses([grads[i] for i in group.indices]),
+            group.slots,
+            group.offsets,
+            group.chunks,
+            clip,
+            scalars,
+        )
+
+
+def _check_slots_match(slot_lists, shapes, dtypes, where):
+    for kind, arrays in slot_lists.items():
+        if len(arrays) != len(shapes):
+            raise ValueError(f"{where}: {len(arrays)} arrays for slot {kind!r}, expected {len(shapes)} (one per parameter)")
+        for i, a in enumerate(arrays):
+            a = np.asarray(a)
+            if a.shape != shapes[i]:
+                raise ValueError(f"{where}: {kind}[{i}] has shape {a.shape}, expected {shapes[i]}")
+            if not np.can_cast(a.dtype, dtypes[i], "same_kind") or a.dtype.kind not in "fiu":
+                raise TypeError(f"{where}: {kind}[{i}] has dtype {a.dtype}, expected {dtypes[i]}")

@@ -1,0 +1,15 @@
+"""Tunables in one place, so tests and benchmarks can change them.
+
+Changing a value takes effect at the next binding of an optimizer to its parameters
+(its first ``apply_gradients``), not in the middle of a run.
+"""
+
+#: Elements per unit of CPU work. A step splits every tensor into chunks of at most this
+#: many elements and hands the chunks of all tensors to the threads at once, so one kernel
+#: call serves any number of tensors. The global norm sums each chunk separately and then
+#: adds the chunk sums in a fixed order: its result depends on this value, never on the
+#: number of threads.
+CHUNK_ELEMENTS = 1 << 15
+
+#: Threads per block for the CUDA kernels.
+CUDA_THREADS_PER_BLOCK = 256
