@@ -176,3 +176,19 @@ def test_hyperparameters_read_as_attributes():
         opt.beta_1
     assert "momentum=0.5" in repr(opt)
     assert isinstance(np.float32(0.1).item(), float)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data())
+def test_out_of_range_hyperparameters_are_refused(name, data):
+    cls = getattr(optimizers, name)
+    numeric = [h for h in cls.hyperparameters if h.kind != "flag"]
+    h = data.draw(st.sampled_from(numeric + [None]), label="hyperparameter")
+    if h is None:
+        key, bad = data.draw(st.sampled_from(["clipnorm", "clipvalue"])), data.draw(st.floats(max_value=-1e-300))
+    elif h.kind == "fraction":
+        key, bad = h.name, data.draw(st.one_of(st.floats(max_value=-1e-300), st.floats(min_value=1.0)))
+    else:
+        key, bad = h.name, data.draw(st.one_of(st.floats(max_value=-1e-300), st.just(float("inf"))))
+    with pytest.raises(ValueError, match=key):
+        cls(**{key: bad})

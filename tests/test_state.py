@@ -234,3 +234,17 @@ def test_import_does_not_import_numba():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data())
+def test_random_bad_gradient_shapes_change_nothing(name, data):
+    opt, params = trained(name, steps=1)
+    which = data.draw(st.integers(0, len(params) - 1), label="parameter")
+    shape = data.draw(st.lists(st.integers(0, 5), max_size=4).map(tuple).filter(lambda s: s != params[which].shape))
+    pairs = [(np.ones_like(p), p) for p in params]
+    pairs[which] = (np.ones(shape), params[which])
+    before = snapshot(opt, params)
+    with pytest.raises(ValueError, match=f"gradient {which}"):
+        opt.apply_gradients(pairs)
+    assert_unchanged(before, opt, params)
