@@ -192,3 +192,17 @@ def test_out_of_range_hyperparameters_are_refused(name, data):
         key, bad = h.name, data.draw(st.one_of(st.floats(max_value=-1e-300), st.just(float("inf"))))
     with pytest.raises(ValueError, match=key):
         cls(**{key: bad})
+
+
+def test_assigning_a_hyperparameter_checks_it_and_updates_the_config():
+    opt = optimizers.SGD()
+    opt.lr = 0.5
+    opt.learning_rate = 0.25
+    opt.clipnorm = 2.0
+    assert opt.get_config()["lr"] == 0.25 and opt.get_config()["clipnorm"] == 2.0
+    with pytest.raises(ValueError, match="momentum"):
+        opt.momentum = -1.0
+    assert opt.get_config()["momentum"] == 0.0
+    p = np.zeros(1)
+    opt.apply_gradients([(np.ones(1), p)])
+    assert p[0] == -0.25

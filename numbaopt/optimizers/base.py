@@ -56,12 +56,13 @@ class OptimizerState(NamedTuple):
 
     ``scalars`` holds the extra scalar state by name (Nadam's ``m_schedule``); ``slots``
     maps each slot kind to one array per parameter, in parameter order (empty before the
-    first step).
+    first step); ``names`` is the tuple of parameter names, or None when none were given.
     """
 
     iterations: int
     scalars: dict
     slots: dict
+    names: tuple = None
 
 
 class Optimizer:
@@ -96,6 +97,7 @@ class Optimizer:
         self._scalars = {name: float(value) for name, value in self.scalar_state}
         self._slots = None  # numbaopt.slots.SlotStore once bound to parameters
         self._pending_slots = None  # host arrays from set_weights before the first step
+        self._names = None  # parameter names, from a named step, set_parameter_names or a checkpoint
 
     # ----------------------------------------------------------------- arguments
 
@@ -132,6 +134,16 @@ class Optimizer:
         if hyper is not None and ALIASES.get(name) in hyper:
             return hyper[ALIASES[name]]
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        # Assigning a hyperparameter (opt.lr = 0.01, say, for a schedule) checks the value
+        # and takes effect at the next step, as Keras's K.set_value(opt.lr, ...) does.
+        key = ALIASES.get(name, name)
+        declared = {h.name: h for h in type(self).hyperparameters + CLIPPING}
+        if key in declared and "_hyper" in self.__dict__:
+            self._hyper[key] = declared[key].check(value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def iterations(self):
@@ -184,15 +196,19 @@ class Optimizer:
         """The decayed learning rate for the current call."""
         return decayed_lr(self.lr, self._hyper.get("decay", 0.0), self._iterations, dtype)
 
-    def apply_gradients(self, grads_and_vars):
+    def apply_gradients(self, grads_and_vars, names=None):
         """Apply one step to ``(gradient, parameter)`` pairs, updating parameters in place.
 
+        ``names`` (optional, one distinct string per pair) names the parameters: slots
+        belong to parameters by position, and names let a resumed run catch parameters
+        that were renamed or reordered since the names were recorded (ValueError).
         Everything is checked before anything changes: a bad pair raises and leaves the
         parameters, the slots and ``iterations`` as they were.
         """
         from numbaopt import devices
 
         grads, params = _split_pairs(grads_and_vars)
+        names = self._check_names(names, len(params))
         backend = devices.backend_for(params, self._hyper.get("device", "auto"))
         params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
         grads = [backend.check_gradient(g, p, i) for i, (g, p) in enumerate(zip(grads, params))]
@@ -207,6 +223,8 @@ class Optimizer:
             store.run(self.kernel, group, params, grads, clip, self.step_scalars(dtype))
         self.advance_scalar_state()
         self._iterations += 1
+        if names is not None:
+            self._names = names
 
     def _bind(self, params, backend):
         """The slot store for these parameters: created on the first step, checked on later ones."""
@@ -229,7 +247,39 @@ class Optimizer:
             slots = {k: [a.copy() for a in v] for k, v in self._pending_slots.items()}
         else:
             slots = {}
-        return OptimizerState(self._iterations, dict(self._scalars), slots)
+        return OptimizerState(self._iterations, dict(self._scalars), slots, self._names)
+
+    def set_parameter_names(self, names):
+        """Record names for the parameters the slots belong to; later named steps must match.
+
+        Loading a checkpoint calls this; call it yourself to accept parameters that were
+        renamed on purpose. Needs the slots (after a step, ``set_weights`` or a load).
+        """
+        if self._slots is not None:
+            n_params = self._slots.n_params
+        elif self._pending_slots is not None:
+            n_params = len(next(iter(self._pending_slots.values())))
+        else:
+            raise ValueError("set_parameter_names: no parameters yet; pass names= to apply_gradients instead")
+        self._names = _names_tuple(names, n_params)
+
+    def _check_names(self, names, n_params):
+        """``names`` as a tuple, checked against the call and the recorded names (None passes)."""
+        if names is None:
+            return None
+        names = _names_tuple(names, n_params)
+        if self._names is not None and names != self._names:
+            if sorted(names) == sorted(self._names):
+                problem = "the same names in another order"
+            else:
+                problem = f"new {sorted(set(names) - set(self._names))}, missing {sorted(set(self._names) - set(names))}"
+            position = next((i for i, (a, b) in enumerate(zip(names, self._names)) if a != b), len(names))
+            raise ValueError(
+                f"apply_gradients: parameter names differ from the recorded ones ({problem}); "
+                f"first difference at position {position}. Slots belong to parameters by position; "
+                "call set_parameter_names to accept the new names"
+            )
+        return names
 
     def get_weights(self):
         """``[iterations]``, the extra scalar state, then each slot kind for all parameters."""
@@ -335,6 +385,21 @@ def _split_pairs(grads_and_vars):
     if not pairs:
         raise ValueError("apply_gradients got no (gradient, parameter) pairs")
     return [g for g, _ in pairs], [p for _, p in pairs]
+
+
+def _names_tuple(names, n_params):
+    """``names`` as a tuple of ``n_params`` distinct non-empty strings, or a TypeError / ValueError."""
+    if isinstance(names, str):
+        raise TypeError("parameter names must be a sequence of strings, not one string")
+    names = tuple(names)
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"parameter name {i} must be a non-empty string, got {name!r}")
+    if len(names) != n_params:
+        raise ValueError(f"got {len(names)} parameter names for {n_params} parameters")
+    if len(set(names)) != len(names):
+        raise ValueError(f"parameter names must be distinct, got {sorted(n for n in set(names) if names.count(n) > 1)} twice")
+    return names
 
 
 def _check_slot_lists(slot_lists):
