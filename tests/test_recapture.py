@@ -1,0 +1,27 @@
+"""The fixtures are real: recapture every case from tf-keras and compare bitwise.
+
+Runs ``fixtures/capture.py --check fixtures/`` in a fresh process (the capture sets
+TensorFlow's environment before TensorFlow loads). Needs the keras extra, hence the
+``keras`` marker: ``tox -e keras``. A fixture edited by hand or produced by numbaopt
+fails here.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.keras
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_recapture_is_bitwise_equal_to_committed_fixtures():
+    pytest.importorskip("tf_keras")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "fixtures" / "capture.py"), "--check", str(ROOT / "fixtures")],
+        capture_output=True, text=True, timeout=1800,
+    )
+    sys.stdout.write(proc.stdout[-5000:])
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    assert "recapture check passed" in proc.stdout
