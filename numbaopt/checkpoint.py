@@ -1,0 +1,462 @@
+"""HDF5 checkpoints of an optimizer's whole state: ``save_optimizer`` and ``load_optimizer``.
+
+The layout is documented in ``docs/checkpoint-format.md``. Three promises shape this module:
+
+* **A save is atomic.** The file is written under a temporary name in the target's folder,
+  flushed and fsynced, then moved over the target with ``os.replace``; a crash at any
+  moment leaves either the old checkpoint or the new one at ``path``, never a mix.
+  Temporary files of writers that died (SIGKILL, power loss) are removed by the next save
+  to the same path on the same host.
+* **A checkpoint is data, never code.** The class is looked up by name in numbaopt's
+  registry (nothing is imported from a name in the file), the config is JSON, the arrays
+  are plain float datasets; nothing is unpickled or evaluated.
+* **Every load is checked before it is trusted.** A SHA-256 digest of every slot and of
+  the header detects corruption; shapes, dtypes, slot kinds and scalar state are checked
+  against the class; a dataset must be stored in the file itself (no links, no external or
+  virtual storage, no filters), so a crafted file cannot make the loader read other files
+  or allocate more memory than the file's size. Every failure is a ``CheckpointError``
+  that names the file and the place in it. The digests catch accidents, not forgers: a
+  crafted file with valid digests is still only data, checked like any other.
+"""
+import contextlib
+import hashlib
+import json
+import math
+import os
+import secrets
+import socket
+from typing import NamedTuple
+
+import numpy as np
+
+import numbaopt
+
+#: The value of the root ``format`` attribute: what marks an HDF5 file as a numbaopt checkpoint.
+FORMAT = "numbaopt optimizer checkpoint"
+
+#: The format this version writes; it reads every version up to this one.
+FORMAT_VERSION = 1
+
+#: The ending of temporary files; the next save to the same path sweeps those of dead writers.
+TEMPORARY_SUFFIX = ".numbaopt-tmp"
+
+_FLOAT_DTYPES = ("float32", "float64")
+
+
+class CheckpointError(Exception):
+    """A file that cannot be loaded: unreadable, corrupted, truncated, foreign or incompatible."""
+
+
+class Parameter(NamedTuple):
+    """What a checkpoint records about one parameter: its optional name, shape and dtype."""
+
+    name: object  # str, or None when the parameters were not named
+    shape: tuple
+    dtype: str
+
+
+class Checkpoint(NamedTuple):
+    """The checked content of a checkpoint file, as ``read_checkpoint`` returns it."""
+
+    format_version: int
+    numbaopt_version: str
+    class_name: str
+    config: dict
+    iterations: int
+    scalars: dict
+    parameters: tuple  # of Parameter, in parameter order
+    slots: dict  # slot kind -> [array per parameter]
+
+
+# ---------------------------------------------------------------------- saving
+
+
+def save_optimizer(optimizer, path):
+    """Write ``optimizer``'s class, config, iterations, scalar state and every slot to ``path``.
+
+    The file at ``path`` is replaced atomically: a crash leaves the previous file or the new
+    one, never a partial file. Works before the first step too (no slots yet).
+    """
+    from numbaopt.optimizers.base import Optimizer
+    from numbaopt.registry import optimizer_class
+
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"save_optimizer needs a numbaopt optimizer, got {type(optimizer).__name__}")
+    cls = type(optimizer)
+    try:
+        registered = optimizer_class(cls.__name__)
+    except ValueError:
+        registered = None
+    if registered is not cls:
+        raise TypeError(f"{cls.__name__} is not one of numbaopt's registered optimizers, so it could not be loaded back")
+    try:
+        config_text = json.dumps(optimizer.checkpoint_config(), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{cls.__name__}'s checkpoint config is not JSON: {error}") from None
+
+    state = optimizer.state()
+    slots = {kind: [np.asarray(a, order="C") for a in state.slots.get(kind, [])] for kind in cls.slot_names}
+    n_params = len(next(iter(slots.values()), []))
+    names = state.names or (None,) * n_params
+    first = slots[cls.slot_names[0]] if cls.slot_names else []
+    parameters = tuple(Parameter(names[i], tuple(first[i].shape), first[i].dtype.name) for i in range(n_params))
+    header = _header(cls.__name__, config_text, state.iterations, state.scalars, cls.slot_names)
+    digests = [{kind: _array_digest(slots[kind][i]) for kind in cls.slot_names} for i in range(n_params)]
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    _sweep_dead_temporaries(path)
+    temporary = _create_temporary(path)
+    try:
+        _write(temporary, header, parameters, slots, digests)
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(folder)
+
+
+def _header(class_name, config_text, iterations, scalars, slot_names):
+    """The root attributes, as they are written (and read back for the digest)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "numbaopt_version": numbaopt.__version__,
+        "class_name": class_name,
+        "config": config_text,
+        "iterations": int(iterations),
+        # JSON keeps a float64 exactly: Python writes the shortest repr that reads back the same.
+        "scalar_state": json.dumps({k: float(v) for k, v in scalars.items()}, sort_keys=True),
+        "slot_names": json.dumps(list(slot_names)),
+    }
+
+
+def _write(filename, header, parameters, slots, digests):
+    import h5py
+
+    # HDF5 1.10's file format checksums its own metadata (superblock, object headers, indexes),
+    # so damage outside the slot data is detected by the library itself; the upper bound keeps
+    # the written format the same whichever HDF5 is installed.
+    with h5py.File(filename, "w", libver=("v110", "v110")) as f:
+        f.attrs.update(header)
+        f.attrs["n_parameters"] = len(parameters)
+        group = f.create_group("parameters")
+        for i, parameter in enumerate(parameters):
+            g = group.create_group(str(i))
+            if parameter.name is not None:
+                g.attrs["name"] = parameter.name
+            g.attrs["shape"] = json.dumps(list(parameter.shape))
+            g.attrs["dtype"] = parameter.dtype
+            for kind, arrays in slots.items():
+                array = arrays[i]
+                dataset = g.create_dataset(kind, data=array.astype(array.dtype.newbyteorder("<"), copy=False))
+                dataset.attrs["sha256"] = digests[i][kind]
+        f.attrs["sha256"] = _manifest_digest(header, parameters, digests)
+        f.flush()
+
+
+def _array_digest(array):
+    """SHA-256 of an array's little-endian bytes (the same on every machine)."""
+    data = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+    return hashlib.sha256(data.reshape(-1).view(np.uint8)).hexdigest()
+
+
+def _manifest_digest(header, parameters, digests):
+    """SHA-256 over everything but the slot data itself, which enters through its digests."""
+    manifest = dict(header, parameters=[
+        {"name": p.name, "shape": list(p.shape), "dtype": p.dtype, "sha256": d} for p, d in zip(parameters, digests)
+    ])
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _create_temporary(path):
+    """A new empty file ``.<file name>.<host>.<pid>.<random>.numbaopt-tmp`` beside ``path``.
+
+    The host and pid tell the next save whether its writer is dead. Unlike ``mkstemp``
+    (mode 0600) it is created with mode 0666 less the umask, like any file the user writes.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        name = f".{os.path.basename(path)}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}"
+        temporary = os.path.join(folder, name)
+        try:
+            os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return temporary
+
+
+def _sweep_dead_temporaries(path):
+    """Remove temporary files that writers on this host left for ``path`` when they died.
+
+    Only on POSIX, where ``os.kill(pid, 0)`` asks whether a process exists (on Windows it
+    would end it). A live writer's file is left alone, so concurrent savers do not collide.
+    """
+    if os.name != "posix":
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    lead = f".{os.path.basename(path)}.{socket.gethostname()}."
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            if not (entry.startswith(lead) and entry.endswith(TEMPORARY_SUFFIX)):
+                continue
+            pid = entry[len(lead):].split(".", 1)[0]
+            if pid.isdigit() and not _process_exists(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, entry))
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _fsync(filename):
+    fd = os.open(filename, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(folder):
+    """Make the rename itself durable (POSIX); Windows cannot open a folder for fsync."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------- loading
+
+
+def load_optimizer(path, **options):
+    """A new optimizer with the state saved at ``path``; its slots bind at the next step.
+
+    ``options`` go to the class's ``from_checkpoint_config`` (``TFOptimizer`` needs
+    ``wrapped=``, the TensorFlow optimizer to drive). The next ``apply_gradients`` checks
+    the parameters' count, shapes and dtypes, and their names when both sides have them.
+    """
+    from numbaopt.registry import optimizer_class
+
+    checkpoint = read_checkpoint(path)
+    cls = optimizer_class(checkpoint.class_name)
+    weights = [np.array(checkpoint.iterations, np.int64)]
+    weights += [np.array(checkpoint.scalars[name], np.float64) for name, _ in cls.scalar_state]
+    for kind in cls.slot_names:
+        weights += checkpoint.slots[kind]
+    names = [p.name for p in checkpoint.parameters]
+    try:
+        optimizer = cls.from_checkpoint_config(checkpoint.config, **options)
+        optimizer.set_weights(weights)
+        if names and names[0] is not None:
+            optimizer.set_parameter_names(names)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot rebuild {cls.__name__} from the checkpoint: {error}") from error
+    return optimizer
+
+
+def read_checkpoint(path):
+    """The content of the checkpoint at ``path``, fully checked, as a ``Checkpoint``."""
+    import h5py
+
+    path = os.fspath(path)
+    try:
+        if not os.path.isfile(path):
+            raise CheckpointError("no such file" if not os.path.exists(path) else "not a regular file")
+        size = os.path.getsize(path)
+        if size == 0:
+            raise CheckpointError("the file is empty (0 bytes)")
+        with _reading("the file"):
+            is_hdf5 = h5py.is_hdf5(path)
+        if not is_hdf5:
+            raise CheckpointError(f"not an HDF5 file ({size} bytes without an HDF5 signature)")
+        with _reading("the file"):
+            f = h5py.File(path, "r")
+        with f:
+            return _read(f)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from error.__cause__
+
+
+@contextlib.contextmanager
+def _reading(where):
+    """Turn whatever h5py, JSON or NumPy raise on a damaged file into a CheckpointError naming ``where``."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeError) as error:
+        raise CheckpointError(f"cannot read {where}: {error}") from error
+
+
+def _read(f):
+    from numbaopt.registry import optimizer_class
+
+    format_name = _attribute(f, "format", str, required=False)
+    if format_name != FORMAT:
+        raise CheckpointError(f"an HDF5 file but not a numbaopt checkpoint (/ has no attribute format={FORMAT!r})")
+    version = _attribute(f, "format_version", int)
+    if version > FORMAT_VERSION or version < 1:
+        raise CheckpointError(
+            f"format version {version} (attribute format_version on /); numbaopt {numbaopt.__version__} "
+            f"reads versions 1 to {FORMAT_VERSION}: a newer numbaopt wrote this file"
+        )
+    header = {
+        "format": format_name,
+        "format_version": version,
+        "numbaopt_version": _attribute(f, "numbaopt_version", str),
+        "class_name": _attribute(f, "class_name", str),
+        "config": _attribute(f, "config", str),
+        "iterations": _attribute(f, "iterations", int),
+        "scalar_state": _attribute(f, "scalar_state", str),
+        "slot_names": _attribute(f, "slot_names", str),
+    }
+    n_params = _attribute(f, "n_parameters", int)
+    parameters, digests = _read_parameters(f, n_params, _json(header, "slot_names", list))
+    if _attribute(f, "sha256", str) != _manifest_digest(header, parameters, digests):
+        raise CheckpointError("the header is corrupted: the attributes of / and /parameters do not match / sha256")
+
+    try:
+        cls = optimizer_class(header["class_name"])
+    except ValueError as error:
+        raise CheckpointError(f"attribute class_name on / names no numbaopt optimizer: {error}") from None
+    config = _json(header, "config", dict)
+    scalars = _json(header, "scalar_state", dict)
+    slot_names = _json(header, "slot_names", list)
+    if tuple(slot_names) != cls.slot_names:
+        raise CheckpointError(f"attribute slot_names on / is {slot_names}, but {cls.__name__} has slots {list(cls.slot_names)}")
+    expected_scalars = sorted(name for name, _ in cls.scalar_state)
+    if sorted(scalars) != expected_scalars:
+        raise CheckpointError(f"attribute scalar_state on / has {sorted(scalars)}, but {cls.__name__} has {expected_scalars}")
+    for name, value in scalars.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CheckpointError(f"scalar state {name} in attribute scalar_state on / is not a finite number: {value!r}")
+    if header["iterations"] < 0:
+        raise CheckpointError(f"attribute iterations on / is negative: {header['iterations']}")
+    names = [p.name for p in parameters]
+    if None in names and any(n is not None for n in names):
+        raise CheckpointError("some parameters in /parameters have a name attribute and others do not")
+    if None not in names and len(set(names)) != len(names):
+        raise CheckpointError("the name attributes in /parameters are not distinct")
+
+    slots = {kind: [] for kind in slot_names}
+    for i, parameter in enumerate(parameters):
+        for kind in slot_names:
+            where = f"/parameters/{i}/{kind}"
+            with _reading(where):
+                array = f["parameters"][str(i)][kind][()]
+            array = np.asarray(array, dtype=parameter.dtype)
+            if _array_digest(array) != digests[i][kind]:
+                raise CheckpointError(f"{where} is corrupted: its data does not match its sha256 attribute")
+            slots[kind].append(array)
+    return Checkpoint(version, header["numbaopt_version"], cls.__name__, config, header["iterations"],
+                      {k: float(v) for k, v in scalars.items()}, tuple(parameters), slots)
+
+
+def _read_parameters(f, n_params, slot_names):
+    """Each parameter's record and slot digests, with every dataset checked before it is read."""
+    if n_params < 0:
+        raise CheckpointError(f"attribute n_parameters on / is negative: {n_params}")
+    expected_members = sorted(str(i) for i in range(n_params))
+    group = _member(f, "parameters", "/parameters", group=True)
+    with _reading("/parameters"):
+        members = sorted(group.keys())
+    if members != expected_members:
+        raise CheckpointError(f"/parameters holds {_preview(members)}, expected groups 0 to {n_params - 1} (n_parameters = {n_params})")
+    parameters, digests = [], []
+    for i in range(n_params):
+        where = f"/parameters/{i}"
+        g = _member(group, str(i), where, group=True)
+        name = _attribute(g, "name", str, required=False, where=where)
+        shape_text = _attribute(g, "shape", str, where=where)
+        with _reading(f"attribute shape on {where}"):
+            shape = json.loads(shape_text)
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            raise CheckpointError(f"attribute shape on {where} is not a list of sizes: {shape_text!r}")
+        dtype = _attribute(g, "dtype", str, where=where)
+        if dtype not in _FLOAT_DTYPES:
+            raise CheckpointError(f"attribute dtype on {where} is {dtype!r}, expected float32 or float64")
+        with _reading(where):
+            kinds = sorted(g.keys())
+        if kinds != sorted(slot_names):
+            raise CheckpointError(f"{where} holds datasets {_preview(kinds)}, expected the slots {sorted(slot_names)}")
+        slot_digests = {}
+        for kind in slot_names:
+            dataset = _member(g, kind, f"{where}/{kind}", group=False)
+            _check_dataset(dataset, tuple(shape), np.dtype(dtype), f"{where}/{kind}")
+            slot_digests[kind] = _attribute(dataset, "sha256", str, where=f"{where}/{kind}")
+        parameters.append(Parameter(name, tuple(shape), dtype))
+        digests.append(slot_digests)
+    return parameters, digests
+
+
+def _member(parent, key, where, group):
+    """A group or dataset stored in this file: hard links only, so nothing points elsewhere."""
+    import h5py
+
+    with _reading(where):
+        link = parent.get(key, getlink=True)
+        if link is None:
+            raise CheckpointError(f"{where} is missing")
+        if not isinstance(link, h5py.HardLink):
+            raise CheckpointError(f"{where} is a {type(link).__name__}; a checkpoint holds only its own data")
+        obj = parent[key]
+    kind = h5py.Group if group else h5py.Dataset
+    if not isinstance(obj, kind):
+        raise CheckpointError(f"{where} is not a{' group' if group else ' dataset'}")
+    return obj
+
+
+def _check_dataset(dataset, shape, dtype, where):
+    """The slot's shape and dtype are its parameter's, and its bytes lie plainly in this file."""
+    with _reading(where):
+        if dataset.shape != shape:
+            raise CheckpointError(f"{where} has shape {dataset.shape}, but its parameter has shape {shape}")
+        if dataset.dtype.kind != "f" or dataset.dtype.itemsize != dtype.itemsize:
+            raise CheckpointError(f"{where} has dtype {dataset.dtype}, but its parameter has dtype {dtype}")
+        if dataset.is_virtual or dataset.external or dataset.chunks is not None:
+            raise CheckpointError(f"{where} is not stored contiguously in this file (virtual, external or chunked)")
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        stored = dataset.id.get_storage_size()
+        if expected and stored != expected:
+            raise CheckpointError(f"{where} stores {stored} bytes, but shape {shape} {dtype} needs {expected}")
+
+
+def _attribute(obj, key, kind, required=True, where="/"):
+    """An attribute of ``obj`` of Python type ``kind`` (str or int), or a CheckpointError naming it."""
+    with _reading(f"attribute {key} on {where}"):
+        if key not in obj.attrs:
+            if required:
+                raise CheckpointError(f"attribute {key} on {where} is missing")
+            return None
+        value = obj.attrs[key]
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is int and isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    raise CheckpointError(f"attribute {key} on {where} should be {'a string' if kind is str else 'an integer'}, got {value!r:.80}")
+
+
+def _json(header, key, kind):
+    with _reading(f"attribute {key} on /"):
+        value = json.loads(header[key])
+    if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):
+        what = "object" if kind is dict else "list of strings"
+        raise CheckpointError(f"attribute {key} on / should hold a JSON {what}, got {header[key]!r:.80}")
+    return value
+
+
+def _preview(items, limit=8):
+    shown = ", ".join(repr(item) for item in items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}]"

@@ -1,0 +1,66 @@
+"""``numbaopt inspect PATH``: what a checkpoint holds, after the same checks as a load.
+
+Prints the class, config, iterations and scalar state, then one row per slot of every
+parameter (parameter, slot, shape, dtype, min, max, mean). A file that ``load_optimizer``
+would refuse makes it print the ``CheckpointError`` message and exit with status 1.
+It reads the file only: no optimizer is built and no kernel is compiled.
+"""
+import json
+import sys
+
+import numpy as np
+
+from numbaopt.checkpoint import CheckpointError, read_checkpoint
+
+DESCRIPTION = "Show the class, config, iterations and slots of a numbaopt checkpoint (HDF5)."
+
+
+def add_parser(subparsers):
+    """Register ``inspect`` on an ``argparse`` subparsers object; ``args.func(args)`` runs it."""
+    parser = subparsers.add_parser("inspect", help="show what a checkpoint holds", description=DESCRIPTION)
+    parser.add_argument("path", help="a checkpoint written by numbaopt.save_optimizer")
+    parser.set_defaults(func=main_inspect)
+    return parser
+
+
+def main_inspect(args):
+    """Print the report for ``args.path``; returns the exit status (1 for a bad file)."""
+    try:
+        checkpoint = read_checkpoint(args.path)
+    except CheckpointError as error:
+        print(f"numbaopt inspect: {error}", file=sys.stderr)
+        return 1
+    print(report(checkpoint))
+    return 0
+
+
+def report(checkpoint):
+    """The text ``numbaopt inspect`` prints for a ``Checkpoint``."""
+    lines = [
+        f"class       {checkpoint.class_name}",
+        f"config      {json.dumps(checkpoint.config, sort_keys=True)}",
+        f"iterations  {checkpoint.iterations}",
+    ]
+    for name, value in checkpoint.scalars.items():
+        lines.append(f"{name:<11} {value!r}")
+    lines.append(f"format      version {checkpoint.format_version}, written by numbaopt {checkpoint.numbaopt_version}")
+    lines.append(f"parameters  {len(checkpoint.parameters)}")
+    if not checkpoint.parameters:
+        lines.append("(no slots: the optimizer had taken no step)")
+        return "\n".join(lines)
+    rows = [("parameter", "slot", "shape", "dtype", "min", "max", "mean")]
+    for i, parameter in enumerate(checkpoint.parameters):
+        label = str(i) if parameter.name is None else f"{i} {parameter.name}"
+        for kind, arrays in checkpoint.slots.items():
+            rows.append((label, kind, str(parameter.shape), parameter.dtype, *_statistics(arrays[i])))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines.append("")
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _statistics(array):
+    """min, max and mean as text; the mean is summed in float64, an empty slot shows dashes."""
+    if array.size == 0:
+        return "-", "-", "-"
+    return f"{array.min():.6g}", f"{array.max():.6g}", f"{np.mean(array, dtype=np.float64):.6g}"

@@ -1,0 +1,406 @@
+"""TFOptimizer: a native TensorFlow optimizer behind the numbaopt API (Keras 2.0's ``TFOptimizer``).
+
+The update is the wrapped optimizer's own; numbaopt only drives it. On the first step the
+wrapper creates one TensorFlow variable per parameter and has the wrapped optimizer build
+its slots for them; those variables live as long as the wrapper, so the slots persist
+between steps. Each step is one call of a ``tf.function`` traced once for the parameter
+layout: copy the NumPy parameters into their variables (the user may have changed them),
+apply the gradients, return the new values, which are copied back into the user's arrays.
+
+TensorFlow is the optional ``keras`` extra: this module imports it only when a
+``TFOptimizer`` is built, so the rest of numbaopt never needs it.
+"""
+import base64
+import binascii
+import json
+import math
+import sys
+
+import numpy as np
+
+from numbaopt import devices
+from numbaopt.optimizers.base import Optimizer, OptimizerState, _split_pairs
+
+NO_CONFIG = (
+    "TFOptimizer has no config: the wrapped TensorFlow optimizer is a live object that numbaopt "
+    "cannot rebuild from settings (Keras 2.0's TFOptimizer raised NotImplementedError too). "
+    "To save and resume one, use numbaopt.save_optimizer and "
+    "numbaopt.load_optimizer(path, wrapped=<a freshly built TensorFlow optimizer of the same kind>)."
+)
+
+
+def _import_tensorflow():
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ImportError(
+            "TFOptimizer needs TensorFlow, which is not installed: pip install 'numbaopt[keras]' "
+            "(tensorflow-cpu and tf-keras)"
+        ) from error
+    return tf
+
+
+class _Kind:
+    """How to drive one family of TensorFlow optimizers: its variables, slots and weights.
+
+    ``name`` is recorded in checkpoints. Subclasses differ in the variable type the
+    optimizer accepts, how to create its slots before the first trace (so a ``tf.function``
+    never creates variables, and weights loaded before the first step have somewhere to go),
+    and how to list its state in an order that does not depend on variable names.
+    """
+
+    name = ""
+
+    def __init__(self, tf):
+        self.tf = tf
+
+    def make_variable(self, value, index):
+        """A variable for one parameter, and the tf.Variable that holds its value."""
+        variable = self.tf.Variable(value, name=f"param_{index}")
+        return variable, variable
+
+    def build(self, optimizer, variables):
+        raise NotImplementedError
+
+    def weights(self, optimizer, variables):
+        """The optimizer's variables (slots and step count), in a fixed order."""
+        return list(optimizer.variables)
+
+    def config(self, optimizer):
+        """The optimizer's settings as JSON types, or None when it has no config."""
+        return _json_config(optimizer.get_config())
+
+
+class _LegacyKeras(_Kind):
+    """tf-keras's legacy optimizers (``tf_keras.optimizers.legacy``, OptimizerV2)."""
+
+    name = "tf_keras.legacy"
+
+    def build(self, optimizer, variables):
+        # What apply_gradients does first, under its own init_scope; idempotent.
+        with self.tf.init_scope():
+            optimizer._create_all_weights(variables)
+
+    def weights(self, optimizer, variables):
+        return list(optimizer.variables())  # creation order: iterations, then slots
+
+
+class _NewKeras(_Kind):
+    """tf-keras's optimizers (``tf_keras.optimizers``, the "new" optimizer of TF 2.11+)."""
+
+    name = "tf_keras"
+
+    def build(self, optimizer, variables):
+        optimizer.build(variables)
+
+
+class _Keras3(_NewKeras):
+    """Keras 3 optimizers on the TensorFlow backend (what ``tf.keras`` is in TF 2.16+)."""
+
+    name = "keras"
+
+    def make_variable(self, value, index):
+        # Keras 3 optimizers take only Keras variables; on TensorFlow, .value is the tf.Variable.
+        import keras
+
+        variable = keras.Variable(value, dtype=value.dtype.name, name=f"param_{index}")
+        return variable, variable.value
+
+
+class _CompatV1(_Kind):
+    """``tf.compat.v1.train.Optimizer`` subclasses (apply_gradients runs eagerly and in tf.function)."""
+
+    name = "tf.compat.v1"
+
+    def build(self, optimizer, variables):
+        # _create_slots is the subclass hook apply_gradients calls under init_scope; the
+        # stock optimizers' slot and non-slot creators return existing variables.
+        with self.tf.init_scope():
+            optimizer._create_slots(variables)
+
+    def weights(self, optimizer, variables):
+        # variables() is sorted by name, and slot names get counters (param_0/Adam_2) that
+        # depend on what the process built before: order the slots by slot name and parameter.
+        slots = [
+            slot
+            for slot_name in optimizer.get_slot_names()
+            for variable in variables
+            if (slot := optimizer.get_slot(variable, slot_name)) is not None
+        ]
+        slot_ids = {id(s) for s in slots}
+        return [v for v in optimizer.variables() if id(v) not in slot_ids] + slots
+
+    def config(self, optimizer):
+        return None
+
+
+def _kind_of(optimizer, tf):
+    """The ``_Kind`` that drives ``optimizer``, or a TypeError saying what is accepted.
+
+    A module that defines the class of a live instance is already imported, so
+    ``sys.modules`` decides without importing Keras versions the user does not use.
+    """
+    if "tf_keras" in sys.modules:
+        tf_keras = sys.modules["tf_keras"]
+        if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
+            return _LegacyKeras(tf)
+        if isinstance(optimizer, tf_keras.optimizers.Optimizer):
+            return _NewKeras(tf)
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "Variable") and isinstance(optimizer, keras.optimizers.Optimizer):
+        if keras.backend.backend() != "tensorflow":
+            raise TypeError(f"TFOptimizer wraps Keras 3 optimizers on the TensorFlow backend, not {keras.backend.backend()!r}")
+        return _Keras3(tf)
+    if isinstance(optimizer, tf.compat.v1.train.Optimizer):
+        return _CompatV1(tf)
+    raise TypeError(
+        "TFOptimizer wraps a TensorFlow optimizer (tf_keras.optimizers, tf_keras.optimizers.legacy, "
+        f"Keras 3 on TensorFlow, or a tf.compat.v1.train.Optimizer), got {type(optimizer).__name__}"
+    )
+
+
+def _json_config(config):
+    """``config`` as plain JSON types (NumPy scalars become Python numbers)."""
+
+    def plain(value):
+        if isinstance(value, np.generic):
+            return value.item()
+        raise TypeError(f"the wrapped optimizer's config holds {value!r}, which a checkpoint cannot record as data")
+
+    return json.loads(json.dumps(config, default=plain))
+
+
+#: The dtypes a wrapped optimizer's variable may have in a checkpoint (no objects, no strings).
+_WEIGHT_KINDS = "biuf"
+
+
+def _encode(array):
+    """An array as JSON data: dtype, shape and little-endian bytes in base64."""
+    array = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def _decode(record, index):
+    """The array ``_encode`` recorded, or a ValueError naming what is wrong with it."""
+    where = f"the wrapped optimizer's variable {index} in the checkpoint config"
+    try:
+        dtype = np.dtype(record["dtype"])
+        shape = tuple(record["shape"])
+        data = base64.b64decode(record["data"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as error:
+        raise ValueError(f"{where} is not a dtype, shape and base64 data: {error}") from None
+    if dtype.kind not in _WEIGHT_KINDS or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"{where} has dtype {dtype} and shape {shape}, expected a numeric array")
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"{where} holds {len(data)} bytes, but shape {shape} {dtype} needs {math.prod(shape) * dtype.itemsize}")
+    return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _config_differences(recorded, actual):
+    """Keys whose values differ between two configs (floats within float32 rounding count as equal)."""
+    differences = []
+    for key in sorted(set(recorded) | set(actual)):
+        if key == "name":
+            continue  # Keras numbers names of later instances (Adam_1); no effect on the update
+        a, b = recorded.get(key), actual.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            # TensorFlow stores hyperparameters in float32 variables once built, so a config
+            # read after training gives 0.0010000000474974513 where a fresh one gives 0.001.
+            if math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0):
+                continue
+        elif a == b:
+            continue
+        differences.append(f"{key}: recorded {a!r}, given {b!r}")
+    return differences
+
+
+class _Binding:
+    """The TensorFlow side of a TFOptimizer bound to one parameter layout."""
+
+    def __init__(self, optimizer, kind, params):
+        self.tf = tf = kind.tf
+        pairs = [kind.make_variable(p, i) for i, p in enumerate(params)]
+        self.variables = [variable for variable, _ in pairs]  # what the optimizer updates
+        self.values = [value for _, value in pairs]  # their tf.Variables
+        kind.build(optimizer, self.variables)
+        self.weights = kind.weights(optimizer, self.variables)
+        specs = [tf.TensorSpec(p.shape, tf.as_dtype(p.dtype)) for p in params]
+
+        def step(params, grads):
+            for value, param in zip(self.values, params):
+                value.assign(param)
+            optimizer.apply_gradients(zip(grads, self.variables))
+            return [value.read_value() for value in self.values]
+
+        # A fixed signature: one trace for the layout, never a retrace.
+        self.step = tf.function(step, input_signature=[specs, specs])
+
+    def check_weights(self, weights, where):
+        """Raise unless ``weights`` fit the wrapped optimizer's variables (count, shapes, dtypes)."""
+        if len(weights) != len(self.weights):
+            raise ValueError(
+                f"{where}: got {len(weights)} arrays for the wrapped optimizer's variables, expected "
+                f"{len(self.weights)} ({', '.join(v.name for v in self.weights)}); a checkpoint loads "
+                "only into a freshly built optimizer of the same kind and the same parameters"
+            )
+        for w, variable in zip(weights, self.weights):
+            dtype = np.dtype(self.tf.as_dtype(variable.dtype).as_numpy_dtype)  # Keras 3 gives a str
+            if w.shape != tuple(variable.shape):
+                raise ValueError(f"{where}: {variable.name} has shape {tuple(variable.shape)}, got {w.shape}")
+            if w.dtype != dtype:
+                raise TypeError(f"{where}: {variable.name} has dtype {dtype}, got {w.dtype}")
+
+    def load(self, weights):
+        for w, variable in zip(weights, self.weights):
+            variable.assign(w)
+
+
+class TFOptimizer(Optimizer):
+    """A native TensorFlow optimizer driven through the numbaopt API.
+
+    ``TFOptimizer(optimizer)`` takes a tf-keras optimizer (legacy or new), a Keras 3
+    optimizer on the TensorFlow backend, or a ``tf.compat.v1.train.Optimizer``.
+    ``apply_gradients`` checks its pairs like every numbaopt optimizer, applies the wrapped
+    optimizer's own update and writes it into the parameters in place; ``iterations``
+    counts the steps. Clipping and learning-rate schedules are the wrapped optimizer's.
+    """
+
+    def __init__(self, optimizer):
+        tf = _import_tensorflow()
+        self._kind = _kind_of(optimizer, tf)
+        super().__init__()
+        self.optimizer = optimizer
+        self._tf = None  # _Binding, made by the first step
+        self._pending = None  # the wrapped optimizer's weights given before the first step
+
+    def __repr__(self):
+        return f"TFOptimizer({self.optimizer!r})"
+
+    # -------------------------------------------------------------------- config
+
+    def get_config(self):
+        raise NotImplementedError(NO_CONFIG)
+
+    @classmethod
+    def from_config(cls, config):
+        raise NotImplementedError(NO_CONFIG)
+
+    def checkpoint_config(self):
+        """The wrapped optimizer's kind (family, module, class), its config and its variables.
+
+        All data, never pickled. The variables (step count and slots) travel here rather
+        than as numbaopt slots because their number, shapes and dtypes are the wrapped
+        optimizer's, not one float array per parameter and slot kind; each is recorded as
+        its dtype, shape and little-endian bytes in base64, so the checkpoint's header
+        digest covers them.
+        """
+        klass = type(self.optimizer)
+        return {
+            "kind": self._kind.name,
+            "module": klass.__module__,
+            "class_name": klass.__qualname__,
+            "config": self._kind.config(self.optimizer),
+            "weights": [_encode(w) for w in self.get_weights()[1:]],
+        }
+
+    @classmethod
+    def from_checkpoint_config(cls, config, wrapped=None, **options):
+        """A TFOptimizer around ``wrapped``, a freshly built TensorFlow optimizer of the recorded kind.
+
+        A checkpoint holds data only, so it cannot build the TensorFlow optimizer itself;
+        the caller builds it (same class, same settings) and the checkpoint's weights then
+        give it its state. A different class or different settings raise ValueError.
+        """
+        if options:
+            raise TypeError(f"TFOptimizer takes only wrapped= when loading, got {sorted(options)}")
+        if not isinstance(config, dict) or not {"module", "class_name", "config"} <= config.keys():
+            raise ValueError(f"a TFOptimizer checkpoint config has module, class_name and config, got {config!r:.200}")
+        recorded = f"{config['module']}.{config['class_name']}"
+        if wrapped is None:
+            raise TypeError(
+                f"this checkpoint holds a TFOptimizer around a {recorded}; load it with "
+                "wrapped=<a freshly built TensorFlow optimizer of that class and settings>"
+            )
+        opt = cls(wrapped)
+        given = f"{type(wrapped).__module__}.{type(wrapped).__qualname__}"
+        if given != recorded:
+            raise ValueError(f"this checkpoint holds a TFOptimizer around a {recorded}, but wrapped= is a {given}")
+        if config["config"] is not None:
+            differences = _config_differences(config["config"], opt._kind.config(wrapped))
+            if differences:
+                raise ValueError(
+                    f"wrapped= has other settings than the checkpoint's {recorded}: " + "; ".join(differences)
+                )
+        weights = [_decode(w, i) for i, w in enumerate(config.get("weights", []))]
+        opt._pending = weights or None  # checked against the variables the first step creates
+        return opt
+
+    # ------------------------------------------------------------------ the step
+
+    def apply_gradients(self, grads_and_vars, names=None):
+        """Apply the wrapped optimizer's update to ``(gradient, parameter)`` pairs, in place.
+
+        The checks are numbaopt's (NumPy parameters only; ``names`` as for every
+        optimizer); a refused call raises and changes nothing. The first step binds the
+        wrapped optimizer to the parameters' layout: it creates its slots then, and later
+        steps must keep that layout.
+        """
+        cpu = devices.CPU
+        grads, params = _split_pairs(grads_and_vars)
+        names = self._check_names(names, len(params))
+        params = [cpu.check_parameter(p, i) for i, p in enumerate(params)]
+        grads = [cpu.check_gradient(g, p, i) for i, (g, p) in enumerate(zip(grads, params))]
+        self._bind(params, cpu)  # the layout: count, shapes, dtypes, no shared memory
+        if self._tf is None:
+            self._tf = _Binding(self.optimizer, self._kind, params)
+        if self._pending is not None:
+            self._tf.check_weights(self._pending, "set_weights (checked at the first step)")
+            self._tf.load(self._pending)
+            self._pending = None
+        for param, value in zip(params, self._tf.step(params, grads)):
+            np.copyto(param, value.numpy())
+        self._iterations += 1
+        if names is not None:
+            self._names = names
+
+    # ------------------------------------------------------------------- weights
+
+    def get_weights(self):
+        """``[iterations]``, then the wrapped optimizer's variables (its step count and slots).
+
+        Before the first step the wrapped optimizer has no slots for the parameters yet,
+        so the list holds ``iterations`` and any weights given to ``set_weights``.
+        """
+        weights = [np.array(self._iterations, dtype=np.int64)]
+        if self._pending is not None:
+            return weights + [w.copy() for w in self._pending]
+        if self._tf is None:
+            return weights
+        return weights + [np.array(v.numpy(), copy=True) for v in self._tf.weights]
+
+    def set_weights(self, weights):
+        """Load a ``get_weights()`` list; everything is checked before anything changes.
+
+        Before the first step the wrapped optimizer's variables do not exist yet: the list
+        is kept and checked against them when the first step creates them.
+        """
+        weights = [np.asarray(w) for w in weights]
+        if not weights:
+            raise ValueError("TFOptimizer.set_weights got no arrays, expected [iterations, ...]")
+        iterations, _ = self._check_scalar_weights({"iterations": weights[0]})
+        rest = weights[1:]
+        if rest and self._tf is not None:
+            self._tf.check_weights(rest, "set_weights")
+            self._tf.load(rest)
+        elif rest:
+            self._pending = [np.array(w, copy=True) for w in rest]
+        self._iterations = iterations
+
+    def state(self):
+        """``iterations`` and the parameter names; the wrapped optimizer's variables are not
+        numbaopt slots, so they are in ``get_weights()`` and ``checkpoint_config()`` instead."""
+        return OptimizerState(self._iterations, {}, {}, self._names)
+
+
+# TFOptimizer(optimizer) is not declared by hyperparameters; let inspect read __init__.
+del TFOptimizer.__signature__

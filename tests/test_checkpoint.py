@@ -1,0 +1,445 @@
+"""Checkpoints: exact resume in a new process, parameter names, bad and hostile files, inspect.
+
+The crash-safety test (SIGKILL during saves) is in ``test_checkpoint_kill.py``.
+"""
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import numbaopt
+from numbaopt import checkpoint, optimizers
+from numbaopt.checkpoint import CheckpointError, load_optimizer, save_optimizer
+from numbaopt.cli import main as cli_main
+from tests.cases import DTYPES, NAMES, SHAPES, gradient_steps, make_params, option_sets
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+SPLITS = (0, 2, STEPS)  # k steps before the save, STEPS - k after the load
+PARAM_NAMES = [f"layer{i}/w" for i in range(len(SHAPES))]
+
+
+def run_steps(opt, params, dtype, first, last):
+    for grads in gradient_steps(steps=STEPS)[first:last]:
+        opt.apply_gradients(zip([g.astype(dtype) for g in grads], params), names=PARAM_NAMES)
+
+
+def assert_same_state(ours, theirs):
+    """Bitwise equality of two OptimizerStates (iterations, scalar state, every slot, names)."""
+    assert ours.iterations == theirs.iterations
+    assert ours.scalars == theirs.scalars
+    assert ours.names == theirs.names
+    assert sorted(ours.slots) == sorted(theirs.slots)
+    for kind in ours.slots:
+        assert len(ours.slots[kind]) == len(theirs.slots[kind])
+        for a, b in zip(ours.slots[kind], theirs.slots[kind]):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert a.tobytes() == b.tobytes(), kind
+
+
+# ------------------------------------------------------------- exact resume
+
+RESUME_CASES = [
+    (name, np.dtype(dtype).name, option, kwargs, k)
+    for name in NAMES for dtype in DTYPES for option, kwargs in option_sets(name) for k in SPLITS
+]
+
+RESUME_CHILD = """
+import json, sys
+import numpy as np
+import numbaopt
+from tests.test_checkpoint import run_steps, STEPS
+for case in json.load(open(sys.argv[1])):
+    opt = numbaopt.load_optimizer(case["checkpoint"])
+    with np.load(case["params"], allow_pickle=False) as data:
+        params = [data[f"p{i}"] for i in range(len(data.files))]
+    run_steps(opt, params, np.dtype(case["dtype"]).type, case["k"], STEPS)
+    numbaopt.save_optimizer(opt, case["result"])
+    np.savez(case["result_params"], *params)
+"""
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """Every resume case: k steps here, saved; loaded and finished by one new process."""
+    folder = tmp_path_factory.mktemp("resume")
+    manifest = []
+    for index, (name, dtype, option, kwargs, k) in enumerate(RESUME_CASES):
+        params = make_params(dtype)
+        opt = getattr(optimizers, name)(**kwargs)
+        run_steps(opt, params, np.dtype(dtype).type, 0, k)
+        save_optimizer(opt, folder / f"{index}.h5")
+        np.savez(folder / f"{index}-params.npz", **{f"p{i}": p for i, p in enumerate(params)})
+        manifest.append({"checkpoint": str(folder / f"{index}.h5"), "params": str(folder / f"{index}-params.npz"),
+                         "dtype": dtype, "k": k, "result": str(folder / f"{index}-result.h5"),
+                         "result_params": str(folder / f"{index}-result.npz")})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", RESUME_CHILD, str(folder / "manifest.json")],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "index", range(len(RESUME_CASES)),
+    ids=[f"{n.lower()}-{d}-{o}-k{k}" for n, d, o, _, k in RESUME_CASES],
+)
+def test_resume_in_a_new_process_is_bitwise_exact(resumed, index):
+    name, dtype, _, kwargs, _ = RESUME_CASES[index]
+    params = make_params(dtype)
+    uninterrupted = getattr(optimizers, name)(**kwargs)
+    run_steps(uninterrupted, params, np.dtype(dtype).type, 0, STEPS)
+
+    case = resumed[index]
+    with np.load(case["result_params"], allow_pickle=False) as data:
+        for i, p in enumerate(params):
+            assert data[f"arr_{i}"].tobytes() == p.tobytes(), f"parameter {i}"
+    assert_same_state(load_optimizer(case["result"]).state(), uninterrupted.state())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", NAMES)
+def test_round_trip_keeps_the_whole_state(tmp_path, name, dtype):
+    params = make_params(dtype)
+    opt = getattr(optimizers, name)(clipnorm=2.0, clipvalue=0.3)
+    run_steps(opt, params, dtype, 0, 3)
+    save_optimizer(opt, tmp_path / "ckpt.h5")
+    loaded = load_optimizer(tmp_path / "ckpt.h5")
+    assert type(loaded) is type(opt) and loaded.get_config() == opt.get_config()
+    assert_same_state(loaded.state(), opt.state())
+
+
+def test_an_optimizer_without_steps_or_names_round_trips(tmp_path):
+    save_optimizer(optimizers.Nadam(lr=0.01), tmp_path / "fresh.h5")
+    loaded = load_optimizer(tmp_path / "fresh.h5")
+    assert loaded.get_config() == optimizers.Nadam(lr=0.01).get_config()
+    assert_same_state(loaded.state(), optimizers.Nadam().state())
+
+
+# ----------------------------------------------------------------- names
+
+
+def named_checkpoint(tmp_path):
+    params = make_params(np.float64)
+    opt = optimizers.Adam()
+    run_steps(opt, params, np.float64, 0, 2)
+    save_optimizer(opt, tmp_path / "named.h5")
+    return load_optimizer(tmp_path / "named.h5"), params
+
+
+@pytest.mark.parametrize(
+    "names, match",
+    [
+        (PARAM_NAMES[::-1], "another order"),
+        (["embedding"] + PARAM_NAMES[1:], r"new \['embedding'\], missing \['layer0/w'\]"),
+        (PARAM_NAMES[:1] * len(PARAM_NAMES), "distinct"),
+        (PARAM_NAMES[:-1], "3 parameter names for 4 parameters"),
+    ],
+    ids=["reordered", "renamed", "duplicate", "too-few"],
+)
+def test_names_that_differ_from_the_checkpoint_are_refused_and_change_nothing(tmp_path, names, match):
+    opt, params = named_checkpoint(tmp_path)
+    before, params_before = opt.state(), [p.copy() for p in params]
+    grads = gradient_steps(steps=1)[0]
+    with pytest.raises(ValueError, match=match):
+        opt.apply_gradients(zip(grads, params), names=names)
+    assert_same_state(opt.state(), before)
+    assert all(p.tobytes() == q.tobytes() for p, q in zip(params, params_before))
+
+
+def test_names_are_optional_and_can_be_accepted_on_purpose(tmp_path):
+    opt, params = named_checkpoint(tmp_path)
+    grads = gradient_steps(steps=1)[0]
+    opt.apply_gradients(zip(grads, params))  # no names: no check
+    renamed = [f"model/{n}" for n in PARAM_NAMES]
+    opt.set_parameter_names(renamed)
+    opt.apply_gradients(zip(grads, params), names=renamed)
+    save_optimizer(opt, tmp_path / "renamed.h5")
+    assert load_optimizer(tmp_path / "renamed.h5").state().names == tuple(renamed)
+
+
+def test_unnamed_checkpoints_have_no_names(tmp_path):
+    params = make_params(np.float32)
+    opt = optimizers.SGD(momentum=0.5)
+    opt.apply_gradients(zip([g.astype(np.float32) for g in gradient_steps(steps=1)[0]], params))
+    save_optimizer(opt, tmp_path / "unnamed.h5")
+    with h5py.File(tmp_path / "unnamed.h5") as f:
+        assert "name" not in f["parameters/0"].attrs
+    assert load_optimizer(tmp_path / "unnamed.h5").state().names is None
+
+
+# --------------------------------------------------------- saving refusals
+
+
+def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.h5"
+    opt, params = named_checkpoint(tmp_path)
+    save_optimizer(opt, path)
+    before = path.read_bytes()
+    run_steps(opt, params, np.float64, 2, 3)
+
+    def broken_write(filename, *args):
+        Path(filename).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "_write", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_optimizer(opt, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.h5", "named.h5"]
+
+
+class Unregistered(optimizers.Adam):
+    pass
+
+
+@pytest.mark.parametrize("obj, match", [(object(), "needs a numbaopt optimizer"),
+                                         (Unregistered(), "not one of numbaopt's registered")],
+                         ids=["not-an-optimizer", "unregistered-subclass"])
+def test_save_refuses_what_cannot_be_loaded(tmp_path, obj, match):
+    with pytest.raises(TypeError, match=match):
+        save_optimizer(obj, tmp_path / "x.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------- bad files
+
+
+def good_optimizer():
+    """A small Nadam after two named steps: two dtypes, a 0-d and an empty parameter."""
+    params = [np.linspace(-1, 1, 12).reshape(3, 4), np.float32(0.5) * np.ones(5, np.float32),
+              np.zeros((), np.float64), np.zeros((0, 2), np.float32)]
+    opt = optimizers.Nadam(clipnorm=1.0)
+    for step in range(2):
+        grads = [np.full_like(p, 0.1 * (step + 1) + 0.01 * i) for i, p in enumerate(params)]
+        opt.apply_gradients(zip(grads, params), names=["w", "b", "s", "e"])
+    return opt
+
+
+@functools.lru_cache(maxsize=None)
+def good_checkpoint_bytes():
+    """``good_optimizer()`` saved, as bytes: the seed of every bad file."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "good.h5")
+        save_optimizer(good_optimizer(), path)
+        return Path(path).read_bytes()
+
+
+def reference_state():
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "good.h5")
+        path.write_bytes(good_checkpoint_bytes())
+        return load_optimizer(path).state()
+
+
+def slot_data_range(raw, dataset="parameters/0/ms"):
+    """Where the bytes of a slot's data lie in the file ``raw``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "f.h5")
+        path.write_bytes(raw)
+        with h5py.File(path) as f:
+            ds = f[dataset]
+            return ds.id.get_offset(), ds.id.get_offset() + ds.id.get_storage_size()
+
+
+def redigest(f):
+    """Recompute every digest after an edit, so the edit itself is what the loader meets."""
+    for i in range(int(f.attrs["n_parameters"])):
+        for kind, dataset in f[f"parameters/{i}"].items():
+            dataset.attrs["sha256"] = checkpoint._array_digest(np.asarray(dataset[()]))
+    header = {k: (int(v) if isinstance(v, np.integer) else v) for k, v in f.attrs.items()
+              if k not in ("sha256", "n_parameters")}
+    parameters, digests = [], []
+    for i in range(int(f.attrs["n_parameters"])):
+        g = f[f"parameters/{i}"]
+        parameters.append(checkpoint.Parameter(g.attrs.get("name"), tuple(json.loads(g.attrs["shape"])), g.attrs["dtype"]))
+        digests.append({kind: g[kind].attrs["sha256"] for kind in json.loads(f.attrs["slot_names"])})
+    f.attrs["sha256"] = checkpoint._manifest_digest(header, parameters, digests)
+
+
+def edit(change, digest=True):
+    """A bad-file maker: the good checkpoint, then ``change(h5py.File)``, then the digests."""
+    def make(path):
+        path.write_bytes(good_checkpoint_bytes())
+        with h5py.File(path, "r+") as f:
+            change(f)
+            if digest:
+                redigest(f)
+    return make
+
+
+def flip_slot_byte(path):
+    raw = bytearray(good_checkpoint_bytes())
+    start, stop = slot_data_range(bytes(raw))
+    raw[(start + stop) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def foreign_hdf5(path):
+    with h5py.File(path, "w") as f:
+        f["weights"] = np.ones(3)
+        f.attrs["format"] = "keras"
+
+
+def replace_dataset(data):
+    def change(f):
+        del f["parameters/0/vs"]
+        f["parameters/0/vs"] = data
+    return change
+
+
+def external_link(f):
+    del f["parameters/1"]
+    f["parameters/1"] = h5py.ExternalLink("/etc/passwd", "/")
+
+
+BAD_FILES = {
+    "missing": (lambda path: None, "no such file"),
+    "empty": (lambda path: path.write_bytes(b""), "empty"),
+    "not-hdf5": (lambda path: path.write_text('{"class_name": "Adam"}'), "not an HDF5 file"),
+    "truncated": (lambda path: path.write_bytes(good_checkpoint_bytes()[: len(good_checkpoint_bytes()) // 2]), "truncated"),
+    "flipped-slot-byte": (flip_slot_byte, "/parameters/0/ms is corrupted"),
+    "foreign-hdf5": (foreign_hdf5, "not a numbaopt checkpoint"),
+    "future-version": (edit(lambda f: f.attrs.modify("format_version", 2)), "format version 2.*reads versions 1 to 1"),
+    "edited-header": (edit(lambda f: f.attrs.modify("iterations", 99), digest=False), "header is corrupted"),
+    "wrong-slot-shape": (edit(replace_dataset(np.zeros((4, 3)))), r"/parameters/0/vs has shape \(4, 3\).*\(3, 4\)"),
+    "wrong-slot-dtype": (edit(replace_dataset(np.zeros((3, 4), np.int64))), "/parameters/0/vs has dtype int64"),
+    "chunked-slot": (edit(lambda f: (f["parameters/0"].__delitem__("vs"),
+                                     f["parameters/0"].create_dataset("vs", data=np.zeros((3, 4)), chunks=(1, 4)))),
+                     "/parameters/0/vs is not stored contiguously"),
+    "missing-slot": (edit(lambda f: f["parameters/2"].__delitem__("ms"), digest=False), r"/parameters/2 holds datasets \['vs'\]"),
+    "extra-parameter": (edit(lambda f: f.attrs.modify("n_parameters", 5), digest=False), "/parameters holds .*expected groups 0 to 4"),
+    "external-link": (edit(external_link, digest=False), "/parameters/1 is a ExternalLink"),
+    "class-from-a-module": (edit(lambda f: f.attrs.modify("class_name", "subprocess.Popen")),
+                            "class_name on / names no numbaopt optimizer.*subprocess.Popen"),
+    "base-class": (edit(lambda f: f.attrs.modify("class_name", "Optimizer")), "names no numbaopt optimizer"),
+    "other-class": (edit(lambda f: f.attrs.modify("class_name", "Adagrad")), "Adagrad has slots"),
+    "config-not-json": (edit(lambda f: f.attrs.modify("config", "__import__('os').system('true')")), "attribute config on /"),
+    "config-refused": (edit(lambda f: f.attrs.modify("config", '{"lr": -1}')), "cannot rebuild Nadam.*lr must be >= 0"),
+    "scalar-state-missing": (edit(lambda f: f.attrs.modify("scalar_state", "{}")), r"scalar_state on / has \[\]"),
+    "negative-iterations": (edit(lambda f: f.attrs.modify("iterations", -3)), "iterations on / is negative"),
+    "iterations-as-text": (edit(lambda f: f.attrs.__setitem__("iterations", "3")), "iterations on / should be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_files_raise_checkpoint_error_naming_what_and_where(tmp_path, case):
+    make, match = BAD_FILES[case]
+    path = tmp_path / "bad.h5"
+    make(path)
+    with pytest.raises(CheckpointError, match=match) as error:
+        load_optimizer(path)
+    assert str(path) in str(error.value)
+    if case != "config-refused":  # inspect reads the file; only building the optimizer checks the config
+        assert cli_main(["inspect", str(path)]) == 1
+
+
+def test_checkpoint_error_is_the_public_one():
+    assert numbaopt.CheckpointError is CheckpointError
+    assert numbaopt.save_optimizer is save_optimizer and numbaopt.load_optimizer is load_optimizer
+
+
+CORRUPTION_SETTINGS = settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+
+
+@CORRUPTION_SETTINGS
+@given(length=st.integers(0, len(good_checkpoint_bytes()) - 1))
+def test_corpus_every_truncation_is_refused(length):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "cut.h5")
+        path.write_bytes(good_checkpoint_bytes()[:length])
+        with pytest.raises(CheckpointError):
+            load_optimizer(path)
+
+
+@CORRUPTION_SETTINGS
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=4))
+def test_corpus_flipped_bytes_are_refused_or_harmless(flips):
+    """Anywhere in the file: a CheckpointError, or (bytes HDF5 never reads) the same state."""
+    raw = bytearray(good_checkpoint_bytes())
+    for where, mask in flips:
+        raw[int(where * len(raw))] ^= mask
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "flipped.h5")
+        path.write_bytes(bytes(raw))
+        try:
+            state = load_optimizer(path).state()
+        except CheckpointError:
+            return
+    assert_same_state(state, reference_state())
+
+
+@CORRUPTION_SETTINGS
+@given(data=st.data())
+def test_corpus_flipped_bytes_in_slot_data_are_always_refused(data):
+    raw = bytearray(good_checkpoint_bytes())
+    dataset = data.draw(st.sampled_from(["parameters/0/ms", "parameters/0/vs", "parameters/1/ms", "parameters/2/vs"]))
+    start, stop = slot_data_range(bytes(raw), dataset)
+    position = data.draw(st.integers(start, stop - 1))
+    raw[position] ^= data.draw(st.integers(1, 255))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "flipped.h5")
+        path.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointError, match=f"/{dataset} is corrupted"):
+            load_optimizer(path)
+
+
+# ------------------------------------------------------------------ format
+
+
+def test_format_records_what_the_documentation_promises(tmp_path):
+    path = tmp_path / "good.h5"
+    path.write_bytes(good_checkpoint_bytes())
+    with h5py.File(path) as f:
+        assert f.attrs["format"] == checkpoint.FORMAT and f.attrs["format_version"] == 1
+        assert f.attrs["numbaopt_version"] == numbaopt.__version__
+        assert f.attrs["class_name"] == "Nadam" and int(f.attrs["iterations"]) == 2
+        assert json.loads(f.attrs["scalar_state"])["m_schedule"] == reference_state().scalars["m_schedule"]
+        assert json.loads(f["parameters/0"].attrs["shape"]) == [3, 4] and f["parameters/0"].attrs["dtype"] == "float64"
+        assert f["parameters/1"].attrs["name"] == "b" and f["parameters/1/ms"].dtype == np.float32
+        data = np.asarray(f["parameters/1/vs"][()])
+        assert f["parameters/1/vs"].attrs["sha256"] == hashlib.sha256(data.astype("<f4").tobytes()).hexdigest()
+
+
+def test_checkpoint_format_1_still_loads():
+    """The compatibility promise: a file written by numbaopt 0.1.0 (format 1) loads forever."""
+    loaded = load_optimizer(ROOT / "tests" / "data" / "checkpoint-v1.h5")
+    assert loaded.get_config() == good_optimizer().get_config()
+    assert_same_state(loaded.state(), good_optimizer().state())
+
+
+# ----------------------------------------------------------------- inspect
+
+
+def test_inspect_prints_class_config_iterations_and_a_slot_table(tmp_path, capsys):
+    path = tmp_path / "good.h5"
+    path.write_bytes(good_checkpoint_bytes())
+    assert cli_main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    state = reference_state()
+    assert "class       Nadam" in out and "iterations  2" in out and '"clipnorm": 1.0' in out
+    assert f"m_schedule  {state.scalars['m_schedule']!r}" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("0 w", "1 b", "2 s", "3 e"))]
+    assert len(rows) == 4 * 2
+    vs = state.slots["vs"][0]
+    assert ["0", "w", "vs", "(3,", "4)", "float64", f"{vs.min():.6g}", f"{vs.max():.6g}", f"{vs.mean():.6g}"] in rows
+    assert ["3", "e", "ms", "(0,", "2)", "float32", "-", "-", "-"] in rows
+
+
+def test_inspect_command_exits_non_zero_with_the_message(tmp_path):
+    path = tmp_path / "bad.h5"
+    path.write_text("not a checkpoint")
+    run = subprocess.run([sys.executable, "-m", "numbaopt", "inspect", str(path)], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert f"{path}: not an HDF5 file" in run.stderr

@@ -1,0 +1,44 @@
+"""TensorFlow is optional: without it numbaopt imports and runs, and TFOptimizer says what to install.
+
+Runs in the default environment. TensorFlow's absence is simulated in a subprocess by a
+meta-path finder that refuses it, so the test means the same with or without TensorFlow
+installed.
+"""
+import json
+import subprocess
+import sys
+
+WITHOUT_TENSORFLOW = """
+import json, sys
+import numpy as np
+
+class HideTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tf_keras", "keras"):
+            raise ImportError(f"No module named {name!r} (hidden by the test)")
+        return None
+
+sys.meta_path.insert(0, HideTensorFlow())
+import numbaopt
+from numbaopt import optimizers
+
+p = np.ones(3)
+opt = optimizers.get("adam")
+opt.apply_gradients([(np.ones(3), p)])
+result = {"iterations": opt.iterations, "updated": bool(np.all(p < 1))}
+try:
+    optimizers.TFOptimizer(object())
+except ImportError as error:
+    result["error"] = str(error)
+result["tensorflow_imported"] = any(m.split(".")[0] in ("tensorflow", "tf_keras") for m in sys.modules)
+json.dump(result, sys.stdout)
+"""
+
+
+def test_numbaopt_runs_without_tensorflow_and_tfoptimizer_names_the_extra():
+    run = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["iterations"] == 1 and result["updated"]
+    assert "numbaopt[keras]" in result["error"]
+    assert not result["tensorflow_imported"]
