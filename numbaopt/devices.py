@@ -5,7 +5,9 @@ gradient into a contiguous array of the parameter's dtype, allocate slots, give 
 addresses to the kernels, and copy to and from the host. ``backend_for`` picks one
 backend for all parameters of a call, from where they live.
 """
+import functools
 import importlib
+import sys
 
 import numpy as np
 
@@ -52,6 +54,13 @@ class CPUBackend:
         parameter, say); a float64 gradient for a float32 parameter is refused rather than
         rounded behind the user's back. Python numbers and lists take the parameter's dtype.
         """
+        if type(grad) is np.ndarray and grad.dtype == param.dtype and grad.shape == param.shape and grad.flags.c_contiguous:
+            return grad  # the usual case, in the fewest checks: it is per tensor and per step
+        if is_cuda_array(grad):
+            raise TypeError(
+                f"gradient {index} is a CUDA array, but its parameter is a NumPy array on the host; "
+                "a gradient must live on its parameter's device"
+            )
         if isinstance(grad, np.ndarray) or hasattr(grad, "__array_interface__") or isinstance(grad, np.generic):
             grad = np.asarray(grad)
             if grad.dtype != param.dtype:
@@ -75,17 +84,12 @@ class CPUBackend:
     @staticmethod
     def check_distinct(params):
         """Refuse parameters that share memory: parallel updates of one element would race."""
-        if len(params) < 2:
-            return
-        starts = CPUBackend.addresses(params)
-        ends = starts + np.fromiter((p.nbytes for p in params), np.int64, len(params))
-        order = np.argsort(starts, kind="stable")
-        sizes = ends[order] - starts[order]
-        overlapping = (ends[order][:-1] > starts[order][1:]) & (sizes[:-1] > 0) & (sizes[1:] > 0)
-        if overlapping.any():
-            k = int(np.argmax(overlapping))
-            a, b = sorted((int(order[k]), int(order[k + 1])))
-            raise ValueError(f"parameters {a} and {b} share memory; each parameter must be a separate array")
+        _refuse_overlaps(CPUBackend.addresses(params), [p.nbytes for p in params])
+
+    @staticmethod
+    def sum(partial_sums):
+        """The sum of the global norm's chunk sums, in NumPy's fixed (pairwise) order."""
+        return float(np.sum(partial_sums))
 
     @staticmethod
     def zeros(shape, dtype):
@@ -101,22 +105,209 @@ class CPUBackend:
 
     @staticmethod
     def addresses(arrays):
-        """The data addresses of NumPy arrays, as an int64 array for the kernels."""
-        return np.fromiter((a.__array_interface__["data"][0] for a in arrays), np.int64, len(arrays))
+        """The data addresses of NumPy arrays, as an int64 array for the kernels.
+
+        Read from the array objects by a compiled loop when its reading of NumPy's
+        object layout checked out (``_data_field``): a step over many small tensors would
+        otherwise spend more time in ``__array_interface__`` than in the kernel.
+        """
+        field = _data_field()
+        if field is None:
+            return np.fromiter((a.__array_interface__["data"][0] for a in arrays), np.int64, len(arrays))
+        out = np.empty(len(arrays), np.int64)
+        CPU.kernels.data_addresses(np.fromiter(map(id, arrays), np.int64, len(arrays)), field, out)
+        return out
+
+
+@functools.cache
+def _data_field():
+    """Where a NumPy array object keeps its data pointer, or None if that cannot be trusted.
+
+    The pointer is the first field after the object header, which is
+    ``object.__basicsize__`` bytes long (larger on free-threaded Python). Checked once,
+    against ``__array_interface__``, on arrays that own their data and on views.
+    """
+    base = np.zeros((3, 4), np.float32)
+    probes = [base, base[1:], base[:, 2:].copy(), np.empty(0), np.ones(())]
+    field = object.__basicsize__
+    out = np.empty(len(probes), np.int64)
+    CPU.kernels.data_addresses(np.fromiter(map(id, probes), np.int64, len(probes)), field, out)
+    trusted = out.tolist() == [a.__array_interface__["data"][0] for a in probes]
+    return field if trusted else None
+
+
+def _refuse_overlaps(starts, nbytes):
+    """Refuse parameters (data addresses ``starts``, sizes ``nbytes``) that share memory."""
+    if len(starts) < 2:
+        return
+    starts = np.asarray(starts, np.int64)
+    ends = starts + np.asarray(nbytes, np.int64)
+    order = np.argsort(starts, kind="stable")
+    sizes = ends[order] - starts[order]
+    overlapping = (ends[order][:-1] > starts[order][1:]) & (sizes[:-1] > 0) & (sizes[1:] > 0)
+    if overlapping.any():
+        k = int(np.argmax(overlapping))
+        a, b = sorted((int(order[k]), int(order[k + 1])))
+        raise ValueError(f"parameters {a} and {b} share memory; each parameter must be a separate array")
+
+
+def is_cuda_array(array):
+    """Whether ``array`` lives on a CUDA device (or on Numba's CUDA simulator).
+
+    Real device arrays (Numba, CuPy, PyTorch CUDA tensors) expose
+    ``__cuda_array_interface__``. The simulator's device arrays expose none; they are
+    recognised by class, looked up only if the simulator is already imported (whoever
+    made one imported it), so NumPy arrays never cost an import of ``numba.cuda``.
+    """
+    if isinstance(array, np.ndarray):
+        return False
+    if hasattr(array, "__cuda_array_interface__"):
+        return True
+    simulator = sys.modules.get("numba.cuda.simulator.cudadrv.devicearray")
+    return simulator is not None and isinstance(array, simulator.FakeCUDAArray)
+
+
+class CUDABackend:
+    """CUDA arrays, updated in place by the CUDA kernels; their slots live on the same device.
+
+    Parameters and gradients are taken as they are, zero-copy (CuPy arrays and PyTorch
+    tensors through Numba views of the same memory); only ``get_weights`` /
+    ``set_weights`` and the global norm's one scalar cross to and from the host.
+    """
+
+    name = "cuda"
+
+    def __init__(self, cuda):
+        self._cuda = cuda
+
+    @property
+    def kernels(self):
+        return importlib.import_module("numbaopt.kernels.cuda")
+
+    def _view(self, array):
+        """A Numba device array over ``array``'s memory (the array itself if it is one)."""
+        if hasattr(array, "copy_to_host"):  # Numba's (or the simulator's) device array
+            return array
+        return self._cuda.as_cuda_array(array)
+
+    def check_parameter(self, param, index):
+        """A Numba device array over ``param``'s memory, once it is updatable in place."""
+        if not is_cuda_array(param):
+            raise TypeError(f"parameter {index} is a {type(param).__name__}, not a CUDA array")
+        interface = getattr(param, "__cuda_array_interface__", None)
+        if interface is not None and interface["data"][1]:
+            raise ValueError(f"parameter {index} is read-only")
+        param = self._view(param)
+        if param.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"parameter {index} has dtype {param.dtype}; only float32 and float64 are supported")
+        if not param.is_c_contiguous():
+            raise ValueError(f"parameter {index} is not C-contiguous; pass a contiguous CUDA array")
+        return param
+
+    def check_gradient(self, grad, param, index):
+        """The gradient as a device array: on the GPU, of the parameter's dtype and shape.
+
+        Nothing is copied or cast on the device's behalf: a host gradient, another dtype
+        or a strided gradient is refused with the reason.
+        """
+        if not is_cuda_array(grad):
+            raise TypeError(
+                f"gradient {index} is a {type(grad).__name__} on the host, but its parameter is a CUDA "
+                "array; a gradient must live on its parameter's device"
+            )
+        grad = self._view(grad)
+        if grad.dtype != param.dtype:
+            raise TypeError(
+                f"gradient {index} has dtype {grad.dtype}, but its parameter has dtype {param.dtype}; "
+                "CUDA gradients are not cast"
+            )
+        if tuple(grad.shape) != tuple(param.shape):
+            raise ValueError(f"gradient {index} has shape {tuple(grad.shape)}, but its parameter has shape {tuple(param.shape)}")
+        if not grad.is_c_contiguous():
+            raise ValueError(f"gradient {index} is not C-contiguous; pass a contiguous CUDA array")
+        return grad
+
+    def check_distinct(self, params):
+        """Refuse parameters that share memory: parallel updates of one element would race."""
+        _refuse_overlaps(self.addresses(params), [p.nbytes for p in params])
+
+    def sum(self, partial_sums):
+        """The sum of the device array ``partial_sums``: only this scalar comes to the host."""
+        return self.kernels.total(partial_sums)
+
+    def zeros(self, shape, dtype):
+        return self.kernels.zeros(shape, dtype)
+
+    @staticmethod
+    def to_host(array):
+        return array.copy_to_host()
+
+    @staticmethod
+    def copy_from_host(target, source):
+        target.copy_to_device(np.ascontiguousarray(source))
+
+    @staticmethod
+    def addresses(arrays):
+        """The device data addresses of the arrays, as a host int64 array.
+
+        A simulated device array's memory is a NumPy buffer on the host: its address is
+        that buffer's, which the simulated kernels read.
+        """
+        def address(a):
+            interface = getattr(a, "__cuda_array_interface__", None)
+            return (interface or a.__array_interface__)["data"][0]
+
+        return np.fromiter((address(a) for a in arrays), np.int64, len(arrays))
 
 
 CPU = CPUBackend()
 DEVICES = ("auto", "cpu", "cuda")
+_CUDA = []  # the CUDA backend, once made
+
+
+def cuda_backend():
+    """The CUDA backend, or a RuntimeError that says what is missing."""
+    if not _CUDA:
+        try:
+            from numba import cuda
+        except ImportError as error:
+            raise RuntimeError(
+                f"CUDA arrays need the CUDA target, which cannot be imported ({error}); "
+                "install numbaopt[cuda]"
+            ) from None
+        if not cuda.is_available():
+            raise RuntimeError(
+                "CUDA is not available here (no NVIDIA GPU, driver or CUDA target found); install "
+                "numbaopt[cuda] on a machine with an NVIDIA GPU, or set NUMBA_ENABLE_CUDASIM=1 to "
+                "run the CUDA kernels in Numba's simulator"
+            )
+        _CUDA.append(CUDABackend(cuda))
+    return _CUDA[0]
 
 
 def backend_for(params, device="auto"):
     """The one backend that owns every parameter of a call.
 
-    NumPy arrays run on the CPU kernels. ``device`` ("auto", "cpu" or "cuda") forces or
-    checks the choice.
+    NumPy arrays run on the CPU kernels, CUDA arrays on the CUDA kernels; a call that mixes
+    them is refused. ``device`` ("auto", "cpu" or "cuda") forces or checks the choice.
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "cuda":
-        raise RuntimeError("device='cuda' needs the CUDA target, which this installation does not have")
+    on_gpu = [is_cuda_array(p) for p in params]
+    if any(on_gpu) and not all(on_gpu):
+        gpu, host = on_gpu.index(True), on_gpu.index(False)
+        raise ValueError(
+            f"parameter {gpu} is a CUDA array but parameter {host} is not; one call updates "
+            "parameters on one device"
+        )
+    if device == "cpu" and any(on_gpu):
+        raise ValueError("device='cpu', but the parameters are CUDA arrays; pass NumPy arrays")
+    if device == "cuda" or any(on_gpu):
+        backend = cuda_backend()  # raises if CUDA is not available
+        if not any(on_gpu):
+            raise ValueError(
+                "device='cuda', but the parameters are host arrays; pass CUDA arrays "
+                "(numba.cuda.to_device, CuPy, PyTorch CUDA tensors), which are updated in place"
+            )
+        return backend
     return CPU

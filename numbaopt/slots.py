@@ -109,7 +109,7 @@ class SlotStore:
             partial_sums = self.backend.zeros(len(group.chunks), np.float64)
             addresses = self.backend.addresses([grads[i] for i in group.indices])
             self.backend.kernels.sum_of_squares(addresses, group.chunks, group.slots, partial_sums)
-            total += float(np.sum(partial_sums))
+            total += self.backend.sum(partial_sums)
         return float(np.sqrt(total))
 
     def run(self, kernel, group, params, grads, clip, scalars):

@@ -13,3 +13,8 @@ CHUNK_ELEMENTS = 1 << 15
 
 #: Threads per block for the CUDA kernels.
 CUDA_THREADS_PER_BLOCK = 256
+
+#: Blocks per multiprocessor at most, for the CUDA kernels. A kernel launches one block per
+#: chunk up to this many per multiprocessor; the blocks then stride over the remaining
+#: chunks. Tests set it low so that tiny arrays exercise the stride.
+CUDA_BLOCKS_PER_SM = 32

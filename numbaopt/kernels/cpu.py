@@ -6,11 +6,28 @@ buffer (a row per slot kind), and a table of chunks ``(tensor, start, stop)``; t
 threads share out the chunks. The per-element math is each optimizer's rule, compiled
 here with ``njit``; the CUDA kernels compile the same functions.
 
+What makes the loops run at the speed of the memory:
+
+- ``error_model="numpy"`` everywhere. Numba's default ("python") checks every float
+  division for zero in order to raise ``ZeroDivisionError``; that branch per element
+  stops LLVM from vectorising the loop, and it is not Keras's arithmetic anyway (a
+  division by zero gives Inf or NaN in TensorFlow, as it does here).
+- Parameters, gradients and slot rows are raw typed pointers indexed from 0 upwards: no
+  negative-index wraparound code, so the inner loop is a plain counted loop that LLVM
+  turns into 512-bit vector code (checked by ``tests/test_kernels.py``).
+- Two inner loops per kernel: the clipped one applies ``clip_gradient`` (a division per
+  element), the other is taken when clipping is off, where ``clip_gradient`` would
+  return every value unchanged anyway (``g * 1 / 1``, clipvalue +Inf). The results are
+  bitwise the same; the division is saved.
+
 Imported only when a kernel is first needed, so ``import numbaopt`` does not import Numba.
 The callers check every address, size and dtype before a kernel runs: nothing here
 checks bounds.
 """
+import math
+
 import numba
+import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
@@ -23,14 +40,18 @@ from numbaopt.optimizers.nadam import nadam_rule as _nadam_rule
 from numbaopt.optimizers.rmsprop import rmsprop_rule as _rmsprop_rule
 from numbaopt.optimizers.sgd import sgd_rule as _sgd_rule
 
-clip_gradient = njit(_clip_gradient)
-sgd_rule = njit(_sgd_rule)
-rmsprop_rule = njit(_rmsprop_rule)
-adagrad_rule = njit(_adagrad_rule)
-adadelta_rule = njit(_adadelta_rule)
-adam_rule = njit(_adam_rule)
-adamax_rule = njit(_adamax_rule)
-nadam_rule = njit(_nadam_rule)
+#: The compile options of every function here (see the module docstring for why).
+_element = njit(error_model="numpy")
+_kernel = njit(parallel=True, cache=True, error_model="numpy")
+
+clip_gradient = _element(_clip_gradient)
+sgd_rule = _element(_sgd_rule)
+rmsprop_rule = _element(_rmsprop_rule)
+adagrad_rule = _element(_adagrad_rule)
+adadelta_rule = _element(_adadelta_rule)
+adam_rule = _element(_adam_rule)
+adamax_rule = _element(_adamax_rule)
+nadam_rule = _element(_nadam_rule)
 
 
 @intrinsic
@@ -44,23 +65,111 @@ def _pointer(typingctx, address, like):
     return pointer_type(types.intp, like), codegen
 
 
+@intrinsic
+def _row(typingctx, slots, kind, offset):
+    """A typed pointer to element ``offset`` of row ``kind`` of the 2-d C-contiguous ``slots``."""
+    pointer_type = types.CPointer(slots.dtype)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, value=args[0])
+        width = builder.extract_value(array.shape, 1)
+        return builder.gep(array.data, [builder.add(builder.mul(args[1], width), args[2])])
+
+    return pointer_type(slots, types.intp, types.intp), codegen
+
+
+@njit(cache=True)
+def data_addresses(objects, data_field, out):
+    """``out[k]`` = the data address of the ndarray whose object address is ``objects[k]``.
+
+    Reads the ``data`` field of NumPy's ``PyArrayObject`` (the first field after the
+    object header, at byte ``data_field``). Asking each array for
+    ``__array_interface__`` builds a dict per array (about 0.8 us); this costs a few
+    nanoseconds, which is what makes a step over thousands of small tensors cheap. The
+    layout is NumPy's C ABI (every compiled extension reads ``PyArray_DATA`` through it);
+    ``numbaopt.devices`` still checks it once against ``__array_interface__`` before
+    trusting it. The callers pass only live ``np.ndarray`` objects.
+    """
+    for k in range(objects.shape[0]):
+        out[k] = _pointer(objects[k] + data_field, out)[0]
+
+
 @njit(inline="always")
-def _chunk(addresses, chunks, c, like):
-    """Chunk ``c``'s tensor as a 1-d array, and the chunk's tensor index, start and stop."""
-    tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-    return numba.carray(_pointer(addresses[tensor], like), stop), tensor, start, stop
+def _clipping(clip):
+    """Whether ``clip_gradient(g, *clip)`` can change any value (norm or value clipping on)."""
+    return not (clip[0] == clip[1] and clip[2] == math.inf)
 
 
-@njit(parallel=True, cache=True)
+#: Accumulators per chunk of the global norm: enough independent float64 sums that the
+#: loop is limited by memory, not by the latency of one vector addition after another.
+_LANES = 64
+
+
+@_kernel
+def sum_of_squares(grads, chunks, like, partial_sums):
+    """``partial_sums[c]`` = the float64 sum of squares of chunk ``c`` of the gradients.
+
+    Each chunk is summed by one thread in a fixed order: element ``i`` goes to accumulator
+    ``i % 64`` (counted from the chunk's start), and the 64 sums are then added pairwise
+    in a fixed tree. So the result never depends on the thread count (a prange reduction
+    would), and LLVM can keep the accumulators in vector registers without reordering a
+    single float64 addition. Eight accumulators were latency-bound at half the bandwidth.
+    """
+    for c in prange(chunks.shape[0]):
+        tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        g = _pointer(grads[tensor], like)
+        acc = np.zeros(_LANES)
+        blocks = (stop - start) // _LANES
+        for k in range(blocks):
+            base = start + _LANES * k
+            for lane in range(_LANES):
+                x = numba.float64(g[base + lane])
+                acc[lane] += x * x
+        for i in range(start + _LANES * blocks, stop):
+            x = numba.float64(g[i])
+            acc[i - start - _LANES * blocks] += x * x
+        width = _LANES
+        while width > 1:
+            width //= 2
+            for lane in range(width):
+                acc[lane] += acc[lane + width]
+        partial_sums[c] = acc[0]
+
+
+@njit(cache=True)
+def data_addresses(objects, data_field, out):
+    """``out[k]`` = the data address of the ndarray whose object address is ``objects[k]``.
+
+    Reads the ``data`` field of NumPy's ``PyArrayObject`` (the first field after the
+    object header, at byte ``data_field``). Asking each array for
+    ``__array_interface__`` builds a dict per array (about 0.8 us); this costs a few
+    nanoseconds, which is what makes a step over thousands of small tensors cheap. The
+    layout is NumPy's C ABI (every compiled extension reads ``PyArray_DATA`` through it);
+    ``numbaopt.devices`` still checks it once against ``__array_interface__`` before
+    trusting it. The callers pass only live ``np.ndarray`` objects.
+    """
+    for k in range(objects.shape[0]):
+        out[k] = _pointer(objects[k] + data_field, out)[0]
+
+
+@njit(inline="always")
+def _clipping(clip):
+    """Whether ``clip_gradient(g, *clip)`` can change any value (norm or value clipping on)."""
+    return not (clip[0] == clip[1] and clip[2] == math.inf)
+
+
+@_kernel
 def sum_of_squares(grads, chunks, like, partial_sums):
     """``partial_sums[c]`` = the float64 sum of squares of chunk ``c`` of the gradients.
 
     Each chunk is summed by one thread in a fixed order, with eight interleaved
     accumulators combined in a fixed order, so the result never depends on the thread
-    count (a prange reduction would).
+    count (a prange reduction would). The eight accumulators are also what lets LLVM keep
+    them in one vector register without reordering any float64 addition.
     """
     for c in prange(chunks.shape[0]):
-        g, _, start, stop = _chunk(grads, chunks, c, like)
+        tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        g = _pointer(grads[tensor], like)
         lanes = (stop - start) // 8
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
         for k in range(lanes):
@@ -80,81 +189,110 @@ def sum_of_squares(grads, chunks, like, partial_sums):
             s0 += x * x
         partial_sums[c] = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
-
-@njit(parallel=True, cache=True)
+@_kernel
 def sgd_step(params, grads, slots, offsets, chunks, clip, scalars):
-    m = slots[0]
+    clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
-        p, j, start, stop = _chunk(params, chunks, c, slots)
-        g = _chunk(grads, chunks, c, slots)[0]
-        o = offsets[j]
-        for i in range(start, stop):
-            p[i], m[o + i] = sgd_rule(p[i], clip_gradient(g[i], *clip), m[o + i], *scalars)
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
+        m = _row(slots, 0, offsets[j])
+        if clipping:
+            for i in range(start, stop):
+                p[i], m[i] = sgd_rule(p[i], clip_gradient(g[i], *clip), m[i], *scalars)
+        else:
+            for i in range(start, stop):
+                p[i], m[i] = sgd_rule(p[i], g[i], m[i], *scalars)
 
 
-@njit(parallel=True, cache=True)
+@_kernel
 def rmsprop_step(params, grads, slots, offsets, chunks, clip, scalars):
-    a = slots[0]
+    clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
-        p, j, start, stop = _chunk(params, chunks, c, slots)
-        g = _chunk(grads, chunks, c, slots)[0]
-        o = offsets[j]
-        for i in range(start, stop):
-            p[i], a[o + i] = rmsprop_rule(p[i], clip_gradient(g[i], *clip), a[o + i], *scalars)
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
+        a = _row(slots, 0, offsets[j])
+        if clipping:
+            for i in range(start, stop):
+                p[i], a[i] = rmsprop_rule(p[i], clip_gradient(g[i], *clip), a[i], *scalars)
+        else:
+            for i in range(start, stop):
+                p[i], a[i] = rmsprop_rule(p[i], g[i], a[i], *scalars)
 
 
-@njit(parallel=True, cache=True)
+@_kernel
 def adagrad_step(params, grads, slots, offsets, chunks, clip, scalars):
-    a = slots[0]
+    clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
-        p, j, start, stop = _chunk(params, chunks, c, slots)
-        g = _chunk(grads, chunks, c, slots)[0]
-        o = offsets[j]
-        for i in range(start, stop):
-            p[i], a[o + i] = adagrad_rule(p[i], clip_gradient(g[i], *clip), a[o + i], *scalars)
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
+        a = _row(slots, 0, offsets[j])
+        if clipping:
+            for i in range(start, stop):
+                p[i], a[i] = adagrad_rule(p[i], clip_gradient(g[i], *clip), a[i], *scalars)
+        else:
+            for i in range(start, stop):
+                p[i], a[i] = adagrad_rule(p[i], g[i], a[i], *scalars)
 
 
-@njit(parallel=True, cache=True)
+@_kernel
 def adadelta_step(params, grads, slots, offsets, chunks, clip, scalars):
-    a, d = slots[0], slots[1]
+    clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
-        p, j, start, stop = _chunk(params, chunks, c, slots)
-        g = _chunk(grads, chunks, c, slots)[0]
-        o = offsets[j]
-        for i in range(start, stop):
-            p[i], a[o + i], d[o + i] = adadelta_rule(
-                p[i], clip_gradient(g[i], *clip), a[o + i], d[o + i], *scalars
-            )
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
+        a = _row(slots, 0, offsets[j])
+        d = _row(slots, 1, offsets[j])
+        if clipping:
+            for i in range(start, stop):
+                p[i], a[i], d[i] = adadelta_rule(p[i], clip_gradient(g[i], *clip), a[i], d[i], *scalars)
+        else:
+            for i in range(start, stop):
+                p[i], a[i], d[i] = adadelta_rule(p[i], g[i], a[i], d[i], *scalars)
 
 
-@njit(parallel=True, cache=True)
+@_kernel
 def adam_step(params, grads, slots, offsets, chunks, clip, scalars):
-    m, v = slots[0], slots[1]
+    clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
-        p, j, start, stop = _chunk(params, chunks, c, slots)
-        g = _chunk(grads, chunks, c, slots)[0]
-        o = offsets[j]
-        for i in range(start, stop):
-            p[i], m[o + i], v[o + i] = adam_rule(p[i], clip_gradient(g[i], *clip), m[o + i], v[o + i], *scalars)
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
+        m = _row(slots, 0, offsets[j])
+        v = _row(slots, 1, offsets[j])
+        if clipping:
+            for i in range(start, stop):
+                p[i], m[i], v[i] = adam_rule(p[i], clip_gradient(g[i], *clip), m[i], v[i], *scalars)
+        else:
+            for i in range(start, stop):
+                p[i], m[i], v[i] = adam_rule(p[i], g[i], m[i], v[i], *scalars)
 
 
-@njit(parallel=True, cache=True)
+@_kernel
 def adamax_step(params, grads, slots, offsets, chunks, clip, scalars):
-    m, u = slots[0], slots[1]
+    clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
-        p, j, start, stop = _chunk(params, chunks, c, slots)
-        g = _chunk(grads, chunks, c, slots)[0]
-        o = offsets[j]
-        for i in range(start, stop):
-            p[i], m[o + i], u[o + i] = adamax_rule(p[i], clip_gradient(g[i], *clip), m[o + i], u[o + i], *scalars)
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
+        m = _row(slots, 0, offsets[j])
+        u = _row(slots, 1, offsets[j])
+        if clipping:
+            for i in range(start, stop):
+                p[i], m[i], u[i] = adamax_rule(p[i], clip_gradient(g[i], *clip), m[i], u[i], *scalars)
+        else:
+            for i in range(start, stop):
+                p[i], m[i], u[i] = adamax_rule(p[i], g[i], m[i], u[i], *scalars)
 
 
-@njit(parallel=True, cache=True)
+@_kernel
 def nadam_step(params, grads, slots, offsets, chunks, clip, scalars):
-    m, v = slots[0], slots[1]
+    clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
-        p, j, start, stop = _chunk(params, chunks, c, slots)
-        g = _chunk(grads, chunks, c, slots)[0]
-        o = offsets[j]
-        for i in range(start, stop):
-            p[i], m[o + i], v[o + i] = nadam_rule(p[i], clip_gradient(g[i], *clip), m[o + i], v[o + i], *scalars)
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
+        m = _row(slots, 0, offsets[j])
+        v = _row(slots, 1, offsets[j])
+        if clipping:
+            for i in range(start, stop):
+                p[i], m[i], v[i] = nadam_rule(p[i], clip_gradient(g[i], *clip), m[i], v[i], *scalars)
+        else:
+            for i in range(start, stop):
+                p[i], m[i], v[i] = nadam_rule(p[i], g[i], m[i], v[i], *scalars)

@@ -19,7 +19,7 @@ class Hyperparameter(NamedTuple):
     """A constructor argument: its Keras 2.0 name, default and valid range.
 
     ``kind`` is ``"nonnegative"`` (a finite float >= 0), ``"fraction"`` (a float in
-    [0, 1), for the betas) or ``"flag"`` (a bool).
+    [0, 1), for the betas), ``"flag"`` (a bool) or ``"device"`` ("auto", "cpu" or "cuda").
     """
 
     name: str
@@ -28,6 +28,10 @@ class Hyperparameter(NamedTuple):
 
     def check(self, value):
         """``value`` as a plain float or bool, or a TypeError / ValueError naming it."""
+        if self.kind == "device":
+            if not isinstance(value, str) or value not in ("auto", "cpu", "cuda"):
+                raise ValueError(f"{self.name} must be 'auto', 'cpu' or 'cuda', got {value!r}")
+            return value
         if self.kind == "flag":
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{self.name} must be a bool, got {value!r}")
@@ -46,6 +50,10 @@ class Hyperparameter(NamedTuple):
 
 #: Keyword arguments every optimizer accepts besides its own (Keras 2.0: clipnorm, clipvalue).
 CLIPPING = (Hyperparameter("clipnorm", None), Hyperparameter("clipvalue", None))
+
+#: Where the step runs: "auto" (where the parameters live), or "cpu" / "cuda" to force and
+#: check that. In the config only when given, like the clip settings.
+DEVICE = (Hyperparameter("device", None, "device"),)
 
 #: Later Keras versions spell ``lr`` as ``learning_rate``; both name the same setting.
 ALIASES = {"learning_rate": "lr"}
@@ -113,13 +121,13 @@ class Optimizer:
         given = dict(zip(names, args))
         for key, value in kwargs.items():
             name = ALIASES.get(key, key)
-            if name not in names and name not in ("clipnorm", "clipvalue"):
+            if name not in names and name not in ("clipnorm", "clipvalue", "device"):
                 raise TypeError(f"Unexpected keyword argument passed to optimizer {cls.__name__}: {key}")
             if name in given:
                 raise TypeError(f"{cls.__name__} got multiple values for argument {name!r}")
             given[name] = value
         checked = {}
-        for h in cls.hyperparameters + CLIPPING:
+        for h in cls.hyperparameters + CLIPPING + DEVICE:
             if h.name in given:
                 checked[h.name] = h.check(given[h.name])
             elif h.default is not None:
@@ -139,7 +147,7 @@ class Optimizer:
         # Assigning a hyperparameter (opt.lr = 0.01, say, for a schedule) checks the value
         # and takes effect at the next step, as Keras's K.set_value(opt.lr, ...) does.
         key = ALIASES.get(name, name)
-        declared = {h.name: h for h in type(self).hyperparameters + CLIPPING}
+        declared = {h.name: h for h in type(self).hyperparameters + CLIPPING + DEVICE}
         if key in declared and "_hyper" in self.__dict__:
             self._hyper[key] = declared[key].check(value)
         else:
@@ -164,8 +172,12 @@ class Optimizer:
         return cls(**keras2_arguments(cls, config))
 
     def checkpoint_config(self):
-        """What a checkpoint records to rebuild this optimizer (JSON types): its config."""
-        return self.get_config()
+        """What a checkpoint records to rebuild this optimizer (JSON types): its config.
+
+        Without ``device``: where the arrays live belongs to the run, not to the state, so a
+        checkpoint written from GPU state loads on the CPU and the other way round.
+        """
+        return {key: value for key, value in self.get_config().items() if key != "device"}
 
     @classmethod
     def from_checkpoint_config(cls, config, **options):

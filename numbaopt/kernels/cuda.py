@@ -1,0 +1,343 @@
+"""CUDA kernels: the CPU kernels' layout and rules, launched on the GPU.
+
+The arguments are the CPU kernels' (``numbaopt.kernels.cpu``): the data addresses of a
+group's parameters and gradients, the group's slots as one ``(n_kinds, total)`` device
+buffer, the offset of each tensor's slots in a row, the chunk table ``(tensor, start,
+stop)``, the clip scalars and the step scalars. One launch updates every tensor of a
+group: blocks take chunks in a grid-stride loop, the threads of a block take the elements
+of a chunk in a block-stride loop, so neighbouring threads touch neighbouring elements.
+
+The per-element math is each optimizer's rule and ``clip_gradient``, compiled here with
+``cuda.jit(device=True)``; nothing in this module restates a formula.
+
+Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels run as Python.
+The only part that differs is ``_tensor``, the primitive that turns an integer address
+into something indexable: a typed pointer on the GPU (an LLVM ``inttoptr``, which the
+simulator cannot run), a NumPy view of the simulator's host memory otherwise.
+
+Imported only when a CUDA array is first updated. The callers check every address, size
+and dtype before a kernel runs: nothing here checks bounds.
+"""
+import math
+from collections import OrderedDict
+
+import numpy as np
+from numba import cuda, float64, types
+from numba.core import config
+
+from numbaopt import tuning
+from numbaopt.clipping import clip_gradient as _clip_gradient
+from numbaopt.optimizers.adadelta import adadelta_rule as _adadelta_rule
+from numbaopt.optimizers.adagrad import adagrad_rule as _adagrad_rule
+from numbaopt.optimizers.adam import adam_rule as _adam_rule
+from numbaopt.optimizers.adamax import adamax_rule as _adamax_rule
+from numbaopt.optimizers.nadam import nadam_rule as _nadam_rule
+from numbaopt.optimizers.rmsprop import rmsprop_rule as _rmsprop_rule
+from numbaopt.optimizers.sgd import sgd_rule as _sgd_rule
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+#: CUDA's limit of threads per block.
+MAX_THREADS_PER_BLOCK = 1024
+
+_device = cuda.jit(device=True)
+
+clip_gradient = _device(_clip_gradient)
+sgd_rule = _device(_sgd_rule)
+rmsprop_rule = _device(_rmsprop_rule)
+adagrad_rule = _device(_adagrad_rule)
+adadelta_rule = _device(_adadelta_rule)
+adam_rule = _device(_adam_rule)
+adamax_rule = _device(_adamax_rule)
+nadam_rule = _device(_nadam_rule)
+
+
+if SIMULATOR:
+    import ctypes
+
+    def _tensor(address, size, like):
+        """The ``size`` elements of ``like``'s dtype at ``address``, as a NumPy view.
+
+        The simulator's device memory is host memory, so the address the backend took
+        from a simulated device array points at a NumPy buffer.
+        """
+        ctype = np.ctypeslib.as_ctypes_type(like.dtype)
+        return np.ctypeslib.as_array(ctypes.cast(int(address), ctypes.POINTER(ctype)), (int(size),))
+
+else:
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def _pointer(typingctx, address, like):
+        """A typed pointer to the device memory at integer ``address``, of ``like``'s dtype."""
+        pointer_type = types.CPointer(like.dtype)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+        return pointer_type(types.int64, like), codegen
+
+    @_device
+    def _tensor(address, size, like):
+        """The elements at ``address`` as a typed pointer (``size`` is the simulator's)."""
+        return _pointer(address, like)
+
+
+@_device
+def _chunk(params, grads, offsets, chunks, c, like):
+    """Chunk ``c``: its parameter and gradient, its tensor's slot offset, start and stop."""
+    tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+    p = _tensor(params[tensor], stop, like)
+    g = _tensor(grads[tensor], stop, like)
+    return p, g, offsets[tensor], start, stop
+
+
+# Every update kernel: blocks stride over chunks, threads over a chunk's elements.
+
+
+@cuda.jit(cache=True)
+def _sgd_step(params, grads, slots, offsets, chunks, clip, scalars):
+    m = slots[0]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], m[o + i] = sgd_rule(p[i], clip_gradient(g[i], *clip), m[o + i], *scalars)
+
+
+@cuda.jit(cache=True)
+def _rmsprop_step(params, grads, slots, offsets, chunks, clip, scalars):
+    a = slots[0]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], a[o + i] = rmsprop_rule(p[i], clip_gradient(g[i], *clip), a[o + i], *scalars)
+
+
+@cuda.jit(cache=True)
+def _adagrad_step(params, grads, slots, offsets, chunks, clip, scalars):
+    a = slots[0]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], a[o + i] = adagrad_rule(p[i], clip_gradient(g[i], *clip), a[o + i], *scalars)
+
+
+@cuda.jit(cache=True)
+def _adadelta_step(params, grads, slots, offsets, chunks, clip, scalars):
+    a, d = slots[0], slots[1]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], a[o + i], d[o + i] = adadelta_rule(
+                p[i], clip_gradient(g[i], *clip), a[o + i], d[o + i], *scalars
+            )
+
+
+@cuda.jit(cache=True)
+def _adam_step(params, grads, slots, offsets, chunks, clip, scalars):
+    m, v = slots[0], slots[1]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], m[o + i], v[o + i] = adam_rule(p[i], clip_gradient(g[i], *clip), m[o + i], v[o + i], *scalars)
+
+
+@cuda.jit(cache=True)
+def _adamax_step(params, grads, slots, offsets, chunks, clip, scalars):
+    m, u = slots[0], slots[1]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], m[o + i], u[o + i] = adamax_rule(p[i], clip_gradient(g[i], *clip), m[o + i], u[o + i], *scalars)
+
+
+@cuda.jit(cache=True)
+def _nadam_step(params, grads, slots, offsets, chunks, clip, scalars):
+    m, v = slots[0], slots[1]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], m[o + i], v[o + i] = nadam_rule(p[i], clip_gradient(g[i], *clip), m[o + i], v[o + i], *scalars)
+
+
+# The global norm: fixed pieces summed in a fixed order, so it is the same on every run.
+#
+# A block combines its threads' sums in a row of a global ``scratch`` array rather than in
+# shared memory: the simulator allocates shared arrays without a lock, so two of a block's
+# threads can get different buffers, and the reduction goes quietly wrong. Global memory
+# keeps one code path; the tree touches a few thousand numbers per launch, against the
+# millions of gradient elements the kernel reads.
+
+
+@_device
+def _block_sum(row, value):
+    """The sum of ``value`` over the threads of a block, by a fixed tree in ``row``.
+
+    The block size is a power of two (checked at launch); each level adds the upper half
+    of the row onto the lower, so the order of additions never depends on timing.
+    """
+    t = cuda.threadIdx.x
+    row[t] = value
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if t < half:
+            row[t] += row[t + half]
+        cuda.syncthreads()
+        half //= 2
+    total = row[0]
+    cuda.syncthreads()  # the row is reused for the block's next chunk
+    return total
+
+
+@cuda.jit(cache=True)
+def _sum_of_squares(grads, chunks, like, partial_sums, scratch):
+    row = scratch[cuda.blockIdx.x]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        g = _tensor(grads[tensor], stop, like)
+        s = 0.0
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            x = float64(g[i])
+            s += x * x
+        total = _block_sum(row, s)
+        if cuda.threadIdx.x == 0:
+            partial_sums[c] = total
+
+
+@cuda.jit(cache=True)
+def _total(values, out, scratch):
+    """``out[0]`` = the sum of ``values``, by one block in a fixed order."""
+    s = 0.0
+    for i in range(cuda.threadIdx.x, values.shape[0], cuda.blockDim.x):
+        s += values[i]
+    total = _block_sum(scratch[0], s)
+    if cuda.threadIdx.x == 0:
+        out[0] = total
+
+
+@cuda.jit(cache=True)
+def _fill_zero(rows):
+    """Every element of the 2-d ``rows`` set to zero (new slots start at zero)."""
+    start = cuda.grid(1)
+    for i in range(start, rows.shape[1], cuda.gridsize(1)):
+        for k in range(rows.shape[0]):
+            rows[k, i] = 0
+
+
+#: Every kernel by the name SlotStore and the PTX check know it.
+KERNELS = {
+    "sgd_step": _sgd_step,
+    "rmsprop_step": _rmsprop_step,
+    "adagrad_step": _adagrad_step,
+    "adadelta_step": _adadelta_step,
+    "adam_step": _adam_step,
+    "adamax_step": _adamax_step,
+    "nadam_step": _nadam_step,
+    "sum_of_squares": _sum_of_squares,
+    "total": _total,
+    "fill_zero": _fill_zero,
+}
+
+
+# ------------------------------------------------------------------ launching
+
+
+def _threads_per_block():
+    threads = tuning.CUDA_THREADS_PER_BLOCK
+    if not (0 < threads <= MAX_THREADS_PER_BLOCK and threads & (threads - 1) == 0):
+        raise ValueError(
+            f"tuning.CUDA_THREADS_PER_BLOCK must be a power of two from 1 to {MAX_THREADS_PER_BLOCK}, got {threads}"
+        )
+    return threads
+
+
+def _blocks(units):
+    """Blocks for ``units`` pieces of work: one each, up to what fills the device.
+
+    The loops stride, so fewer blocks than pieces is correct; more would idle.
+    """
+    # The simulator's device has no multiprocessor count: it runs one block at a time.
+    processors = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1)
+    return max(1, min(int(units), processors * tuning.CUDA_BLOCKS_PER_SM))
+
+
+#: Device copies of the small host tables (addresses, offsets, chunks), by content.
+_TABLES = OrderedDict()
+_TABLES_KEPT = 256
+
+
+def _on_device(table):
+    """A device copy of the small int64 host array ``table``, made once per content.
+
+    Each step passes the same addresses, offsets and chunk tables; copying them again
+    would cost a host-to-device transfer per kernel call.
+    """
+    key = (table.shape, table.tobytes())
+    copy = _TABLES.get(key)
+    if copy is None:
+        copy = cuda.to_device(np.ascontiguousarray(table, dtype=np.int64))
+        _TABLES[key] = copy
+        if len(_TABLES) > _TABLES_KEPT:
+            _TABLES.popitem(last=False)
+    else:
+        _TABLES.move_to_end(key)
+    return copy
+
+
+def _update(name):
+    kernel = KERNELS[name]
+
+    def step(params, grads, slots, offsets, chunks, clip, scalars):
+        kernel[_blocks(len(chunks)), _threads_per_block()](
+            _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(chunks), clip, scalars
+        )
+
+    step.__name__ = name
+    step.__doc__ = f"Launch ``{name}`` over every chunk of a group (the CPU kernel's arguments)."
+    return step
+
+
+sgd_step = _update("sgd_step")
+rmsprop_step = _update("rmsprop_step")
+adagrad_step = _update("adagrad_step")
+adadelta_step = _update("adadelta_step")
+adam_step = _update("adam_step")
+adamax_step = _update("adamax_step")
+nadam_step = _update("nadam_step")
+
+
+#: Device buffers the reductions reuse, by shape (launches on one stream run in order).
+_SCRATCH = {}
+
+
+def _scratch(shape):
+    buffer = _SCRATCH.get(shape)
+    if buffer is None:
+        buffer = _SCRATCH[shape] = cuda.device_array(shape, np.float64)
+    return buffer
+
+
+def sum_of_squares(grads, chunks, like, partial_sums):
+    """``partial_sums[c]`` = the float64 sum of squares of chunk ``c``, on the device."""
+    blocks, threads = _blocks(len(chunks)), _threads_per_block()
+    _sum_of_squares[blocks, threads](
+        _on_device(grads), _on_device(chunks), like, partial_sums, _scratch((blocks, threads))
+    )
+
+
+def total(values):
+    """The sum of the device array ``values`` as a Python float: only this scalar crosses."""
+    threads = _threads_per_block()
+    out = _scratch((1,))
+    _total[1, threads](values, out, _scratch((1, threads)))
+    return float(out.copy_to_host()[0])
+
+
+def zeros(shape, dtype):
+    """A zeroed device array of ``shape`` (at most 2-d), filled on the device."""
+    array = cuda.device_array(shape, dtype)
+    rows = array.reshape((1, array.size)) if array.ndim < 2 else array
+    if rows.size:
+        _fill_zero[_blocks(math.ceil(rows.shape[1] / _threads_per_block())), _threads_per_block()](rows)
+    return array

@@ -1,0 +1,86 @@
+"""Every real CUDA kernel, for each dtype, compiled to PTX without a GPU (tox -e ptx).
+
+The CUDA simulator runs kernels as Python and type-checks nothing; this compiles the
+kernels for the GPU with the NVVM that ``numba-cuda[cu12]`` installs, so a kernel that
+would not compile on a GPU fails here. It needs the real CUDA target (no
+``NUMBA_ENABLE_CUDASIM``) but no GPU and no driver.
+"""
+import numba
+import numpy as np
+import pytest
+
+from numbaopt import optimizers
+from numbaopt.clipping import clip_arguments
+from tests.cases import DTYPES, NAMES
+
+pytestmark = [pytest.mark.cuda, pytest.mark.ptx]
+
+#: The architecture the kernels are compiled for. Any would do: the check is that Numba
+#: can type and lower every kernel for the GPU, not how fast the code is.
+COMPUTE_CAPABILITY = (7, 5)
+
+
+class _Device:
+    """What Numba asks the current device for when it compiles a device function."""
+
+    compute_capability = COMPUTE_CAPABILITY
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    """``numbaopt.kernels.cuda`` on the real CUDA target, with no GPU in the machine.
+
+    numba-cuda compiles a called device function for "the current device", which needs a
+    driver; compile_ptx itself does not. The stand-in device gives it the target instead.
+    """
+    from numba.cuda import dispatcher
+
+    from numbaopt.kernels import cuda
+
+    assert not cuda.SIMULATOR, "the PTX check needs the real CUDA target: unset NUMBA_ENABLE_CUDASIM"
+    monkeypatch.setattr(dispatcher, "get_current_device", lambda: _Device)
+    return cuda
+
+
+def compile_ptx(kernel, signature):
+    from numba import cuda
+
+    ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=COMPUTE_CAPABILITY)
+    return ptx
+
+
+def update_signature(name, dtype):
+    """The argument types ``SlotStore.run`` passes to optimizer ``name``'s kernel."""
+    dt = numba.from_dtype(np.dtype(dtype))
+    opt = getattr(optimizers, name)()
+    clip = numba.typeof(clip_arguments(1.0, 0.5, 2.0, dtype))
+    scalars = numba.typeof(opt.step_scalars(dtype))
+    return (numba.int64[::1], numba.int64[::1], dt[:, ::1], numba.int64[::1], numba.int64[:, ::1], clip, scalars)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", NAMES, ids=str.lower)
+def test_update_kernel_compiles(kernels, name, dtype):
+    kernel_name = getattr(optimizers, name).kernel
+    ptx = compile_ptx(kernels.KERNELS[kernel_name], update_signature(name, dtype))
+    assert ".entry" in ptx
+    if dtype == np.float32:
+        # Every scalar reaches the kernel in the parameters' dtype, so a float32 step has no
+        # float64 arithmetic: a stray double would halve the speed on most GPUs.
+        assert ".f64" not in ptx, f"{kernel_name} does float64 arithmetic on float32 parameters"
+    else:
+        assert ".f64" in ptx
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_reduction_and_fill_kernels_compile(kernels, dtype):
+    dt = numba.from_dtype(np.dtype(dtype))
+    signatures = {
+        "sum_of_squares": (numba.int64[::1], numba.int64[:, ::1], dt[:, ::1], numba.float64[::1], numba.float64[:, ::1]),
+        "total": (numba.float64[::1], numba.float64[::1], numba.float64[:, ::1]),
+        "fill_zero": (dt[:, ::1],),
+    }
+    for kernel_name, signature in signatures.items():
+        ptx = compile_ptx(kernels.KERNELS[kernel_name], signature)
+        assert ".entry" in ptx, kernel_name
+    assert set(kernels.KERNELS) == {getattr(optimizers, n).kernel for n in NAMES} | set(signatures)
