@@ -8,13 +8,14 @@ The layout is documented in ``docs/checkpoint-format.md``. Three promises shape 
   Temporary files of writers that died (SIGKILL, power loss) are removed by the next save
   to the same path on the same host.
 * **A checkpoint is data, never code.** The class is looked up by name in numbaopt's
-  registry (nothing is imported from a name in the file), the config is JSON, the arrays
-  are plain float datasets; nothing is unpickled or evaluated.
-* **Every load is checked before it is trusted.** A SHA-256 digest of every slot and of
-  the header detects corruption; shapes, dtypes, slot kinds and scalar state are checked
-  against the class; a dataset must be stored in the file itself (no links, no external or
-  virtual storage, no filters), so a crafted file cannot make the loader read other files
-  or allocate more memory than the file's size. Every failure is a ``CheckpointError``
+  registry (nothing is imported from a name in the file), the config is JSON, the slots
+  are plain float datasets and the optimizer's own arrays (``checkpoint_arrays``) plain
+  numeric ones; nothing is unpickled or evaluated.
+* **Every load is checked before it is trusted.** A SHA-256 digest of every slot, of every
+  optimizer array and of the header detects corruption; shapes, dtypes, slot kinds and
+  scalar state are checked against the class; a dataset must be stored in the file itself
+  (no links, no external or virtual storage, no filters), so a crafted file cannot make the
+  loader read other files or allocate more memory than the file's size. Every failure is a ``CheckpointError``
   that names the file and the place in it. The digests catch accidents, not forgers: a
   crafted file with valid digests is still only data, checked like any other.
 """
@@ -35,12 +36,17 @@ import numbaopt
 FORMAT = "numbaopt optimizer checkpoint"
 
 #: The format this version writes; it reads every version up to this one.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: The ending of temporary files; the next save to the same path sweeps those of dead writers.
 TEMPORARY_SUFFIX = ".numbaopt-tmp"
 
 _FLOAT_DTYPES = ("float32", "float64")
+
+#: The dtypes of an optimizer's own arrays (``Optimizer.checkpoint_arrays``): fixed-size
+#: numbers that every HDF5 reader maps one way; no strings, objects, booleans or compounds.
+ARRAY_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                "float16", "float32", "float64")
 
 
 class CheckpointError(Exception):
@@ -66,13 +72,15 @@ class Checkpoint(NamedTuple):
     scalars: dict
     parameters: tuple  # of Parameter, in parameter order
     slots: dict  # slot kind -> [array per parameter]
+    arrays: dict  # the optimizer's own arrays by name, in saved order (empty in format 1)
 
 
 # ---------------------------------------------------------------------- saving
 
 
 def save_optimizer(optimizer, path):
-    """Write ``optimizer``'s class, config, iterations, scalar state and every slot to ``path``.
+    """Write ``optimizer``'s class, config, iterations, scalar state, every slot and its own
+    arrays (``checkpoint_arrays()``) to ``path``.
 
     The file at ``path`` is replaced atomically: a crash leaves the previous file or the new
     one, never a partial file. Works before the first step too (no slots yet).
@@ -94,21 +102,23 @@ def save_optimizer(optimizer, path):
     except (TypeError, ValueError) as error:
         raise TypeError(f"{cls.__name__}'s checkpoint config is not JSON: {error}") from None
 
+    arrays = _checked_arrays(cls.__name__, optimizer.checkpoint_arrays())
     state = optimizer.state()
     slots = {kind: [np.asarray(a, order="C") for a in state.slots.get(kind, [])] for kind in cls.slot_names}
     n_params = len(next(iter(slots.values()), []))
     names = state.names or (None,) * n_params
     first = slots[cls.slot_names[0]] if cls.slot_names else []
     parameters = tuple(Parameter(names[i], tuple(first[i].shape), first[i].dtype.name) for i in range(n_params))
-    header = _header(cls.__name__, config_text, state.iterations, state.scalars, cls.slot_names)
+    header = _header(cls.__name__, config_text, state.iterations, state.scalars, cls.slot_names, list(arrays))
     digests = [{kind: _array_digest(slots[kind][i]) for kind in cls.slot_names} for i in range(n_params)]
+    records = [_array_record(name, array.shape, array.dtype.name, _array_digest(array)) for name, array in arrays.items()]
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     _sweep_dead_temporaries(path)
     temporary = _create_temporary(path)
     try:
-        _write(temporary, header, parameters, slots, digests)
+        _write(temporary, header, parameters, slots, digests, arrays, records)
         _fsync(temporary)
         os.replace(temporary, path)
     except BaseException:
@@ -118,7 +128,41 @@ def save_optimizer(optimizer, path):
     _fsync_directory(folder)
 
 
-def _header(class_name, config_text, iterations, scalars, slot_names):
+def _checked_arrays(class_name, arrays):
+    """``checkpoint_arrays()``'s result as ``{name: C-contiguous array}``, or a TypeError / ValueError.
+
+    Checked before anything is written, so an optimizer that returns something a load could
+    not read back fails at the save, not at the load.
+    """
+    if not isinstance(arrays, dict):
+        raise TypeError(f"{class_name}.checkpoint_arrays() must return a dict of name -> array, got {type(arrays).__name__}")
+    checked = {}
+    for name, array in arrays.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{class_name}.checkpoint_arrays(): array names are strings, got {name!r}")
+        _check_array_name(name, ValueError, f"{class_name}.checkpoint_arrays()")
+        array = np.asarray(array, order="C")
+        if array.dtype.name not in ARRAY_DTYPES:
+            raise TypeError(
+                f"{class_name}.checkpoint_arrays(): array {name!r} has dtype {array.dtype}; "
+                f"a checkpoint stores {', '.join(ARRAY_DTYPES)}"
+            )
+        checked[name] = array
+    return checked
+
+
+def _check_array_name(name, error, where):
+    """An HDF5 link name that means one dataset in /arrays: not empty, no ``/``, not ``.``."""
+    if not name or "/" in name or name == ".":
+        raise error(f"{where}: {name!r} is not a valid array name (a non-empty name without '/', not '.')")
+
+
+def _array_record(name, shape, dtype, digest):
+    """What the manifest digest records about one optimizer array."""
+    return {"name": name, "shape": list(shape), "dtype": dtype, "sha256": digest}
+
+
+def _header(class_name, config_text, iterations, scalars, slot_names, array_names):
     """The root attributes, as they are written (and read back for the digest)."""
     return {
         "format": FORMAT,
@@ -130,10 +174,11 @@ def _header(class_name, config_text, iterations, scalars, slot_names):
         # JSON keeps a float64 exactly: Python writes the shortest repr that reads back the same.
         "scalar_state": json.dumps({k: float(v) for k, v in scalars.items()}, sort_keys=True),
         "slot_names": json.dumps(list(slot_names)),
+        "array_names": json.dumps(list(array_names)),
     }
 
 
-def _write(filename, header, parameters, slots, digests):
+def _write(filename, header, parameters, slots, digests, arrays, records):
     import h5py
 
     # HDF5 1.10's file format checksums its own metadata (superblock, object headers, indexes),
@@ -149,11 +194,15 @@ def _write(filename, header, parameters, slots, digests):
                 g.attrs["name"] = parameter.name
             g.attrs["shape"] = json.dumps(list(parameter.shape))
             g.attrs["dtype"] = parameter.dtype
-            for kind, arrays in slots.items():
-                array = arrays[i]
+            for kind, per_parameter in slots.items():
+                array = per_parameter[i]
                 dataset = g.create_dataset(kind, data=array.astype(array.dtype.newbyteorder("<"), copy=False))
                 dataset.attrs["sha256"] = digests[i][kind]
-        f.attrs["sha256"] = _manifest_digest(header, parameters, digests)
+        group = f.create_group("arrays")
+        for (name, array), record in zip(arrays.items(), records):
+            dataset = group.create_dataset(name, data=array.astype(array.dtype.newbyteorder("<"), copy=False))
+            dataset.attrs["sha256"] = record["sha256"]
+        f.attrs["sha256"] = _manifest_digest(header, parameters, digests, records)
         f.flush()
 
 
@@ -163,11 +212,17 @@ def _array_digest(array):
     return hashlib.sha256(data.reshape(-1).view(np.uint8)).hexdigest()
 
 
-def _manifest_digest(header, parameters, digests):
-    """SHA-256 over everything but the slot data itself, which enters through its digests."""
+def _manifest_digest(header, parameters, digests, arrays=None):
+    """SHA-256 over everything but the slot and array data, which enter through their digests.
+
+    ``arrays`` is the list of ``_array_record``s (format 2), or None for a format-1 file,
+    whose manifest has no ``arrays`` key.
+    """
     manifest = dict(header, parameters=[
         {"name": p.name, "shape": list(p.shape), "dtype": p.dtype, "sha256": d} for p, d in zip(parameters, digests)
     ])
+    if arrays is not None:
+        manifest["arrays"] = arrays
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -244,7 +299,8 @@ def load_optimizer(path, **options):
     """A new optimizer with the state saved at ``path``; its slots bind at the next step.
 
     ``options`` go to the class's ``from_checkpoint_config`` (``TFOptimizer`` needs
-    ``wrapped=``, the TensorFlow optimizer to drive). The next ``apply_gradients`` checks
+    ``wrapped=``, the TensorFlow optimizer to drive); the optimizer's own arrays go to its
+    ``load_checkpoint_arrays``. The next ``apply_gradients`` checks
     the parameters' count, shapes and dtypes, and their names when both sides have them.
     """
     from numbaopt.registry import optimizer_class
@@ -259,6 +315,7 @@ def load_optimizer(path, **options):
     try:
         optimizer = cls.from_checkpoint_config(checkpoint.config, **options)
         optimizer.set_weights(weights)
+        optimizer.load_checkpoint_arrays(dict(checkpoint.arrays))
         if names and names[0] is not None:
             optimizer.set_parameter_names(names)
     except (TypeError, ValueError) as error:
@@ -322,10 +379,14 @@ def _read(f):
         "scalar_state": _attribute(f, "scalar_state", str),
         "slot_names": _attribute(f, "slot_names", str),
     }
+    records = None  # format 1 has no /arrays
+    if version >= 2:
+        header["array_names"] = _attribute(f, "array_names", str)
+        records = _read_array_records(f, _json(header, "array_names", list))
     n_params = _attribute(f, "n_parameters", int)
     parameters, digests = _read_parameters(f, n_params, _json(header, "slot_names", list))
-    if _attribute(f, "sha256", str) != _manifest_digest(header, parameters, digests):
-        raise CheckpointError("the header is corrupted: the attributes of / and /parameters do not match / sha256")
+    if _attribute(f, "sha256", str) != _manifest_digest(header, parameters, digests, records):
+        raise CheckpointError("the header is corrupted: the attributes of /, /parameters and /arrays do not match / sha256")
 
     try:
         cls = optimizer_class(header["class_name"])
@@ -360,8 +421,41 @@ def _read(f):
             if _array_digest(array) != digests[i][kind]:
                 raise CheckpointError(f"{where} is corrupted: its data does not match its sha256 attribute")
             slots[kind].append(array)
+    arrays = {}
+    for record in records or []:
+        where = f"/arrays/{record['name']}"
+        with _reading(where):
+            array = f["arrays"][record["name"]][()]
+        array = np.asarray(array, dtype=record["dtype"])
+        if _array_digest(array) != record["sha256"]:
+            raise CheckpointError(f"{where} is corrupted: its data does not match its sha256 attribute")
+        arrays[record["name"]] = array
     return Checkpoint(version, header["numbaopt_version"], cls.__name__, config, header["iterations"],
-                      {k: float(v) for k, v in scalars.items()}, tuple(parameters), slots)
+                      {k: float(v) for k, v in scalars.items()}, tuple(parameters), slots, arrays)
+
+
+def _read_array_records(f, names):
+    """The ``_array_record`` of every dataset in /arrays (format 2), each checked before it is read."""
+    for name in names:
+        _check_array_name(name, CheckpointError, "attribute array_names on /")
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"attribute array_names on / lists a name twice: {_preview(names)}")
+    group = _member(f, "arrays", "/arrays", group=True)
+    with _reading("/arrays"):
+        members = sorted(group.keys())
+    if members != sorted(names):
+        raise CheckpointError(f"/arrays holds datasets {_preview(members)}, expected array_names {_preview(sorted(names))}")
+    records = []
+    for name in names:
+        where = f"/arrays/{name}"
+        dataset = _member(group, name, where, group=False)
+        with _reading(where):
+            dtype = dataset.dtype
+        if dtype.name not in ARRAY_DTYPES:
+            raise CheckpointError(f"{where} has dtype {dtype}; a checkpoint's arrays are {', '.join(ARRAY_DTYPES)}")
+        _check_stored_plainly(dataset, where)
+        records.append(_array_record(name, dataset.shape, dtype.name, _attribute(dataset, "sha256", str, where=where)))
+    return records
 
 
 def _read_parameters(f, n_params, slot_names):
@@ -425,8 +519,16 @@ def _check_dataset(dataset, shape, dtype, where):
             raise CheckpointError(f"{where} has shape {dataset.shape}, but its parameter has shape {shape}")
         if dataset.dtype.kind != "f" or dataset.dtype.itemsize != dtype.itemsize:
             raise CheckpointError(f"{where} has dtype {dataset.dtype}, but its parameter has dtype {dtype}")
+    _check_stored_plainly(dataset, where)
+
+
+def _check_stored_plainly(dataset, where):
+    """The dataset's bytes lie contiguously in this file and are exactly as many as its shape needs,
+    so reading it touches no other file and allocates no more than the file holds."""
+    with _reading(where):
         if dataset.is_virtual or dataset.external or dataset.chunks is not None:
             raise CheckpointError(f"{where} is not stored contiguously in this file (virtual, external or chunked)")
+        shape, dtype = dataset.shape, dataset.dtype
         expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         stored = dataset.id.get_storage_size()
         if expected and stored != expected:

@@ -1,7 +1,8 @@
 """``numbaopt inspect PATH``: what a checkpoint holds, after the same checks as a load.
 
 Prints the class, config, iterations and scalar state, then one row per slot of every
-parameter (parameter, slot, shape, dtype, min, max, mean). A file that ``load_optimizer``
+parameter (parameter, slot, shape, dtype, min, max, mean), then one row per array the
+optimizer keeps beside its slots (``checkpoint_arrays``, e.g. ``TFOptimizer``'s). A file that ``load_optimizer``
 would refuse makes it print the ``CheckpointError`` message and exit with status 1.
 It reads the file only: no optimizer is built and no kernel is compiled.
 """
@@ -47,16 +48,25 @@ def report(checkpoint):
     lines.append(f"parameters  {len(checkpoint.parameters)}")
     if not checkpoint.parameters:
         lines.append("(no slots: the optimizer had taken no step)")
-        return "\n".join(lines)
-    rows = [("parameter", "slot", "shape", "dtype", "min", "max", "mean")]
-    for i, parameter in enumerate(checkpoint.parameters):
-        label = str(i) if parameter.name is None else f"{i} {parameter.name}"
-        for kind, arrays in checkpoint.slots.items():
-            rows.append((label, kind, str(parameter.shape), parameter.dtype, *_statistics(arrays[i])))
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    lines.append("")
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    else:
+        rows = [("parameter", "slot", "shape", "dtype", "min", "max", "mean")]
+        for i, parameter in enumerate(checkpoint.parameters):
+            label = str(i) if parameter.name is None else f"{i} {parameter.name}"
+            for kind, arrays in checkpoint.slots.items():
+                rows.append((label, kind, str(parameter.shape), parameter.dtype, *_statistics(arrays[i])))
+        lines += _table(rows)
+    if checkpoint.arrays:
+        rows = [("array", "shape", "dtype", "min", "max", "mean")]
+        for name, array in checkpoint.arrays.items():
+            rows.append((name, str(array.shape), array.dtype.name, *_statistics(array)))
+        lines += _table(rows)
     return "\n".join(lines)
+
+
+def _table(rows):
+    """A blank line, then ``rows`` as left-aligned columns."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return [""] + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
 def _statistics(array):

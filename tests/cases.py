@@ -67,3 +67,57 @@ def relative_error(ours, reference):
     scale = np.max(np.abs(reference)) if reference.size else 0.0
     diff = np.max(np.abs(ours - reference)) if reference.size else 0.0
     return diff / scale if scale > 0 else diff
+
+
+# ------------------------------------------------ bad inputs that must change nothing
+
+
+def bad_steps(params):
+    """(id, grads_and_vars, exception) for calls that must be refused after binding to ``params``.
+
+    Shared by every optimizer that takes NumPy parameters (the seven and ``TFOptimizer``),
+    so all of them refuse the same calls with the same exception types.
+    """
+    grads = [np.ones_like(p) for p in params]
+    pairs = list(zip(grads, params))
+    read_only = params[2].copy()
+    read_only.flags.writeable = False
+    fortran = np.asfortranarray(params[2].copy())
+    return [
+        ("gradient-shape", [(np.ones((9,)), params[0])] + pairs[1:], ValueError),
+        ("fewer-params", pairs[:-1], ValueError),
+        ("more-params", pairs + [(np.ones(2), np.zeros(2))], ValueError),
+        ("param-shape", pairs[:3] + [(np.ones((2, 3, 2, 3)), np.zeros((2, 3, 2, 3)))], ValueError),
+        ("param-dtype", pairs[:1] + [(grads[1].astype(np.float32), params[1].astype(np.float32))] + pairs[2:], TypeError),
+        ("integer-param", pairs[:2] + [(grads[2], np.zeros((3, 4), np.int64))] + pairs[3:], TypeError),
+        ("list-param", pairs[:1] + [(grads[1], params[1].tolist())] + pairs[2:], TypeError),
+        ("read-only-param", pairs[:2] + [(grads[2], read_only)] + pairs[3:], ValueError),
+        ("fortran-param", pairs[:2] + [(grads[2], fortran)] + pairs[3:], ValueError),
+        ("shared-memory", pairs[:1] + [(grads[1], params[3].reshape(-1)[:5])] + pairs[2:], ValueError),
+        ("same-param-twice", pairs[:3] + [(grads[2], params[2])], ValueError),
+        ("string-gradient", [("abc", params[0])] + pairs[1:], TypeError),
+        ("unsafe-gradient-dtype", pairs[:1] + [(grads[1].astype(np.complex128), params[1])] + pairs[2:], TypeError),
+        ("not-pairs", [params[0]] + pairs[1:], TypeError),
+        ("no-pairs", [], ValueError),
+    ]
+
+
+#: The ids of ``bad_steps``, for ``pytest.mark.parametrize``.
+BAD_IDS = [case[0] for case in bad_steps(make_params(np.float64))]
+
+
+def snapshot(opt, params):
+    """Copies of the parameters and weights, and the iteration count, for ``assert_unchanged``."""
+    return [p.copy() for p in params], [w.copy() for w in opt.get_weights()], opt.iterations
+
+
+def assert_unchanged(before, opt, params):
+    """A refused call left the parameters, the weights and ``iterations`` as ``snapshot`` saw them."""
+    old_params, old_weights, old_iterations = before
+    assert opt.iterations == old_iterations
+    for p, q in zip(params, old_params):
+        np.testing.assert_array_equal(p, q)
+    weights = opt.get_weights()
+    assert len(weights) == len(old_weights)
+    for w, v in zip(weights, old_weights):
+        np.testing.assert_array_equal(w, v)

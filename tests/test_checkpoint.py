@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import numbaopt
-from numbaopt import checkpoint, optimizers
+from numbaopt import checkpoint, optimizers, registry
 from numbaopt.checkpoint import CheckpointError, load_optimizer, save_optimizer
 from numbaopt.cli import main as cli_main
 from tests.cases import DTYPES, NAMES, SHAPES, gradient_steps, make_params, option_sets
@@ -27,6 +27,36 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
 SPLITS = (0, 2, STEPS)  # k steps before the save, STEPS - k after the load
 PARAM_NAMES = [f"layer{i}/w" for i in range(len(SHAPES))]
+
+
+class ArrayAdam(optimizers.Adam):
+    """Adam that keeps extra state in checkpoint arrays, as ``TFOptimizer`` does, without TensorFlow."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.extra = {}
+
+    def checkpoint_arrays(self):
+        return dict(self.extra)
+
+    def load_checkpoint_arrays(self, arrays):
+        if "table" in arrays and arrays["table"].shape != (2, 3):
+            raise ValueError(f"table must have shape (2, 3), got {arrays['table'].shape}")
+        self.extra = dict(arrays)
+
+
+def extra_arrays():
+    """One array of each form a format-2 file holds: 0-d, empty, several dtypes; named out of
+    alphabetical order, so that keeping the saved order is tested."""
+    return {"step_count": np.array(7, np.int64), "table": np.arange(6, dtype=np.int32).reshape(2, 3) - 2,
+            "history": np.linspace(-1, 1, 5, dtype=np.float32), "averages": np.full(4, 0.1),
+            "empty": np.zeros(0, np.float32)}
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    """``ArrayAdam`` in numbaopt's registry for the test: a checkpoint names only registered classes."""
+    monkeypatch.setitem(registry._MODULES, "arrayadam", (__name__, "ArrayAdam"))
 
 
 def run_steps(opt, params, dtype, first, last):
@@ -265,13 +295,18 @@ def redigest(f):
         g = f[f"parameters/{i}"]
         parameters.append(checkpoint.Parameter(g.attrs.get("name"), tuple(json.loads(g.attrs["shape"])), g.attrs["dtype"]))
         digests.append({kind: g[kind].attrs["sha256"] for kind in json.loads(f.attrs["slot_names"])})
-    f.attrs["sha256"] = checkpoint._manifest_digest(header, parameters, digests)
+    records = []
+    for name in json.loads(f.attrs["array_names"]):
+        data = np.asarray(f["arrays"][name][()])
+        f["arrays"][name].attrs["sha256"] = checkpoint._array_digest(data)
+        records.append(checkpoint._array_record(name, data.shape, data.dtype.name, checkpoint._array_digest(data)))
+    f.attrs["sha256"] = checkpoint._manifest_digest(header, parameters, digests, records)
 
 
-def edit(change, digest=True):
-    """A bad-file maker: the good checkpoint, then ``change(h5py.File)``, then the digests."""
+def edit(change, digest=True, seed=None):
+    """A bad-file maker: the good checkpoint (or ``seed()``), then ``change(h5py.File)``, then the digests."""
     def make(path):
-        path.write_bytes(good_checkpoint_bytes())
+        path.write_bytes((seed or good_checkpoint_bytes)())
         with h5py.File(path, "r+") as f:
             change(f)
             if digest:
@@ -279,9 +314,9 @@ def edit(change, digest=True):
     return make
 
 
-def flip_slot_byte(path):
-    raw = bytearray(good_checkpoint_bytes())
-    start, stop = slot_data_range(bytes(raw))
+def flip_slot_byte(path, seed=good_checkpoint_bytes, dataset="parameters/0/ms"):
+    raw = bytearray(seed())
+    start, stop = slot_data_range(bytes(raw), dataset)
     raw[(start + stop) // 2] ^= 0x10
     path.write_bytes(bytes(raw))
 
@@ -311,7 +346,7 @@ BAD_FILES = {
     "truncated": (lambda path: path.write_bytes(good_checkpoint_bytes()[: len(good_checkpoint_bytes()) // 2]), "truncated"),
     "flipped-slot-byte": (flip_slot_byte, "/parameters/0/ms is corrupted"),
     "foreign-hdf5": (foreign_hdf5, "not a numbaopt checkpoint"),
-    "future-version": (edit(lambda f: f.attrs.modify("format_version", 2)), "format version 2.*reads versions 1 to 1"),
+    "future-version": (edit(lambda f: f.attrs.modify("format_version", 3)), "format version 3.*reads versions 1 to 2"),
     "edited-header": (edit(lambda f: f.attrs.modify("iterations", 99), digest=False), "header is corrupted"),
     "wrong-slot-shape": (edit(replace_dataset(np.zeros((4, 3)))), r"/parameters/0/vs has shape \(4, 3\).*\(3, 4\)"),
     "wrong-slot-dtype": (edit(replace_dataset(np.zeros((3, 4), np.int64))), "/parameters/0/vs has dtype int64"),
@@ -350,7 +385,8 @@ def test_checkpoint_error_is_the_public_one():
     assert numbaopt.save_optimizer is save_optimizer and numbaopt.load_optimizer is load_optimizer
 
 
-CORRUPTION_SETTINGS = settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+CORRUPTION_SETTINGS = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+                               deadline=None)
 
 
 @CORRUPTION_SETTINGS
@@ -395,6 +431,171 @@ def test_corpus_flipped_bytes_in_slot_data_are_always_refused(data):
             load_optimizer(path)
 
 
+# ------------------------------------------------- the optimizer's own arrays
+
+
+def good_array_optimizer():
+    """A small ``ArrayAdam`` after two named steps, holding ``extra_arrays()``."""
+    params = [np.linspace(-1, 1, 6).reshape(2, 3), np.ones(4, np.float32)]
+    opt = ArrayAdam(lr=0.01)
+    for step in range(2):
+        opt.apply_gradients(zip([np.full_like(p, 0.1 * (step + 1)) for p in params], params), names=["w", "b"])
+    opt.extra = extra_arrays()
+    return opt
+
+
+@functools.lru_cache(maxsize=None)
+def good_array_checkpoint_bytes():
+    """``good_array_optimizer()`` saved, as bytes: the seed of the bad files with arrays."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "good.h5")
+        save_optimizer(good_array_optimizer(), path)
+        return Path(path).read_bytes()
+
+
+def assert_same_arrays(ours, theirs):
+    """The same names in the same order, each array with the same dtype, shape and bytes."""
+    assert list(ours) == list(theirs)
+    for name in ours:
+        assert ours[name].dtype == theirs[name].dtype and ours[name].shape == theirs[name].shape, name
+        assert ours[name].tobytes() == theirs[name].tobytes(), name
+
+
+def test_optimizer_arrays_round_trip_in_order_with_their_dtypes(tmp_path):
+    path = tmp_path / "arrays.h5"
+    path.write_bytes(good_array_checkpoint_bytes())
+    loaded, expected = load_optimizer(path), good_array_optimizer()
+    assert_same_arrays(loaded.extra, extra_arrays())
+    assert_same_state(loaded.state(), expected.state())
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs["array_names"]) == list(extra_arrays())
+        assert f["arrays/table"].dtype == np.int32 and f["arrays/step_count"].shape == ()
+        data = np.asarray(f["arrays/history"][()])
+        assert f["arrays/history"].attrs["sha256"] == hashlib.sha256(data.astype("<f4").tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("dtype", checkpoint.ARRAY_DTYPES)
+def test_every_allowed_array_dtype_round_trips(tmp_path, dtype):
+    info = np.finfo(dtype) if np.dtype(dtype).kind == "f" else np.iinfo(dtype)
+    opt = ArrayAdam()
+    opt.extra = {"extremes": np.array([info.min, 0, info.max], dtype)}
+    save_optimizer(opt, tmp_path / "x.h5")
+    assert_same_arrays(load_optimizer(tmp_path / "x.h5").extra, opt.extra)
+
+
+@pytest.mark.parametrize(
+    "arrays, error, match",
+    [
+        ([np.zeros(2)], TypeError, "must return a dict of name -> array, got list"),
+        ({1: np.zeros(2)}, TypeError, "array names are strings, got 1"),
+        ({"a/b": np.zeros(2)}, ValueError, "'a/b' is not a valid array name"),
+        ({".": np.zeros(2)}, ValueError, "'.' is not a valid array name"),
+        ({"": np.zeros(2)}, ValueError, "'' is not a valid array name"),
+        ({"x": np.array([None, 1])}, TypeError, "array 'x' has dtype object"),
+        ({"x": np.zeros(2, np.complex128)}, TypeError, "array 'x' has dtype complex128"),
+        ({"x": np.zeros(2, bool)}, TypeError, "array 'x' has dtype bool"),
+        ({"x": np.array(["abc"])}, TypeError, "array 'x' has dtype <U3"),
+    ],
+    ids=["not-a-dict", "name-not-text", "name-with-slash", "name-dot", "name-empty",
+         "object-dtype", "complex-dtype", "bool-dtype", "text-dtype"],
+)
+def test_save_refuses_arrays_a_load_could_not_read(tmp_path, arrays, error, match):
+    opt = ArrayAdam()
+    opt.checkpoint_arrays = lambda: arrays  # as given, not copied into a dict by ArrayAdam
+    with pytest.raises(error, match=f"ArrayAdam.checkpoint_arrays\\(\\).*{match}"):
+        save_optimizer(opt, tmp_path / "x.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def replace_array(data):
+    def change(f):
+        del f["arrays/history"]
+        f["arrays/history"] = data
+    return change
+
+
+def array_edit(change, digest=True):
+    return edit(change, digest, seed=good_array_checkpoint_bytes)
+
+
+def array_names(names):
+    return lambda f: f.attrs.modify("array_names", json.dumps(names))
+
+
+#: Bad files whose subject is /arrays; "load only" cases are files ``inspect`` reads fine,
+#: refused only by the optimizer they would build.
+BAD_ARRAY_FILES = {
+    "flipped-array-byte": (lambda path: flip_slot_byte(path, good_array_checkpoint_bytes, "arrays/history"),
+                           "/arrays/history is corrupted"),
+    "flipped-0d-array-byte": (lambda path: flip_slot_byte(path, good_array_checkpoint_bytes, "arrays/step_count"),
+                              "/arrays/step_count is corrupted"),
+    "truncated": (lambda path: path.write_bytes(good_array_checkpoint_bytes()[:-200]), "truncated"),
+    "complex-array": (array_edit(replace_array(np.zeros(5, np.complex64))), "/arrays/history has dtype complex64"),
+    "bool-array": (array_edit(replace_array(np.zeros(5, bool))), "/arrays/history has dtype bool"),
+    "text-array": (array_edit(replace_array(np.array([b"abc"] * 5))), "/arrays/history has dtype [|]S3"),
+    "chunked-array": (array_edit(lambda f: (f["arrays"].__delitem__("history"),
+                                            f["arrays"].create_dataset("history", data=np.zeros(5, np.float32), chunks=(2,)))),
+                      "/arrays/history is not stored contiguously"),
+    "missing-array": (array_edit(lambda f: f["arrays"].__delitem__("table"), digest=False),
+                      r"/arrays holds datasets \['averages', 'empty', 'history', 'step_count'\], expected array_names"),
+    "unlisted-array": (array_edit(lambda f: f["arrays"].create_dataset("more", data=np.zeros(2)), digest=False),
+                       r"/arrays holds datasets \['averages', 'empty', 'history', 'more', .*expected array_names"),
+    "external-link-array": (array_edit(lambda f: (f["arrays"].__delitem__("history"),
+                                                  f["arrays"].__setitem__("history", h5py.ExternalLink("/etc/passwd", "/"))),
+                                       digest=False), "/arrays/history is a ExternalLink"),
+    "arrays-group-missing": (array_edit(lambda f: f.__delitem__("arrays"), digest=False), "/arrays is missing"),
+    "array-name-with-slash": (array_edit(array_names(["table/x"]), digest=False), "'table/x' is not a valid array name"),
+    "array-name-twice": (array_edit(array_names(["table", "table"]), digest=False), "lists a name twice"),
+    "array-names-not-json": (array_edit(lambda f: f.attrs.modify("array_names", "table"), digest=False),
+                             "attribute array_names on /"),
+    "array-names-missing": (array_edit(lambda f: f.attrs.__delitem__("array_names"), digest=False),
+                            "attribute array_names on / is missing"),
+    "array-names-reordered": (array_edit(array_names(sorted(extra_arrays())), digest=False), "header is corrupted"),
+    "array-refused-by-its-class": (array_edit(lambda f: (f["arrays"].__delitem__("table"),
+                                                         f["arrays"].__setitem__("table", np.zeros(6, np.int32)))),
+                                   r"cannot rebuild ArrayAdam.*table must have shape \(2, 3\)"),
+    "arrays-for-a-class-without": (array_edit(lambda f: f.attrs.modify("class_name", "Adam")),
+                                   r"cannot rebuild Adam.*keeps no checkpoint arrays, got \['averages'"),
+}
+LOAD_ONLY = ("array-refused-by-its-class", "arrays-for-a-class-without")
+
+
+@pytest.mark.parametrize("case", BAD_ARRAY_FILES)
+def test_bad_arrays_raise_checkpoint_error_naming_what_and_where(tmp_path, case):
+    make, match = BAD_ARRAY_FILES[case]
+    path = tmp_path / "bad.h5"
+    make(path)
+    with pytest.raises(CheckpointError, match=match) as error:
+        load_optimizer(path)
+    assert str(path) in str(error.value)
+    assert cli_main(["inspect", str(path)]) == (0 if case in LOAD_ONLY else 1)
+
+
+@CORRUPTION_SETTINGS
+@given(data=st.data())
+def test_corpus_every_truncation_of_a_file_with_arrays_is_refused(data):
+    raw = good_array_checkpoint_bytes()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "cut.h5")
+        path.write_bytes(raw[:data.draw(st.integers(0, len(raw) - 1))])
+        with pytest.raises(CheckpointError):
+            load_optimizer(path)
+
+
+@CORRUPTION_SETTINGS
+@given(data=st.data())
+def test_corpus_flipped_bytes_in_array_data_are_always_refused(data):
+    raw = bytearray(good_array_checkpoint_bytes())
+    name = data.draw(st.sampled_from(["step_count", "table", "history", "averages"]))
+    start, stop = slot_data_range(bytes(raw), f"arrays/{name}")
+    raw[data.draw(st.integers(start, stop - 1))] ^= data.draw(st.integers(1, 255))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "flipped.h5")
+        path.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointError, match=f"/arrays/{name} is corrupted"):
+            load_optimizer(path)
+
+
 # ------------------------------------------------------------------ format
 
 
@@ -402,7 +603,8 @@ def test_format_records_what_the_documentation_promises(tmp_path):
     path = tmp_path / "good.h5"
     path.write_bytes(good_checkpoint_bytes())
     with h5py.File(path) as f:
-        assert f.attrs["format"] == checkpoint.FORMAT and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == checkpoint.FORMAT and f.attrs["format_version"] == 2
+        assert f.attrs["array_names"] == "[]" and len(f["arrays"]) == 0
         assert f.attrs["numbaopt_version"] == numbaopt.__version__
         assert f.attrs["class_name"] == "Nadam" and int(f.attrs["iterations"]) == 2
         assert json.loads(f.attrs["scalar_state"])["m_schedule"] == reference_state().scalars["m_schedule"]
@@ -414,9 +616,22 @@ def test_format_records_what_the_documentation_promises(tmp_path):
 
 def test_checkpoint_format_1_still_loads():
     """The compatibility promise: a file written by numbaopt 0.1.0 (format 1) loads forever."""
-    loaded = load_optimizer(ROOT / "tests" / "data" / "checkpoint-v1.h5")
+    path = ROOT / "tests" / "data" / "checkpoint-v1.h5"
+    assert checkpoint.read_checkpoint(path).format_version == 1 and checkpoint.read_checkpoint(path).arrays == {}
+    loaded = load_optimizer(path)
     assert loaded.get_config() == good_optimizer().get_config()
     assert_same_state(loaded.state(), good_optimizer().state())
+
+
+def test_checkpoint_format_2_still_loads():
+    """The compatibility promise for format 2, the first with /arrays: ``good_array_optimizer()``
+    saved by numbaopt 0.1.0 (``tests/data/checkpoint-v2.h5``)."""
+    path = ROOT / "tests" / "data" / "checkpoint-v2.h5"
+    assert checkpoint.read_checkpoint(path).format_version == 2
+    loaded, expected = load_optimizer(path), good_array_optimizer()
+    assert type(loaded) is ArrayAdam and loaded.get_config() == expected.get_config()
+    assert_same_state(loaded.state(), expected.state())
+    assert_same_arrays(loaded.extra, expected.extra)
 
 
 # ----------------------------------------------------------------- inspect
@@ -435,6 +650,17 @@ def test_inspect_prints_class_config_iterations_and_a_slot_table(tmp_path, capsy
     vs = state.slots["vs"][0]
     assert ["0", "w", "vs", "(3,", "4)", "float64", f"{vs.min():.6g}", f"{vs.max():.6g}", f"{vs.mean():.6g}"] in rows
     assert ["3", "e", "ms", "(0,", "2)", "float32", "-", "-", "-"] in rows
+
+
+def test_inspect_prints_a_table_of_the_optimizer_arrays(tmp_path, capsys):
+    path = tmp_path / "arrays.h5"
+    path.write_bytes(good_array_checkpoint_bytes())
+    assert cli_main(["inspect", str(path)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["array", "shape", "dtype", "min", "max", "mean"] in rows
+    assert ["table", "(2,", "3)", "int32", "-2", "3", "0.5"] in rows
+    assert ["step_count", "()", "int64", "7", "7", "7"] in rows
+    assert ["empty", "(0,)", "float32", "-", "-", "-"] in rows
 
 
 def test_inspect_command_exits_non_zero_with_the_message(tmp_path):

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from numbaopt import optimizers
-from tests.cases import NAMES, SHAPES, gradient_steps, make_params
+from tests.cases import BAD_IDS, NAMES, SHAPES, assert_unchanged, bad_steps, gradient_steps, make_params, snapshot
 
 
 def trained(name, dtype=np.float64, steps=3, **kwargs):
@@ -20,21 +20,6 @@ def trained(name, dtype=np.float64, steps=3, **kwargs):
     for grads in gradient_steps(steps=steps):
         opt.apply_gradients(zip([g.astype(dtype) for g in grads], params))
     return opt, params
-
-
-def snapshot(opt, params):
-    return [p.copy() for p in params], [w.copy() for w in opt.get_weights()], opt.iterations
-
-
-def assert_unchanged(before, opt, params):
-    old_params, old_weights, old_iterations = before
-    assert opt.iterations == old_iterations
-    for p, q in zip(params, old_params):
-        np.testing.assert_array_equal(p, q)
-    weights = opt.get_weights()
-    assert len(weights) == len(old_weights)
-    for w, v in zip(weights, old_weights):
-        np.testing.assert_array_equal(w, v)
 
 
 # --------------------------------------------------------------------- weights
@@ -142,40 +127,11 @@ def test_set_weights_before_first_step_is_checked_against_parameters():
 # ------------------------------------------------------------------ bad inputs
 
 
-def _bad_steps(params):
-    """(id, grads_and_vars, exception) for calls that must be refused after binding to ``params``."""
-    grads = [np.ones_like(p) for p in params]
-    pairs = list(zip(grads, params))
-    read_only = params[2].copy()
-    read_only.flags.writeable = False
-    fortran = np.asfortranarray(params[2].copy())
-    return [
-        ("gradient-shape", [(np.ones((9,)), params[0])] + pairs[1:], ValueError),
-        ("fewer-params", pairs[:-1], ValueError),
-        ("more-params", pairs + [(np.ones(2), np.zeros(2))], ValueError),
-        ("param-shape", pairs[:3] + [(np.ones((2, 3, 2, 3)), np.zeros((2, 3, 2, 3)))], ValueError),
-        ("param-dtype", pairs[:1] + [(grads[1].astype(np.float32), params[1].astype(np.float32))] + pairs[2:], TypeError),
-        ("integer-param", pairs[:2] + [(grads[2], np.zeros((3, 4), np.int64))] + pairs[3:], TypeError),
-        ("list-param", pairs[:1] + [(grads[1], params[1].tolist())] + pairs[2:], TypeError),
-        ("read-only-param", pairs[:2] + [(grads[2], read_only)] + pairs[3:], ValueError),
-        ("fortran-param", pairs[:2] + [(grads[2], fortran)] + pairs[3:], ValueError),
-        ("shared-memory", pairs[:1] + [(grads[1], params[3].reshape(-1)[:5])] + pairs[2:], ValueError),
-        ("same-param-twice", pairs[:3] + [(grads[2], params[2])], ValueError),
-        ("string-gradient", [("abc", params[0])] + pairs[1:], TypeError),
-        ("unsafe-gradient-dtype", pairs[:1] + [(grads[1].astype(np.complex128), params[1])] + pairs[2:], TypeError),
-        ("not-pairs", [params[0]] + pairs[1:], TypeError),
-        ("no-pairs", [], ValueError),
-    ]
-
-
-BAD_IDS = [case[0] for case in _bad_steps(make_params(np.float64))]
-
-
 @pytest.mark.parametrize("case", BAD_IDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_step_changes_nothing(name, case):
     opt, params = trained(name, steps=2, clipnorm=1.0)
-    _, pairs, error = next(c for c in _bad_steps(params) if c[0] == case)
+    _, pairs, error = next(c for c in bad_steps(params) if c[0] == case)
     before = snapshot(opt, params)
     with pytest.raises(error):
         opt.apply_gradients(pairs)

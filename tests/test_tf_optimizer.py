@@ -4,15 +4,18 @@ Runs in the tox environment with the ``keras`` extra (``tox -e keras``). TensorF
 imported inside the tests, so collecting this module in the default environment, which
 deselects the ``keras`` marker, does not need it.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import numbaopt
 from numbaopt import optimizers
-from tests.cases import DTYPES, gradient_steps, make_params
-from tests.test_state import BAD_IDS, _bad_steps, assert_unchanged, snapshot
+from numbaopt.checkpoint import read_checkpoint
+from tests.cases import BAD_IDS, DTYPES, assert_unchanged, bad_steps, gradient_steps, make_params, snapshot
 
 pytestmark = pytest.mark.keras
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def _legacy(name, **kwargs):
@@ -147,15 +150,43 @@ def test_checkpoint_resume_equals_uninterrupted_run(case, tmp_path):
     opt = optimizers.TFOptimizer(make())
     wrapped_run(opt, params, all_grads[:4])
     numbaopt.save_optimizer(opt, tmp_path / "opt.h5")
+    saved = read_checkpoint(tmp_path / "opt.h5")
+    # The wrapped variables are datasets in /arrays, with their own dtypes; the config is small.
+    assert sorted(saved.config) == ["class_name", "config", "kind", "module"]
+    assert list(saved.arrays) == [f"wrapped_{i}" for i in range(len(opt.get_weights()) - 1)]
+    for stored, weight in zip(saved.arrays.values(), opt.get_weights()[1:]):
+        assert stored.dtype == weight.dtype and stored.tobytes() == weight.tobytes()
     resumed_params = [p.copy() for p in params]
     resumed = numbaopt.load_optimizer(tmp_path / "opt.h5", wrapped=make())
-    assert resumed.iterations == 4
-    wrapped_run(opt, params, all_grads[4:])
-    wrapped_run(resumed, resumed_params, all_grads[4:])
+    assert_resumes_exactly(opt, params, resumed, resumed_params, all_grads[4:])
+
+
+def assert_resumes_exactly(opt, params, resumed, resumed_params, rest):
+    """``resumed`` (loaded at ``opt``'s step) and ``opt`` take the same ``rest`` steps to the same bits."""
+    assert resumed.iterations == opt.iterations
+    wrapped_run(opt, params, rest)
+    wrapped_run(resumed, resumed_params, rest)
     for ours, theirs in zip(resumed_params, params):
         np.testing.assert_array_equal(ours, theirs)
     for ours, theirs in zip(resumed.get_weights(), opt.get_weights()):
+        assert ours.dtype == theirs.dtype
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_format_1_checkpoint_with_variables_in_the_config_still_resumes():
+    """numbaopt 0.1.0 wrote the wrapped variables into the config as base64 (format 1).
+
+    ``tests/data/checkpoint-v1-tfoptimizer.h5`` is that: a legacy Adam (learning rate 0.01)
+    after the first 4 of ``steps(np.float32, 8)`` on ``make_params(np.float32)``.
+    """
+    path = DATA / "checkpoint-v1-tfoptimizer.h5"
+    assert read_checkpoint(path).format_version == 1 and "weights" in read_checkpoint(path).config
+    make = builder("legacy-adam")
+    params, all_grads = make_params(np.float32), steps(np.float32, 8)
+    opt = optimizers.TFOptimizer(make())
+    wrapped_run(opt, params, all_grads[:4])
+    resumed = numbaopt.load_optimizer(path, wrapped=make())
+    assert_resumes_exactly(opt, params, resumed, [p.copy() for p in params], all_grads[4:])
 
 
 @pytest.mark.parametrize("case", FAMILIES)
@@ -198,6 +229,23 @@ def test_loading_needs_a_fresh_optimizer_of_the_recorded_kind_and_settings(tmp_p
         numbaopt.load_optimizer(tmp_path / "opt.h5", wrapped=_legacy("Adam", learning_rate=0.1)())
 
 
+def test_a_checkpoint_whose_arrays_are_not_the_wrapped_variables_is_refused(tmp_path):
+    import h5py
+
+    from tests.test_checkpoint import redigest
+
+    make = builder("legacy-adam")
+    opt = optimizers.TFOptimizer(make())
+    wrapped_run(opt, make_params(np.float32), steps(np.float32, 2))
+    numbaopt.save_optimizer(opt, tmp_path / "opt.h5")
+    with h5py.File(tmp_path / "opt.h5", "r+") as f:  # a consistent file, but not TFOptimizer's names
+        f["arrays"].move("wrapped_1", "slot")
+        f.attrs["array_names"] = f.attrs["array_names"].replace("wrapped_1", "slot")
+        redigest(f)
+    with pytest.raises(numbaopt.CheckpointError, match=r"named wrapped_0, wrapped_1, \.\.\. in order"):
+        numbaopt.load_optimizer(tmp_path / "opt.h5", wrapped=make())
+
+
 def test_weights_for_other_parameters_are_refused_at_the_first_step_and_change_nothing():
     make = builder("v1-adam")
     opt = optimizers.TFOptimizer(make())
@@ -235,7 +283,7 @@ def test_bad_step_gives_numbaopts_error_and_changes_nothing(case, bad):
     opt = optimizers.TFOptimizer(builder(case)())
     params = make_params(np.float64)
     wrapped_run(opt, params, steps(np.float64, 2))
-    _, pairs, error = next(c for c in _bad_steps(params) if c[0] == bad)
+    _, pairs, error = next(c for c in bad_steps(params) if c[0] == bad)
     before = snapshot(opt, params)
     with pytest.raises(error):
         opt.apply_gradients(pairs)

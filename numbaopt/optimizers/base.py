@@ -186,6 +186,25 @@ class Optimizer:
             raise TypeError(f"{cls.__name__} takes no loading options, got {sorted(options)}")
         return cls.from_config(config)
 
+    def checkpoint_arrays(self):
+        """State a checkpoint stores beside the slots, as ``{name: array}`` in a fixed order.
+
+        For state that is not one float array per parameter and slot kind, such as the
+        variables of the optimizer ``TFOptimizer`` wraps: each array becomes a checksummed
+        dataset in ``/arrays`` (numbers only, see ``numbaopt.checkpoint.ARRAY_DTYPES``), which
+        keeps large state out of the JSON config. The Keras 2.0 optimizers have none.
+        """
+        return {}
+
+    def load_checkpoint_arrays(self, arrays):
+        """Take back what ``checkpoint_arrays`` saved; ``load_optimizer`` calls it after ``set_weights``.
+
+        Raise ValueError or TypeError for arrays this optimizer cannot use. The Keras 2.0
+        optimizers keep none, so any array means the file is not one of theirs.
+        """
+        if arrays:
+            raise ValueError(f"{type(self).__name__} keeps no checkpoint arrays, got {sorted(arrays)}")
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._hyper.items())
         return f"{type(self).__name__}({args})"

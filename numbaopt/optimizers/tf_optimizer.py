@@ -170,18 +170,26 @@ def _json_config(config):
     return json.loads(json.dumps(config, default=plain))
 
 
-#: The dtypes a wrapped optimizer's variable may have in a checkpoint (no objects, no strings).
+#: The dtypes a wrapped optimizer's variable may have in a format-1 config (no objects, no strings).
 _WEIGHT_KINDS = "biuf"
 
 
-def _encode(array):
-    """An array as JSON data: dtype, shape and little-endian bytes in base64."""
-    array = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
-    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode("ascii")}
+def _array_name(index):
+    """The name of the wrapped optimizer's ``index``-th variable in a checkpoint's /arrays.
+
+    By position, not by the variable's name: TensorFlow numbers names by what the process
+    built before (``param_0/Adam_2``), so a fresh optimizer of the same kind names them otherwise.
+    """
+    return f"wrapped_{index}"
 
 
 def _decode(record, index):
-    """The array ``_encode`` recorded, or a ValueError naming what is wrong with it."""
+    """A variable as format-1 checkpoints recorded it in the config (dtype, shape, base64
+    little-endian bytes), or a ValueError naming what is wrong with it.
+
+    Format 2 stores the variables as datasets (``checkpoint_arrays``); this reads the files
+    numbaopt 0.1.0 wrote, which the checkpoint format promises to keep loading.
+    """
     where = f"the wrapped optimizer's variable {index} in the checkpoint config"
     try:
         dtype = np.dtype(record["dtype"])
@@ -286,22 +294,33 @@ class TFOptimizer(Optimizer):
         raise NotImplementedError(NO_CONFIG)
 
     def checkpoint_config(self):
-        """The wrapped optimizer's kind (family, module, class), its config and its variables.
-
-        All data, never pickled. The variables (step count and slots) travel here rather
-        than as numbaopt slots because their number, shapes and dtypes are the wrapped
-        optimizer's, not one float array per parameter and slot kind; each is recorded as
-        its dtype, shape and little-endian bytes in base64, so the checkpoint's header
-        digest covers them.
-        """
+        """The wrapped optimizer's kind (family, module, class) and its config: what
+        ``from_checkpoint_config`` checks a freshly built ``wrapped=`` against. Data, never
+        pickled; the wrapped optimizer's variables are ``checkpoint_arrays``."""
         klass = type(self.optimizer)
         return {
             "kind": self._kind.name,
             "module": klass.__module__,
             "class_name": klass.__qualname__,
             "config": self._kind.config(self.optimizer),
-            "weights": [_encode(w) for w in self.get_weights()[1:]],
         }
+
+    def checkpoint_arrays(self):
+        """The wrapped optimizer's variables (step count, slots, v1's ``beta1_power``...) in
+        ``get_weights`` order: their number, shapes and dtypes are the wrapped optimizer's,
+        not one float array per parameter and slot kind, so they are not numbaopt slots."""
+        return {_array_name(i): w for i, w in enumerate(self.get_weights()[1:])}
+
+    def load_checkpoint_arrays(self, arrays):
+        """Give the wrapped optimizer the saved variables, checked against its own at the first step."""
+        expected = [_array_name(i) for i in range(len(arrays))]
+        if list(arrays) != expected:
+            raise ValueError(
+                f"TFOptimizer's checkpoint arrays are named {_array_name(0)}, {_array_name(1)}, ... in order, "
+                f"got {list(arrays)[:8]}"
+            )
+        if arrays:
+            self.set_weights([np.array(self._iterations, np.int64), *arrays.values()])
 
     @classmethod
     def from_checkpoint_config(cls, config, wrapped=None, **options):
@@ -331,7 +350,7 @@ class TFOptimizer(Optimizer):
                 raise ValueError(
                     f"wrapped= has other settings than the checkpoint's {recorded}: " + "; ".join(differences)
                 )
-        weights = [_decode(w, i) for i, w in enumerate(config.get("weights", []))]
+        weights = [_decode(w, i) for i, w in enumerate(config.get("weights", []))]  # format 1 only
         opt._pending = weights or None  # checked against the variables the first step creates
         return opt
 
@@ -398,7 +417,7 @@ class TFOptimizer(Optimizer):
 
     def state(self):
         """``iterations`` and the parameter names; the wrapped optimizer's variables are not
-        numbaopt slots, so they are in ``get_weights()`` and ``checkpoint_config()`` instead."""
+        numbaopt slots, so they are in ``get_weights()`` and ``checkpoint_arrays()`` instead."""
         return OptimizerState(self._iterations, {}, {}, self._names)
 
 
