@@ -87,7 +87,6 @@ class Optimizer:
     slot_names: tuple = ()
     scalar_state: tuple = ()
     keras2_iterations = True
-    uses_decay = True
     kernel = ""
 
     def __init_subclass__(cls, **kwargs):

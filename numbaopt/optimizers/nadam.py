@@ -51,7 +51,6 @@ class Nadam(Optimizer):
     )
     slot_names = ("ms", "vs")
     scalar_state = (("m_schedule", 1.0),)
-    uses_decay = False
     kernel = "nadam_step"
 
     def _momentum_cache(self, dtype):
