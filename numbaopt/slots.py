@@ -6,11 +6,15 @@ contiguous range of its row, and a table of chunks that splits every tensor of t
 into pieces of at most ``tuning.CHUNK_ELEMENTS`` elements. One kernel call then updates
 the whole group, and the global norm sums fixed chunks in a fixed order.
 """
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
 
 from numbaopt import tuning
+
+
+_shape, _dtype = attrgetter("shape"), attrgetter("dtype")
 
 
 class ParamGroup(NamedTuple):
@@ -38,6 +42,7 @@ class SlotStore:
         self.backend = backend
         self.groups = groups
         self.n_params = len(shapes)
+        self._distinct_at = None  # data addresses of the last parameters found not to overlap
 
     @classmethod
     def create(cls, params, slot_names, backend, initial=None):
@@ -67,12 +72,18 @@ class SlotStore:
             raise ValueError(f"the slots live on {self.backend.name}, but the parameters are on {backend.name}")
         if len(params) != self.n_params:
             raise ValueError(f"apply_gradients got {len(params)} parameters, but the slots were made for {self.n_params}")
-        for i, p in enumerate(params):
+        # One C-level pass when all is well (every step), the loop only to name a mismatch.
+        same = tuple(map(_shape, params)) == self.shapes and tuple(map(_dtype, params)) == self.dtypes
+        for i, p in enumerate(() if same else params):
             if p.shape != self.shapes[i]:
                 raise ValueError(f"parameter {i} has shape {p.shape}, but its slots have shape {self.shapes[i]}")
             if p.dtype != self.dtypes[i]:
                 raise TypeError(f"parameter {i} has dtype {p.dtype}, but its slots have dtype {self.dtypes[i]}")
-        backend.check_distinct(params)
+        # The sizes are bound, so parameters at the addresses already found distinct still are.
+        addresses = backend.addresses(params)
+        if not np.array_equal(addresses, self._distinct_at):
+            backend.check_distinct(params)
+            self._distinct_at = addresses
 
     def check_host_slots(self, slot_lists):
         _check_slots_match(slot_lists, self.shapes, self.dtypes, "set_weights")

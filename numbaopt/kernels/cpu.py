@@ -78,28 +78,6 @@ def _row(typingctx, slots, kind, offset):
     return pointer_type(slots, types.intp, types.intp), codegen
 
 
-@njit(cache=True)
-def data_addresses(objects, data_field, out):
-    """``out[k]`` = the data address of the ndarray whose object address is ``objects[k]``.
-
-    Reads the ``data`` field of NumPy's ``PyArrayObject`` (the first field after the
-    object header, at byte ``data_field``). Asking each array for
-    ``__array_interface__`` builds a dict per array (about 0.8 us); this costs a few
-    nanoseconds, which is what makes a step over thousands of small tensors cheap. The
-    layout is NumPy's C ABI (every compiled extension reads ``PyArray_DATA`` through it);
-    ``numbaopt.devices`` still checks it once against ``__array_interface__`` before
-    trusting it. The callers pass only live ``np.ndarray`` objects.
-    """
-    for k in range(objects.shape[0]):
-        out[k] = _pointer(objects[k] + data_field, out)[0]
-
-
-@njit(inline="always")
-def _clipping(clip):
-    """Whether ``clip_gradient(g, *clip)`` can change any value (norm or value clipping on)."""
-    return not (clip[0] == clip[1] and clip[2] == math.inf)
-
-
 #: Accumulators per chunk of the global norm: enough independent float64 sums that the
 #: loop is limited by memory, not by the latency of one vector addition after another.
 _LANES = 64
@@ -154,40 +132,11 @@ def data_addresses(objects, data_field, out):
 
 @njit(inline="always")
 def _clipping(clip):
-    """Whether ``clip_gradient(g, *clip)`` can change any value (norm or value clipping on)."""
-    return not (clip[0] == clip[1] and clip[2] == math.inf)
+    """Whether ``clip_gradient(g, *clip)`` can change a value: not when it is ``g * 1 / 1``
+    with clipvalue +Inf, the arguments for clipping off. (A factor ``c / c`` with ``c != 1``
+    could: ``g * c`` is rounded before the division.)"""
+    return not (clip[0] == 1 and clip[1] == 1 and clip[2] == math.inf)
 
-
-@_kernel
-def sum_of_squares(grads, chunks, like, partial_sums):
-    """``partial_sums[c]`` = the float64 sum of squares of chunk ``c`` of the gradients.
-
-    Each chunk is summed by one thread in a fixed order, with eight interleaved
-    accumulators combined in a fixed order, so the result never depends on the thread
-    count (a prange reduction would). The eight accumulators are also what lets LLVM keep
-    them in one vector register without reordering any float64 addition.
-    """
-    for c in prange(chunks.shape[0]):
-        tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        g = _pointer(grads[tensor], like)
-        lanes = (stop - start) // 8
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-        for k in range(lanes):
-            i = start + 8 * k
-            x0, x1, x2, x3 = numba.float64(g[i]), numba.float64(g[i + 1]), numba.float64(g[i + 2]), numba.float64(g[i + 3])
-            x4, x5, x6, x7 = numba.float64(g[i + 4]), numba.float64(g[i + 5]), numba.float64(g[i + 6]), numba.float64(g[i + 7])
-            s0 += x0 * x0
-            s1 += x1 * x1
-            s2 += x2 * x2
-            s3 += x3 * x3
-            s4 += x4 * x4
-            s5 += x5 * x5
-            s6 += x6 * x6
-            s7 += x7 * x7
-        for i in range(start + 8 * lanes, stop):
-            x = numba.float64(g[i])
-            s0 += x * x
-        partial_sums[c] = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 @_kernel
 def sgd_step(params, grads, slots, offsets, chunks, clip, scalars):

@@ -1,0 +1,38 @@
+"""The benchmark suite's quick mode, as a smoke test: it runs end to end and reports.
+
+No timing is asserted: this machine's speed is not what the test is about. Peers that are
+not installed (the test environment has none) must be reported as missing, not fail.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "suite.py"
+
+
+def test_quick_suite_runs_and_reports(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(SUITE), "--quick", "--out", str(tmp_path), "--optimizers", "Adam", "SGD",
+         "--libraries", "numbaopt", "numpy", "torch-fused"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "[1/" in run.stderr  # progress is shown
+    results = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
+    rows = results["steps"]
+    cases = {(r["kind"], r["case"], r["dtype"]) for r in rows}
+    assert len(cases) == 3 * 2 + 1  # three step cases in two dtypes, and the clipnorm case
+    for kind, case, dtype in cases:
+        for optimizer in ("Adam",) if kind == "clip" else ("Adam", "SGD"):
+            found = {r["library"]: r for r in rows
+                     if (r["kind"], r["case"], r["dtype"], r["optimizer"]) == (kind, case, dtype, optimizer)}
+            assert set(found) == {"numbaopt", "numpy", "torch-fused", "roofline"}
+            for library in ("numbaopt", "numpy", "roofline"):
+                assert found[library]["status"] == "ok" and found[library]["ms"] > 0
+            assert found["torch-fused"]["status"] in ("ok", "missing", "unsupported")
+    startup = results["startup"]
+    assert set(startup) == {"import_numbaopt_s", "import_numba_s", "first_step_cold_cache_s", "first_step_warm_cache_s"}
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "<!-- results:begin -->" in page and "### Targets" in page and "| Adam |" in page
