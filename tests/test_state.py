@@ -204,3 +204,22 @@ def test_random_bad_gradient_shapes_change_nothing(name, data):
     with pytest.raises(ValueError, match=f"gradient {which}"):
         opt.apply_gradients(pairs)
     assert_unchanged(before, opt, params)
+
+
+def test_none_gradient_is_refused_with_a_clear_message():
+    opt, params = trained("Adam", steps=1)
+    before = snapshot(opt, params)
+    pairs = [(np.ones_like(p), p) for p in params]
+    pairs[2] = (None, params[2])
+    with pytest.raises(ValueError, match="gradient 2 is None"):
+        opt.apply_gradients(pairs)
+    assert_unchanged(before, opt, params)
+
+
+@pytest.mark.parametrize("weights", ["abc", None, 3, {"a": 1}, [np.array(0), "x"], [np.array(0), object()]])
+def test_set_weights_refuses_what_is_not_a_list_of_arrays(weights):
+    opt, params = trained("Adam", steps=1)
+    before = snapshot(opt, params)
+    with pytest.raises(TypeError, match="set_weights"):
+        opt.set_weights(weights)
+    assert_unchanged(before, opt, params)

@@ -217,7 +217,7 @@ class Optimizer:
         bias corrections, schedules) is computed here once per call, in the parameters'
         dtype as Keras computes it, so float32 kernels stay in float32.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define step_scalars; use one of the optimizers")
 
     def advance_scalar_state(self):
         """Update the extra scalar state after a step (Nadam's ``m_schedule``)."""
@@ -327,7 +327,7 @@ class Optimizer:
         RMSprop, Adagrad and Adadelta, Nadam's ``m_schedule``); that state is left as it is.
         The count and every shape and dtype are checked before anything changes.
         """
-        weights = [np.asarray(w) for w in weights]
+        weights = _weights_list(weights)
         n_params = self._slots.n_params if self._slots is not None else None
         if n_params is None and self._pending_slots is not None:
             n_params = len(next(iter(self._pending_slots.values())))
@@ -414,7 +414,27 @@ def _split_pairs(grads_and_vars):
             raise TypeError(f"apply_gradients: item {i} is not a (gradient, parameter) pair")
     if not pairs:
         raise ValueError("apply_gradients got no (gradient, parameter) pairs")
+    for i, (grad, _) in enumerate(pairs):
+        if grad is None:
+            # What an autodiff framework returns for a parameter the loss does not depend on.
+            raise ValueError(f"gradient {i} is None: the loss may not depend on parameter {i}")
     return [g for g, _ in pairs], [p for _, p in pairs]
+
+
+def _weights_list(weights):
+    """``weights`` as a list of numeric arrays, or a TypeError naming the first bad item."""
+    if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
+        raise TypeError(f"set_weights takes a list of arrays, got {type(weights).__name__}")
+    arrays = []
+    for i, w in enumerate(weights):
+        try:
+            a = np.asarray(w)
+        except Exception as error:  # noqa: BLE001 - any conversion failure means "not an array"
+            raise TypeError(f"set_weights: item {i} is not an array: {error}") from None
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"set_weights: item {i} has dtype {a.dtype}, not a number type")
+        arrays.append(a)
+    return arrays
 
 
 def _names_tuple(names, n_params):
