@@ -138,27 +138,39 @@ def load_fixtures(path=None):
 
     fixtures = []
     for file in fixture_files(path):
-        with h5py.File(file, "r") as f:
-            meta = {k: _attr(v) for k, v in f.attrs.items()}
-            if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-                raise ValueError(f"{file}: fixture format {meta['format_version']} is newer than "
-                                 f"this numbaopt reads ({FORMAT_VERSION})")
-            for name, grp in f.items():
-                a = {k: _attr(v) for k, v in grp.attrs.items()}
-                d = {k: ds[()] for k, ds in grp.items()}
-                fixtures.append(Fixture(
-                    file=str(file), group=name, optimizer=a["optimizer"], case=a["case"],
-                    dtype=a["dtype"], steps=int(a["steps"]),
-                    keras2_config=json.loads(a["keras2_config"]),
-                    keras_config=json.loads(a["keras_config"]),
-                    clipping=a["clipping"],
-                    param_names=json.loads(a["param_names"]),
-                    param_shapes=[tuple(s) for s in json.loads(a["param_shapes"])],
-                    slot_names=json.loads(a["slot_names"]),
-                    params=d["params"], grads=d["grads"], applied_grads=d.get("applied_grads"),
-                    slots=d["slots"], iterations=d["iterations"], m_schedule=d.get("m_schedule"),
-                    versions={k: v for k, v in meta.items() if k.endswith("_version")},
-                ))
+        try:
+            fixtures += _read_fixture_file(h5py, file)
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{file}: not a numbaopt fixture file (missing or bad {exc})") from None
+    return fixtures
+
+
+def _read_fixture_file(h5py, file):
+    """The cases of one fixture file (a ValueError when it is not one)."""
+    fixtures = []
+    with h5py.File(file, "r") as f:
+        meta = {k: _attr(v) for k, v in f.attrs.items()}
+        if "capture_script" not in meta or "format_version" not in meta:
+            raise ValueError(f"{file}: not a numbaopt fixture file (no capture_script and format_version attributes)")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{file}: fixture format {meta['format_version']} is newer than "
+                             f"this numbaopt reads ({FORMAT_VERSION})")
+        for name, grp in f.items():
+            a = {k: _attr(v) for k, v in grp.attrs.items()}
+            d = {k: ds[()] for k, ds in grp.items()}
+            fixtures.append(Fixture(
+                file=str(file), group=name, optimizer=a["optimizer"], case=a["case"],
+                dtype=a["dtype"], steps=int(a["steps"]),
+                keras2_config=json.loads(a["keras2_config"]),
+                keras_config=json.loads(a["keras_config"]),
+                clipping=a["clipping"],
+                param_names=json.loads(a["param_names"]),
+                param_shapes=[tuple(s) for s in json.loads(a["param_shapes"])],
+                slot_names=json.loads(a["slot_names"]),
+                params=d["params"], grads=d["grads"], applied_grads=d.get("applied_grads"),
+                slots=d["slots"], iterations=d["iterations"], m_schedule=d.get("m_schedule"),
+                versions={k: v for k, v in meta.items() if k.endswith("_version")},
+            ))
     return fixtures
 
 

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+import numbaopt
 from numbaopt import optimizers, parity
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -193,9 +194,25 @@ def test_cli_missing_path(tmp_path, capsys):
     assert "no fixture files" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("content", ["checkpoint", "foreign-hdf5", "fixture-without-cases-attrs"])
+def test_cli_refuses_files_that_are_not_fixtures(tmp_path, capsys, content):
+    path = tmp_path / "other.h5"
+    if content == "checkpoint":
+        numbaopt.save_optimizer(optimizers.Adam(), path)
+    else:
+        with h5py.File(path, "w") as f:
+            f.attrs["format_version"] = 1
+            if content == "fixture-without-cases-attrs":
+                f.attrs["capture_script"] = "fixtures/capture.py"
+                f.create_group("adam-float32").attrs["optimizer"] = "Adam"
+    assert parity.main([str(path)]) == 2
+    assert "not a numbaopt fixture file" in capsys.readouterr().out
+
+
 def test_numbaopt_parity_subcommand(capsys):
     """The console command: ``numbaopt parity [PATH] [--json]``."""
-    cli = pytest.importorskip("numbaopt.cli")
+    from numbaopt import cli
+
     try:
         status = cli.main(["parity", str(FIXTURES / "adagrad.h5"), "--json"])
     except SystemExit as exc:
