@@ -6,12 +6,19 @@ contiguous range of its row, and a table of chunks that splits every tensor of t
 into pieces of at most ``tuning.CHUNK_ELEMENTS`` elements. One kernel call then updates
 the whole group, and the global norm sums fixed chunks in a fixed order.
 """
+import threading
 from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
 
 from numbaopt import tuning
+
+#: One kernel launch at a time in this process. Numba's "workqueue" threading layer (the
+#: fallback where neither OpenMP nor TBB is present, as on macOS wheels) aborts the process
+#: when two Python threads launch parallel kernels at once; each launch already uses every
+#: core, so serialising launches costs nothing but a lock.
+_LAUNCH = threading.Lock()
 
 
 _shape, _dtype = attrgetter("shape"), attrgetter("dtype")
@@ -119,22 +126,18 @@ class SlotStore:
         for group in self.groups:
             partial_sums = self.backend.zeros(len(group.chunks), np.float64)
             addresses = self.backend.addresses([grads[i] for i in group.indices])
-            self.backend.kernels.sum_of_squares(addresses, group.chunks, group.slots, partial_sums)
+            with _LAUNCH:
+                self.backend.kernels.sum_of_squares(addresses, group.chunks, group.slots, partial_sums)
             total += self.backend.sum(partial_sums)
         return float(np.sqrt(total))
 
     def run(self, kernel, group, params, grads, clip, scalars):
         """One update kernel over every tensor of ``group``."""
         step = getattr(self.backend.kernels, kernel)
-        step(
-            self.backend.addresses([params[i] for i in group.indices]),
-            self.backend.addresses([grads[i] for i in group.indices]),
-            group.slots,
-            group.offsets,
-            group.chunks,
-            clip,
-            scalars,
-        )
+        param_addresses = self.backend.addresses([params[i] for i in group.indices])
+        grad_addresses = self.backend.addresses([grads[i] for i in group.indices])
+        with _LAUNCH:
+            step(param_addresses, grad_addresses, group.slots, group.offsets, group.chunks, clip, scalars)
 
 
 def _check_slots_match(slot_lists, shapes, dtypes, where):

@@ -223,3 +223,33 @@ def test_set_weights_refuses_what_is_not_a_list_of_arrays(weights):
     with pytest.raises(TypeError, match="set_weights"):
         opt.set_weights(weights)
     assert_unchanged(before, opt, params)
+
+
+THREADS_SCRIPT = """
+import threading, numpy as np
+from tests.test_state import trained, NAMES
+
+def run(results, k):
+    opt, params = trained(NAMES[k % len(NAMES)], np.float32, steps=20, clipnorm=1.0)
+    results[k] = [p.copy() for p in params] + opt.get_weights()
+
+sequential, threaded = {}, {}
+for k in range(6):
+    run(sequential, k)
+threads = [threading.Thread(target=run, args=(threaded, k)) for k in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert all(np.array_equal(a, b) for k in range(6) for a, b in zip(threaded[k], sequential[k]))
+print("ok")
+"""
+
+
+def test_optimizers_stepped_from_several_threads_give_the_sequential_results():
+    """Kernel launches are serialised: under Numba's workqueue threading layer (used where
+    neither OpenMP nor TBB is available) two concurrent launches abort the process."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    run = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "ok"
