@@ -9,6 +9,7 @@ COMMAND_MODULES = ("numbaopt.parity", "numbaopt.inspect")
 
 
 def main(argv=None):
+    """Run ``numbaopt COMMAND ...``; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="numbaopt", description="Keras 2.0 optimizers as Numba kernels: parity check and checkpoint tools."
     )

@@ -295,6 +295,7 @@ def _format_error(x):
 
 
 def format_table(results):
+    """The results as a fixed-width text table, one row per replay."""
     headers = ("optimizer", "case", "dtype", "config", "steps", "max error", "tolerance", "verdict")
     rows = []
     for r in results:
@@ -316,6 +317,7 @@ def format_table(results):
 
 
 def summary(results):
+    """One line: how many replays passed, and the worst error per dtype."""
     failed = [r for r in results if not r.passed]
     cases = {(r.file, r.optimizer, r.case, r.dtype) for r in results}
     worst = {}

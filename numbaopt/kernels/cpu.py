@@ -140,6 +140,7 @@ def _clipping(clip):
 
 @_kernel
 def sgd_step(params, grads, slots, offsets, chunks, clip, scalars):
+    """One SGD step over every chunk of a group: ``sgd_rule`` on each element, in place."""
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
@@ -155,6 +156,7 @@ def sgd_step(params, grads, slots, offsets, chunks, clip, scalars):
 
 @_kernel
 def rmsprop_step(params, grads, slots, offsets, chunks, clip, scalars):
+    """One RMSprop step over every chunk of a group: ``rmsprop_rule`` on each element, in place."""
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
@@ -170,6 +172,7 @@ def rmsprop_step(params, grads, slots, offsets, chunks, clip, scalars):
 
 @_kernel
 def adagrad_step(params, grads, slots, offsets, chunks, clip, scalars):
+    """One Adagrad step over every chunk of a group: ``adagrad_rule`` on each element, in place."""
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
@@ -185,6 +188,7 @@ def adagrad_step(params, grads, slots, offsets, chunks, clip, scalars):
 
 @_kernel
 def adadelta_step(params, grads, slots, offsets, chunks, clip, scalars):
+    """One Adadelta step over every chunk of a group: ``adadelta_rule`` on each element, in place."""
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
@@ -201,6 +205,7 @@ def adadelta_step(params, grads, slots, offsets, chunks, clip, scalars):
 
 @_kernel
 def adam_step(params, grads, slots, offsets, chunks, clip, scalars):
+    """One Adam step over every chunk of a group: ``adam_rule`` on each element, in place."""
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
@@ -217,6 +222,7 @@ def adam_step(params, grads, slots, offsets, chunks, clip, scalars):
 
 @_kernel
 def adamax_step(params, grads, slots, offsets, chunks, clip, scalars):
+    """One Adamax step over every chunk of a group: ``adamax_rule`` on each element, in place."""
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
@@ -233,6 +239,7 @@ def adamax_step(params, grads, slots, offsets, chunks, clip, scalars):
 
 @_kernel
 def nadam_step(params, grads, slots, offsets, chunks, clip, scalars):
+    """One Nadam step over every chunk of a group: ``nadam_rule`` on each element, in place."""
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
