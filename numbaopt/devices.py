@@ -23,8 +23,9 @@ class CPUBackend:
     def owns(array):
         return isinstance(array, np.ndarray)
 
-    @property
+    @functools.cached_property
     def kernels(self):
+        """The kernel module, imported (with Numba) on first use and kept: it is per step."""
         return importlib.import_module("numbaopt.kernels.cpu")
 
     @staticmethod
@@ -180,8 +181,9 @@ class CUDABackend:
     def __init__(self, cuda):
         self._cuda = cuda
 
-    @property
+    @functools.cached_property
     def kernels(self):
+        """The kernel module, imported (with Numba) on first use and kept: it is per step."""
         return importlib.import_module("numbaopt.kernels.cuda")
 
     def _view(self, array):

@@ -87,8 +87,8 @@ class SlotStore:
             if p.dtype != self.dtypes[i]:
                 raise TypeError(f"parameter {i} has dtype {p.dtype}, but its slots have dtype {self.dtypes[i]}")
         # The sizes are bound, so parameters at the addresses already found distinct still are.
-        addresses = backend.addresses(params)
-        if not np.array_equal(addresses, self._distinct_at):
+        addresses = backend.addresses(params).tobytes()  # bytes compare in one C call
+        if addresses != self._distinct_at:
             backend.check_distinct(params)
             self._distinct_at = addresses
 

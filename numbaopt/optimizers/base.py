@@ -88,6 +88,7 @@ class Optimizer:
     scalar_state: tuple = ()
     keras2_iterations = True
     kernel = ""
+    _settable = {}  # name -> Hyperparameter of what assignment may change; set per subclass
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -97,6 +98,7 @@ class Optimizer:
         ]
         parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         cls.__signature__ = inspect.Signature(parameters)
+        cls._settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE}
 
     def __init__(self, *args, **kwargs):
         self._hyper = self._bind_arguments(args, kwargs)
@@ -146,7 +148,7 @@ class Optimizer:
         # Assigning a hyperparameter (opt.lr = 0.01, say, for a schedule) checks the value
         # and takes effect at the next step, as Keras's K.set_value(opt.lr, ...) does.
         key = ALIASES.get(name, name)
-        declared = {h.name: h for h in type(self).hyperparameters + CLIPPING + DEVICE}
+        declared = type(self)._settable
         if key in declared and "_hyper" in self.__dict__:
             self._hyper[key] = declared[key].check(value)
         else:
