@@ -29,6 +29,7 @@ class ParamGroup(NamedTuple):
 
     dtype: np.dtype
     indices: tuple  # positions of the group's parameters in the call
+    positions: np.ndarray  # the same, as an index array
     offsets: np.ndarray  # int64: where each parameter's slots start in a row of ``slots``
     chunks: np.ndarray  # int64 (n_chunks, 3): tensor (within the group), start, stop
     slots: object  # (n_kinds, total elements) array on the group's device
@@ -50,6 +51,7 @@ class SlotStore:
         self.groups = groups
         self.n_params = len(shapes)
         self._distinct_at = None  # data addresses of the last parameters found not to overlap
+        self._param_addresses = None  # data addresses of the parameters of the current call
 
     @classmethod
     def create(cls, params, slot_names, backend, initial=None):
@@ -65,8 +67,11 @@ class SlotStore:
             sizes = [int(np.prod(shapes[i], dtype=np.int64)) for i in indices]
             offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
             slots = backend.zeros((len(slot_names), int(sum(sizes))), dtype)
-            groups.append(ParamGroup(dtype, indices, offsets, _chunk_table(sizes, tuning.CHUNK_ELEMENTS), slots))
+            chunks = _chunk_table(sizes, tuning.CHUNK_ELEMENTS)
+            groups.append(ParamGroup(dtype, indices, np.array(indices, np.intp), offsets, chunks, slots))
         store = cls(shapes, dtypes, slot_names, backend, groups)
+        store._param_addresses = backend.addresses(params)
+        store._distinct_at = store._param_addresses.tobytes()
         if initial is not None:
             store.load_host_slots(initial)
         return store
@@ -87,10 +92,12 @@ class SlotStore:
             if p.dtype != self.dtypes[i]:
                 raise TypeError(f"parameter {i} has dtype {p.dtype}, but its slots have dtype {self.dtypes[i]}")
         # The sizes are bound, so parameters at the addresses already found distinct still are.
-        addresses = backend.addresses(params).tobytes()  # bytes compare in one C call
-        if addresses != self._distinct_at:
+        # The addresses serve the kernels of this call too (``parameter_addresses``).
+        addresses = backend.addresses(params)
+        if addresses.tobytes() != self._distinct_at:  # bytes compare in one C call
             backend.check_distinct(params)
-            self._distinct_at = addresses
+            self._distinct_at = addresses.tobytes()
+        self._param_addresses = addresses
 
     def check_host_slots(self, slot_lists):
         _check_slots_match(slot_lists, self.shapes, self.dtypes, "set_weights")
@@ -120,22 +127,32 @@ class SlotStore:
 
     # ------------------------------------------------------------------- a call
 
-    def global_norm(self, grads):
+    def grouped_addresses(self, arrays):
+        """The data addresses of one call's arrays (one per parameter), split by group."""
+        return self._split(self.backend.addresses(arrays))
+
+    def parameter_addresses(self):
+        """The parameters' addresses, split by group, as the check of this call found them."""
+        return self._split(self._param_addresses)
+
+    def _split(self, addresses):
+        if len(self.groups) == 1:
+            return [addresses]  # one dtype: the group holds every parameter, in order
+        return [addresses[group.positions] for group in self.groups]
+
+    def global_norm(self, grad_addresses):
         """``sqrt(sum of squares)`` over all gradients, the same for any thread count."""
         total = 0.0
-        for group in self.groups:
+        for group, addresses in zip(self.groups, grad_addresses):
             partial_sums = self.backend.zeros(len(group.chunks), np.float64)
-            addresses = self.backend.addresses([grads[i] for i in group.indices])
             with _LAUNCH:
                 self.backend.kernels.sum_of_squares(addresses, group.chunks, group.slots, partial_sums)
             total += self.backend.sum(partial_sums)
         return float(np.sqrt(total))
 
-    def run(self, kernel, group, params, grads, clip, scalars):
+    def run(self, kernel, group, param_addresses, grad_addresses, clip, scalars):
         """One update kernel over every tensor of ``group``."""
         step = getattr(self.backend.kernels, kernel)
-        param_addresses = self.backend.addresses([params[i] for i in group.indices])
-        grad_addresses = self.backend.addresses([grads[i] for i in group.indices])
         with _LAUNCH:
             step(param_addresses, grad_addresses, group.slots, group.offsets, group.chunks, clip, scalars)
 

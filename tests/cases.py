@@ -106,16 +106,19 @@ def bad_steps(params):
 BAD_IDS = [case[0] for case in bad_steps(make_params(np.float64))]
 
 
-def snapshot(opt, params):
-    """Copies of the parameters and weights, and the iteration count, for ``assert_unchanged``."""
-    return [p.copy() for p in params], [w.copy() for w in opt.get_weights()], opt.iterations
+def snapshot(opt, params, to_host=np.copy):
+    """Copies of the parameters and weights, and the iteration count, for ``assert_unchanged``.
+
+    ``to_host`` copies one parameter to a NumPy array (``copy_to_host`` for device arrays).
+    """
+    return [to_host(p) for p in params], [w.copy() for w in opt.get_weights()], opt.iterations
 
 
-def assert_unchanged(before, opt, params):
+def assert_unchanged(before, opt, params, to_host=np.copy):
     """A refused call left the parameters, the weights and ``iterations`` as ``snapshot`` saw them."""
     old_params, old_weights, old_iterations = before
     assert opt.iterations == old_iterations
-    for p, q in zip(params, old_params):
+    for p, q in zip(map(to_host, params), old_params, strict=True):
         np.testing.assert_array_equal(p, q)
     weights = opt.get_weights()
     assert len(weights) == len(old_weights)

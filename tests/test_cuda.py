@@ -13,7 +13,9 @@ import pytest
 
 from numbaopt import devices, optimizers, tuning
 from numbaopt.checkpoint import load_optimizer, save_optimizer
-from tests.cases import DTYPES, NAMES, full_config, gradient_steps, make_params, relative_error
+from tests.cases import (
+    DTYPES, NAMES, assert_unchanged, full_config, gradient_steps, make_params, relative_error, snapshot,
+)
 from tests.reference import SLOTS, reference_run
 from tests.test_reference import CASES, TOLERANCE
 
@@ -56,6 +58,10 @@ def to_device(cuda, arrays):
 
 def host(arrays):
     return [a.copy_to_host() for a in arrays]
+
+
+def on_host(array):
+    return array.copy_to_host()
 
 
 def run(opt, params, steps, cuda=None):
@@ -133,29 +139,16 @@ def test_global_norm_on_device_is_exact_deterministic_and_crosses_as_one_scalar(
         return copy_to_host(self, *args, **kwargs)
 
     monkeypatch.setattr(device_array_type, "copy_to_host", counting_copy)
-    norm = store.global_norm(grads)
+    norm = store.global_norm(store.grouped_addresses(grads))
     assert copies == [1], "only the norm's scalar may cross to the host"
 
     expected = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads_host))
     assert abs(norm - expected) <= 1e-14 * expected
     monkeypatch.setattr(tuning, "CUDA_BLOCKS_PER_SM", 1)
-    assert store.global_norm(grads) == norm  # bitwise, whatever the grid size
+    assert store.global_norm(store.grouped_addresses(grads)) == norm  # bitwise, whatever the grid size
 
 
 # ------------------------------------------------------------- dispatch errors
-
-
-def snapshot(opt, params):
-    return host(params), opt.get_weights(), opt.iterations
-
-
-def assert_unchanged(before, opt, params):
-    old_params, old_weights, old_iterations = before
-    assert opt.iterations == old_iterations
-    for p, q in zip(host(params), old_params):
-        np.testing.assert_array_equal(p, q)
-    for w, v in zip(opt.get_weights(), old_weights, strict=True):
-        np.testing.assert_array_equal(w, v)
 
 
 def _host_gradient(cuda, params, grads):
@@ -195,11 +188,11 @@ def test_bad_call_raises_and_changes_nothing(cuda, name, bad):
     params = to_device(cuda, make_params(np.float64))
     opt = getattr(optimizers, name)(clipnorm=1.0)
     run(opt, params, gradient_steps(steps=1), cuda)
-    before = snapshot(opt, params)
+    before = snapshot(opt, params, to_host=on_host)
     grads = to_device(cuda, gradient_steps(steps=2)[1])
     with pytest.raises(error, match=message):
         opt.apply_gradients(make_call(cuda, params, grads))
-    assert_unchanged(before, opt, params)
+    assert_unchanged(before, opt, params, to_host=on_host)
 
 
 def test_cuda_gradient_for_host_parameter_is_refused(cuda):
@@ -236,10 +229,10 @@ def test_slots_stay_on_their_device(cuda):
     opt = optimizers.Adam()
     params = to_device(cuda, make_params(np.float64))
     run(opt, params, gradient_steps(steps=1), cuda)
-    before = snapshot(opt, params)
+    before = snapshot(opt, params, to_host=on_host)
     with pytest.raises(ValueError, match="slots live on cuda"):
         opt.apply_gradients(zip(gradient_steps(steps=1)[0], make_params(np.float64)))
-    assert_unchanged(before, opt, params)
+    assert_unchanged(before, opt, params, to_host=on_host)
 
 
 def test_cuda_unavailable_is_a_clear_error(cuda, monkeypatch):

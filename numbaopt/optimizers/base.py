@@ -245,14 +245,15 @@ class Optimizer:
         params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
         grads = [backend.check_gradient(g, p, i) for i, (g, p) in enumerate(zip(grads, params))]
         store = self._bind(params, backend)
+        grad_addresses = store.grouped_addresses(grads)  # ``grads`` keeps them alive until the end
 
         norm = None
         if self._hyper.get("clipnorm"):
-            norm = store.global_norm(grads)
-        for group in store.groups:
+            norm = store.global_norm(grad_addresses)
+        for group, param_at, grad_at in zip(store.groups, store.parameter_addresses(), grad_addresses):
             dtype = group.dtype.type
             clip = clip_arguments(self._hyper.get("clipnorm"), self._hyper.get("clipvalue"), norm, dtype)
-            store.run(self.kernel, group, params, grads, clip, self.step_scalars(dtype))
+            store.run(self.kernel, group, param_at, grad_at, clip, self.step_scalars(dtype))
         self.advance_scalar_state()
         self._iterations += 1
         if names is not None:
