@@ -9,7 +9,8 @@ than failing.
 
 Every library runs the same hyperparameters: Keras 2.0's defaults, except SGD with
 ``momentum=0.9`` so that every library keeps (and pays the memory traffic of) a momentum
-buffer, as numbaopt always does. The peers' formulas differ from Keras 2.0 in details
+buffer, as numbaopt always does. The optimizers are numbaopt's registry; a peer table
+without an entry for one reports it as unsupported. The peers' formulas differ from Keras 2.0 in details
 (where epsilon sits, bias corrections): the suite compares speed, not results.
 """
 import importlib
@@ -17,20 +18,19 @@ import os
 
 import numpy as np
 
+from numbaopt import optimizers
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 #: The libraries in report order. "roofline" is not a library: see roofline.py.
 LIBRARIES = ("numbaopt", "torch-fused", "torch-foreach", "optax", "tf_keras", "numpy")
 
-#: Constructor arguments of the benchmarked numbaopt optimizers (Keras 2.0 names).
+#: Settings that differ from Keras 2.0's defaults in the benchmark (see the module docstring).
+OVERRIDES = {"SGD": {"momentum": 0.9}}
+
+#: Constructor arguments of every benchmarked optimizer (Keras 2.0 names), from the registry.
 SETTINGS = {
-    "SGD": {"lr": 0.01, "momentum": 0.9},
-    "RMSprop": {"lr": 0.001, "rho": 0.9, "epsilon": 1e-8},
-    "Adagrad": {"lr": 0.01, "epsilon": 1e-8},
-    "Adadelta": {"lr": 1.0, "rho": 0.95, "epsilon": 1e-8},
-    "Adam": {"lr": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8},
-    "Adamax": {"lr": 0.002, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8},
-    "Nadam": {"lr": 0.002, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8},
+    cls.__name__: {**cls().get_config(), **OVERRIDES.get(cls.__name__, {})} for cls in optimizers.rule_based()
 }
 
 
@@ -47,6 +47,13 @@ def _require(module):
         return importlib.import_module(module)
     except ImportError as error:
         raise Missing(f"{module} is not installed ({error})") from None
+
+
+def _entry(table, library, name):
+    """``table[name]``: the peer's counterpart of optimizer ``name``, or ``Unsupported``."""
+    if name not in table:
+        raise Unsupported(f"{library} has no counterpart of {name} in benchmarks/peers.py")
+    return table[name]
 
 
 def build(library, name, params, grads, clipnorm=None):
@@ -114,7 +121,7 @@ def _torch(name, params, grads, clipnorm, variant):
     for t, g in zip(tensors, grads):
         t.grad = torch.from_numpy(g.copy())
     try:
-        opt = classes[name](tensors, **{variant: True})
+        opt = _entry(classes, "torch.optim", name)(tensors, **{variant: True})
     except (RuntimeError, TypeError, ValueError) as error:
         raise Unsupported(f"torch.optim.{name}({variant}=True): {error}") from None
 
@@ -150,7 +157,7 @@ def _optax(name, params, grads, clipnorm):
         "Adamax": lambda: optax.adamax(s["lr"], s["beta_1"], s["beta_2"], s["epsilon"]),
         "Nadam": lambda: optax.nadam(s["lr"], s["beta_1"], s["beta_2"], s["epsilon"]),
     }
-    tx = transforms[name]()
+    tx = _entry(transforms, "optax", name)()
     if clipnorm:
         tx = optax.chain(optax.clip_by_global_norm(clipnorm), tx)
     state = {"params": [jnp.asarray(p) for p in params]}
@@ -190,7 +197,7 @@ def _tf_keras(name, params, grads, clipnorm):
         "Adamax": lambda: legacy.Adamax(s["lr"], s["beta_1"], s["beta_2"], s["epsilon"], **kwargs),
         "Nadam": lambda: legacy.Nadam(s["lr"], s["beta_1"], s["beta_2"], s["epsilon"], **kwargs),
     }
-    opt = optimizers[name]()
+    opt = _entry(optimizers, "tf_keras", name)()
     variables = [tf.Variable(p) for p in params]
     tensors = [tf.constant(g) for g in grads]
 
@@ -207,10 +214,8 @@ def _tf_keras(name, params, grads, clipnorm):
 
 def _numpy(name, params, grads, clipnorm):
     """The Keras 2.0 rules as in-place NumPy: ufuncs with ``out=`` into reused scratch buffers."""
-    from numbaopt import optimizers
-
     opt = getattr(optimizers, name)(**SETTINGS[name])  # only for its once-per-call scalars
-    rule = _NUMPY_RULES[name]
+    rule = _entry(_NUMPY_RULES, "numpy", name)
     slots = [[np.zeros_like(p) for _ in opt.slot_names] for p in params]
     scratch = [(np.empty_like(p), np.empty_like(p)) for p in params]
     clipped = [np.empty_like(g) for g in grads] if clipnorm else grads

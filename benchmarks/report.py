@@ -7,6 +7,8 @@ not there, and draws ``benchmarks.png`` when matplotlib is installed.
 import sys
 from pathlib import Path
 
+from numbaopt import optimizers
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 LIBRARIES = ("numbaopt", "roofline", "torch-fused", "torch-foreach", "optax", "tf_keras", "numpy")
 
@@ -24,7 +26,7 @@ def _ms(rows, **where):
 
 
 def targets(results):
-    """The issue's targets: (what, measured, goal, met) rows; measured None when not in this run."""
+    """The speed targets: (what, measured, goal, met) rows; measured None when not in this run."""
     steps = results["steps"]
     big = dict(kind="steps", case="5e7", dtype="float32")
     adam = _ms(steps, optimizer="Adam", library="numbaopt", **big)
@@ -34,7 +36,7 @@ def targets(results):
         ("Adam f32, N=5e7: torch fused time / numbaopt time", torch / adam if adam and torch else None, 1.0),
         ("Adam f32, N=5e7: fraction of the roofline's bandwidth", roof / adam if adam and roof else None, 0.95),
     ]
-    for name in ("SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam"):
+    for name in (cls.__name__ for cls in optimizers.rule_based() if cls.__name__ != "Adam"):
         ours = _ms(steps, optimizer=name, library="numbaopt", **big)
         own_roof = _ms(steps, optimizer=name, library="roofline", **big)
         out.append((f"{name} f32, N=5e7: fraction of its roofline", own_roof / ours if ours and own_roof else None, 0.90))

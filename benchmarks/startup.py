@@ -12,7 +12,9 @@ import subprocess
 import sys
 import tempfile
 
-NAMES = ("SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "Nadam")
+from numbaopt import optimizers
+
+NAMES = tuple(cls.__name__ for cls in optimizers.rule_based())
 
 IMPORT = "import time; t = time.perf_counter(); import numbaopt; from numbaopt import optimizers; print(time.perf_counter() - t)"
 

@@ -22,10 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from numbaopt import optimizers
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-OPTIMIZERS = ("SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "Nadam")
-SLOTS = {"SGD": 1, "RMSprop": 1, "Adagrad": 1, "Adadelta": 2, "Adam": 2, "Adamax": 2, "Nadam": 2}
+OPTIMIZERS = tuple(cls.__name__ for cls in optimizers.rule_based())
+SLOTS = {cls.__name__: len(cls.slot_names) for cls in optimizers.rule_based()}
 #: Measured in alternating rounds, in one process: the comparisons the targets rest on.
 INTERLEAVED = ("numbaopt", "roofline", "torch-fused")
 CLIPNORM = 1.0  # below the gradients' global norm at every size: every step clips
@@ -215,17 +217,17 @@ def _load():
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def groups(quick, libraries, optimizers=OPTIMIZERS):
+def groups(quick, libraries, names=OPTIMIZERS):
     dtypes = ("float32", "float64")
     min_time = 0.02 if quick else 0.6
     out = [
-        {"kind": "steps", "case": label, "sizes": sizes, "dtype": dtype, "optimizers": list(optimizers),
+        {"kind": "steps", "case": label, "sizes": sizes, "dtype": dtype, "optimizers": list(names),
          "libraries": libraries, "min_time": min_time}
         for label, sizes in cases(quick)
         for dtype in dtypes
     ]
     label, sizes = clip_case(quick)
-    if "Adam" not in optimizers:
+    if "Adam" not in names:
         return out
     out.append({"kind": "clip", "case": label, "sizes": sizes, "dtype": "float32", "optimizers": ["Adam"],
                 "libraries": libraries, "min_time": min_time})

@@ -31,6 +31,8 @@ from typing import NamedTuple
 import numpy as np
 
 import numbaopt
+from numbaopt.optimizers import Optimizer  # imports every optimizer: the registry is complete
+from numbaopt.registry import optimizer_class
 
 #: The value of the root ``format`` attribute: what marks an HDF5 file as a numbaopt checkpoint.
 FORMAT = "numbaopt optimizer checkpoint"
@@ -85,9 +87,6 @@ def save_optimizer(optimizer, path):
     The file at ``path`` is replaced atomically: a crash leaves the previous file or the new
     one, never a partial file. Works before the first step too (no slots yet).
     """
-    from numbaopt.optimizers.base import Optimizer
-    from numbaopt.registry import optimizer_class
-
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"save_optimizer needs a numbaopt optimizer, got {type(optimizer).__name__}")
     cls = type(optimizer)
@@ -303,8 +302,6 @@ def load_optimizer(path, **options):
     ``load_checkpoint_arrays``. The next ``apply_gradients`` checks
     the parameters' count, shapes and dtypes, and their names when both sides have them.
     """
-    from numbaopt.registry import optimizer_class
-
     checkpoint = read_checkpoint(path)
     cls = optimizer_class(checkpoint.class_name)
     weights = [np.array(checkpoint.iterations, np.int64)]
@@ -358,8 +355,6 @@ def _reading(where):
 
 
 def _read(f):
-    from numbaopt.registry import optimizer_class
-
     format_name = _attribute(f, "format", str, required=False)
     if format_name != FORMAT:
         raise CheckpointError(f"an HDF5 file but not a numbaopt checkpoint (/ has no attribute format={FORMAT!r})")

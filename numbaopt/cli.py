@@ -1,22 +1,54 @@
 """The ``numbaopt`` command: ``numbaopt parity`` replays the Keras fixtures,
-``numbaopt inspect PATH`` shows a checkpoint."""
+``numbaopt inspect PATH`` shows a checkpoint.
+
+The top layer: it only parses arguments and calls the library (``numbaopt.parity``,
+``numbaopt.checkpoint_report``), which it imports when a subcommand runs.
+"""
 import argparse
-import importlib
 import sys
 
-#: Modules that each register one subcommand with ``add_parser(subparsers)``.
-COMMAND_MODULES = ("numbaopt.parity", "numbaopt.inspect")
+PARITY = (
+    "Replay the golden fixtures recorded from real Keras (tf-keras legacy optimizers set up "
+    "for Keras 2.0 arithmetic) through numbaopt and compare parameters and slots after every step."
+)
+INSPECT = "Show the class, config, iterations and slots of a numbaopt checkpoint (HDF5)."
+
+
+def _parity(args):
+    from numbaopt.parity import run_parity
+
+    return run_parity(args.path, device=args.device, as_json=args.json)
+
+
+def _inspect(args):
+    from numbaopt import checkpoint_report
+
+    return checkpoint_report.main(args.path)
+
+
+def parser():
+    """The argument parser of ``numbaopt``; each subcommand sets ``func(args)`` -> exit status."""
+    top = argparse.ArgumentParser(
+        prog="numbaopt", description="Keras 2.0 optimizers as Numba kernels: parity check and checkpoint tools."
+    )
+    subparsers = top.add_subparsers(dest="command", required=True)
+
+    parity = subparsers.add_parser("parity", help="check numbaopt against the Keras fixtures", description=PARITY)
+    parity.add_argument("path", nargs="?", default=None, help="a fixture file or folder (default: the shipped fixtures)")
+    parity.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the parameters live during the replay (default: cpu)")
+    parity.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parity.set_defaults(func=_parity)
+
+    inspect = subparsers.add_parser("inspect", help="show what a checkpoint holds", description=INSPECT)
+    inspect.add_argument("path", help="a checkpoint written by numbaopt.save_optimizer")
+    inspect.set_defaults(func=_inspect)
+    return top
 
 
 def main(argv=None):
     """Run ``numbaopt COMMAND ...``; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="numbaopt", description="Keras 2.0 optimizers as Numba kernels: parity check and checkpoint tools."
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_parser(subparsers)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     return args.func(args)
 
 

@@ -39,9 +39,3 @@ def clip_arguments(clipnorm, clipvalue, norm, dtype):
     value = dtype(clipvalue) if clipvalue and clipvalue > 0 else dtype(math.inf)
     return numerator, denominator, value
 
-
-def decayed_lr(lr, decay, iterations, dtype):
-    """Keras 2.0's time-based decay, ``lr / (1 + decay * iterations)``, in ``dtype``."""
-    if not decay:
-        return dtype(lr)
-    return dtype(lr) / (dtype(1) + dtype(decay) * dtype(iterations))

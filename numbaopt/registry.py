@@ -1,52 +1,38 @@
-"""Config and registry: ``serialize`` / ``deserialize`` / ``get``, Keras-compatible.
+"""The one list of optimizers, and Keras's ``serialize`` / ``deserialize`` / ``get`` over it.
 
-Configs recorded by later Keras versions (tf-keras, Keras 3) carry more keys than Keras
-2.0's. ``keras2_arguments`` maps them onto Keras 2.0 arguments: a key that names a Keras
-2.0 setting is renamed, a key with no effect at its recorded value is dropped, and a
-setting numbaopt cannot honour is refused with a ValueError that says why.
+An optimizer class registers itself when its module is imported (``Optimizer`` registers
+every subclass that defines its own ``rule``); ``numbaopt.optimizers`` imports every module
+of its package, so once it is imported the registry lists every optimizer. Tests, the
+capture script, benchmarks and docs checks derive their lists from ``registered()``.
 """
-import importlib
 
-#: Registered optimizers by lower-case class name, and the module that defines each.
-_MODULES = {
-    "sgd": ("numbaopt.optimizers.sgd", "SGD"),
-    "rmsprop": ("numbaopt.optimizers.rmsprop", "RMSprop"),
-    "adagrad": ("numbaopt.optimizers.adagrad", "Adagrad"),
-    "adadelta": ("numbaopt.optimizers.adadelta", "Adadelta"),
-    "adam": ("numbaopt.optimizers.adam", "Adam"),
-    "adamax": ("numbaopt.optimizers.adamax", "Adamax"),
-    "nadam": ("numbaopt.optimizers.nadam", "Nadam"),
-    "tfoptimizer": ("numbaopt.optimizers.tf_optimizer", "TFOptimizer"),
-}
+#: Registered optimizers by lower-case class name, in the order their modules were imported.
+_CLASSES = {}
 
-_ANY = object()
 
-#: Keys of later Keras configs with no effect here, and the values at which that holds
-#: (``_ANY``: every value). A listed key at another value is refused.
-_INERT_KEYS = {
-    "name": _ANY,
-    "is_legacy_optimizer": _ANY,
-    "jit_compile": _ANY,
-    "ema_momentum": _ANY,
-    "ema_overwrite_frequency": _ANY,
-    "use_ema": (False,),
-    "weight_decay": (None, 0, 0.0),
-    "loss_scale_factor": (None,),
-    "gradient_accumulation_steps": (None,),
-    "global_clipnorm": (None,),
-    "clipnorm": (None,),
-    "clipvalue": (None,),
-}
+def register(cls):
+    """Add ``cls`` to the registry under its class name (any case); returns ``cls``.
 
-#: Per optimizer: keys of later Keras with no effect at the listed values.
-_INERT_BY_CLASS = {
-    "Adam": {"amsgrad": (False,)},
-    "RMSprop": {"momentum": (0, 0.0), "centered": (False,)},
-    "Adagrad": {"initial_accumulator_value": (0, 0.0)},
-}
+    A second class of the same name is refused, unless it is the same class defined again
+    (a reloaded module).
+    """
+    key = cls.__name__.lower()
+    known = _CLASSES.get(key)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"an optimizer named {cls.__name__} is already registered, from {known.__module__}")
+    _CLASSES[key] = cls
+    return cls
 
-#: Keys that mark a config as written by a later Keras rather than Keras 2.0.
-_LATER_KERAS_KEYS = ("name", "learning_rate", "is_legacy_optimizer", "global_clipnorm")
+
+def registered():
+    """Every registered optimizer class."""
+    return tuple(_CLASSES.values())
+
+
+def rule_based():
+    """The registered optimizers whose update is an element rule run by numbaopt's kernels
+    (the Keras 2.0 optimizers; not ``TFOptimizer``)."""
+    return tuple(cls for cls in _CLASSES.values() if getattr(cls, "rule", None) is not None)
 
 
 def optimizer_class(name, custom_objects=None):
@@ -54,40 +40,10 @@ def optimizer_class(name, custom_objects=None):
     if custom_objects and name in custom_objects:
         return custom_objects[name]
     try:
-        module, attribute = _MODULES[str(name).lower()]
+        return _CLASSES[str(name).lower()]
     except KeyError:
-        known = ", ".join(cls for _, cls in _MODULES.values())
+        known = ", ".join(cls.__name__ for cls in _CLASSES.values())
         raise ValueError(f"Unknown optimizer: {name!r} (known: {known})") from None
-    return getattr(importlib.import_module(module), attribute)
-
-
-def keras2_arguments(cls, config):
-    """Constructor arguments of ``cls`` for a config from Keras 2.0 or a later Keras."""
-    if not isinstance(config, dict):
-        raise TypeError(f"an optimizer config must be a dict, got {type(config).__name__}")
-    later_keras = any(key in config for key in _LATER_KERAS_KEYS)
-    declared = {h.name for h in cls.hyperparameters} | {"clipnorm", "clipvalue", "learning_rate"}
-    inert_keys = {**_INERT_KEYS, **_INERT_BY_CLASS.get(cls.__name__, {})}
-    arguments = {}
-    for key, value in config.items():
-        if key in ("clipnorm", "clipvalue", "global_clipnorm") and value is None:
-            continue  # later Keras writes None for "off"
-        if later_keras and key == "clipnorm":
-            raise ValueError(
-                "this config comes from a later Keras, whose clipnorm clips each gradient by its own "
-                "norm; numbaopt (Keras 2.0) clips by the global norm of all gradients, which later "
-                "Keras calls global_clipnorm"
-            )
-        if key == "global_clipnorm":
-            arguments["clipnorm"] = value
-        elif later_keras and key == "decay" and "schedule_decay" in declared and "schedule_decay" not in config:
-            # tf-keras's legacy Nadam stores Keras 2.0's schedule_decay under "decay".
-            arguments["schedule_decay"] = value
-        elif key in declared or key not in inert_keys:
-            arguments[key] = value  # an unknown key reaches the constructor, which refuses it
-        elif inert_keys[key] is not _ANY and value not in inert_keys[key]:
-            raise ValueError(f"{cls.__name__} cannot honour {key}={value!r}: Keras 2.0 has no such setting")
-    return arguments
 
 
 def serialize(optimizer):
@@ -106,16 +62,14 @@ def deserialize(config, custom_objects=None):
 def get(identifier):
     """An optimizer from a name (defaults), a serialized dict, an optimizer (returned as is),
     or a TensorFlow optimizer (wrapped in ``TFOptimizer``)."""
-    from numbaopt.optimizers.base import Optimizer
-
-    if isinstance(identifier, Optimizer):
+    if _is_tensorflow_optimizer(identifier):
+        return optimizer_class("tfoptimizer")(identifier)
+    if isinstance(identifier, registered()):
         return identifier
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if isinstance(identifier, str):
         return deserialize({"class_name": identifier, "config": {}})
-    if _is_tensorflow_optimizer(identifier):
-        return optimizer_class("tfoptimizer")(identifier)
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
 
 

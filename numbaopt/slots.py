@@ -24,61 +24,24 @@ _LAUNCH = threading.Lock()
 _shape, _dtype = attrgetter("shape"), attrgetter("dtype")
 
 
-class ParamGroup(NamedTuple):
-    """The parameters of one dtype: their positions in the call and their slots."""
+class Layout:
+    """The parameters an optimizer is bound to: their count, shapes, dtypes and device.
 
-    dtype: np.dtype
-    indices: tuple  # positions of the group's parameters in the call
-    positions: np.ndarray  # the same, as an index array
-    offsets: np.ndarray  # int64: where each parameter's slots start in a row of ``slots``
-    chunks: np.ndarray  # int64 (n_chunks, 3): tensor (within the group), start, stop
-    slots: object  # (n_kinds, total elements) array on the group's device
+    Made at the first step (which refuses parameters that share memory); ``check`` holds
+    every later step to it. Used by the slots and by ``TFOptimizer``, whose state is not
+    numbaopt slots but is bound to its parameters all the same.
+    """
 
-
-def _chunk_table(sizes, chunk):
-    rows = [(j, start, min(start + chunk, size)) for j, size in enumerate(sizes) for start in range(0, size, chunk)]
-    return np.array(rows, dtype=np.int64).reshape(-1, 3)
-
-
-class SlotStore:
-    """The slots of an optimizer bound to its parameters (shapes, dtypes, device)."""
-
-    def __init__(self, shapes, dtypes, slot_names, backend, groups):
-        self.shapes = shapes
-        self.dtypes = dtypes
-        self.slot_names = slot_names
+    def __init__(self, params, backend):
+        self.shapes = tuple(p.shape for p in params)
+        self.dtypes = tuple(p.dtype for p in params)
         self.backend = backend
-        self.groups = groups
-        self.n_params = len(shapes)
-        self._distinct_at = None  # data addresses of the last parameters found not to overlap
-        self._param_addresses = None  # data addresses of the parameters of the current call
-
-    @classmethod
-    def create(cls, params, slot_names, backend, initial=None):
-        """Zero slots for ``params``, or ``initial`` (host arrays from set_weights) once checked."""
-        shapes = tuple(p.shape for p in params)
-        dtypes = tuple(p.dtype for p in params)
-        if initial is not None:
-            _check_slots_match(initial, shapes, dtypes, "the slots given to set_weights")
+        self.n_params = len(params)
         backend.check_distinct(params)
-        groups = []
-        for dtype in dict.fromkeys(dtypes):
-            indices = tuple(i for i, d in enumerate(dtypes) if d == dtype)
-            sizes = [int(np.prod(shapes[i], dtype=np.int64)) for i in indices]
-            offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
-            slots = backend.zeros((len(slot_names), int(sum(sizes))), dtype)
-            chunks = _chunk_table(sizes, tuning.CHUNK_ELEMENTS)
-            groups.append(ParamGroup(dtype, indices, np.array(indices, np.intp), offsets, chunks, slots))
-        store = cls(shapes, dtypes, slot_names, backend, groups)
-        store._param_addresses = backend.addresses(params)
-        store._distinct_at = store._param_addresses.tobytes()
-        if initial is not None:
-            store.load_host_slots(initial)
-        return store
+        self.addresses = backend.addresses(params)  # of the parameters of the current call
+        self._distinct_at = self.addresses.tobytes()  # of the last parameters found not to overlap
 
-    # ---------------------------------------------------------------- checking
-
-    def check_parameters(self, params, backend):
+    def check(self, params, backend):
         """Raise unless ``params`` have the bound count, shapes, dtypes and device."""
         if backend is not self.backend:
             raise ValueError(f"the slots live on {self.backend.name}, but the parameters are on {backend.name}")
@@ -92,12 +55,65 @@ class SlotStore:
             if p.dtype != self.dtypes[i]:
                 raise TypeError(f"parameter {i} has dtype {p.dtype}, but its slots have dtype {self.dtypes[i]}")
         # The sizes are bound, so parameters at the addresses already found distinct still are.
-        # The addresses serve the kernels of this call too (``parameter_addresses``).
+        # The addresses serve the kernels of this call too.
         addresses = backend.addresses(params)
         if addresses.tobytes() != self._distinct_at:  # bytes compare in one C call
             backend.check_distinct(params)
             self._distinct_at = addresses.tobytes()
-        self._param_addresses = addresses
+        self.addresses = addresses
+
+
+class ParamGroup(NamedTuple):
+    """The parameters of one dtype: their positions in the call and their slots."""
+
+    dtype: np.dtype
+    positions: np.ndarray  # positions of the group's parameters in the call
+    offsets: np.ndarray  # int64: where each parameter's slots start in a row of ``slots``
+    chunks: np.ndarray  # int64 (n_chunks, 3): tensor (within the group), start, stop
+    slots: object  # (n_kinds, total elements) array on the group's device
+
+
+def _chunk_table(sizes, chunk):
+    rows = [(j, start, min(start + chunk, size)) for j, size in enumerate(sizes) for start in range(0, size, chunk)]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+class SlotStore:
+    """The slots of an optimizer bound to its parameters (a ``Layout``)."""
+
+    def __init__(self, layout, slot_names, groups):
+        self.layout = layout
+        self.slot_names = slot_names
+        self.groups = groups
+        self.backend = layout.backend
+        self.shapes, self.dtypes, self.n_params = layout.shapes, layout.dtypes, layout.n_params
+
+    @classmethod
+    def create(cls, params, slot_names, backend, initial=None):
+        """Zero slots for ``params``, or ``initial`` (host arrays from set_weights) once checked."""
+        shapes = tuple(p.shape for p in params)
+        dtypes = tuple(p.dtype for p in params)
+        if initial is not None:
+            _check_slots_match(initial, shapes, dtypes, "the slots given to set_weights")
+        layout = Layout(params, backend)
+        groups = []
+        for dtype in dict.fromkeys(dtypes):
+            positions = np.array([i for i, d in enumerate(dtypes) if d == dtype], np.intp)
+            sizes = [int(np.prod(shapes[i], dtype=np.int64)) for i in positions]
+            offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
+            slots = backend.zeros((len(slot_names), int(sum(sizes))), dtype)
+            chunks = _chunk_table(sizes, tuning.CHUNK_ELEMENTS)
+            groups.append(ParamGroup(dtype, positions, offsets, chunks, slots))
+        store = cls(layout, slot_names, groups)
+        if initial is not None:
+            store.load_host_slots(initial)
+        return store
+
+    # ---------------------------------------------------------------- checking
+
+    def check_parameters(self, params, backend):
+        """Raise unless ``params`` have the bound count, shapes, dtypes and device."""
+        self.layout.check(params, backend)
 
     def check_host_slots(self, slot_lists):
         _check_slots_match(slot_lists, self.shapes, self.dtypes, "set_weights")
@@ -109,7 +125,7 @@ class SlotStore:
         k = self.slot_names.index(kind)
         views = [None] * self.n_params
         for group in self.groups:
-            for j, i in enumerate(group.indices):
+            for j, i in enumerate(group.positions.tolist()):
                 size = int(np.prod(self.shapes[i], dtype=np.int64))
                 start = int(group.offsets[j])
                 views[i] = group.slots[k, start : start + size].reshape(self.shapes[i])
@@ -133,7 +149,7 @@ class SlotStore:
 
     def parameter_addresses(self):
         """The parameters' addresses, split by group, as the check of this call found them."""
-        return self._split(self._param_addresses)
+        return self._split(self.layout.addresses)
 
     def _split(self, addresses):
         if len(self.groups) == 1:
@@ -150,9 +166,9 @@ class SlotStore:
             total += self.backend.sum(partial_sums)
         return float(np.sqrt(total))
 
-    def run(self, kernel, group, param_addresses, grad_addresses, clip, scalars):
-        """One update kernel over every tensor of ``group``."""
-        step = getattr(self.backend.kernels, kernel)
+    def run(self, rule, group, param_addresses, grad_addresses, clip, scalars):
+        """One step of the element ``rule`` over every tensor of ``group``."""
+        step = self.backend.kernels.update_kernel(rule, len(self.slot_names))
         with _LAUNCH:
             step(param_addresses, grad_addresses, group.slots, group.offsets, group.chunks, clip, scalars)
 

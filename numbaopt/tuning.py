@@ -1,7 +1,8 @@
 """Tunables in one place, so tests and benchmarks can change them.
 
-Changing a value takes effect at the next binding of an optimizer to its parameters
-(its first ``apply_gradients``), not in the middle of a run.
+``CHUNK_ELEMENTS`` takes effect when an optimizer binds to its parameters (its first
+``apply_gradients``), not in the middle of a run; the CUDA launch settings are read at
+every launch.
 """
 
 #: Elements per unit of CPU work. A step splits every tensor into chunks of at most this

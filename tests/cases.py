@@ -1,27 +1,42 @@
-"""The test registry: one entry per optimizer, with its option sets, shared by all tests."""
+"""What the tests run over: every registered optimizer, its option sets, dtypes and shapes.
+
+The list of optimizers is numbaopt's registry: an optimizer added to the package is
+tested by every parametrized test without an edit here.
+"""
+from pathlib import Path
+
 import numpy as np
 
 from numbaopt import optimizers
 
-NAMES = ("SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "Nadam")
+#: The golden fixtures recorded from real Keras.
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+#: The optimizers whose update is an element rule run by numbaopt's kernels.
+NAMES = tuple(cls.__name__ for cls in optimizers.rule_based())
 DTYPES = (np.float32, np.float64)
 
-#: Per optimizer: non-default hyperparameters (the defaults are always tested too).
-NON_DEFAULT = {
-    "SGD": {"lr": 0.05, "momentum": 0.9},
-    "RMSprop": {"lr": 0.01, "rho": 0.8, "epsilon": 1e-6},
-    "Adagrad": {"lr": 0.1, "epsilon": 1e-6},
-    "Adadelta": {"lr": 0.5, "rho": 0.9, "epsilon": 1e-6},
-    "Adam": {"lr": 0.01, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6},
-    "Adamax": {"lr": 0.01, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6},
-    "Nadam": {"lr": 0.01, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6, "schedule_decay": 0.01},
-}
+
+def non_default(cls):
+    """Hyperparameters of ``cls`` away from their defaults, far enough to matter.
+
+    Values in (0, 1) are halved (a rate stays a rate), larger ones multiplied by 5, zeros
+    become 0.9 (SGD's momentum). ``decay`` keeps its own option set and flags stay off
+    (SGD's ``nesterov`` has its own too).
+    """
+    values = {}
+    for h in cls.hyperparameters:
+        if h.kind == "fraction":
+            values[h.name] = round(h.default - 0.1, 6)
+        elif h.kind == "nonnegative" and h.name != "decay":
+            values[h.name] = 0.9 if h.default == 0 else h.default * (0.5 if h.default < 1 else 5)
+    return values
 
 #: Option sets applied on top of the defaults. clipnorm=1 sits between the small and the
 #: large gradient steps that ``gradient_steps`` alternates, so it clips on some steps only.
 OPTIONS = {
     "defaults": {},
-    "custom": "NON_DEFAULT",
+    "custom": "non-default",
     "decay": {"decay": 0.05},
     "nesterov": {"momentum": 0.9, "nesterov": True},
     "clipnorm": {"clipnorm": 1.0},
@@ -33,15 +48,15 @@ SHAPES = [(), (5,), (3, 4), (2, 3, 2, 2)]
 
 
 def option_sets(name):
-    """The (option id, constructor kwargs) pairs that apply to optimizer ``name``."""
+    """The (option id, constructor kwargs) pairs that apply to optimizer ``name``: an
+    option set is skipped when the optimizer lacks one of its hyperparameters."""
+    cls = getattr(optimizers, name)
+    declared = {h.name for h in cls.hyperparameters} | {"clipnorm", "clipvalue"}
     for option, kwargs in OPTIONS.items():
-        if kwargs == "NON_DEFAULT":
-            kwargs = NON_DEFAULT[name]
-        if option == "nesterov" and name != "SGD":
-            continue
-        if option == "decay" and name == "Nadam":
-            continue
-        yield option, dict(kwargs)
+        if kwargs == "non-default":
+            kwargs = non_default(cls)
+        if set(kwargs) <= declared:
+            yield option, dict(kwargs)
 
 
 def full_config(name, kwargs):

@@ -1,6 +1,6 @@
 """An independent, slow, obvious float64 NumPy transcription of the Keras 2.0 spec.
 
-Written from ``keras2-semantics.md``, not from numbaopt's code: the tests compare the
+Written from the Keras 2.0 arithmetic (``docs/optimizers/``), not from numbaopt's code: the tests compare the
 kernels against it. ``reference_run`` applies a list of steps and returns the parameters
 and slots after each.
 """

@@ -56,7 +56,7 @@ def extra_arrays():
 @pytest.fixture(autouse=True)
 def registered(monkeypatch):
     """``ArrayAdam`` in numbaopt's registry for the test: a checkpoint names only registered classes."""
-    monkeypatch.setitem(registry._MODULES, "arrayadam", (__name__, "ArrayAdam"))
+    monkeypatch.setitem(registry._CLASSES, "arrayadam", ArrayAdam)
 
 
 def run_steps(opt, params, dtype, first, last):

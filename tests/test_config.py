@@ -7,21 +7,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from numbaopt import optimizers
-from tests.cases import NAMES
+from numbaopt.parity.fixtures import load_fixtures
+from tests.cases import FIXTURES, NAMES
 
-KERAS2_DEFAULTS = {
-    "SGD": {"lr": 0.01, "momentum": 0.0, "decay": 0.0, "nesterov": False},
-    "RMSprop": {"lr": 0.001, "rho": 0.9, "epsilon": 1e-8, "decay": 0.0},
-    "Adagrad": {"lr": 0.01, "epsilon": 1e-8, "decay": 0.0},
-    "Adadelta": {"lr": 1.0, "rho": 0.95, "epsilon": 1e-8, "decay": 0.0},
-    "Adam": {"lr": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "decay": 0.0},
-    "Adamax": {"lr": 0.002, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "decay": 0.0},
-    "Nadam": {"lr": 0.002, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "schedule_decay": 0.004},
-}
+#: The Keras 2.0 defaults, as the capture script recorded them with each fixture's
+#: ``defaults`` case (it configured real Keras with them).
+KERAS2_DEFAULTS = {fx.optimizer: fx.keras2_config for fx in load_fixtures(FIXTURES) if fx.case == "defaults"}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_defaults_are_keras_2_0(name):
+    assert name in KERAS2_DEFAULTS, f"no fixture records {name}'s Keras defaults"
     assert getattr(optimizers, name)().get_config() == KERAS2_DEFAULTS[name]
 
 

@@ -24,6 +24,11 @@ def _fresh_asm(kernel, *args):
     return "\n".join(fresh.inspect_asm().values())
 
 
+def _update_kernel(name):
+    cls = getattr(optimizers, name)
+    return cpu.update_kernel(cls.rule, len(cls.slot_names))
+
+
 def _step_arguments(name, dtype, n=100):
     opt = getattr(optimizers, name)()
     p = np.ones(n, dtype)
@@ -42,8 +47,8 @@ def test_update_loops_are_vectorised(name):
     """A scalar loop (one element per instruction) runs at a fraction of the bandwidth:
     a Python-style division check or an aliasing doubt is enough to get one."""
     args, _ = _step_arguments(name, np.float32)
-    asm = _fresh_asm(getattr(cpu, f"{name.lower()}_step"), *args)
-    assert PACKED_FLOAT32.search(asm), f"{name.lower()}_step has no packed float32 arithmetic"
+    asm = _fresh_asm(_update_kernel(name), *args)
+    assert PACKED_FLOAT32.search(asm), f"{name}'s update kernel has no packed float32 arithmetic"
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86 assembly")
@@ -59,7 +64,7 @@ def test_sum_of_squares_is_vectorised():
 @pytest.mark.parametrize("name", NAMES, ids=str.lower)
 def test_unclipped_loop_equals_clipped_loop_with_nothing_to_clip(name, dtype):
     """The kernels skip ``clip_gradient`` when it cannot change a value; both loops must agree bitwise."""
-    kernel = getattr(cpu, f"{name.lower()}_step")
+    kernel = _update_kernel(name)
     results = []
     for clip in ((dtype(1), dtype(1), dtype(np.inf)), (dtype(1), dtype(1), np.finfo(dtype).max)):
         params = make_params(dtype, [(257,)])
@@ -81,3 +86,43 @@ def test_data_addresses_match_the_array_interface():
               np.zeros(5, np.float32)[1:], np.frombuffer(bytearray(16), np.float32)]
     expected = [a.__array_interface__["data"][0] for a in arrays]
     assert devices.CPU.addresses(arrays).tolist() == expected
+
+
+CACHE_PROBE = """
+import numpy as np
+from numbaopt import optimizers
+from numbaopt.kernels import cpu
+opt = optimizers.{name}(clipnorm=1.0)
+opt.apply_gradients([(np.ones(10, np.float32), np.zeros(10, np.float32))])
+kernel = cpu.update_kernel(type(opt).rule, len(opt.slot_names))
+print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
+"""
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_update_kernels_load_from_the_disk_cache_in_a_new_process(name, tmp_path):
+    """A kernel whose arguments include a function never loads from Numba's cache; the rule
+    is a global of a per-rule kernel instead, so a second process compiles nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", CACHE_PROBE.format(name=name)], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs[0] == ["0", "1"], runs[0]  # compiled, and written to the cache
+    assert runs[1] == ["1", "0"], runs[1]  # loaded from it
+
+
+def test_rules_never_share_cache_files_and_an_edited_rule_gets_its_own():
+    from numbaopt.kernels import code_digest, specialise
+
+    def rule(p, g, a, lr):
+        return p - lr * g, a
+
+    def edited(p, g, a, lr):
+        return p - lr * g * 2, a
+
+    names = {specialise(cpu._update_step, f, {}).__qualname__ for f in (rule, edited, optimizers.SGD.rule)}
+    assert len(names) == 3
+    assert code_digest(rule) == code_digest(rule) != code_digest(edited)

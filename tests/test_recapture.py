@@ -1,6 +1,7 @@
-"""The fixtures are real: recapture every case from tf-keras and compare bitwise.
+"""The fixtures are real: recapture every case from tf-keras and compare (float64 bitwise,
+float32 bitwise or within the last bits another CPU gives, see docs/parity.md).
 
-Runs ``fixtures/capture.py --check fixtures/`` in a fresh process (the capture sets
+Runs ``fixtures/scripts/capture.py --check fixtures/`` in a fresh process (the capture sets
 TensorFlow's environment before TensorFlow loads). Needs the keras extra, hence the
 ``keras`` marker: ``tox -e keras``. A fixture edited by hand or produced by numbaopt
 fails here.
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_recapture_is_bitwise_equal_to_committed_fixtures():
     pytest.importorskip("tf_keras")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "fixtures" / "capture.py"), "--check", str(ROOT / "fixtures")],
+        [sys.executable, str(ROOT / "fixtures" / "scripts" / "capture.py"), "--check", str(ROOT / "fixtures")],
         capture_output=True, text=True, timeout=1800,
     )
     sys.stdout.write(proc.stdout[-5000:])

@@ -16,6 +16,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_optimizer_has_a_reference(name):
+    """The reference is written from the spec by hand: a new optimizer needs its own."""
+    assert name in SLOTS, f"tests/reference.py has no transcription of {name}'s update"
+    assert SLOTS[name] == getattr(optimizers, name).slot_names
+
+
 @pytest.mark.parametrize("name, option, kwargs, dtype", CASES)
 def test_matches_reference(name, option, kwargs, dtype):
     params = make_params(dtype)

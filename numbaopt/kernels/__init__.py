@@ -1,5 +1,49 @@
 """The update kernels, one module per device: ``cpu`` (Numba ``njit``) and ``cuda``.
 
-The per-element math of each optimizer lives in its own module (``adam_rule`` in
-``numbaopt.optimizers.adam``); these modules only compile it and loop over elements.
+Each device has one loop per *shape* of rule (one slot, two slots, three slots); the
+per-element math is the optimizer's rule (``adam_rule`` in ``numbaopt.optimizers.adam``),
+which the optimizer hands to ``update_kernel(rule, n_slots)``. Nothing here imports an
+optimizer: the rules come from above, so adding one touches no kernel code.
+
+``specialise`` makes the per-rule kernel: a copy of a loop template whose global ``RULE``
+is the compiled rule. The rule must be a global, not an argument: Numba never loads a
+``cache=True`` kernel whose own arguments include a function from its on-disk cache.
 """
+import hashlib
+import types
+
+
+def _digest(code, hasher):
+    """Feed what a code object computes (bytecode, names, constants, nested code) to ``hasher``."""
+    hasher.update(code.co_code)
+    hasher.update(repr((code.co_names, code.co_varnames)).encode())
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            _digest(constant, hasher)
+        else:
+            hasher.update(repr(constant).encode())
+
+
+def code_digest(*functions):
+    """A short hex digest of the code of ``functions``; it changes when any of them is edited."""
+    hasher = hashlib.sha256()
+    for function in functions:
+        _digest(function.__code__, hasher)
+    return hasher.hexdigest()[:16]
+
+
+def specialise(template, rule, compiled_globals, depends_on=()):
+    """A copy of the function ``template`` whose globals also hold ``compiled_globals``.
+
+    Numba names a kernel's cache files by its qualified name; the copy's name carries the
+    rule's module and name and a digest of the code of the rule and of ``depends_on`` (the
+    functions from other modules the template calls), so two rules never share cache files
+    and an edited rule never loads a stale kernel. Edits to the template's own module are
+    caught by Numba itself (it checks that file's time stamp).
+    """
+    digest = code_digest(rule, *depends_on)
+    name = f"{template.__name__}__{rule.__module__}.{rule.__name__}__{digest}".replace("<", "").replace(">", "")
+    function = types.FunctionType(template.__code__, {**template.__globals__, **compiled_globals}, template.__name__)
+    function.__qualname__ = name
+    function.__doc__ = f"{template.__doc__ or ''}\n\nSpecialised for ``{rule.__module__}.{rule.__name__}``."
+    return function

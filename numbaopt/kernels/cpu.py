@@ -1,10 +1,10 @@
-"""CPU kernels: one parallel loop per update rule, over the chunks of all tensors at once.
+"""CPU kernels: one parallel loop per shape of rule, over the chunks of all tensors at once.
 
 A step of a parameter group is one kernel call, whatever the number of tensors: the
 kernel gets the data addresses of the parameters and gradients, the group's slots as one
 buffer (a row per slot kind), and a table of chunks ``(tensor, start, stop)``; the
-threads share out the chunks. The per-element math is each optimizer's rule, compiled
-here with ``njit``; the CUDA kernels compile the same functions.
+threads share out the chunks. The per-element math is each optimizer's rule, handed to
+``update_kernel`` and compiled here with ``njit``; the CUDA kernels compile the same functions.
 
 What makes the loops run at the speed of the memory:
 
@@ -15,10 +15,13 @@ What makes the loops run at the speed of the memory:
 - Parameters, gradients and slot rows are raw typed pointers indexed from 0 upwards: no
   negative-index wraparound code, so the inner loop is a plain counted loop that LLVM
   turns into 512-bit vector code (checked by ``tests/test_kernels.py``).
-- Two inner loops per kernel: the clipped one applies ``clip_gradient`` (a division per
-  element), the other is taken when clipping is off, where ``clip_gradient`` would
-  return every value unchanged anyway (``g * 1 / 1``, clipvalue +Inf). The results are
-  bitwise the same; the division is saved.
+- Two inner loops per kernel, from one written loop: the clipped one applies
+  ``clip_gradient`` (a division per element), the other ``_unclipped``, taken when
+  clipping is off, where ``clip_gradient`` would return every value unchanged anyway
+  (``g * 1 / 1``, clipvalue +Inf). The results are bitwise the same; the division is saved.
+- The element loops are ``inline="always"`` templates that take the rule as an argument;
+  the kernel that calls them names its rule as a global (``numbaopt.kernels.specialise``),
+  which keeps both the on-disk cache and the vector code.
 
 Imported only when a kernel is first needed, so ``import numbaopt`` does not import Numba.
 The callers check every address, size and dtype before a kernel runs: nothing here
@@ -32,26 +35,14 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.optimizers.adadelta import adadelta_rule as _adadelta_rule
-from numbaopt.optimizers.adagrad import adagrad_rule as _adagrad_rule
-from numbaopt.optimizers.adam import adam_rule as _adam_rule
-from numbaopt.optimizers.adamax import adamax_rule as _adamax_rule
-from numbaopt.optimizers.nadam import nadam_rule as _nadam_rule
-from numbaopt.optimizers.rmsprop import rmsprop_rule as _rmsprop_rule
-from numbaopt.optimizers.sgd import sgd_rule as _sgd_rule
+from numbaopt.kernels import specialise
 
 #: The compile options of every function here (see the module docstring for why).
 _element = njit(error_model="numpy")
+_template = njit(inline="always", error_model="numpy")
 _kernel = njit(parallel=True, cache=True, error_model="numpy")
 
 clip_gradient = _element(_clip_gradient)
-sgd_rule = _element(_sgd_rule)
-rmsprop_rule = _element(_rmsprop_rule)
-adagrad_rule = _element(_adagrad_rule)
-adadelta_rule = _element(_adadelta_rule)
-adam_rule = _element(_adam_rule)
-adamax_rule = _element(_adamax_rule)
-nadam_rule = _element(_nadam_rule)
 
 
 @intrinsic
@@ -138,117 +129,70 @@ def _clipping(clip):
     return not (clip[0] == 1 and clip[1] == 1 and clip[2] == math.inf)
 
 
-@_kernel
-def sgd_step(params, grads, slots, offsets, chunks, clip, scalars):
-    """One SGD step over every chunk of a group: ``sgd_rule`` on each element, in place."""
+@_element
+def _unclipped(g, norm_numerator, norm_denominator, clipvalue):
+    """``g`` itself: what ``clip_gradient`` returns when clipping is off, without its division."""
+    return g
+
+
+# The element loops, one per number of slots: ``rule`` on elements ``start:stop`` of one
+# tensor, its gradient passed through ``gradient`` (``clip_gradient`` or ``_unclipped``).
+
+
+@_template
+def _one_slot(rule, gradient, p, g, slots, offset, start, stop, clip, scalars):
+    a = _row(slots, 0, offset)
+    for i in range(start, stop):
+        p[i], a[i] = rule(p[i], gradient(g[i], *clip), a[i], *scalars)
+
+
+@_template
+def _two_slots(rule, gradient, p, g, slots, offset, start, stop, clip, scalars):
+    a, b = _row(slots, 0, offset), _row(slots, 1, offset)
+    for i in range(start, stop):
+        p[i], a[i], b[i] = rule(p[i], gradient(g[i], *clip), a[i], b[i], *scalars)
+
+
+@_template
+def _three_slots(rule, gradient, p, g, slots, offset, start, stop, clip, scalars):
+    a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
+    for i in range(start, stop):
+        p[i], a[i], b[i], c[i] = rule(p[i], gradient(g[i], *clip), a[i], b[i], c[i], *scalars)
+
+
+#: The element loop for each number of slots a rule keeps per element.
+ELEMENT_LOOPS = {1: _one_slot, 2: _two_slots, 3: _three_slots}
+
+
+def _update_step(params, grads, slots, offsets, chunks, clip, scalars):
+    """One step of ``RULE`` over every chunk of a group, in place (``RULE`` and ``ELEMENTS``
+    are the globals ``update_kernel`` binds)."""
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
         p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
-        m = _row(slots, 0, offsets[j])
         if clipping:
-            for i in range(start, stop):
-                p[i], m[i] = sgd_rule(p[i], clip_gradient(g[i], *clip), m[i], *scalars)
+            ELEMENTS(RULE, clip_gradient, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
         else:
-            for i in range(start, stop):
-                p[i], m[i] = sgd_rule(p[i], g[i], m[i], *scalars)
+            ELEMENTS(RULE, _unclipped, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
 
 
-@_kernel
-def rmsprop_step(params, grads, slots, offsets, chunks, clip, scalars):
-    """One RMSprop step over every chunk of a group: ``rmsprop_rule`` on each element, in place."""
-    clipping = _clipping(clip)
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
-        a = _row(slots, 0, offsets[j])
-        if clipping:
-            for i in range(start, stop):
-                p[i], a[i] = rmsprop_rule(p[i], clip_gradient(g[i], *clip), a[i], *scalars)
-        else:
-            for i in range(start, stop):
-                p[i], a[i] = rmsprop_rule(p[i], g[i], a[i], *scalars)
+_UPDATE_KERNELS = {}
 
 
-@_kernel
-def adagrad_step(params, grads, slots, offsets, chunks, clip, scalars):
-    """One Adagrad step over every chunk of a group: ``adagrad_rule`` on each element, in place."""
-    clipping = _clipping(clip)
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
-        a = _row(slots, 0, offsets[j])
-        if clipping:
-            for i in range(start, stop):
-                p[i], a[i] = adagrad_rule(p[i], clip_gradient(g[i], *clip), a[i], *scalars)
-        else:
-            for i in range(start, stop):
-                p[i], a[i] = adagrad_rule(p[i], g[i], a[i], *scalars)
-
-
-@_kernel
-def adadelta_step(params, grads, slots, offsets, chunks, clip, scalars):
-    """One Adadelta step over every chunk of a group: ``adadelta_rule`` on each element, in place."""
-    clipping = _clipping(clip)
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
-        a = _row(slots, 0, offsets[j])
-        d = _row(slots, 1, offsets[j])
-        if clipping:
-            for i in range(start, stop):
-                p[i], a[i], d[i] = adadelta_rule(p[i], clip_gradient(g[i], *clip), a[i], d[i], *scalars)
-        else:
-            for i in range(start, stop):
-                p[i], a[i], d[i] = adadelta_rule(p[i], g[i], a[i], d[i], *scalars)
-
-
-@_kernel
-def adam_step(params, grads, slots, offsets, chunks, clip, scalars):
-    """One Adam step over every chunk of a group: ``adam_rule`` on each element, in place."""
-    clipping = _clipping(clip)
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
-        m = _row(slots, 0, offsets[j])
-        v = _row(slots, 1, offsets[j])
-        if clipping:
-            for i in range(start, stop):
-                p[i], m[i], v[i] = adam_rule(p[i], clip_gradient(g[i], *clip), m[i], v[i], *scalars)
-        else:
-            for i in range(start, stop):
-                p[i], m[i], v[i] = adam_rule(p[i], g[i], m[i], v[i], *scalars)
-
-
-@_kernel
-def adamax_step(params, grads, slots, offsets, chunks, clip, scalars):
-    """One Adamax step over every chunk of a group: ``adamax_rule`` on each element, in place."""
-    clipping = _clipping(clip)
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
-        m = _row(slots, 0, offsets[j])
-        u = _row(slots, 1, offsets[j])
-        if clipping:
-            for i in range(start, stop):
-                p[i], m[i], u[i] = adamax_rule(p[i], clip_gradient(g[i], *clip), m[i], u[i], *scalars)
-        else:
-            for i in range(start, stop):
-                p[i], m[i], u[i] = adamax_rule(p[i], g[i], m[i], u[i], *scalars)
-
-
-@_kernel
-def nadam_step(params, grads, slots, offsets, chunks, clip, scalars):
-    """One Nadam step over every chunk of a group: ``nadam_rule`` on each element, in place."""
-    clipping = _clipping(clip)
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
-        m = _row(slots, 0, offsets[j])
-        v = _row(slots, 1, offsets[j])
-        if clipping:
-            for i in range(start, stop):
-                p[i], m[i], v[i] = nadam_rule(p[i], clip_gradient(g[i], *clip), m[i], v[i], *scalars)
-        else:
-            for i in range(start, stop):
-                p[i], m[i], v[i] = nadam_rule(p[i], g[i], m[i], v[i], *scalars)
+def update_kernel(rule, n_slots):
+    """The parallel CPU kernel that applies ``rule`` (a plain Python element rule) with
+    ``n_slots`` slots per element: ``kernel(params, grads, slots, offsets, chunks, clip,
+    scalars)``. Made once per rule and process; compiled on its first call, or loaded
+    from the on-disk cache."""
+    kernel = _UPDATE_KERNELS.get((rule, n_slots))
+    if kernel is None:
+        if n_slots not in ELEMENT_LOOPS:
+            raise ValueError(
+                f"{rule.__name__} keeps {n_slots} slots per element; the kernels have loops for "
+                f"{sorted(ELEMENT_LOOPS)} (add one to numbaopt/kernels/cpu.py and cuda.py)"
+            )
+        compiled = {"RULE": _element(rule), "ELEMENTS": ELEMENT_LOOPS[n_slots]}
+        kernel = _kernel(specialise(_update_step, rule, compiled, depends_on=(_clip_gradient,)))
+        _UPDATE_KERNELS[rule, n_slots] = kernel
+    return kernel

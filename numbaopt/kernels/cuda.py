@@ -7,8 +7,9 @@ stop)``, the clip scalars and the step scalars. One launch updates every tensor 
 group: blocks take chunks in a grid-stride loop, the threads of a block take the elements
 of a chunk in a block-stride loop, so neighbouring threads touch neighbouring elements.
 
-The per-element math is each optimizer's rule and ``clip_gradient``, compiled here with
-``cuda.jit(device=True)``; nothing in this module restates a formula.
+The per-element math is the optimizer's rule, handed to ``update_kernel``, and
+``clip_gradient``, compiled here with ``cuda.jit(device=True)``; nothing in this module
+restates a formula or imports an optimizer.
 
 Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels run as Python.
 The only part that differs is ``_tensor``, the primitive that turns an integer address
@@ -27,13 +28,7 @@ from numba.core import config
 
 from numbaopt import tuning
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.optimizers.adadelta import adadelta_rule as _adadelta_rule
-from numbaopt.optimizers.adagrad import adagrad_rule as _adagrad_rule
-from numbaopt.optimizers.adam import adam_rule as _adam_rule
-from numbaopt.optimizers.adamax import adamax_rule as _adamax_rule
-from numbaopt.optimizers.nadam import nadam_rule as _nadam_rule
-from numbaopt.optimizers.rmsprop import rmsprop_rule as _rmsprop_rule
-from numbaopt.optimizers.sgd import sgd_rule as _sgd_rule
+from numbaopt.kernels import specialise
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -43,14 +38,6 @@ MAX_THREADS_PER_BLOCK = 1024
 _device = cuda.jit(device=True)
 
 clip_gradient = _device(_clip_gradient)
-sgd_rule = _device(_sgd_rule)
-rmsprop_rule = _device(_rmsprop_rule)
-adagrad_rule = _device(_adagrad_rule)
-adadelta_rule = _device(_adadelta_rule)
-adam_rule = _device(_adam_rule)
-adamax_rule = _device(_adamax_rule)
-nadam_rule = _device(_nadam_rule)
-
 
 if SIMULATOR:
     import ctypes
@@ -92,72 +79,38 @@ def _chunk(params, grads, offsets, chunks, c, like):
     return p, g, offsets[tensor], start, stop
 
 
-# Every update kernel: blocks stride over chunks, threads over a chunk's elements.
+# The update kernels, one per number of slots: blocks stride over chunks, threads over a
+# chunk's elements. ``RULE`` is the global ``update_kernel`` binds to the optimizer's rule.
 
 
-@cuda.jit(cache=True)
-def _sgd_step(params, grads, slots, offsets, chunks, clip, scalars):
-    m = slots[0]
-    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
-        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
-            p[i], m[o + i] = sgd_rule(p[i], clip_gradient(g[i], *clip), m[o + i], *scalars)
-
-
-@cuda.jit(cache=True)
-def _rmsprop_step(params, grads, slots, offsets, chunks, clip, scalars):
+def _one_slot(params, grads, slots, offsets, chunks, clip, scalars):
     a = slots[0]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
         p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
         for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
-            p[i], a[o + i] = rmsprop_rule(p[i], clip_gradient(g[i], *clip), a[o + i], *scalars)
+            p[i], a[o + i] = RULE(p[i], clip_gradient(g[i], *clip), a[o + i], *scalars)  # noqa: F821
 
 
-@cuda.jit(cache=True)
-def _adagrad_step(params, grads, slots, offsets, chunks, clip, scalars):
-    a = slots[0]
+def _two_slots(params, grads, slots, offsets, chunks, clip, scalars):
+    a, b = slots[0], slots[1]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
         p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
         for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
-            p[i], a[o + i] = adagrad_rule(p[i], clip_gradient(g[i], *clip), a[o + i], *scalars)
+            p[i], a[o + i], b[o + i] = RULE(p[i], clip_gradient(g[i], *clip), a[o + i], b[o + i], *scalars)  # noqa: F821
 
 
-@cuda.jit(cache=True)
-def _adadelta_step(params, grads, slots, offsets, chunks, clip, scalars):
-    a, d = slots[0], slots[1]
+def _three_slots(params, grads, slots, offsets, chunks, clip, scalars):
+    a, b, d = slots[0], slots[1], slots[2]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
         p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
         for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
-            p[i], a[o + i], d[o + i] = adadelta_rule(
-                p[i], clip_gradient(g[i], *clip), a[o + i], d[o + i], *scalars
+            p[i], a[o + i], b[o + i], d[o + i] = RULE(  # noqa: F821
+                p[i], clip_gradient(g[i], *clip), a[o + i], b[o + i], d[o + i], *scalars
             )
 
 
-@cuda.jit(cache=True)
-def _adam_step(params, grads, slots, offsets, chunks, clip, scalars):
-    m, v = slots[0], slots[1]
-    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
-        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
-            p[i], m[o + i], v[o + i] = adam_rule(p[i], clip_gradient(g[i], *clip), m[o + i], v[o + i], *scalars)
-
-
-@cuda.jit(cache=True)
-def _adamax_step(params, grads, slots, offsets, chunks, clip, scalars):
-    m, u = slots[0], slots[1]
-    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
-        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
-            p[i], m[o + i], u[o + i] = adamax_rule(p[i], clip_gradient(g[i], *clip), m[o + i], u[o + i], *scalars)
-
-
-@cuda.jit(cache=True)
-def _nadam_step(params, grads, slots, offsets, chunks, clip, scalars):
-    m, v = slots[0], slots[1]
-    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
-        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
-            p[i], m[o + i], v[o + i] = nadam_rule(p[i], clip_gradient(g[i], *clip), m[o + i], v[o + i], *scalars)
+#: The update kernel template for each number of slots a rule keeps per element.
+UPDATE_TEMPLATES = {1: _one_slot, 2: _two_slots, 3: _three_slots}
 
 
 # The global norm: fixed pieces summed in a fixed order, so it is the same on every run.
@@ -225,19 +178,8 @@ def _fill_zero(rows):
             rows[k, i] = 0
 
 
-#: Every kernel by the name SlotStore and the PTX check know it.
-KERNELS = {
-    "sgd_step": _sgd_step,
-    "rmsprop_step": _rmsprop_step,
-    "adagrad_step": _adagrad_step,
-    "adadelta_step": _adadelta_step,
-    "adam_step": _adam_step,
-    "adamax_step": _adamax_step,
-    "nadam_step": _nadam_step,
-    "sum_of_squares": _sum_of_squares,
-    "total": _total,
-    "fill_zero": _fill_zero,
-}
+#: The kernels besides the update kernels, by name (for the PTX check).
+HELPER_KERNELS = {"sum_of_squares": _sum_of_squares, "total": _total, "fill_zero": _fill_zero}
 
 
 # ------------------------------------------------------------------ launching
@@ -285,26 +227,36 @@ def _on_device(table):
     return copy
 
 
-def _update(name):
-    kernel = KERNELS[name]
+class UpdateLauncher:
+    """Launches one rule's compiled kernel (``kernel``) with the CPU kernel's arguments."""
 
-    def step(params, grads, slots, offsets, chunks, clip, scalars):
-        kernel[_blocks(len(chunks)), _threads_per_block()](
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __call__(self, params, grads, slots, offsets, chunks, clip, scalars):
+        self.kernel[_blocks(len(chunks)), _threads_per_block()](
             _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(chunks), clip, scalars
         )
 
-    step.__name__ = name
-    step.__doc__ = f"Launch ``{name}`` over every chunk of a group (the CPU kernel's arguments)."
-    return step
+
+_UPDATE_KERNELS = {}
 
 
-sgd_step = _update("sgd_step")
-rmsprop_step = _update("rmsprop_step")
-adagrad_step = _update("adagrad_step")
-adadelta_step = _update("adadelta_step")
-adam_step = _update("adam_step")
-adamax_step = _update("adamax_step")
-nadam_step = _update("nadam_step")
+def update_kernel(rule, n_slots):
+    """The launcher of the CUDA kernel that applies ``rule`` with ``n_slots`` slots per
+    element; made once per rule and process, compiled at its first launch (or loaded from
+    the on-disk cache)."""
+    launcher = _UPDATE_KERNELS.get((rule, n_slots))
+    if launcher is None:
+        if n_slots not in UPDATE_TEMPLATES:
+            raise ValueError(
+                f"{rule.__name__} keeps {n_slots} slots per element; the kernels have loops for "
+                f"{sorted(UPDATE_TEMPLATES)} (add one to numbaopt/kernels/cpu.py and cuda.py)"
+            )
+        template = UPDATE_TEMPLATES[n_slots]
+        function = specialise(template, rule, {"RULE": _device(rule)}, depends_on=(_clip_gradient,))
+        launcher = _UPDATE_KERNELS[rule, n_slots] = UpdateLauncher(cuda.jit(cache=True)(function))
+    return launcher
 
 
 #: Device buffers the reductions reuse, by shape (launches on one stream run in order).

@@ -1,24 +1,22 @@
-"""The Keras 2.0 optimizers, and Keras's ``serialize`` / ``deserialize`` / ``get``."""
-from numbaopt.optimizers.adadelta import Adadelta
-from numbaopt.optimizers.adagrad import Adagrad
-from numbaopt.optimizers.adam import Adam
-from numbaopt.optimizers.adamax import Adamax
+"""The optimizers, and Keras's ``serialize`` / ``deserialize`` / ``get``.
+
+Every module of this package is imported here, and each optimizer class registers itself
+(``numbaopt.registry``): adding an optimizer is adding its module, nothing else. The
+classes are then attributes of this package by their Keras names (``optimizers.Adam``).
+``registered()`` and ``rule_based()`` list them (the registry is complete once this package
+is imported). None of this imports Numba or TensorFlow.
+"""
+import importlib
+import pkgutil
+
 from numbaopt.optimizers.base import Optimizer, OptimizerState
-from numbaopt.optimizers.nadam import Nadam
-from numbaopt.optimizers.rmsprop import RMSprop
-from numbaopt.optimizers.sgd import SGD
-from numbaopt.registry import deserialize, get, serialize
+from numbaopt.registry import deserialize, get, registered, rule_based, serialize
 
-__all__ = [
-    "Optimizer", "OptimizerState", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "Nadam",
-    "TFOptimizer", "serialize", "deserialize", "get",
-]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module
 
+globals().update({cls.__name__: cls for cls in registered()})
 
-def __getattr__(name):
-    # TFOptimizer's module needs TensorFlow only when one is wrapped; load it on demand.
-    if name == "TFOptimizer":
-        from numbaopt.optimizers.tf_optimizer import TFOptimizer
-
-        return TFOptimizer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["Optimizer", "OptimizerState", *(cls.__name__ for cls in registered()), "serialize", "deserialize", "get",
+           "registered", "rule_based"]

@@ -36,7 +36,7 @@ class Adadelta(Optimizer):
     )
     slot_names = ("accumulators", "delta_accumulators")
     keras2_iterations = False
-    kernel = "adadelta_step"
+    rule = staticmethod(adadelta_rule)
 
     def step_scalars(self, dtype):
         rho = dtype(self.rho)

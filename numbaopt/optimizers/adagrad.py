@@ -32,7 +32,7 @@ class Adagrad(Optimizer):
     )
     slot_names = ("accumulators",)
     keras2_iterations = False
-    kernel = "adagrad_step"
+    rule = staticmethod(adagrad_rule)
 
     def step_scalars(self, dtype):
         return self.lr_at_step(dtype), dtype(self.epsilon)

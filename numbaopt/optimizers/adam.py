@@ -37,7 +37,7 @@ class Adam(Optimizer):
         Hyperparameter("decay", 0.0),
     )
     slot_names = ("ms", "vs")
-    kernel = "adam_step"
+    rule = staticmethod(adam_rule)
 
     def step_scalars(self, dtype):
         one, t = dtype(1), dtype(self.iterations + 1)

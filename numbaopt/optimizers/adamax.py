@@ -39,7 +39,7 @@ class Adamax(Optimizer):
         Hyperparameter("decay", 0.0),
     )
     slot_names = ("ms", "us")
-    kernel = "adamax_step"
+    rule = staticmethod(adamax_rule)
 
     def step_scalars(self, dtype):
         one, t = dtype(1), dtype(self.iterations + 1)

@@ -1,10 +1,12 @@
-"""The base class: everything the seven optimizers share.
+"""The base class: the life of an optimizer, shared by the Keras 2.0 optimizers.
 
-A subclass only declares (its hyperparameters, its slots, its extra scalar state) and
-computes (the once-per-call scalars and, in its module, the per-element rule). The base
-class owns argument checking, the iteration counter, clipping, binding slots to
-parameters, dispatch to the kernels, and the Keras-style config and weights.
+A subclass only declares (its hyperparameters, its slots, its extra scalar state, its
+element ``rule``) and computes (the once-per-call scalars). The base class owns the
+arguments, the step (checks, clipping, slots bound to parameters, dispatch to the
+kernels, the iteration counter) and the state. The Keras weights list is
+``numbaopt.keras_weights``; later Keras versions' configs are ``numbaopt.keras_config``.
 """
+import abc
 import inspect
 import math
 import numbers
@@ -12,7 +14,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from numbaopt.clipping import clip_arguments, decayed_lr
+from numbaopt import devices, keras_config, keras_weights, registry
+from numbaopt.clipping import clip_arguments
+from numbaopt.schedules import decayed_lr
+from numbaopt.slots import SlotStore
+from numbaopt.step_checks import checked_arrays, checked_names, names_tuple, split_pairs
 
 
 class Hyperparameter(NamedTuple):
@@ -73,29 +79,39 @@ class OptimizerState(NamedTuple):
     names: tuple = None
 
 
-class Optimizer:
+class Optimizer(metaclass=abc.ABCMeta):
     """Base class of the Keras 2.0 optimizers.
 
     Subclasses declare ``hyperparameters`` (in Keras 2.0's positional order), ``slot_names``
     (the slot kinds, in ``get_weights`` order), ``scalar_state`` (extra scalar state and its
     initial value), ``keras2_iterations`` (whether Keras 2.0's ``get_weights`` lists
-    ``iterations``) and ``kernel`` (the name of the update kernel), and implement
-    ``step_scalars``.
+    ``iterations``) and ``rule`` (the per-element update, a plain function of the parameter,
+    the gradient, the slots and the step scalars that returns the new parameter and slots),
+    and implement ``step_scalars``. A class that defines its own ``rule`` is registered
+    (``numbaopt.registry``) under its class name.
+
+    ``TFOptimizer`` is registered as a virtual subclass: it has the same public API but
+    composes the shared step checks (``numbaopt.step_checks``) rather than inheriting.
     """
 
     hyperparameters: tuple = ()
     slot_names: tuple = ()
     scalar_state: tuple = ()
     keras2_iterations = True
-    kernel = ""
+    rule = None
     _settable = {}  # name -> Hyperparameter of what assignment may change; set per subclass
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "rule" in cls.__dict__:
+            registry.register(cls)
+        # The signature help() and IDEs show: the declared arguments in Keras 2.0's order,
+        # then the keyword-only ones every optimizer takes; ``learning_rate`` comes in kwargs.
         parameters = [
             inspect.Parameter(h.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=h.default)
             for h in cls.hyperparameters
         ]
+        parameters += [inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY, default=None) for h in CLIPPING + DEVICE]
         parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         cls.__signature__ = inspect.Signature(parameters)
         cls._settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE}
@@ -104,7 +120,7 @@ class Optimizer:
         self._hyper = self._bind_arguments(args, kwargs)
         self._iterations = 0
         self._scalars = {name: float(value) for name, value in self.scalar_state}
-        self._slots = None  # numbaopt.slots.SlotStore once bound to parameters
+        self._slots = None  # SlotStore once bound to parameters
         self._pending_slots = None  # host arrays from set_weights before the first step
         self._names = None  # parameter names, from a named step, set_parameter_names or a checkpoint
 
@@ -159,6 +175,12 @@ class Optimizer:
         """The number of steps applied so far."""
         return self._iterations
 
+    @property
+    def parameter_names(self):
+        """The recorded parameter names (from a named step, ``set_parameter_names`` or a
+        checkpoint), or None."""
+        return self._names
+
     # -------------------------------------------------------------------- config
 
     def get_config(self):
@@ -168,9 +190,7 @@ class Optimizer:
     @classmethod
     def from_config(cls, config):
         """An optimizer built from ``get_config()``'s output (or a later Keras's config)."""
-        from numbaopt.registry import keras2_arguments
-
-        return cls(**keras2_arguments(cls, config))
+        return cls(**keras_config.keras2_arguments(cls, config))
 
     def checkpoint_config(self):
         """What a checkpoint records to rebuild this optimizer (JSON types): its config.
@@ -237,13 +257,10 @@ class Optimizer:
         Everything is checked before anything changes: a bad pair raises and leaves the
         parameters, the slots and ``iterations`` as they were.
         """
-        from numbaopt import devices
-
-        grads, params = _split_pairs(grads_and_vars)
-        names = self._check_names(names, len(params))
+        grads, params = split_pairs(grads_and_vars)
+        names = checked_names(names, len(params), self._names)
         backend = devices.backend_for(params, self._hyper.get("device", "auto"))
-        params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
-        grads = [backend.check_gradient(g, p, i) for i, (g, p) in enumerate(zip(grads, params))]
+        grads, params = checked_arrays(grads, params, backend)
         store = self._bind(params, backend)
         grad_addresses = store.grouped_addresses(grads)  # ``grads`` keeps them alive until the end
 
@@ -253,7 +270,7 @@ class Optimizer:
         for group, param_at, grad_at in zip(store.groups, store.parameter_addresses(), grad_addresses):
             dtype = group.dtype.type
             clip = clip_arguments(self._hyper.get("clipnorm"), self._hyper.get("clipvalue"), norm, dtype)
-            store.run(self.kernel, group, param_at, grad_at, clip, self.step_scalars(dtype))
+            store.run(type(self).rule, group, param_at, grad_at, clip, self.step_scalars(dtype))
         self.advance_scalar_state()
         self._iterations += 1
         if names is not None:
@@ -261,8 +278,6 @@ class Optimizer:
 
     def _bind(self, params, backend):
         """The slot store for these parameters: created on the first step, checked on later ones."""
-        from numbaopt.slots import SlotStore
-
         if self._slots is not None:
             self._slots.check_parameters(params, backend)
             return self._slots
@@ -294,34 +309,11 @@ class Optimizer:
             n_params = len(next(iter(self._pending_slots.values())))
         else:
             raise ValueError("set_parameter_names: no parameters yet; pass names= to apply_gradients instead")
-        self._names = _names_tuple(names, n_params)
-
-    def _check_names(self, names, n_params):
-        """``names`` as a tuple, checked against the call and the recorded names (None passes)."""
-        if names is None:
-            return None
-        names = _names_tuple(names, n_params)
-        if self._names is not None and names != self._names:
-            if sorted(names) == sorted(self._names):
-                problem = "the same names in another order"
-            else:
-                problem = f"new {sorted(set(names) - set(self._names))}, missing {sorted(set(self._names) - set(names))}"
-            position = next((i for i, (a, b) in enumerate(zip(names, self._names)) if a != b), len(names))
-            raise ValueError(
-                f"apply_gradients: parameter names differ from the recorded ones ({problem}); "
-                f"first difference at position {position}. Slots belong to parameters by position; "
-                "call set_parameter_names to accept the new names"
-            )
-        return names
+        self._names = names_tuple(names, n_params)
 
     def get_weights(self):
         """``[iterations]``, the extra scalar state, then each slot kind for all parameters."""
-        state = self.state()
-        weights = [np.array(state.iterations, dtype=np.int64)]
-        weights += [np.array(state.scalars[name], dtype=np.float64) for name, _ in self.scalar_state]
-        for kind in self.slot_names:
-            weights += state.slots.get(kind, [])
-        return weights
+        return keras_weights.build(type(self), self.state())
 
     def set_weights(self, weights):
         """Load a ``get_weights()`` list, or the shorter Keras 2.0 list of this optimizer.
@@ -330,16 +322,16 @@ class Optimizer:
         RMSprop, Adagrad and Adadelta, Nadam's ``m_schedule``); that state is left as it is.
         The count and every shape and dtype are checked before anything changes.
         """
-        weights = _weights_list(weights)
+        weights = keras_weights.as_arrays(weights)
         n_params = self._slots.n_params if self._slots is not None else None
         if n_params is None and self._pending_slots is not None:
             n_params = len(next(iter(self._pending_slots.values())))
-        scalars, slot_lists = self._split_weights(weights, n_params)
-        iterations, scalar_values = self._check_scalar_weights(scalars)
+        scalars, slot_lists = keras_weights.split(type(self), weights, n_params)
+        iterations, scalar_values = keras_weights.check_scalars(scalars)
         if self._slots is not None:
             self._slots.check_host_slots(slot_lists)
         else:
-            _check_slot_lists(slot_lists)
+            keras_weights.check_unbound_slots(slot_lists)
         # Nothing below can fail.
         if iterations is not None:
             self._iterations = iterations
@@ -348,125 +340,3 @@ class Optimizer:
             self._slots.load_host_slots(slot_lists)
         elif slot_lists and len(next(iter(slot_lists.values()))):
             self._pending_slots = {k: [np.array(a, copy=True) for a in v] for k, v in slot_lists.items()}
-
-    def _split_weights(self, weights, n_params):
-        """Cut a weights list into its scalar part and its slot lists, recognising its form by length."""
-        n_kinds = len(self.slot_names)
-        full_scalars = 1 + len(self.scalar_state)
-        keras2_scalars = 1 if self.keras2_iterations else 0
-        candidates = []
-        for n_scalars, names in (
-            (full_scalars, ["iterations"] + [n for n, _ in self.scalar_state]),
-            (keras2_scalars, ["iterations"] if self.keras2_iterations else []),
-        ):
-            rest = len(weights) - n_scalars
-            if rest < 0 or rest % n_kinds:
-                continue
-            if n_params is not None and rest != n_params * n_kinds:
-                continue
-            if (n_scalars, names) not in candidates:
-                candidates.append((n_scalars, names))
-        if len(candidates) > 1:
-            # Same remainder for both forms (RMSprop and Adagrad before the first step):
-            # the full list starts with iterations, an integer scalar.
-            first = weights[0] if weights else None
-            full_form = first is not None and first.ndim == 0 and first.dtype.kind in "iu"
-            candidates = [candidates[0] if full_form else candidates[1]]
-        if not candidates:
-            expected = f"{full_scalars} + {n_kinds} x (number of parameters)"
-            if n_params is not None:
-                expected = f"{full_scalars + n_kinds * n_params} (or the Keras 2.0 list of {keras2_scalars + n_kinds * n_params})"
-            raise ValueError(
-                f"{type(self).__name__}.set_weights got {len(weights)} arrays, expected {expected}"
-            )
-        n_scalars, names = candidates[0]
-        scalars = dict(zip(names, weights[:n_scalars]))
-        per_kind = (len(weights) - n_scalars) // n_kinds
-        slot_lists = {
-            kind: weights[n_scalars + k * per_kind : n_scalars + (k + 1) * per_kind]
-            for k, kind in enumerate(self.slot_names)
-        }
-        return scalars, slot_lists
-
-    def _check_scalar_weights(self, scalars):
-        iterations = None
-        values = {}
-        for name, value in scalars.items():
-            if value.shape not in ((), (1,)):
-                raise ValueError(f"set_weights: {name} must be a scalar, got shape {value.shape}")
-            item = value.reshape(()).item()
-            if name == "iterations":
-                if isinstance(item, float) and not item.is_integer() or item < 0:
-                    raise ValueError(f"set_weights: iterations must be a non-negative integer, got {item!r}")
-                iterations = int(item)
-            else:
-                if not math.isfinite(float(item)):
-                    raise ValueError(f"set_weights: {name} must be finite, got {item!r}")
-                values[name] = float(item)
-        return iterations, values
-
-
-def _split_pairs(grads_and_vars):
-    """The gradients and the parameters of a list of (gradient, parameter) pairs."""
-    try:
-        pairs = list(grads_and_vars)
-    except TypeError:
-        raise TypeError("apply_gradients takes an iterable of (gradient, parameter) pairs") from None
-    for i, pair in enumerate(pairs):
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise TypeError(f"apply_gradients: item {i} is not a (gradient, parameter) pair")
-    if not pairs:
-        raise ValueError("apply_gradients got no (gradient, parameter) pairs")
-    for i, (grad, _) in enumerate(pairs):
-        if grad is None:
-            # What an autodiff framework returns for a parameter the loss does not depend on.
-            raise ValueError(f"gradient {i} is None: the loss may not depend on parameter {i}")
-    return [g for g, _ in pairs], [p for _, p in pairs]
-
-
-def _weights_list(weights):
-    """``weights`` as a list of numeric arrays, or a TypeError naming the first bad item."""
-    if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
-        raise TypeError(f"set_weights takes a list of arrays, got {type(weights).__name__}")
-    arrays = []
-    for i, w in enumerate(weights):
-        try:
-            a = np.asarray(w)
-        except Exception as error:  # noqa: BLE001 - any conversion failure means "not an array"
-            raise TypeError(f"set_weights: item {i} is not an array: {error}") from None
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"set_weights: item {i} has dtype {a.dtype}, not a number type")
-        arrays.append(a)
-    return arrays
-
-
-def _names_tuple(names, n_params):
-    """``names`` as a tuple of ``n_params`` distinct non-empty strings, or a TypeError / ValueError."""
-    if isinstance(names, str):
-        raise TypeError("parameter names must be a sequence of strings, not one string")
-    names = tuple(names)
-    for i, name in enumerate(names):
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"parameter name {i} must be a non-empty string, got {name!r}")
-    if len(names) != n_params:
-        raise ValueError(f"got {len(names)} parameter names for {n_params} parameters")
-    if len(set(names)) != len(names):
-        raise ValueError(f"parameter names must be distinct, got {sorted(n for n in set(names) if names.count(n) > 1)} twice")
-    return names
-
-
-def _check_slot_lists(slot_lists):
-    """Slot lists given before the first step: float arrays, the same shapes for every kind."""
-    lists = list(slot_lists.items())
-    if not lists:
-        return
-    first_kind, first = lists[0]
-    for kind, arrays in lists:
-        for i, a in enumerate(arrays):
-            if a.dtype not in (np.float32, np.float64):
-                raise TypeError(f"set_weights: {kind}[{i}] must be float32 or float64, got {a.dtype}")
-            if a.shape != first[i].shape or a.dtype != first[i].dtype:
-                raise ValueError(
-                    f"set_weights: {kind}[{i}] has shape {a.shape} {a.dtype}, "
-                    f"but {first_kind}[{i}] has {first[i].shape} {first[i].dtype}"
-                )

@@ -51,7 +51,7 @@ class Nadam(Optimizer):
     )
     slot_names = ("ms", "vs")
     scalar_state = (("m_schedule", 1.0),)
-    kernel = "nadam_step"
+    rule = staticmethod(nadam_rule)
 
     def _momentum_cache(self, dtype):
         """``(mc_t, mc_t1)`` for the current call."""

@@ -33,7 +33,7 @@ class RMSprop(Optimizer):
     )
     slot_names = ("accumulators",)
     keras2_iterations = False
-    kernel = "rmsprop_step"
+    rule = staticmethod(rmsprop_rule)
 
     def step_scalars(self, dtype):
         rho = dtype(self.rho)

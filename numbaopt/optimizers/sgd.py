@@ -35,7 +35,7 @@ class SGD(Optimizer):
         Hyperparameter("nesterov", False, "flag"),
     )
     slot_names = ("moments",)
-    kernel = "sgd_step"
+    rule = staticmethod(sgd_rule)
 
     def step_scalars(self, dtype):
         return self.lr_at_step(dtype), dtype(self.momentum), self.nesterov

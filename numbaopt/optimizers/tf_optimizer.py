@@ -18,8 +18,10 @@ import sys
 
 import numpy as np
 
-from numbaopt import devices
-from numbaopt.optimizers.base import Optimizer, OptimizerState, _split_pairs
+from numbaopt import devices, keras_weights, registry
+from numbaopt.optimizers.base import Optimizer, OptimizerState
+from numbaopt.slots import Layout
+from numbaopt.step_checks import checked_arrays, checked_names, names_tuple, split_pairs
 
 NO_CONFIG = (
     "TFOptimizer has no config: the wrapped TensorFlow optimizer is a live object that numbaopt "
@@ -263,7 +265,9 @@ class _Binding:
             variable.assign(w)
 
 
-class TFOptimizer(Optimizer):
+@registry.register
+@Optimizer.register
+class TFOptimizer:
     """A native TensorFlow optimizer driven through the numbaopt API.
 
     ``TFOptimizer(optimizer)`` takes a tf-keras optimizer (legacy or new), a Keras 3
@@ -271,18 +275,43 @@ class TFOptimizer(Optimizer):
     ``apply_gradients`` checks its pairs like every numbaopt optimizer, applies the wrapped
     optimizer's own update and writes it into the parameters in place; ``iterations``
     counts the steps. Clipping and learning-rate schedules are the wrapped optimizer's.
+
+    It is an ``Optimizer`` (a registered virtual subclass) with the same public API; its
+    state is the wrapped optimizer's variables, not numbaopt slots, so it has no slot
+    kinds and no scalar state of its own.
     """
+
+    slot_names = ()
+    scalar_state = ()
 
     def __init__(self, optimizer):
         tf = _import_tensorflow()
         self._kind = _kind_of(optimizer, tf)
-        super().__init__()
         self.optimizer = optimizer
+        self._iterations = 0
+        self._names = None  # parameter names, from a named step, set_parameter_names or a checkpoint
+        self._layout = None  # numbaopt.slots.Layout of the parameters, made by the first step
         self._tf = None  # _Binding, made by the first step
         self._pending = None  # the wrapped optimizer's weights given before the first step
 
     def __repr__(self):
         return f"TFOptimizer({self.optimizer!r})"
+
+    @property
+    def iterations(self):
+        """The number of steps applied so far."""
+        return self._iterations
+
+    @property
+    def parameter_names(self):
+        """The recorded parameter names, or None."""
+        return self._names
+
+    def set_parameter_names(self, names):
+        """Record names for the parameters the wrapped optimizer's state belongs to."""
+        if self._layout is None:
+            raise ValueError("set_parameter_names: no parameters yet; pass names= to apply_gradients instead")
+        self._names = names_tuple(names, self._layout.n_params)
 
     # -------------------------------------------------------------------- config
 
@@ -365,13 +394,15 @@ class TFOptimizer(Optimizer):
         steps must keep that layout.
         """
         cpu = devices.CPU
-        grads, params = _split_pairs(grads_and_vars)
-        names = self._check_names(names, len(params))
-        params = [cpu.check_parameter(p, i) for i, p in enumerate(params)]
-        grads = [cpu.check_gradient(g, p, i) for i, (g, p) in enumerate(zip(grads, params))]
-        self._bind(params, cpu)  # the layout: count, shapes, dtypes, no shared memory
-        if self._tf is None:
+        grads, params = split_pairs(grads_and_vars)
+        names = checked_names(names, len(params), self._names)
+        grads, params = checked_arrays(grads, params, cpu)
+        if self._layout is None:
+            layout = Layout(params, cpu)  # refuses parameters that share memory
             self._tf = _Binding(self.optimizer, self._kind, params)
+            self._layout = layout
+        else:
+            self._layout.check(params, cpu)
         if self._pending is not None:
             self._tf.check_weights(self._pending, "set_weights (checked at the first step)")
             self._tf.load(self._pending)
@@ -403,10 +434,10 @@ class TFOptimizer(Optimizer):
         Before the first step the wrapped optimizer's variables do not exist yet: the list
         is kept and checked against them when the first step creates them.
         """
-        weights = [np.asarray(w) for w in weights]
+        weights = keras_weights.as_arrays(weights)
         if not weights:
             raise ValueError("TFOptimizer.set_weights got no arrays, expected [iterations, ...]")
-        iterations, _ = self._check_scalar_weights({"iterations": weights[0]})
+        iterations, _ = keras_weights.check_scalars({"iterations": weights[0]})
         rest = weights[1:]
         if rest and self._tf is not None:
             self._tf.check_weights(rest, "set_weights")
@@ -420,6 +451,3 @@ class TFOptimizer(Optimizer):
         numbaopt slots, so they are in ``get_weights()`` and ``checkpoint_arrays()`` instead."""
         return OptimizerState(self._iterations, {}, {}, self._names)
 
-
-# TFOptimizer(optimizer) is not declared by hyperparameters; let inspect read __init__.
-del TFOptimizer.__signature__

@@ -1,4 +1,4 @@
-"""``numbaopt inspect PATH``: what a checkpoint holds, after the same checks as a load.
+"""What a checkpoint holds, after the same checks as a load: ``numbaopt inspect PATH``.
 
 Prints the class, config, iterations and scalar state, then one row per slot of every
 parameter (parameter, slot, shape, dtype, min, max, mean), then one row per array the
@@ -13,21 +13,10 @@ import numpy as np
 
 from numbaopt.checkpoint import CheckpointError, read_checkpoint
 
-DESCRIPTION = "Show the class, config, iterations and slots of a numbaopt checkpoint (HDF5)."
-
-
-def add_parser(subparsers):
-    """Register ``inspect`` on an ``argparse`` subparsers object; ``args.func(args)`` runs it."""
-    parser = subparsers.add_parser("inspect", help="show what a checkpoint holds", description=DESCRIPTION)
-    parser.add_argument("path", help="a checkpoint written by numbaopt.save_optimizer")
-    parser.set_defaults(func=main_inspect)
-    return parser
-
-
-def main_inspect(args):
-    """Print the report for ``args.path``; returns the exit status (1 for a bad file)."""
+def main(path):
+    """Print the report for the checkpoint at ``path``; returns the exit status (1 for a bad file)."""
     try:
-        checkpoint = read_checkpoint(args.path)
+        checkpoint = read_checkpoint(path)
     except CheckpointError as error:
         print(f"numbaopt inspect: {error}", file=sys.stderr)
         return 1

@@ -1,0 +1,116 @@
+"""The Keras weights list: an optimizer's state as ``get_weights`` / ``set_weights`` see it.
+
+numbaopt's list is ``[iterations, *scalar state, *slots of kind 1, *slots of kind 2, ...]``,
+one slot array per parameter in parameter order. Keras 2.0's own list is shorter: it
+lacks the state Keras 2.0 did not save (``iterations`` for RMSprop, Adagrad and Adadelta,
+Nadam's ``m_schedule``). ``split`` recognises either form by its length; everything here
+works on the class's declarations (``slot_names``, ``scalar_state``,
+``keras2_iterations``) and NumPy arrays only.
+"""
+import math
+
+import numpy as np
+
+
+def as_arrays(weights):
+    """``weights`` as a list of numeric arrays, or a TypeError naming the first bad item."""
+    if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
+        raise TypeError(f"set_weights takes a list of arrays, got {type(weights).__name__}")
+    arrays = []
+    for i, w in enumerate(weights):
+        try:
+            a = np.asarray(w)
+        except Exception as error:  # noqa: BLE001 - any conversion failure means "not an array"
+            raise TypeError(f"set_weights: item {i} is not an array: {error}") from None
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"set_weights: item {i} has dtype {a.dtype}, not a number type")
+        arrays.append(a)
+    return arrays
+
+
+def build(cls, state):
+    """The full weights list of an ``OptimizerState`` of an optimizer of class ``cls``."""
+    weights = [np.array(state.iterations, dtype=np.int64)]
+    weights += [np.array(state.scalars[name], dtype=np.float64) for name, _ in cls.scalar_state]
+    for kind in cls.slot_names:
+        weights += state.slots.get(kind, [])
+    return weights
+
+
+def split(cls, weights, n_params):
+    """Cut a weights list into ``({scalar name: array}, {slot kind: [arrays]})``.
+
+    The list is numbaopt's full one or Keras 2.0's shorter one, told apart by its length
+    (and, when both fit, by whether it starts with an integer ``iterations``).
+    ``n_params`` is the number of parameters the slots are bound to, or None.
+    """
+    n_kinds = len(cls.slot_names)
+    full_scalars = 1 + len(cls.scalar_state)
+    keras2_scalars = 1 if cls.keras2_iterations else 0
+    candidates = []
+    for n_scalars, names in (
+        (full_scalars, ["iterations"] + [n for n, _ in cls.scalar_state]),
+        (keras2_scalars, ["iterations"] if cls.keras2_iterations else []),
+    ):
+        rest = len(weights) - n_scalars
+        if rest < 0 or rest % n_kinds:
+            continue
+        if n_params is not None and rest != n_params * n_kinds:
+            continue
+        if (n_scalars, names) not in candidates:
+            candidates.append((n_scalars, names))
+    if len(candidates) > 1:
+        # Same remainder for both forms (RMSprop and Adagrad before the first step):
+        # the full list starts with iterations, an integer scalar.
+        first = weights[0] if weights else None
+        full_form = first is not None and first.ndim == 0 and first.dtype.kind in "iu"
+        candidates = [candidates[0] if full_form else candidates[1]]
+    if not candidates:
+        expected = f"{full_scalars} + {n_kinds} x (number of parameters)"
+        if n_params is not None:
+            expected = f"{full_scalars + n_kinds * n_params} (or the Keras 2.0 list of {keras2_scalars + n_kinds * n_params})"
+        raise ValueError(f"{cls.__name__}.set_weights got {len(weights)} arrays, expected {expected}")
+    n_scalars, names = candidates[0]
+    scalars = dict(zip(names, weights[:n_scalars]))
+    per_kind = (len(weights) - n_scalars) // n_kinds
+    slot_lists = {
+        kind: weights[n_scalars + k * per_kind : n_scalars + (k + 1) * per_kind]
+        for k, kind in enumerate(cls.slot_names)
+    }
+    return scalars, slot_lists
+
+
+def check_scalars(scalars):
+    """``(iterations or None, {name: float})`` from the scalar part of a weights list, checked."""
+    iterations = None
+    values = {}
+    for name, value in scalars.items():
+        if value.shape not in ((), (1,)):
+            raise ValueError(f"set_weights: {name} must be a scalar, got shape {value.shape}")
+        item = value.reshape(()).item()
+        if name == "iterations":
+            if isinstance(item, float) and not item.is_integer() or item < 0:
+                raise ValueError(f"set_weights: iterations must be a non-negative integer, got {item!r}")
+            iterations = int(item)
+        else:
+            if not math.isfinite(float(item)):
+                raise ValueError(f"set_weights: {name} must be finite, got {item!r}")
+            values[name] = float(item)
+    return iterations, values
+
+
+def check_unbound_slots(slot_lists):
+    """Slot lists given before the first step: float arrays, the same shapes for every kind."""
+    lists = list(slot_lists.items())
+    if not lists:
+        return
+    first_kind, first = lists[0]
+    for kind, arrays in lists:
+        for i, a in enumerate(arrays):
+            if a.dtype not in (np.float32, np.float64):
+                raise TypeError(f"set_weights: {kind}[{i}] must be float32 or float64, got {a.dtype}")
+            if a.shape != first[i].shape or a.dtype != first[i].dtype:
+                raise ValueError(
+                    f"set_weights: {kind}[{i}] has shape {a.shape} {a.dtype}, "
+                    f"but {first_kind}[{i}] has {first[i].shape} {first[i].dtype}"
+                )

@@ -1,0 +1,6 @@
+"""``python -m numbaopt.parity [PATH] [--device cpu|cuda] [--json]``: ``numbaopt parity``."""
+import sys
+
+from numbaopt.cli import main
+
+sys.exit(main(["parity", *sys.argv[1:]]))

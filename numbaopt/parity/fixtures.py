@@ -1,0 +1,129 @@
+"""The golden fixtures: find them, read them (h5py only), one ``Fixture`` per recorded case.
+
+The layout of the files is ``docs/fixtures.md``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+#: Highest fixture format this module reads.
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Fixture:
+    """One recorded case, read into memory."""
+
+    file: str
+    group: str
+    optimizer: str
+    case: str
+    dtype: str
+    steps: int
+    keras2_config: dict
+    keras_config: dict
+    clipping: str
+    param_names: list
+    param_shapes: list
+    slot_names: list
+    params: np.ndarray  # (steps + 1, P): initial, then after each step, flattened
+    grads: np.ndarray  # (steps, P): unclipped
+    applied_grads: np.ndarray | None  # (steps, P): what Keras's optimizer received, if composed
+    slots: np.ndarray  # (steps, n_slots, P)
+    iterations: np.ndarray  # (steps,)
+    m_schedule: np.ndarray | None  # (steps,), Nadam only
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def label(self):
+        return f"{self.optimizer}/{self.case}/{self.dtype}"
+
+    def unflatten(self, flat):
+        """A list of C-contiguous arrays, one per parameter, copied out of a flat vector."""
+        out, offset = [], 0
+        for shape in self.param_shapes:
+            size = int(np.prod(shape, dtype=np.int64))
+            out.append(np.array(flat[offset:offset + size].reshape(shape), dtype=self.dtype, order="C"))
+            offset += size
+        return out
+
+
+def default_fixture_dir():
+    """The shipped fixtures: ``$NUMBAOPT_FIXTURES``; else ``fixtures/`` inside the package,
+    beside it (a source checkout or an editable install), or in the working directory."""
+    env = os.environ.get("NUMBAOPT_FIXTURES")
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parent.parent
+    candidates = (package / "fixtures", package.parent / "fixtures", Path.cwd() / "fixtures")
+    for candidate in candidates:
+        if any(candidate.glob("*.h5")):
+            return candidate
+    return candidates[1]
+
+
+def fixture_files(path=None):
+    """The ``.h5`` files at ``path`` (a file or a folder; default the shipped fixtures)."""
+    path = Path(path) if path is not None else default_fixture_dir()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(path.glob("*.h5"))
+        if files:
+            return files
+    raise FileNotFoundError(f"no fixture files (*.h5) at {path}")
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def load_fixtures(path=None):
+    """Every case in the fixture files at ``path``, as ``Fixture`` objects, in file order."""
+    import h5py
+
+    fixtures = []
+    for file in fixture_files(path):
+        try:
+            fixtures += _read_fixture_file(h5py, file)
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{file}: not a numbaopt fixture file (missing or bad {exc})") from None
+    return fixtures
+
+
+def _read_fixture_file(h5py, file):
+    """The cases of one fixture file (a ValueError when it is not one)."""
+    fixtures = []
+    with h5py.File(file, "r") as f:
+        meta = {k: _attr(v) for k, v in f.attrs.items()}
+        if "capture_script" not in meta or "format_version" not in meta:
+            raise ValueError(f"{file}: not a numbaopt fixture file (no capture_script and format_version attributes)")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{file}: fixture format {meta['format_version']} is newer than "
+                             f"this numbaopt reads ({FORMAT_VERSION})")
+        for name, grp in f.items():
+            a = {k: _attr(v) for k, v in grp.attrs.items()}
+            d = {k: ds[()] for k, ds in grp.items()}
+            fixtures.append(Fixture(
+                file=str(file), group=name, optimizer=a["optimizer"], case=a["case"],
+                dtype=a["dtype"], steps=int(a["steps"]),
+                keras2_config=json.loads(a["keras2_config"]),
+                keras_config=json.loads(a["keras_config"]),
+                clipping=a["clipping"],
+                param_names=json.loads(a["param_names"]),
+                param_shapes=[tuple(s) for s in json.loads(a["param_shapes"])],
+                slot_names=json.loads(a["slot_names"]),
+                params=d["params"], grads=d["grads"], applied_grads=d.get("applied_grads"),
+                slots=d["slots"], iterations=d["iterations"], m_schedule=d.get("m_schedule"),
+                versions={k: v for k, v in meta.items() if k.endswith("_version")},
+            ))
+    return fixtures

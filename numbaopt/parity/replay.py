@@ -1,0 +1,148 @@
+"""Replay one fixture through numbaopt and compare, step by step, with what Keras recorded.
+
+A replay rebuilds the optimizer with ``numbaopt.optimizers.deserialize`` and applies the
+recorded gradients, by one of two routes (``ROUTES``, see ``numbaopt.parity``). After every
+step every parameter and every slot is compared with a relative error
+``max|ours - keras| / max|keras|`` per tensor, which must stay within ``TOLERANCE``;
+``iterations`` must match exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from numbaopt import optimizers
+
+#: Tolerance on the max relative error per tensor, by parameter dtype.
+TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
+
+#: The two ways a case is replayed (see ``numbaopt.parity``).
+ROUTES = ("keras2", "tf-keras")
+
+
+@dataclass
+class Result:
+    """The outcome of one replay."""
+
+    optimizer: str
+    case: str
+    dtype: str
+    config: str  # a member of ROUTES
+    steps: int
+    max_error: float
+    tolerance: float
+    passed: bool
+    worst_step: int | None = None  # 1-based step where max_error occurred
+    worst_tensor: str | None = None
+    error: str | None = None  # an exception that stopped the replay
+    file: str = ""
+
+
+def relative_error(ours, keras):
+    """``max|ours - keras| / max|keras|`` over a tensor, in float64.
+
+    Values below the smallest normal number of the reference's dtype count as zero on both
+    sides, and the denominator is floored at that number: TensorFlow's CPU kernels flush
+    denormals to zero, so Keras records 0 where numbaopt keeps, say, a float32 run's Nadam
+    ``m_schedule`` (which underflows after about 110 steps) as a tiny float64; below the
+    normal range a float has no relative precision to compare anyway.
+    """
+    keras = np.asarray(keras)
+    ours = np.asarray(ours)
+    if ours.shape != keras.shape:
+        return math.inf
+    if ours.size == 0:
+        return 0.0
+    tiny = float(np.finfo(keras.dtype if keras.dtype.kind == "f" else np.float64).tiny)
+    k = keras.astype(np.float64)
+    o = ours.astype(np.float64)
+    if not (np.all(np.isfinite(o)) and np.all(np.isfinite(k))):
+        return 0.0 if np.array_equal(o, k, equal_nan=True) else math.inf
+    k = np.where(np.abs(k) < tiny, 0.0, k)
+    o = np.where(np.abs(o) < tiny, 0.0, o)
+    return float(np.abs(o - k).max() / max(float(np.abs(k).max()), tiny))
+
+
+def _to_device(arrays, device):
+    if device == "cpu":
+        return arrays
+    from numba import cuda
+
+    return [cuda.to_device(a) for a in arrays]
+
+
+def _host(x):
+    if hasattr(x, "copy_to_host"):
+        return x.copy_to_host()
+    if hasattr(x, "get") and not isinstance(x, np.ndarray):  # CuPy
+        return x.get()
+    return np.asarray(x)
+
+
+def build_optimizer(fixture, route):
+    """The numbaopt optimizer for ``fixture`` as ``route`` describes it."""
+    config = fixture.keras2_config if route == "keras2" else fixture.keras_config
+    return optimizers.deserialize({"class_name": fixture.optimizer, "config": dict(config)})
+
+
+def replay(fixture, route="keras2", device="cpu"):
+    """Replay ``fixture`` through numbaopt and return a ``Result``."""
+    tol = TOLERANCE[fixture.dtype]
+    result = Result(fixture.optimizer, fixture.case, fixture.dtype, route, fixture.steps,
+                    0.0, tol, False, file=fixture.file)
+    if route == "keras2" or fixture.clipping != "composed":
+        grads_all = fixture.grads
+    else:
+        grads_all = fixture.applied_grads
+    try:
+        opt = build_optimizer(fixture, route)
+        slot_names = list(getattr(opt, "slot_names", fixture.slot_names))
+        if slot_names != list(fixture.slot_names):
+            raise ValueError(f"slot kinds {slot_names} differ from the fixture's {fixture.slot_names}")
+        n = len(fixture.param_shapes)
+        has_schedule = fixture.m_schedule is not None
+        params = _to_device(fixture.unflatten(fixture.params[0]), device)
+        worst = (0.0, None, None)
+
+        def check(step, label, ours, keras):
+            nonlocal worst
+            err = relative_error(ours, keras)
+            if err > worst[0]:
+                worst = (err, step, label)
+
+        for step in range(fixture.steps):
+            grads = _to_device(fixture.unflatten(grads_all[step]), device)
+            opt.apply_gradients(list(zip(grads, params)))
+            ref_params = fixture.unflatten(fixture.params[step + 1])
+            for i in range(n):
+                check(step + 1, f"param {fixture.param_names[i]}", _host(params[i]), ref_params[i])
+            weights = [_host(w) for w in opt.get_weights()]
+            expected_len = 1 + int(has_schedule) + len(slot_names) * n
+            if len(weights) != expected_len:
+                raise ValueError(f"get_weights gave {len(weights)} arrays, expected {expected_len}")
+            iterations = int(np.asarray(weights[0]).reshape(()))
+            if iterations != int(fixture.iterations[step]) or iterations != opt.iterations:
+                worst = (math.inf, step + 1,
+                         f"iterations {iterations} (attribute {opt.iterations}), Keras {fixture.iterations[step]}")
+            offset = 1
+            if has_schedule:
+                check(step + 1, "m_schedule", weights[1], fixture.m_schedule[step])
+                offset = 2
+            for k, kind in enumerate(slot_names):
+                ref = fixture.unflatten(fixture.slots[step, k])
+                for i in range(n):
+                    check(step + 1, f"{kind} {fixture.param_names[i]}", weights[offset + k * n + i], ref[i])
+        result.max_error, result.worst_step, result.worst_tensor = worst
+        result.passed = result.max_error <= tol
+    except Exception as exc:  # a replay that cannot run is a failed replay, reported as such
+        result.max_error = math.inf
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.passed = False
+    return result
+
+
+def run_all(fixtures, device="cpu", routes=ROUTES):
+    """Replay every fixture by every route; a list of ``Result``."""
+    return [replay(fx, route, device) for fx in fixtures for route in routes]

@@ -1,0 +1,91 @@
+"""The parity report: a table or JSON of replay results, and ``run_parity``, the whole job."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from numbaopt.parity.fixtures import default_fixture_dir, load_fixtures
+from numbaopt.parity.replay import TOLERANCE, run_all
+
+
+def _format_error(x):
+    return "inf" if x == math.inf else f"{x:.2e}"
+
+
+def format_table(results):
+    """The results as a fixed-width text table, one row per replay."""
+    headers = ("optimizer", "case", "dtype", "config", "steps", "max error", "tolerance", "verdict")
+    rows = []
+    for r in results:
+        verdict = "ok" if r.passed else "FAIL"
+        rows.append((r.optimizer, r.case, r.dtype, r.config, str(r.steps),
+                     _format_error(r.max_error), f"{r.tolerance:.0e}", verdict))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    right = {4, 5, 6}
+    fmt = lambda row: "  ".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
+                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    lines = [fmt(headers), fmt(["-" * w for w in widths])]
+    lines += [fmt(row) for row in rows]
+    for r in results:
+        if not r.passed:
+            where = r.error or f"step {r.worst_step}, {r.worst_tensor}"
+            lines.append(f"FAIL {r.optimizer}/{r.case}/{r.dtype} ({r.config}): {where}")
+    return "\n".join(lines)
+
+
+def summary(results):
+    """One line: how many replays passed, and the worst error per dtype."""
+    failed = [r for r in results if not r.passed]
+    cases = {(r.file, r.optimizer, r.case, r.dtype) for r in results}
+    worst = {}
+    for r in results:
+        worst[r.dtype] = max(worst.get(r.dtype, 0.0), r.max_error)
+    worst_text = ", ".join(f"{d} {_format_error(e)} (tolerance {TOLERANCE[d]:.0e})"
+                           for d, e in sorted(worst.items()))
+    status = "PASSED" if not failed else f"FAILED ({len(failed)} failed)"
+    return (f"parity {status}: {len(results) - len(failed)}/{len(results)} replays of "
+            f"{len(cases)} Keras fixture cases within tolerance; worst error {worst_text}")
+
+
+def run_parity(path=None, device="cpu", as_json=False, out=None):
+    """Replay every fixture and print the table (or JSON); the exit status: 0 all passed,
+    1 a replay failed, 2 nothing could be replayed (no fixtures, no CUDA)."""
+    out = out or sys.stdout
+    try:
+        if device == "cuda":
+            from numba import cuda
+
+            if not cuda.is_available():
+                raise RuntimeError("--device cuda: no usable CUDA GPU (numba.cuda.is_available() is False)")
+        fixtures = load_fixtures(path)
+        results = run_all(fixtures, device)
+    except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc), "results": []}), file=out)
+        else:
+            print(f"numbaopt parity: {exc}", file=out)
+        return 2
+    ok = all(r.passed for r in results)
+    if as_json:
+        versions = fixtures[0].versions if fixtures else {}
+        doc = {
+            "ok": ok,
+            "device": device,
+            "fixtures": str(Path(path) if path is not None else default_fixture_dir()),
+            "reference": versions,
+            "tolerance": TOLERANCE,
+            "passed": sum(r.passed for r in results),
+            "failed": sum(not r.passed for r in results),
+            "summary": summary(results),
+            "results": [{k: (None if isinstance(v, float) and math.isinf(v) else v)
+                         for k, v in asdict(r).items()} for r in results],
+        }
+        print(json.dumps(doc, indent=1), file=out)
+    else:
+        print(format_table(results), file=out)
+        print(summary(results), file=out)
+    return 0 if ok else 1

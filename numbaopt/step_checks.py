@@ -1,0 +1,65 @@
+"""What every optimizer checks of an ``apply_gradients`` call before anything changes.
+
+Shared by the kernel optimizers (``numbaopt.optimizers.base``) and ``TFOptimizer``, so
+all of them refuse the same calls with the same messages.
+"""
+
+
+def split_pairs(grads_and_vars):
+    """The gradients and the parameters of a list of (gradient, parameter) pairs."""
+    try:
+        pairs = list(grads_and_vars)
+    except TypeError:
+        raise TypeError("apply_gradients takes an iterable of (gradient, parameter) pairs") from None
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"apply_gradients: item {i} is not a (gradient, parameter) pair")
+    if not pairs:
+        raise ValueError("apply_gradients got no (gradient, parameter) pairs")
+    for i, (grad, _) in enumerate(pairs):
+        if grad is None:
+            # What an autodiff framework returns for a parameter the loss does not depend on.
+            raise ValueError(f"gradient {i} is None: the loss may not depend on parameter {i}")
+    return [g for g, _ in pairs], [p for _, p in pairs]
+
+
+def checked_arrays(grads, params, backend):
+    """``(grads, params)`` as ``backend`` takes them: each parameter updatable in place, each
+    gradient on its parameter's device with its dtype and shape."""
+    params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
+    grads = [backend.check_gradient(g, p, i) for i, (g, p) in enumerate(zip(grads, params))]
+    return grads, params
+
+
+def names_tuple(names, n_params):
+    """``names`` as a tuple of ``n_params`` distinct non-empty strings, or a TypeError / ValueError."""
+    if isinstance(names, str):
+        raise TypeError("parameter names must be a sequence of strings, not one string")
+    names = tuple(names)
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"parameter name {i} must be a non-empty string, got {name!r}")
+    if len(names) != n_params:
+        raise ValueError(f"got {len(names)} parameter names for {n_params} parameters")
+    if len(set(names)) != len(names):
+        raise ValueError(f"parameter names must be distinct, got {sorted(n for n in set(names) if names.count(n) > 1)} twice")
+    return names
+
+
+def checked_names(names, n_params, recorded):
+    """``names`` of a call as a tuple (None passes), checked against the ``recorded`` ones."""
+    if names is None:
+        return None
+    names = names_tuple(names, n_params)
+    if recorded is not None and names != recorded:
+        if sorted(names) == sorted(recorded):
+            problem = "the same names in another order"
+        else:
+            problem = f"new {sorted(set(names) - set(recorded))}, missing {sorted(set(recorded) - set(names))}"
+        position = next((i for i, (a, b) in enumerate(zip(names, recorded)) if a != b), len(names))
+        raise ValueError(
+            f"apply_gradients: parameter names differ from the recorded ones ({problem}); "
+            f"first difference at position {position}. Slots belong to parameters by position; "
+            "call set_parameter_names to accept the new names"
+        )
+    return names
