@@ -4,7 +4,8 @@ The layout is documented in ``docs/checkpoint-format.md``. Three promises shape 
 
 * **A save is atomic.** The file is written under a temporary name in the target's folder,
   flushed and fsynced, then moved over the target with ``os.replace``; a crash at any
-  moment leaves either the old checkpoint or the new one at ``path``, never a mix.
+  moment leaves either the old checkpoint or the new one at ``path``, never a mix. A
+  symbolic link is written through: its target is replaced, the link kept.
   Temporary files of writers that died (SIGKILL, power loss) are removed by the next save
   to the same path on the same host.
 * **A checkpoint is data, never code.** The class is looked up by name in numbaopt's
@@ -14,18 +15,23 @@ The layout is documented in ``docs/checkpoint-format.md``. Three promises shape 
 * **Every load is checked before it is trusted.** A SHA-256 digest of every slot, of every
   optimizer array and of the header detects corruption; shapes, dtypes, slot kinds and
   scalar state are checked against the class; a dataset must be stored in the file itself
-  (no links, no external or virtual storage, no filters), so a crafted file cannot make the
-  loader read other files or allocate more memory than the file's size. Every failure is a ``CheckpointError``
-  that names the file and the place in it. The digests catch accidents, not forgers: a
-  crafted file with valid digests is still only data, checked like any other.
+  (no links, no external or virtual storage, no filters), and every count is compared with
+  the objects the file holds before it is used, so a crafted file cannot make the loader
+  read other files or allocate more memory than the file's size. Every number must fit
+  what will hold it (JSON numbers finite and within 64 bits, ``iterations`` below 2**63).
+  Every failure is a ``CheckpointError`` that names the file and the place in it. The
+  digests catch accidents, not forgers: a crafted file with valid digests is still only
+  data, checked like any other.
 """
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import secrets
 import socket
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -42,6 +48,13 @@ FORMAT_VERSION = 2
 
 #: The ending of temporary files; the next save to the same path sweeps those of dead writers.
 TEMPORARY_SUFFIX = ".numbaopt-tmp"
+
+#: What a temporary name adds after ``.<file name>.<host>.``: a pid (below 2**31, so at most
+#: 10 digits), a dot, 12 random hex digits and the suffix.
+_TEMPORARY_TAIL = 10 + 1 + 12 + len(TEMPORARY_SUFFIX)
+
+#: Integers in a checkpoint's JSON and its ``iterations`` are below this (int64's range).
+_INT64_LIMIT = 2**63
 
 _FLOAT_DTYPES = ("float32", "float64")
 
@@ -85,7 +98,8 @@ def save_optimizer(optimizer, path):
     arrays (``checkpoint_arrays()``) to ``path``.
 
     The file at ``path`` is replaced atomically: a crash leaves the previous file or the new
-    one, never a partial file. Works before the first step too (no slots yet).
+    one, never a partial file. A symbolic link at ``path`` is kept and its target replaced.
+    Works before the first step too (no slots yet).
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"save_optimizer needs a numbaopt optimizer, got {type(optimizer).__name__}")
@@ -113,18 +127,31 @@ def save_optimizer(optimizer, path):
     records = [_array_record(name, array.shape, array.dtype.name, _array_digest(array)) for name, array in arrays.items()]
 
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    _sweep_dead_temporaries(path)
-    temporary = _create_temporary(path)
+    target = os.path.realpath(path)  # through a symbolic link, so that os.replace keeps the link
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"cannot save a checkpoint there: {folder} is not an existing folder",
+                                path)
+    lead = _temporary_lead(target)
+    _sweep_dead_temporaries(folder, lead)
+    temporary = _create_temporary(folder, lead)
     try:
         _write(temporary, header, parameters, slots, digests, arrays, records)
         _fsync(temporary)
-        os.replace(temporary, path)
+        os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    _fsync_directory(folder)
+    try:
+        _fsync_directory(folder)
+    except OSError as error:
+        # The new file is in place and complete; only its survival of a power loss is in doubt.
+        warnings.warn(
+            f"{path}: the checkpoint was written, but its folder {folder} could not be synced ({error}); "
+            f"a power loss now might still show the previous file",
+            RuntimeWarning, stacklevel=2,
+        )
 
 
 def _checked_arrays(class_name, arrays):
@@ -225,16 +252,37 @@ def _manifest_digest(header, parameters, digests, arrays=None):
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _create_temporary(path):
-    """A new empty file ``.<file name>.<host>.<pid>.<random>.numbaopt-tmp`` beside ``path``.
+def _temporary_lead(target):
+    """How the name of every temporary file for ``target`` begins: ``.<file name>.<host>.``.
 
-    The host and pid tell the next save whether its writer is dead. Unlike ``mkstemp``
+    Where a name that long could pass the file system's limit on a name's length, the first
+    16 hex digits of the file name's SHA-256 stand in for it, so that a file whose own name
+    is near the limit can still be saved, and the sweep still finds its temporaries.
+    """
+    folder, name = os.path.split(target)
+    host = socket.gethostname()
+    if len(os.fsencode(f".{name}.{host}.")) + _TEMPORARY_TAIL > _longest_name(folder):
+        name = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return f".{name}.{host}."
+
+
+def _longest_name(folder):
+    """The longest file name, in bytes, that ``folder``'s file system takes (255 where it cannot say)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # Windows has no pathconf
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+        if limit > 0:
+            return limit
+    return 255
+
+
+def _create_temporary(folder, lead):
+    """A new empty file ``<lead><pid>.<random>.numbaopt-tmp`` in ``folder``.
+
+    The host (in ``lead``) and pid tell the next save whether its writer is dead. Unlike ``mkstemp``
     (mode 0600) it is created with mode 0666 less the umask, like any file the user writes.
     """
-    folder = os.path.dirname(os.path.abspath(path))
     while True:
-        name = f".{os.path.basename(path)}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}"
-        temporary = os.path.join(folder, name)
+        temporary = os.path.join(folder, f"{lead}{os.getpid()}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}")
         try:
             os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:
@@ -242,24 +290,32 @@ def _create_temporary(path):
         return temporary
 
 
-def _sweep_dead_temporaries(path):
-    """Remove temporary files that writers on this host left for ``path`` when they died.
+def _sweep_dead_temporaries(folder, lead):
+    """Remove the temporary files in ``folder`` named ``<lead><pid>...`` whose writers on this host died.
 
     Only on POSIX, where ``os.kill(pid, 0)`` asks whether a process exists (on Windows it
-    would end it). A live writer's file is left alone, so concurrent savers do not collide.
+    would end it). A live writer's file is left alone, so concurrent savers do not collide;
+    so is a file whose pid is not one this module writes, as that may be no temporary of ours.
     """
     if os.name != "posix":
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    lead = f".{os.path.basename(path)}.{socket.gethostname()}."
     with contextlib.suppress(OSError):
         for entry in os.listdir(folder):
             if not (entry.startswith(lead) and entry.endswith(TEMPORARY_SUFFIX)):
                 continue
             pid = entry[len(lead):].split(".", 1)[0]
-            if pid.isdigit() and not _process_exists(int(pid)):
+            if _is_pid(pid) and not _process_exists(int(pid)):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, entry))
+
+
+def _is_pid(text):
+    """Whether ``text`` is a process id as ``_create_temporary`` writes it: ASCII digits, 1 to 2**31 - 1.
+
+    ``str.isdigit`` alone accepts digits such as ``²`` that ``int`` refuses, and ``os.kill``
+    refuses numbers beyond a C int.
+    """
+    return text.isascii() and text.isdigit() and 0 < int(text) < 2**31
 
 
 def _process_exists(pid):
@@ -313,6 +369,7 @@ def load_optimizer(path, **options):
         optimizer = cls.from_checkpoint_config(checkpoint.config, **options)
         optimizer.set_weights(weights)
         optimizer.load_checkpoint_arrays(dict(checkpoint.arrays))
+        optimizer.set_state_origin(f"loading the checkpoint {path}")
         if names and names[0] is not None:
             optimizer.set_parameter_names(names)
     except (TypeError, ValueError) as error:
@@ -388,6 +445,11 @@ def _read(f):
     except ValueError as error:
         raise CheckpointError(f"attribute class_name on / names no numbaopt optimizer: {error}") from None
     config = _json(header, "config", dict)
+    if issubclass(cls, Optimizer) and "device" in config:
+        raise CheckpointError(
+            f"attribute config on / holds \"device\": {config['device']!r:.40}, which save_optimizer never writes: "
+            f"a checkpoint is device-free (choose the device after loading, e.g. opt.device = 'cuda')"
+        )
     scalars = _json(header, "scalar_state", dict)
     slot_names = _json(header, "slot_names", list)
     if tuple(slot_names) != cls.slot_names:
@@ -398,8 +460,12 @@ def _read(f):
     for name, value in scalars.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise CheckpointError(f"scalar state {name} in attribute scalar_state on / is not a finite number: {value!r}")
-    if header["iterations"] < 0:
-        raise CheckpointError(f"attribute iterations on / is negative: {header['iterations']}")
+    iterations = header["iterations"]
+    if not 0 <= iterations < _INT64_LIMIT:
+        raise CheckpointError(
+            f"attribute iterations on / is {'negative' if iterations < 0 else 'too large'}: {iterations} "
+            f"(a step count is 0 to 2**63 - 1)"
+        )
     names = [p.name for p in parameters]
     if None in names and any(n is not None for n in names):
         raise CheckpointError("some parameters in /parameters have a name attribute and others do not")
@@ -457,11 +523,11 @@ def _read_parameters(f, n_params, slot_names):
     """Each parameter's record and slot digests, with every dataset checked before it is read."""
     if n_params < 0:
         raise CheckpointError(f"attribute n_parameters on / is negative: {n_params}")
-    expected_members = sorted(str(i) for i in range(n_params))
     group = _member(f, "parameters", "/parameters", group=True)
     with _reading("/parameters"):
         members = sorted(group.keys())
-    if members != expected_members:
+    # The count first: n_parameters is only a number in the file, the members are what it holds.
+    if len(members) != n_params or members != sorted(str(i) for i in range(n_params)):
         raise CheckpointError(f"/parameters holds {_preview(members)}, expected groups 0 to {n_params - 1} (n_parameters = {n_params})")
     parameters, digests = [], []
     for i in range(n_params):
@@ -524,7 +590,7 @@ def _check_stored_plainly(dataset, where):
         if dataset.is_virtual or dataset.external or dataset.chunks is not None:
             raise CheckpointError(f"{where} is not stored contiguously in this file (virtual, external or chunked)")
         shape, dtype = dataset.shape, dataset.dtype
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: no int64 wraparound to 0
         stored = dataset.id.get_storage_size()
         if expected and stored != expected:
             raise CheckpointError(f"{where} stores {stored} bytes, but shape {shape} {dtype} needs {expected}")
@@ -551,7 +617,33 @@ def _json(header, key, kind):
     if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):
         what = "object" if kind is dict else "list of strings"
         raise CheckpointError(f"attribute {key} on / should hold a JSON {what}, got {header[key]!r:.80}")
+    _check_numbers(key, value)
     return value
+
+
+def _check_numbers(key, value):
+    """Every number in the JSON of attribute ``key`` is finite, and every integer fits in 64 bits.
+
+    As ``save_optimizer`` writes them: a 10**400 or a 1e400 (inf) would otherwise pass the
+    checks and overflow later, far from the file (``float(10**400)``, ``np.int64``).
+    """
+    pending = [(value, ())]  # (value, its place as nested (parent place, key or index) pairs)
+    while pending:
+        value, place = pending.pop()
+        if isinstance(value, (dict, list)):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            pending += [(item, (place, index)) for index, item in items]
+        elif (isinstance(value, float) and not math.isfinite(value)) or (
+            isinstance(value, int) and not isinstance(value, bool) and not -_INT64_LIMIT <= value < _INT64_LIMIT
+        ):
+            where = ""
+            while place:
+                place, index = place
+                where = f"[{index!r}]{where}"
+            raise CheckpointError(
+                f"attribute {key} on / holds {key}{where} = {value!r:.40}, out of range "
+                f"(a checkpoint's numbers are finite, its integers within 64 bits)"
+            )
 
 
 def _preview(items, limit=8):

@@ -11,6 +11,9 @@ import math
 
 import numpy as np
 
+#: ``iterations`` is saved as an int64: larger counts could not be saved or read back.
+ITERATIONS_LIMIT = 2**63
+
 
 def as_arrays(weights):
     """``weights`` as a list of numeric arrays, or a TypeError naming the first bad item."""
@@ -89,8 +92,10 @@ def check_scalars(scalars):
             raise ValueError(f"set_weights: {name} must be a scalar, got shape {value.shape}")
         item = value.reshape(()).item()
         if name == "iterations":
-            if isinstance(item, float) and not item.is_integer() or item < 0:
-                raise ValueError(f"set_weights: iterations must be a non-negative integer, got {item!r}")
+            if isinstance(item, float) and not item.is_integer() or not 0 <= item < ITERATIONS_LIMIT:
+                raise ValueError(
+                    f"set_weights: iterations must be an integer from 0 to 2**63 - 1 (int64, as saved), got {item!r}"
+                )
             iterations = int(item)
         else:
             if not math.isfinite(float(item)):

@@ -35,11 +35,14 @@ class Layout:
     def __init__(self, params, backend):
         self.shapes = tuple(p.shape for p in params)
         self.dtypes = tuple(p.dtype for p in params)
+        self.distinct_dtypes = tuple(dict.fromkeys(self.dtypes))  # in order of first use
         self.backend = backend
         self.n_params = len(params)
+        self.nbytes = np.array([p.nbytes for p in params], np.int64)
         backend.check_distinct(params)
         self.addresses = backend.addresses(params)  # of the parameters of the current call
         self._distinct_at = self.addresses.tobytes()  # of the last parameters found not to overlap
+        self._apart_at = None  # parameter and gradient addresses last found not to overlap
 
     def check(self, params, backend):
         """Raise unless ``params`` have the bound count, shapes, dtypes and device."""
@@ -61,6 +64,16 @@ class Layout:
             backend.check_distinct(params)
             self._distinct_at = addresses.tobytes()
         self.addresses = addresses
+
+    def check_gradients(self, grad_addresses):
+        """Refuse a gradient that shares memory with a parameter of the call, other than
+        being exactly its own parameter's memory: the kernels write the parameters while
+        other threads still read the gradients, so the result would depend on timing."""
+        key = self.addresses.tobytes() + grad_addresses.tobytes()
+        if key == self._apart_at:
+            return
+        _refuse_gradient_overlaps(self.addresses, grad_addresses, self.nbytes)
+        self._apart_at = key
 
 
 class ParamGroup(NamedTuple):
@@ -89,19 +102,17 @@ class SlotStore:
         self.shapes, self.dtypes, self.n_params = layout.shapes, layout.dtypes, layout.n_params
 
     @classmethod
-    def create(cls, params, slot_names, backend, initial=None):
-        """Zero slots for ``params``, or ``initial`` (host arrays from set_weights) once checked."""
-        shapes = tuple(p.shape for p in params)
-        dtypes = tuple(p.dtype for p in params)
+    def create(cls, layout, slot_names, initial=None, origin="set_weights"):
+        """Zero slots for the parameters of ``layout``, or ``initial`` (host arrays given
+        before the first step) once checked; ``origin`` says where those came from."""
         if initial is not None:
-            _check_slots_match(initial, shapes, dtypes, "the slots given to set_weights")
-        layout = Layout(params, backend)
+            _check_slots_match(initial, layout.shapes, layout.dtypes, origin)
         groups = []
-        for dtype in dict.fromkeys(dtypes):
-            positions = np.array([i for i, d in enumerate(dtypes) if d == dtype], np.intp)
-            sizes = [int(np.prod(shapes[i], dtype=np.int64)) for i in positions]
+        for dtype in layout.distinct_dtypes:
+            positions = np.array([i for i, d in enumerate(layout.dtypes) if d == dtype], np.intp)
+            sizes = [int(np.prod(layout.shapes[i], dtype=np.int64)) for i in positions]
             offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
-            slots = backend.zeros((len(slot_names), int(sum(sizes))), dtype)
+            slots = layout.backend.zeros((len(slot_names), int(sum(sizes))), dtype)
             chunks = _chunk_table(sizes, tuning.CHUNK_ELEMENTS)
             groups.append(ParamGroup(dtype, positions, offsets, chunks, slots))
         store = cls(layout, slot_names, groups)
@@ -110,10 +121,6 @@ class SlotStore:
         return store
 
     # ---------------------------------------------------------------- checking
-
-    def check_parameters(self, params, backend):
-        """Raise unless ``params`` have the bound count, shapes, dtypes and device."""
-        self.layout.check(params, backend)
 
     def check_host_slots(self, slot_lists):
         _check_slots_match(slot_lists, self.shapes, self.dtypes, "set_weights")
@@ -143,15 +150,12 @@ class SlotStore:
 
     # ------------------------------------------------------------------- a call
 
-    def grouped_addresses(self, arrays):
-        """The data addresses of one call's arrays (one per parameter), split by group."""
-        return self._split(self.backend.addresses(arrays))
-
     def parameter_addresses(self):
         """The parameters' addresses, split by group, as the check of this call found them."""
-        return self._split(self.layout.addresses)
+        return self.split(self.layout.addresses)
 
-    def _split(self, addresses):
+    def split(self, addresses):
+        """Per-parameter ``addresses`` (an int64 array in call order), split by group."""
         if len(self.groups) == 1:
             return [addresses]  # one dtype: the group holds every parameter, in order
         return [addresses[group.positions] for group in self.groups]
@@ -173,13 +177,45 @@ class SlotStore:
             step(param_addresses, grad_addresses, group.slots, group.offsets, group.chunks, clip, scalars)
 
 
+def _refuse_gradient_overlaps(param_starts, grad_starts, nbytes):
+    """Raise if gradient ``j``'s bytes overlap a parameter's, unless they are exactly its own."""
+    sized = nbytes > 0
+    if not sized.any():
+        return
+    order = np.argsort(param_starts, kind="stable")
+    order = order[sized[order]]
+    starts, ends = param_starts[order], param_starts[order] + nbytes[order]
+    grad_ends = grad_starts + nbytes
+    # The last parameter that starts before a gradient ends is the only one that can overlap
+    # it: the parameters do not overlap each other (checked when they were bound).
+    last = np.searchsorted(starts, grad_ends, side="left") - 1
+    candidate = np.maximum(last, 0)
+    overlaps = sized & (last >= 0) & (ends[candidate] > grad_starts)
+    own = order[candidate] == np.arange(len(grad_starts))
+    exactly_own = own & (starts[candidate] == grad_starts)
+    bad = np.flatnonzero(overlaps & ~exactly_own)
+    if bad.size:
+        j = int(bad[0])
+        k = int(order[candidate[j]])
+        what = "is parameter" if starts[candidate[j]] == grad_starts[j] and nbytes[k] == nbytes[j] else "overlaps parameter"
+        raise ValueError(
+            f"gradient {j} {what} {k} of the same step; the step writes the parameters while it "
+            "still reads the gradients, so pass a gradient in memory of its own (a copy)"
+        )
+
+
 def _check_slots_match(slot_lists, shapes, dtypes, where):
-    for kind, arrays in slot_lists.items():
-        if len(arrays) != len(shapes):
-            raise ValueError(f"{where}: {len(arrays)} arrays for slot {kind!r}, expected {len(shapes)} (one per parameter)")
-        for i, a in enumerate(arrays):
-            a = np.asarray(a)
+    """Raise unless every slot list has one array per parameter, of its shape and exactly its
+    dtype (a cast would change the state: float64 slots rounded to float32). Counts and shapes
+    are checked before dtypes, so a list cut in the wrong place reads as the wrong length."""
+    arrays = {kind: [np.asarray(a) for a in listed] for kind, listed in slot_lists.items()}
+    for kind, listed in arrays.items():
+        if len(listed) != len(shapes):
+            raise ValueError(f"{where}: {len(listed)} arrays for slot {kind!r}, expected {len(shapes)} (one per parameter)")
+        for i, a in enumerate(listed):
             if a.shape != shapes[i]:
-                raise ValueError(f"{where}: {kind}[{i}] has shape {a.shape}, expected {shapes[i]}")
-            if not np.can_cast(a.dtype, dtypes[i], "same_kind") or a.dtype.kind not in "fiu":
-                raise TypeError(f"{where}: {kind}[{i}] has dtype {a.dtype}, expected {dtypes[i]}")
+                raise ValueError(f"{where}: {kind}[{i}] has shape {a.shape}, but parameter {i} has shape {shapes[i]}")
+    for kind, listed in arrays.items():
+        for i, a in enumerate(listed):
+            if a.dtype != dtypes[i]:
+                raise TypeError(f"{where}: {kind}[{i}] has dtype {a.dtype}, but parameter {i} has dtype {dtypes[i]}")

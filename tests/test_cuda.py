@@ -139,13 +139,13 @@ def test_global_norm_on_device_is_exact_deterministic_and_crosses_as_one_scalar(
         return copy_to_host(self, *args, **kwargs)
 
     monkeypatch.setattr(device_array_type, "copy_to_host", counting_copy)
-    norm = store.global_norm(store.grouped_addresses(grads))
+    norm = store.global_norm(store.split(store.backend.addresses(grads)))
     assert copies == [1], "only the norm's scalar may cross to the host"
 
     expected = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads_host))
     assert abs(norm - expected) <= 1e-14 * expected
     monkeypatch.setattr(tuning, "CUDA_BLOCKS_PER_SM", 1)
-    assert store.global_norm(store.grouped_addresses(grads)) == norm  # bitwise, whatever the grid size
+    assert store.global_norm(store.split(store.backend.addresses(grads))) == norm  # bitwise, whatever the grid size
 
 
 # ------------------------------------------------------------- dispatch errors

@@ -14,7 +14,7 @@ What makes the loops run at the speed of the memory:
   division by zero gives Inf or NaN in TensorFlow, as it does here).
 - Parameters, gradients and slot rows are raw typed pointers indexed from 0 upwards: no
   negative-index wraparound code, so the inner loop is a plain counted loop that LLVM
-  turns into 512-bit vector code (checked by ``tests/test_kernels.py``).
+  turns into packed vector code, 512-bit with AVX-512 (checked by ``tests/test_kernels.py``).
 - Two inner loops per kernel, from one written loop: the clipped one applies
   ``clip_gradient`` (a division per element), the other ``_unclipped``, taken when
   clipping is off, where ``clip_gradient`` would return every value unchanged anyway

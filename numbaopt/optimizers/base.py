@@ -17,7 +17,7 @@ import numpy as np
 from numbaopt import devices, keras_config, keras_weights, registry
 from numbaopt.clipping import clip_arguments
 from numbaopt.schedules import decayed_lr
-from numbaopt.slots import SlotStore
+from numbaopt.slots import Layout, SlotStore
 from numbaopt.step_checks import checked_arrays, checked_names, names_tuple, split_pairs
 
 
@@ -44,7 +44,10 @@ class Hyperparameter(NamedTuple):
             return bool(value)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise TypeError(f"{self.name} must be a real number, got {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int or Fraction beyond the float range
+            raise ValueError(f"{self.name} must be finite, got a number too large for a float") from None
         if not math.isfinite(value):
             raise ValueError(f"{self.name} must be finite, got {value!r}")
         if value < 0:
@@ -122,6 +125,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         self._scalars = {name: float(value) for name, value in self.scalar_state}
         self._slots = None  # SlotStore once bound to parameters
         self._pending_slots = None  # host arrays from set_weights before the first step
+        self._pending_origin = "set_weights"  # where they came from, for error messages
         self._names = None  # parameter names, from a named step, set_parameter_names or a checkpoint
 
     # ----------------------------------------------------------------- arguments
@@ -261,27 +265,51 @@ class Optimizer(metaclass=abc.ABCMeta):
         names = checked_names(names, len(params), self._names)
         backend = devices.backend_for(params, self._hyper.get("device", "auto"))
         grads, params = checked_arrays(grads, params, backend)
-        store = self._bind(params, backend)
-        grad_addresses = store.grouped_addresses(grads)  # ``grads`` keeps them alive until the end
+        layout = self._slots.layout if self._slots is not None else Layout(params, backend)
+        layout.check(params, backend)
+        for dtype in layout.distinct_dtypes:
+            self._check_fits(dtype)
+        addresses = backend.addresses(grads)  # ``grads`` keeps the memory alive until the end
+        layout.check_gradients(addresses)
+        store = self._slots if self._slots is not None else self._create_slots(layout)
+        grad_addresses = store.split(addresses)
 
-        norm = None
-        if self._hyper.get("clipnorm"):
-            norm = store.global_norm(grad_addresses)
-        for group, param_at, grad_at in zip(store.groups, store.parameter_addresses(), grad_addresses):
-            dtype = group.dtype.type
-            clip = clip_arguments(self._hyper.get("clipnorm"), self._hyper.get("clipvalue"), norm, dtype)
-            store.run(type(self).rule, group, param_at, grad_at, clip, self.step_scalars(dtype))
+        norm = store.global_norm(grad_addresses) if self._hyper.get("clipnorm") else None
+        # Every group's scalars before any kernel runs, so that nothing is half applied.
+        # IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
+        # and a user's np.seterr(all="raise") must not stop that (the hyperparameters fit).
+        with np.errstate(all="ignore"):
+            arguments = [
+                (clip_arguments(self._hyper.get("clipnorm"), self._hyper.get("clipvalue"), norm, group.dtype.type),
+                 self.step_scalars(group.dtype.type))
+                for group in store.groups
+            ]
+        for group, param_at, grad_at, (clip, scalars) in zip(
+            store.groups, store.parameter_addresses(), grad_addresses, arguments
+        ):
+            store.run(type(self).rule, group, param_at, grad_at, clip, scalars)
         self.advance_scalar_state()
         self._iterations += 1
         if names is not None:
             self._names = names
 
-    def _bind(self, params, backend):
-        """The slot store for these parameters: created on the first step, checked on later ones."""
-        if self._slots is not None:
-            self._slots.check_parameters(params, backend)
-            return self._slots
-        store = SlotStore.create(params, self.slot_names, backend, initial=self._pending_slots)
+    def _check_fits(self, dtype):
+        """Refuse hyperparameters beyond the largest value of the parameters' ``dtype``:
+        Keras computes the step in that dtype, where they would become infinite."""
+        largest = float(np.finfo(dtype).max)
+        for name, value in self._hyper.items():
+            if type(value) is float and value > largest:
+                raise ValueError(
+                    f"{name}={value!r} does not fit the {np.dtype(dtype).name} parameters "
+                    f"(their largest value is {largest:.4g})"
+                )
+
+    def _create_slots(self, layout):
+        """The slots for a first step's parameters: zeros, or the state given before it."""
+        store = SlotStore.create(
+            layout, self.slot_names, initial=self._pending_slots,
+            origin=f"the first step after {self._pending_origin}",
+        )
         self._slots, self._pending_slots = store, None
         return store
 
@@ -340,3 +368,9 @@ class Optimizer(metaclass=abc.ABCMeta):
             self._slots.load_host_slots(slot_lists)
         elif slot_lists and len(next(iter(slot_lists.values()))):
             self._pending_slots = {k: [np.array(a, copy=True) for a in v] for k, v in slot_lists.items()}
+            self._pending_origin = "set_weights"
+
+    def set_state_origin(self, origin):
+        """Name where the state loaded before the first step came from (``load_optimizer``
+        says "loading the checkpoint PATH"): the first step's errors about it say so."""
+        self._pending_origin = str(origin)

@@ -293,6 +293,7 @@ class TFOptimizer:
         self._layout = None  # numbaopt.slots.Layout of the parameters, made by the first step
         self._tf = None  # _Binding, made by the first step
         self._pending = None  # the wrapped optimizer's weights given before the first step
+        self._pending_origin = "set_weights"  # where they came from, for error messages
 
     def __repr__(self):
         return f"TFOptimizer({self.optimizer!r})"
@@ -306,6 +307,10 @@ class TFOptimizer:
     def parameter_names(self):
         """The recorded parameter names, or None."""
         return self._names
+
+    def set_state_origin(self, origin):
+        """Name where the state loaded before the first step came from, for the first step's errors."""
+        self._pending_origin = str(origin)
 
     def set_parameter_names(self, names):
         """Record names for the parameters the wrapped optimizer's state belongs to."""
@@ -404,7 +409,7 @@ class TFOptimizer:
         else:
             self._layout.check(params, cpu)
         if self._pending is not None:
-            self._tf.check_weights(self._pending, "set_weights (checked at the first step)")
+            self._tf.check_weights(self._pending, f"the first step after {self._pending_origin}")
             self._tf.load(self._pending)
             self._pending = None
         for param, value in zip(params, self._tf.step(params, grads)):
@@ -444,6 +449,7 @@ class TFOptimizer:
             self._tf.load(rest)
         elif rest:
             self._pending = [np.array(w, copy=True) for w in rest]
+            self._pending_origin = "set_weights"
         self._iterations = iterations
 
     def state(self):
