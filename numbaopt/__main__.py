@@ -1,5 +1,7 @@
+"""``python -m numbaopt``: the ``numbaopt`` command."""
 import sys
 
 from numbaopt.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

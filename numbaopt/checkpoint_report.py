@@ -35,7 +35,9 @@ def report(checkpoint):
         lines.append(f"{name:<11} {value!r}")
     lines.append(f"format      version {checkpoint.format_version}, written by numbaopt {checkpoint.numbaopt_version}")
     lines.append(f"parameters  {len(checkpoint.parameters)}")
-    if not checkpoint.parameters:
+    if not checkpoint.parameters and checkpoint.arrays:
+        lines.append(f"(no slots: {checkpoint.class_name} keeps its state in the arrays below)")
+    elif not checkpoint.parameters:
         lines.append("(no slots: the optimizer had taken no step)")
     else:
         rows = [("parameter", "slot", "shape", "dtype", "min", "max", "mean")]

@@ -7,6 +7,8 @@ The top layer: it only parses arguments and calls the library (``numbaopt.parity
 import argparse
 import sys
 
+import numbaopt
+
 PARITY = (
     "Replay the golden fixtures recorded from real Keras (tf-keras legacy optimizers set up "
     "for Keras 2.0 arithmetic) through numbaopt and compare parameters and slots after every step."
@@ -31,13 +33,15 @@ def parser():
     top = argparse.ArgumentParser(
         prog="numbaopt", description="Keras 2.0 optimizers as Numba kernels: parity check and checkpoint tools."
     )
+    top.add_argument("--version", action="version", version=f"numbaopt {numbaopt.__version__}")
     subparsers = top.add_subparsers(dest="command", required=True)
 
     parity = subparsers.add_parser("parity", help="check numbaopt against the Keras fixtures", description=PARITY)
     parity.add_argument("path", nargs="?", default=None, help="a fixture file or folder (default: the shipped fixtures)")
     parity.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the parameters live during the replay (default: cpu)")
-    parity.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parity.add_argument("--json", action="store_true",
+                        help="print JSON instead of a table (progress and errors still go to stderr)")
     parity.set_defaults(func=_parity)
 
     inspect = subparsers.add_parser("inspect", help="show what a checkpoint holds", description=INSPECT)

@@ -11,6 +11,8 @@ import sys
 
 import numpy as np
 
+from numbaopt.extras import install_command
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -34,7 +36,7 @@ class CPUBackend:
         if not isinstance(param, np.ndarray):
             raise TypeError(
                 f"parameter {index} is a {type(param).__name__}; parameters must be arrays "
-                "that can be updated in place (NumPy arrays, or CUDA arrays with numbaopt[cuda])"
+                "that can be updated in place (NumPy arrays, or CUDA arrays with the cuda extra)"
             )
         if param.dtype not in FLOAT_DTYPES:
             raise TypeError(f"parameter {index} has dtype {param.dtype}; only float32 and float64 are supported")
@@ -275,13 +277,13 @@ def cuda_backend():
         except ImportError as error:
             raise RuntimeError(
                 f"CUDA arrays need the CUDA target, which cannot be imported ({error}); "
-                "install numbaopt[cuda]"
+                f"install the cuda extra: {install_command('cuda')}"
             ) from None
         if not cuda.is_available():
             raise RuntimeError(
-                "CUDA is not available here (no NVIDIA GPU, driver or CUDA target found); install "
-                "numbaopt[cuda] on a machine with an NVIDIA GPU, or set NUMBA_ENABLE_CUDASIM=1 to "
-                "run the CUDA kernels in Numba's simulator"
+                "CUDA is not available here (no NVIDIA GPU, driver or CUDA target found); on a machine "
+                f"with an NVIDIA GPU install the cuda extra ({install_command('cuda')}), or set "
+                "NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in Numba's simulator"
             )
         _CUDA.append(CUDABackend(cuda))
     return _CUDA[0]

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "numbaopt"
 #: Bottom to top. A module may import modules of its own layer that come before it in
 #: the list, and any module of a lower layer.
 LAYERS = (
-    ("numbaopt.tuning", "numbaopt.clipping", "numbaopt.schedules", "numbaopt.registry",
+    ("numbaopt.tuning", "numbaopt.extras", "numbaopt.clipping", "numbaopt.schedules", "numbaopt.registry",
      "numbaopt.keras_config", "numbaopt.keras_weights", "numbaopt.step_checks"),
     ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda"),
     ("numbaopt.devices", "numbaopt.slots"),
@@ -24,7 +24,7 @@ LAYERS = (
      "numbaopt.optimizers.adamax", "numbaopt.optimizers.nadam", "numbaopt.optimizers.rmsprop",
      "numbaopt.optimizers.sgd", "numbaopt.optimizers.tf_optimizer", "numbaopt.optimizers"),
     ("numbaopt.checkpoint", "numbaopt.checkpoint_report", "numbaopt.parity.fixtures",
-     "numbaopt.parity.replay", "numbaopt.parity.report", "numbaopt.parity"),
+     "numbaopt.parity.replays", "numbaopt.parity.report", "numbaopt.parity"),
     ("numbaopt.cli", "numbaopt.__main__", "numbaopt.parity.__main__"),
 )
 

@@ -199,7 +199,8 @@ def test_cli_json(tmp_path, capsys):
 
 def test_cli_missing_path(tmp_path, capsys):
     assert run_cli(str(tmp_path / "nowhere")) == 2
-    assert "no fixture files" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "no fixture files" in captured.err and captured.out == ""
 
 
 @pytest.mark.parametrize("content", ["checkpoint", "foreign-hdf5", "fixture-without-cases-attrs"])
@@ -214,7 +215,7 @@ def test_cli_refuses_files_that_are_not_fixtures(tmp_path, capsys, content):
                 f.attrs["capture_script"] = "fixtures/capture.py"
                 f.create_group("adam-float32").attrs["optimizer"] = "Adam"
     assert run_cli(str(path)) == 2
-    assert "not a numbaopt fixture file" in capsys.readouterr().out
+    assert "not a numbaopt fixture file" in capsys.readouterr().err
 
 
 def test_numbaopt_parity_subcommand(capsys):
@@ -233,7 +234,7 @@ def test_cli_cuda_without_gpu(capsys):
     if cuda.is_available():
         pytest.skip("a CUDA GPU is present")
     assert run_cli(str(FIXTURES / "sgd.h5"), "--device", "cuda") == 2
-    assert "cuda" in capsys.readouterr().out.lower()
+    assert "cuda" in capsys.readouterr().err.lower()
 
 
 def test_capture_script_describes_every_registered_optimizer(monkeypatch):
@@ -251,3 +252,37 @@ def test_capture_script_describes_every_registered_optimizer(monkeypatch):
     recorded = {(fx.optimizer, fx.case) for fx in ALL}
     planned = {(case.optimizer, case.name) for case in capture.all_cases()}
     assert planned == recorded
+
+
+def test_progress_goes_to_stderr_a_line_per_fixture_off_a_terminal(capsys):
+    assert run_cli(str(FIXTURES / "adagrad.h5"), "--json") == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # stdout holds the JSON document only
+    lines = captured.err.strip().splitlines()
+    cases = [fx for fx in ALL if fx.optimizer == "Adagrad"]
+    assert len(lines) == len(cases)
+    assert lines[0] == f"parity 1/{len(cases)} {cases[0].label} ok"
+
+
+def test_progress_is_a_bar_on_a_terminal():
+    import io
+
+    from numbaopt.parity.report import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    progress = Progress(2, stream)
+    progress.advance(ALL[0], [])
+    progress.advance(ALL[1], [])
+    text = stream.getvalue()
+    assert text.startswith("\r[" + "#" * 15 + "." * 15 + "] 1/2") and text.endswith("\n") and text.count("\n") == 1
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"numbaopt {numbaopt.__version__}"

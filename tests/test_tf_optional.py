@@ -40,5 +40,20 @@ def test_numbaopt_runs_without_tensorflow_and_tfoptimizer_names_the_extra():
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["iterations"] == 1 and result["updated"]
-    assert "numbaopt[keras]" in result["error"]
+    assert "[keras]" in result["error"] and "pip install" in result["error"]
     assert not result["tensorflow_imported"]
+
+
+def test_install_commands_fit_how_numbaopt_was_installed(monkeypatch, tmp_path):
+    """From a source tree: an editable install of that tree; from a folder: that folder;
+    from an index: the package name."""
+    from numbaopt import extras
+
+    tree = extras._TREE
+    if (tree / "pyproject.toml").exists():
+        assert extras.install_command("keras") == f'pip install -e "{tree}[keras]"'
+    monkeypatch.setattr(extras, "_TREE", tmp_path)  # as if installed in site-packages
+    monkeypatch.setattr(extras, "_installed_from", lambda: tmp_path / "checkout")
+    assert extras.install_command("cuda") == f'pip install "{tmp_path / "checkout"}[cuda]"'
+    monkeypatch.setattr(extras, "_installed_from", lambda: None)
+    assert extras.install_command("cuda") == 'pip install "numbaopt[cuda]"'

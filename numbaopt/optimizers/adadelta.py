@@ -24,8 +24,8 @@ def adadelta_rule(p, g, a, d, lr, rho, one_minus_rho, epsilon):
 class Adadelta(Optimizer):
     """Adadelta: adapts learning rates from a moving window of gradient updates.
 
-    Arguments: ``lr`` (best left at 1.0), ``rho``, ``epsilon``, ``decay`` (all floats
-    >= 0), and ``clipnorm`` / ``clipvalue``.
+    Arguments: ``lr`` (best left at 1.0), ``rho``, ``epsilon``, ``decay`` (all
+    floats >= 0), and ``clipnorm`` / ``clipvalue``.
     """
 
     hyperparameters = (
@@ -40,4 +40,4 @@ class Adadelta(Optimizer):
 
     def step_scalars(self, dtype):
         rho = dtype(self.rho)
-        return self.lr_at_step(dtype), rho, dtype(1) - rho, dtype(self.epsilon)
+        return self._decayed_lr(dtype), rho, dtype(1) - rho, dtype(self.epsilon)

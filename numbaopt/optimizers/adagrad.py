@@ -35,4 +35,4 @@ class Adagrad(Optimizer):
     rule = staticmethod(adagrad_rule)
 
     def step_scalars(self, dtype):
-        return self.lr_at_step(dtype), dtype(self.epsilon)
+        return self._decayed_lr(dtype), dtype(self.epsilon)

@@ -42,5 +42,5 @@ class Adam(Optimizer):
     def step_scalars(self, dtype):
         one, t = dtype(1), dtype(self.iterations + 1)
         beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
-        lr_t = self.lr_at_step(dtype) * (np.sqrt(one - beta_2**t) / (one - beta_1**t))
+        lr_t = self._decayed_lr(dtype) * (np.sqrt(one - beta_2**t) / (one - beta_1**t))
         return lr_t, beta_1, one - beta_1, beta_2, one - beta_2, dtype(self.epsilon)

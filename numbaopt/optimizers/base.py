@@ -7,6 +7,7 @@ kernels, the iteration counter) and the state. The Keras weights list is
 ``numbaopt.keras_weights``; later Keras versions' configs are ``numbaopt.keras_config``.
 """
 import abc
+import difflib
 import inspect
 import math
 import numbers
@@ -167,12 +168,43 @@ class Optimizer(metaclass=abc.ABCMeta):
     def __setattr__(self, name, value):
         # Assigning a hyperparameter (opt.lr = 0.01, say, for a schedule) checks the value
         # and takes effect at the next step, as Keras's K.set_value(opt.lr, ...) does.
+        # A new public attribute on one of numbaopt's optimizers, or one named like a
+        # hyperparameter on a user's subclass, is a typo (opt.lrr = 0.5) that would do nothing.
         key = ALIASES.get(name, name)
         declared = type(self)._settable
         if key in declared and "_hyper" in self.__dict__:
             self._hyper[key] = declared[key].check(value)
-        else:
+        elif name.startswith("_") or hasattr(type(self), name) or not self._is_typo(name):
             super().__setattr__(name, value)
+        else:
+            raise AttributeError(
+                f"{type(self).__name__} has no hyperparameter {name!r}; "
+                f"it has {', '.join(sorted(declared))} (and learning_rate for lr)"
+            )
+
+    @classmethod
+    def _is_typo(cls, name):
+        """Whether assigning the new attribute ``name`` must be a mistake: numbaopt's classes
+        have no other public attributes; a subclass may, unless named like a hyperparameter."""
+        if cls.__module__.startswith("numbaopt."):
+            return True
+        return bool(difflib.get_close_matches(name, cls._settable, n=1, cutoff=0.8))
+
+    def __getstate__(self):
+        """What ``pickle`` and ``copy.deepcopy`` keep: the whole state, with the slots as host
+        arrays that bind to the parameters at the next step (on the CPU or on a GPU)."""
+        state = dict(self.__dict__)
+        # copy.copy keeps this dict's values: the mutable ones must not be shared.
+        state["_hyper"], state["_scalars"] = dict(self._hyper), dict(self._scalars)
+        slots = state.pop("_slots")
+        if slots is not None:
+            state["_pending_slots"] = slots.host_slots()
+            state["_pending_origin"] = "unpickling"
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__["_slots"] = None
 
     @property
     def iterations(self):
@@ -248,8 +280,8 @@ class Optimizer(metaclass=abc.ABCMeta):
     def advance_scalar_state(self):
         """Update the extra scalar state after a step (Nadam's ``m_schedule``)."""
 
-    def lr_at_step(self, dtype):
-        """The decayed learning rate for the current call."""
+    def _decayed_lr(self, dtype):
+        """The learning rate of the current step after Keras 2.0's decay, in ``dtype``."""
         return decayed_lr(self.lr, self._hyper.get("decay", 0.0), self._iterations, dtype)
 
     def apply_gradients(self, grads_and_vars, names=None):

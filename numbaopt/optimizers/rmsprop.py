@@ -37,4 +37,4 @@ class RMSprop(Optimizer):
 
     def step_scalars(self, dtype):
         rho = dtype(self.rho)
-        return self.lr_at_step(dtype), rho, dtype(1) - rho, dtype(self.epsilon)
+        return self._decayed_lr(dtype), rho, dtype(1) - rho, dtype(self.epsilon)

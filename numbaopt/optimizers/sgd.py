@@ -38,4 +38,4 @@ class SGD(Optimizer):
     rule = staticmethod(sgd_rule)
 
     def step_scalars(self, dtype):
-        return self.lr_at_step(dtype), dtype(self.momentum), self.nesterov
+        return self._decayed_lr(dtype), dtype(self.momentum), self.nesterov

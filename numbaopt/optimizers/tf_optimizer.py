@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from numbaopt import devices, keras_weights, registry
+from numbaopt.extras import install_command
 from numbaopt.optimizers.base import Optimizer, OptimizerState
 from numbaopt.slots import Layout
 from numbaopt.step_checks import checked_arrays, checked_names, names_tuple, split_pairs
@@ -36,8 +37,8 @@ def _import_tensorflow():
         import tensorflow as tf
     except ImportError as error:
         raise ImportError(
-            "TFOptimizer needs TensorFlow, which is not installed: pip install 'numbaopt[keras]' "
-            "(tensorflow-cpu and tf-keras)"
+            f"TFOptimizer needs TensorFlow, which is not installed; install the keras extra "
+            f"(tensorflow and tf-keras): {install_command('keras')}"
         ) from error
     return tf
 

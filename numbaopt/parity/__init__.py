@@ -17,11 +17,11 @@ After every step every parameter and every slot is compared with a relative erro
 1e-10 (float64). ``iterations`` must match exactly. HDF5 is read with h5py only;
 TensorFlow is not needed.
 
-One module per job: ``fixtures`` reads them, ``replay`` replays one, ``report`` prints the
+One module per job: ``fixtures`` reads them, ``replays`` replays one, ``report`` prints the
 table or JSON; the ``numbaopt parity`` command is in ``numbaopt.cli``.
 """
 from numbaopt.parity.fixtures import FORMAT_VERSION, Fixture, default_fixture_dir, fixture_files, load_fixtures
-from numbaopt.parity.replay import ROUTES, TOLERANCE, Result, build_optimizer, relative_error, replay, run_all
+from numbaopt.parity.replays import ROUTES, TOLERANCE, Result, build_optimizer, relative_error, replay, run_all
 from numbaopt.parity.report import format_table, run_parity, summary
 
 __all__ = [

@@ -3,4 +3,5 @@ import sys
 
 from numbaopt.cli import main
 
-sys.exit(main(["parity", *sys.argv[1:]]))
+if __name__ == "__main__":
+    sys.exit(main(["parity", *sys.argv[1:]]))

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from numbaopt.parity.fixtures import default_fixture_dir, load_fixtures
-from numbaopt.parity.replay import TOLERANCE, run_all
+from numbaopt.parity.replays import ROUTES, TOLERANCE, replay
 
 
 def _format_error(x):
@@ -51,10 +51,32 @@ def summary(results):
             f"{len(cases)} Keras fixture cases within tolerance; worst error {worst_text}")
 
 
-def run_parity(path=None, device="cpu", as_json=False, out=None):
-    """Replay every fixture and print the table (or JSON); the exit status: 0 all passed,
-    1 a replay failed, 2 nothing could be replayed (no fixtures, no CUDA)."""
+class Progress:
+    """Progress of a parity run on ``stream`` (stderr): a bar redrawn in place on a terminal,
+    a line per fixture otherwise (a log, CI), so a long run never looks stuck."""
+
+    def __init__(self, total, stream):
+        self.total, self.done, self.stream = total, 0, stream
+        self.bar = stream.isatty() if hasattr(stream, "isatty") else False
+
+    def advance(self, fixture, results):
+        self.done += 1
+        verdict = "ok" if all(r.passed for r in results) else "FAIL"
+        if self.bar:
+            filled = 30 * self.done // self.total
+            end = "\n" if self.done == self.total else ""
+            print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {fixture.label:<40.40}",
+                  end=end, file=self.stream, flush=True)
+        else:
+            print(f"parity {self.done}/{self.total} {fixture.label} {verdict}", file=self.stream, flush=True)
+
+
+def run_parity(path=None, device="cpu", as_json=False, out=None, err=None):
+    """Replay every fixture and print the table (or JSON) on ``out``, progress and errors on
+    ``err``; the exit status: 0 all passed, 1 a replay failed, 2 nothing could be replayed
+    (no fixtures, no CUDA)."""
     out = out or sys.stdout
+    err = err or sys.stderr
     try:
         if device == "cuda":
             from numba import cuda
@@ -62,13 +84,17 @@ def run_parity(path=None, device="cpu", as_json=False, out=None):
             if not cuda.is_available():
                 raise RuntimeError("--device cuda: no usable CUDA GPU (numba.cuda.is_available() is False)")
         fixtures = load_fixtures(path)
-        results = run_all(fixtures, device)
     except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
+        print(f"numbaopt parity: {exc}", file=err)
         if as_json:
             print(json.dumps({"ok": False, "error": str(exc), "results": []}), file=out)
-        else:
-            print(f"numbaopt parity: {exc}", file=out)
         return 2
+    progress = Progress(len(fixtures), err)
+    results = []
+    for fixture in fixtures:
+        replays = [replay(fixture, route, device) for route in ROUTES]
+        results += replays
+        progress.advance(fixture, replays)
     ok = all(r.passed for r in results)
     if as_json:
         versions = fixtures[0].versions if fixtures else {}
