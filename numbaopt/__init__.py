@@ -5,7 +5,10 @@ Nadam and TFOptimizer with Keras 2.0's names, defaults and arithmetic. Importing
 numbaopt compiles nothing and does not import Numba: kernels are compiled (or loaded from
 the on-disk cache) on first use.
 """
+from __future__ import annotations
+
 import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -19,7 +22,7 @@ _LAZY = {
 __all__ = ["optimizers", "save_optimizer", "load_optimizer", "CheckpointError", "__version__"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'numbaopt' has no attribute {name!r}")
     module, attribute = _LAZY[name]

@@ -23,6 +23,8 @@ The layout is documented in ``docs/checkpoint-format.md``. Three promises shape 
   digests catch accidents, not forgers: a crafted file with valid digests is still only
   data, checked like any other.
 """
+from __future__ import annotations
+
 import contextlib
 import errno
 import hashlib
@@ -32,13 +34,20 @@ import os
 import secrets
 import socket
 import warnings
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 import numbaopt
 from numbaopt.optimizers import Optimizer  # imports every optimizer: the registry is complete
 from numbaopt.registry import optimizer_class
+
+if TYPE_CHECKING:
+    from numbaopt.optimizers.tf_optimizer import TFOptimizer
+
+# h5py has no type information: its files, groups, datasets and attributes are ``Any`` here.
 
 #: The value of the root ``format`` attribute: what marks an HDF5 file as a numbaopt checkpoint.
 FORMAT = "numbaopt optimizer checkpoint"
@@ -71,8 +80,8 @@ class CheckpointError(Exception):
 class Parameter(NamedTuple):
     """What a checkpoint records about one parameter: its optional name, shape and dtype."""
 
-    name: object  # str, or None when the parameters were not named
-    shape: tuple
+    name: str | None  # str, or None when the parameters were not named
+    shape: tuple[int, ...]
     dtype: str
 
 
@@ -82,18 +91,18 @@ class Checkpoint(NamedTuple):
     format_version: int
     numbaopt_version: str
     class_name: str
-    config: dict
+    config: dict[str, Any]
     iterations: int
-    scalars: dict
-    parameters: tuple  # of Parameter, in parameter order
-    slots: dict  # slot kind -> [array per parameter]
-    arrays: dict  # the optimizer's own arrays by name, in saved order (empty in format 1)
+    scalars: dict[str, float]
+    parameters: tuple[Parameter, ...]  # of Parameter, in parameter order
+    slots: dict[str, list[npt.NDArray[Any]]]  # slot kind -> [array per parameter]
+    arrays: dict[str, npt.NDArray[Any]]  # the optimizer's own arrays by name, in saved order (empty in format 1)
 
 
 # ---------------------------------------------------------------------- saving
 
 
-def save_optimizer(optimizer, path):
+def save_optimizer(optimizer: Optimizer | TFOptimizer, path: str | os.PathLike[str]) -> None:
     """Write ``optimizer``'s class, config, iterations, scalar state, every slot and its own
     arrays (``checkpoint_arrays()``) to ``path``.
 
@@ -154,7 +163,7 @@ def save_optimizer(optimizer, path):
         )
 
 
-def _checked_arrays(class_name, arrays):
+def _checked_arrays(class_name: str, arrays: object) -> dict[str, npt.NDArray[Any]]:
     """``checkpoint_arrays()``'s result as ``{name: C-contiguous array}``, or a TypeError / ValueError.
 
     Checked before anything is written, so an optimizer that returns something a load could
@@ -162,7 +171,7 @@ def _checked_arrays(class_name, arrays):
     """
     if not isinstance(arrays, dict):
         raise TypeError(f"{class_name}.checkpoint_arrays() must return a dict of name -> array, got {type(arrays).__name__}")
-    checked = {}
+    checked: dict[str, npt.NDArray[Any]] = {}
     for name, array in arrays.items():
         if not isinstance(name, str):
             raise TypeError(f"{class_name}.checkpoint_arrays(): array names are strings, got {name!r}")
@@ -177,18 +186,25 @@ def _checked_arrays(class_name, arrays):
     return checked
 
 
-def _check_array_name(name, error, where):
+def _check_array_name(name: str, error: type[Exception], where: str) -> None:
     """An HDF5 link name that means one dataset in /arrays: not empty, no ``/``, not ``.``."""
     if not name or "/" in name or name == ".":
         raise error(f"{where}: {name!r} is not a valid array name (a non-empty name without '/', not '.')")
 
 
-def _array_record(name, shape, dtype, digest):
+def _array_record(name: str, shape: Sequence[int], dtype: str, digest: str) -> dict[str, Any]:
     """What the manifest digest records about one optimizer array."""
     return {"name": name, "shape": list(shape), "dtype": dtype, "sha256": digest}
 
 
-def _header(class_name, config_text, iterations, scalars, slot_names, array_names):
+def _header(
+    class_name: str,
+    config_text: str,
+    iterations: int,
+    scalars: Mapping[str, float],
+    slot_names: Iterable[str],
+    array_names: Iterable[str],
+) -> dict[str, Any]:
     """The root attributes, as they are written (and read back for the digest)."""
     return {
         "format": FORMAT,
@@ -204,7 +220,15 @@ def _header(class_name, config_text, iterations, scalars, slot_names, array_name
     }
 
 
-def _write(filename, header, parameters, slots, digests, arrays, records):
+def _write(
+    filename: str,
+    header: dict[str, Any],
+    parameters: Sequence[Parameter],
+    slots: Mapping[str, Sequence[npt.NDArray[Any]]],
+    digests: Sequence[Mapping[str, str]],
+    arrays: Mapping[str, npt.NDArray[Any]],
+    records: Sequence[Mapping[str, Any]],
+) -> None:
     import h5py
 
     # HDF5 1.10's file format checksums its own metadata (superblock, object headers, indexes),
@@ -232,13 +256,19 @@ def _write(filename, header, parameters, slots, digests, arrays, records):
         f.flush()
 
 
-def _array_digest(array):
+def _array_digest(array: npt.NDArray[Any]) -> str:
     """SHA-256 of an array's little-endian bytes (the same on every machine)."""
     data = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
-    return hashlib.sha256(data.reshape(-1).view(np.uint8)).hexdigest()
+    # An ndarray is a buffer; NumPy's stubs say so (``__buffer__``) for Python >= 3.12 only.
+    return hashlib.sha256(data.reshape(-1).view(np.uint8)).hexdigest()  # type: ignore[arg-type, unused-ignore]
 
 
-def _manifest_digest(header, parameters, digests, arrays=None):
+def _manifest_digest(
+    header: Mapping[str, Any],
+    parameters: Iterable[Parameter],
+    digests: Iterable[Mapping[str, str]],
+    arrays: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
     """SHA-256 over everything but the slot and array data, which enter through their digests.
 
     ``arrays`` is the list of ``_array_record``s (format 2), or None for a format-1 file,
@@ -252,7 +282,7 @@ def _manifest_digest(header, parameters, digests, arrays=None):
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _temporary_lead(target):
+def _temporary_lead(target: str) -> str:
     """How the name of every temporary file for ``target`` begins: ``.<file name>.<host>.``.
 
     Where a name that long could pass the file system's limit on a name's length, the first
@@ -266,7 +296,7 @@ def _temporary_lead(target):
     return f".{name}.{host}."
 
 
-def _longest_name(folder):
+def _longest_name(folder: str) -> int:
     """The longest file name, in bytes, that ``folder``'s file system takes (255 where it cannot say)."""
     with contextlib.suppress(AttributeError, OSError, ValueError):  # Windows has no pathconf
         limit = os.pathconf(folder, "PC_NAME_MAX")
@@ -275,7 +305,7 @@ def _longest_name(folder):
     return 255
 
 
-def _create_temporary(folder, lead):
+def _create_temporary(folder: str, lead: str) -> str:
     """A new empty file ``<lead><pid>.<random>.numbaopt-tmp`` in ``folder``.
 
     The host (in ``lead``) and pid tell the next save whether its writer is dead. Unlike ``mkstemp``
@@ -290,7 +320,7 @@ def _create_temporary(folder, lead):
         return temporary
 
 
-def _sweep_dead_temporaries(folder, lead):
+def _sweep_dead_temporaries(folder: str, lead: str) -> None:
     """Remove the temporary files in ``folder`` named ``<lead><pid>...`` whose writers on this host died.
 
     Only on POSIX, where ``os.kill(pid, 0)`` asks whether a process exists (on Windows it
@@ -309,7 +339,7 @@ def _sweep_dead_temporaries(folder, lead):
                     os.unlink(os.path.join(folder, entry))
 
 
-def _is_pid(text):
+def _is_pid(text: str) -> bool:
     """Whether ``text`` is a process id as ``_create_temporary`` writes it: ASCII digits, 1 to 2**31 - 1.
 
     ``str.isdigit`` alone accepts digits such as ``²`` that ``int`` refuses, and ``os.kill``
@@ -318,7 +348,7 @@ def _is_pid(text):
     return text.isascii() and text.isdigit() and 0 < int(text) < 2**31
 
 
-def _process_exists(pid):
+def _process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -328,7 +358,7 @@ def _process_exists(pid):
     return True
 
 
-def _fsync(filename):
+def _fsync(filename: str) -> None:
     fd = os.open(filename, os.O_RDWR)
     try:
         os.fsync(fd)
@@ -336,7 +366,7 @@ def _fsync(filename):
         os.close(fd)
 
 
-def _fsync_directory(folder):
+def _fsync_directory(folder: str) -> None:
     """Make the rename itself durable (POSIX); Windows cannot open a folder for fsync."""
     if os.name != "posix":
         return
@@ -350,7 +380,7 @@ def _fsync_directory(folder):
 # --------------------------------------------------------------------- loading
 
 
-def load_optimizer(path, **options):
+def load_optimizer(path: str | os.PathLike[str], **options: Any) -> Optimizer | TFOptimizer:
     """A new optimizer with the state saved at ``path``; its slots bind at the next step.
 
     ``options`` go to the class's ``from_checkpoint_config`` (``TFOptimizer`` needs
@@ -366,18 +396,18 @@ def load_optimizer(path, **options):
         weights += checkpoint.slots[kind]
     names = [p.name for p in checkpoint.parameters]
     try:
-        optimizer = cls.from_checkpoint_config(checkpoint.config, **options)
+        optimizer: Optimizer | TFOptimizer = cls.from_checkpoint_config(checkpoint.config, **options)
         optimizer.set_weights(weights)
         optimizer.load_checkpoint_arrays(dict(checkpoint.arrays))
         optimizer.set_state_origin(f"loading the checkpoint {path}")
         if names and names[0] is not None:
-            optimizer.set_parameter_names(names)
+            optimizer.set_parameter_names(names)  # type: ignore[arg-type]  # all named: _read checked all or none
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot rebuild {cls.__name__} from the checkpoint: {error}") from error
     return optimizer
 
 
-def read_checkpoint(path):
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """The content of the checkpoint at ``path``, fully checked, as a ``Checkpoint``."""
     import h5py
 
@@ -401,7 +431,7 @@ def read_checkpoint(path):
 
 
 @contextlib.contextmanager
-def _reading(where):
+def _reading(where: str) -> Iterator[None]:
     """Turn whatever h5py, JSON or NumPy raise on a damaged file into a CheckpointError naming ``where``."""
     try:
         yield
@@ -411,7 +441,7 @@ def _reading(where):
         raise CheckpointError(f"cannot read {where}: {error}") from error
 
 
-def _read(f):
+def _read(f: Any) -> Checkpoint:
     format_name = _attribute(f, "format", str, required=False)
     if format_name != FORMAT:
         raise CheckpointError(f"an HDF5 file but not a numbaopt checkpoint (/ has no attribute format={FORMAT!r})")
@@ -431,7 +461,7 @@ def _read(f):
         "scalar_state": _attribute(f, "scalar_state", str),
         "slot_names": _attribute(f, "slot_names", str),
     }
-    records = None  # format 1 has no /arrays
+    records: list[dict[str, Any]] | None = None  # format 1 has no /arrays
     if version >= 2:
         header["array_names"] = _attribute(f, "array_names", str)
         records = _read_array_records(f, _json(header, "array_names", list))
@@ -472,7 +502,7 @@ def _read(f):
     if None not in names and len(set(names)) != len(names):
         raise CheckpointError("the name attributes in /parameters are not distinct")
 
-    slots = {kind: [] for kind in slot_names}
+    slots: dict[str, list[npt.NDArray[Any]]] = {kind: [] for kind in slot_names}
     for i, parameter in enumerate(parameters):
         for kind in slot_names:
             where = f"/parameters/{i}/{kind}"
@@ -482,7 +512,7 @@ def _read(f):
             if _array_digest(array) != digests[i][kind]:
                 raise CheckpointError(f"{where} is corrupted: its data does not match its sha256 attribute")
             slots[kind].append(array)
-    arrays = {}
+    arrays: dict[str, npt.NDArray[Any]] = {}
     for record in records or []:
         where = f"/arrays/{record['name']}"
         with _reading(where):
@@ -495,7 +525,7 @@ def _read(f):
                       {k: float(v) for k, v in scalars.items()}, tuple(parameters), slots, arrays)
 
 
-def _read_array_records(f, names):
+def _read_array_records(f: Any, names: list[str]) -> list[dict[str, Any]]:
     """The ``_array_record`` of every dataset in /arrays (format 2), each checked before it is read."""
     for name in names:
         _check_array_name(name, CheckpointError, "attribute array_names on /")
@@ -519,7 +549,7 @@ def _read_array_records(f, names):
     return records
 
 
-def _read_parameters(f, n_params, slot_names):
+def _read_parameters(f: Any, n_params: int, slot_names: list[str]) -> tuple[list[Parameter], list[dict[str, str]]]:
     """Each parameter's record and slot digests, with every dataset checked before it is read."""
     if n_params < 0:
         raise CheckpointError(f"attribute n_parameters on / is negative: {n_params}")
@@ -556,7 +586,7 @@ def _read_parameters(f, n_params, slot_names):
     return parameters, digests
 
 
-def _member(parent, key, where, group):
+def _member(parent: Any, key: str, where: str, group: bool) -> Any:
     """A group or dataset stored in this file: hard links only, so nothing points elsewhere."""
     import h5py
 
@@ -573,7 +603,7 @@ def _member(parent, key, where, group):
     return obj
 
 
-def _check_dataset(dataset, shape, dtype, where):
+def _check_dataset(dataset: Any, shape: tuple[int, ...], dtype: np.dtype[Any], where: str) -> None:
     """The slot's shape and dtype are its parameter's, and its bytes lie plainly in this file."""
     with _reading(where):
         if dataset.shape != shape:
@@ -583,7 +613,7 @@ def _check_dataset(dataset, shape, dtype, where):
     _check_stored_plainly(dataset, where)
 
 
-def _check_stored_plainly(dataset, where):
+def _check_stored_plainly(dataset: Any, where: str) -> None:
     """The dataset's bytes lie contiguously in this file and are exactly as many as its shape needs,
     so reading it touches no other file and allocates no more than the file holds."""
     with _reading(where):
@@ -596,7 +626,7 @@ def _check_stored_plainly(dataset, where):
             raise CheckpointError(f"{where} stores {stored} bytes, but shape {shape} {dtype} needs {expected}")
 
 
-def _attribute(obj, key, kind, required=True, where="/"):
+def _attribute(obj: Any, key: str, kind: type[str] | type[int], required: bool = True, where: str = "/") -> Any:
     """An attribute of ``obj`` of Python type ``kind`` (str or int), or a CheckpointError naming it."""
     with _reading(f"attribute {key} on {where}"):
         if key not in obj.attrs:
@@ -611,7 +641,7 @@ def _attribute(obj, key, kind, required=True, where="/"):
     raise CheckpointError(f"attribute {key} on {where} should be {'a string' if kind is str else 'an integer'}, got {value!r:.80}")
 
 
-def _json(header, key, kind):
+def _json(header: Mapping[str, Any], key: str, kind: type[dict[str, Any]] | type[list[str]]) -> Any:
     with _reading(f"attribute {key} on /"):
         value = json.loads(header[key])
     if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):
@@ -621,13 +651,13 @@ def _json(header, key, kind):
     return value
 
 
-def _check_numbers(key, value):
+def _check_numbers(key: str, value: object) -> None:
     """Every number in the JSON of attribute ``key`` is finite, and every integer fits in 64 bits.
 
     As ``save_optimizer`` writes them: a 10**400 or a 1e400 (inf) would otherwise pass the
     checks and overflow later, far from the file (``float(10**400)``, ``np.int64``).
     """
-    pending = [(value, ())]  # (value, its place as nested (parent place, key or index) pairs)
+    pending: list[tuple[object, tuple[Any, ...]]] = [(value, ())]  # (value, its place as nested (parent place, key or index) pairs)
     while pending:
         value, place = pending.pop()
         if isinstance(value, (dict, list)):
@@ -646,6 +676,6 @@ def _check_numbers(key, value):
             )
 
 
-def _preview(items, limit=8):
+def _preview(items: Sequence[Any], limit: int = 8) -> str:
     shown = ", ".join(repr(item) for item in items[:limit])
     return f"[{shown}{', ...' if len(items) > limit else ''}]"

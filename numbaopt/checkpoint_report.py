@@ -6,14 +6,20 @@ optimizer keeps beside its slots (``checkpoint_arrays``, e.g. ``TFOptimizer``'s)
 would refuse makes it print the ``CheckpointError`` message and exit with status 1.
 It reads the file only: no optimizer is built and no kernel is compiled.
 """
+from __future__ import annotations
+
 import json
+import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from numbaopt.checkpoint import CheckpointError, read_checkpoint
+from numbaopt.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 
-def main(path):
+def main(path: str | os.PathLike[str]) -> int:
     """Print the report for the checkpoint at ``path``; returns the exit status (1 for a bad file)."""
     try:
         checkpoint = read_checkpoint(path)
@@ -24,7 +30,7 @@ def main(path):
     return 0
 
 
-def report(checkpoint):
+def report(checkpoint: Checkpoint) -> str:
     """The text ``numbaopt inspect`` prints for a ``Checkpoint``."""
     lines = [
         f"class       {checkpoint.class_name}",
@@ -40,7 +46,7 @@ def report(checkpoint):
     elif not checkpoint.parameters:
         lines.append("(no slots: the optimizer had taken no step)")
     else:
-        rows = [("parameter", "slot", "shape", "dtype", "min", "max", "mean")]
+        rows: list[tuple[str, ...]] = [("parameter", "slot", "shape", "dtype", "min", "max", "mean")]
         for i, parameter in enumerate(checkpoint.parameters):
             label = str(i) if parameter.name is None else f"{i} {parameter.name}"
             for kind, arrays in checkpoint.slots.items():
@@ -54,13 +60,13 @@ def report(checkpoint):
     return "\n".join(lines)
 
 
-def _table(rows):
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     """A blank line, then ``rows`` as left-aligned columns."""
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     return [""] + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
-def _statistics(array):
+def _statistics(array: npt.NDArray[Any]) -> tuple[str, str, str]:
     """min, max and mean as text; the mean is summed in float64, an empty slot shows dashes."""
     if array.size == 0:
         return "-", "-", "-"

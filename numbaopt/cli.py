@@ -4,8 +4,11 @@
 The top layer: it only parses arguments and calls the library (``numbaopt.parity``,
 ``numbaopt.checkpoint_report``), which it imports when a subcommand runs.
 """
+from __future__ import annotations
+
 import argparse
 import sys
+from collections.abc import Sequence
 
 import numbaopt
 
@@ -16,19 +19,19 @@ PARITY = (
 INSPECT = "Show the class, config, iterations and slots of a numbaopt checkpoint (HDF5)."
 
 
-def _parity(args):
+def _parity(args: argparse.Namespace) -> int:
     from numbaopt.parity import run_parity
 
     return run_parity(args.path, device=args.device, as_json=args.json)
 
 
-def _inspect(args):
+def _inspect(args: argparse.Namespace) -> int:
     from numbaopt import checkpoint_report
 
     return checkpoint_report.main(args.path)
 
 
-def parser():
+def parser() -> argparse.ArgumentParser:
     """The argument parser of ``numbaopt``; each subcommand sets ``func(args)`` -> exit status."""
     top = argparse.ArgumentParser(
         prog="numbaopt", description="Keras 2.0 optimizers as Numba kernels: parity check and checkpoint tools."
@@ -50,10 +53,10 @@ def parser():
     return top
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``numbaopt COMMAND ...``; returns the exit status."""
     args = parser().parse_args(argv)
-    return args.func(args)
+    return args.func(args)  # type: ignore[no-any-return]  # argparse.Namespace attributes are Any
 
 
 if __name__ == "__main__":

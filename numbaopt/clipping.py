@@ -6,10 +6,19 @@ reduction over every gradient and is computed once per call (see ``global_norm``
 factor and the value clip are applied element by element inside the update kernels, by
 ``clip_gradient``, so clipping costs one extra read of the gradients and no extra write.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: A scalar of the parameters' dtype (a NumPy float type), or a Python float.
+_F = TypeVar("_F", float, "np.floating[Any]")
 
 
-def clip_gradient(g, norm_numerator, norm_denominator, clipvalue):
+def clip_gradient(g: float, norm_numerator: float, norm_denominator: float, clipvalue: float) -> float:
     """One gradient element after Keras 2.0's clipnorm then clipvalue.
 
     ``g * clipnorm / n`` keeps Keras's order of operations; when norm clipping is off
@@ -26,7 +35,9 @@ def clip_gradient(g, norm_numerator, norm_denominator, clipvalue):
     return g
 
 
-def clip_arguments(clipnorm, clipvalue, norm, dtype):
+def clip_arguments(
+    clipnorm: float | None, clipvalue: float | None, norm: float | None, dtype: Callable[[float], _F]
+) -> tuple[_F, _F, _F]:
     """The clip scalars for ``clip_gradient``, as values of ``dtype``.
 
     ``norm`` is the global norm of the call's gradients (or None when clipnorm is off).

@@ -5,11 +5,17 @@ gradient into a contiguous array of the parameter's dtype, allocate slots, give 
 addresses to the kernels, and copy to and from the host. ``backend_for`` picks one
 backend for all parameters of a call, from where they live.
 """
+from __future__ import annotations
+
 import functools
 import importlib
 import sys
+import types
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from numbaopt.extras import install_command
 
@@ -22,16 +28,16 @@ class CPUBackend:
     name = "cpu"
 
     @staticmethod
-    def owns(array):
+    def owns(array: object) -> bool:
         return isinstance(array, np.ndarray)
 
     @functools.cached_property
-    def kernels(self):
+    def kernels(self) -> types.ModuleType:
         """The kernel module, imported (with Numba) on first use and kept: it is per step."""
         return importlib.import_module("numbaopt.kernels.cpu")
 
     @staticmethod
-    def check_parameter(param, index):
+    def check_parameter(param: object, index: int) -> npt.NDArray[Any]:
         """``param`` itself, once it is known to be updatable in place by a kernel."""
         if not isinstance(param, np.ndarray):
             raise TypeError(
@@ -50,7 +56,7 @@ class CPUBackend:
         return param
 
     @staticmethod
-    def check_gradient(grad, param, index):
+    def check_gradient(grad: npt.ArrayLike, param: npt.NDArray[Any], index: int) -> npt.NDArray[Any]:
         """The gradient as a C-contiguous array of the parameter's dtype and shape.
 
         Arrays are cast only when NumPy's ``safe`` rule allows it (float32 into a float64
@@ -85,29 +91,29 @@ class CPUBackend:
         return grad
 
     @staticmethod
-    def check_distinct(params):
+    def check_distinct(params: Sequence[npt.NDArray[Any]]) -> None:
         """Refuse parameters that share memory: parallel updates of one element would race."""
         _refuse_overlaps(CPUBackend.addresses(params), [p.nbytes for p in params])
 
     @staticmethod
-    def sum(partial_sums):
+    def sum(partial_sums: npt.NDArray[np.float64]) -> float:
         """The sum of the global norm's chunk sums, in NumPy's fixed (pairwise) order."""
         return float(np.sum(partial_sums))
 
     @staticmethod
-    def zeros(shape, dtype):
+    def zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
         return np.zeros(shape, dtype)
 
     @staticmethod
-    def to_host(array):
+    def to_host(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
         return np.array(array, copy=True)
 
     @staticmethod
-    def copy_from_host(target, source):
+    def copy_from_host(target: npt.NDArray[Any], source: npt.ArrayLike) -> None:
         target[...] = source
 
     @staticmethod
-    def addresses(arrays):
+    def addresses(arrays: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.int64]:
         """The data addresses of NumPy arrays, as an int64 array for the kernels.
 
         Read from the array objects by a compiled loop when its reading of NumPy's
@@ -123,7 +129,7 @@ class CPUBackend:
 
 
 @functools.cache
-def _data_field():
+def _data_field() -> int | None:
     """Where a NumPy array object keeps its data pointer, or None if that cannot be trusted.
 
     The pointer is the first field after the object header, which is
@@ -139,7 +145,7 @@ def _data_field():
     return field if trusted else None
 
 
-def _refuse_overlaps(starts, nbytes):
+def _refuse_overlaps(starts: npt.NDArray[np.int64], nbytes: Sequence[int]) -> None:
     """Refuse parameters (data addresses ``starts``, sizes ``nbytes``) that share memory."""
     if len(starts) < 2:
         return
@@ -154,7 +160,7 @@ def _refuse_overlaps(starts, nbytes):
         raise ValueError(f"parameters {a} and {b} share memory; each parameter must be a separate array")
 
 
-def is_cuda_array(array):
+def is_cuda_array(array: object) -> bool:
     """Whether ``array`` lives on a CUDA device (or on Numba's CUDA simulator).
 
     Real device arrays (Numba, CuPy, PyTorch CUDA tensors) expose
@@ -176,25 +182,28 @@ class CUDABackend:
     Parameters and gradients are taken as they are, zero-copy (CuPy arrays and PyTorch
     tensors through Numba views of the same memory); only ``get_weights`` /
     ``set_weights`` and the global norm's one scalar cross to and from the host.
+
+    Its arrays are Numba device arrays (or CuPy / PyTorch arrays viewed as such), which
+    have no type information: they are ``Any`` here.
     """
 
     name = "cuda"
 
-    def __init__(self, cuda):
+    def __init__(self, cuda: types.ModuleType) -> None:
         self._cuda = cuda
 
     @functools.cached_property
-    def kernels(self):
+    def kernels(self) -> types.ModuleType:
         """The kernel module, imported (with Numba) on first use and kept: it is per step."""
         return importlib.import_module("numbaopt.kernels.cuda")
 
-    def _view(self, array):
+    def _view(self, array: Any) -> Any:
         """A Numba device array over ``array``'s memory (the array itself if it is one)."""
         if hasattr(array, "copy_to_host"):  # Numba's (or the simulator's) device array
             return array
         return self._cuda.as_cuda_array(array)
 
-    def check_parameter(self, param, index):
+    def check_parameter(self, param: Any, index: int) -> Any:
         """A Numba device array over ``param``'s memory, once it is updatable in place."""
         if not is_cuda_array(param):
             raise TypeError(f"parameter {index} is a {type(param).__name__}, not a CUDA array")
@@ -208,7 +217,7 @@ class CUDABackend:
             raise ValueError(f"parameter {index} is not C-contiguous; pass a contiguous CUDA array")
         return param
 
-    def check_gradient(self, grad, param, index):
+    def check_gradient(self, grad: Any, param: Any, index: int) -> Any:
         """The gradient as a device array: on the GPU, of the parameter's dtype and shape.
 
         Nothing is copied or cast on the device's behalf: a host gradient, another dtype
@@ -231,45 +240,51 @@ class CUDABackend:
             raise ValueError(f"gradient {index} is not C-contiguous; pass a contiguous CUDA array")
         return grad
 
-    def check_distinct(self, params):
+    def check_distinct(self, params: Sequence[Any]) -> None:
         """Refuse parameters that share memory: parallel updates of one element would race."""
         _refuse_overlaps(self.addresses(params), [p.nbytes for p in params])
 
-    def sum(self, partial_sums):
+    def sum(self, partial_sums: Any) -> float:
         """The sum of the device array ``partial_sums``: only this scalar comes to the host."""
-        return self.kernels.total(partial_sums)
+        return self.kernels.total(partial_sums)  # type: ignore[no-any-return]  # an untyped module attribute
 
-    def zeros(self, shape, dtype):
+    def zeros(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> Any:
         return self.kernels.zeros(shape, dtype)
 
     @staticmethod
-    def to_host(array):
-        return array.copy_to_host()
+    def to_host(array: Any) -> npt.NDArray[Any]:
+        return array.copy_to_host()  # type: ignore[no-any-return]  # Numba device arrays are untyped
 
     @staticmethod
-    def copy_from_host(target, source):
+    def copy_from_host(target: Any, source: npt.ArrayLike) -> None:
         target.copy_to_device(np.ascontiguousarray(source))
 
     @staticmethod
-    def addresses(arrays):
+    def addresses(arrays: Sequence[Any]) -> npt.NDArray[np.int64]:
         """The device data addresses of the arrays, as a host int64 array.
 
         A simulated device array's memory is a NumPy buffer on the host: its address is
         that buffer's, which the simulated kernels read.
         """
-        def address(a):
+        def address(a: Any) -> int:
             interface = getattr(a, "__cuda_array_interface__", None)
-            return (interface or a.__array_interface__)["data"][0]
+            return (interface or a.__array_interface__)["data"][0]  # type: ignore[no-any-return]  # untyped array
 
         return np.fromiter((address(a) for a in arrays), np.int64, len(arrays))
 
 
 CPU = CPUBackend()
 DEVICES = ("auto", "cpu", "cuda")
-_CUDA = []  # the CUDA backend, once made
+_CUDA: list[CUDABackend] = []  # the CUDA backend, once made
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    #: A backend: where the arrays of a call live.
+    Backend: TypeAlias = CPUBackend | CUDABackend
 
 
-def cuda_backend():
+def cuda_backend() -> CUDABackend:
     """The CUDA backend, or a RuntimeError that says what is missing."""
     if not _CUDA:
         try:
@@ -289,7 +304,7 @@ def cuda_backend():
     return _CUDA[0]
 
 
-def backend_for(params, device="auto"):
+def backend_for(params: Sequence[Any], device: str = "auto") -> Backend:
     """The one backend that owns every parameter of a call.
 
     NumPy arrays run on the CPU kernels, CUDA arrays on the CUDA kernels; a call that mixes

@@ -1,6 +1,8 @@
 """How to install an optional extra (``keras``, ``cuda``, ...), said the way that works for
 how this numbaopt was installed: from an index, from a folder, or as a source tree
 (editable, or on ``sys.path``). The errors about a missing extra use it."""
+from __future__ import annotations
+
 import json
 from importlib import metadata
 from pathlib import Path
@@ -10,7 +12,7 @@ from urllib.parse import unquote, urlparse
 _TREE = Path(__file__).resolve().parent.parent
 
 
-def install_command(extra):
+def install_command(extra: str) -> str:
     """The ``pip install`` command that adds ``extra`` to this numbaopt."""
     if (_TREE / "pyproject.toml").exists():
         return f'pip install -e "{_TREE}[{extra}]"'
@@ -20,7 +22,7 @@ def install_command(extra):
     return f'pip install "numbaopt[{extra}]"'
 
 
-def _installed_from():
+def _installed_from() -> Path | None:
     """The local folder numbaopt was installed from (pip records it), or None (an index)."""
     try:
         text = metadata.distribution("numbaopt").read_text("direct_url.json")

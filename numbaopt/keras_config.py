@@ -5,12 +5,15 @@ names a Keras 2.0 setting is renamed, a key with no effect at its recorded value
 and a setting numbaopt cannot honour is refused with a ValueError that says why. It reads
 only the class's name and declared hyperparameters, so it sits below the optimizers.
 """
+from __future__ import annotations
+
+from typing import Any
 
 _ANY = object()
 
 #: Keys of later Keras configs with no effect here, and the values at which that holds
 #: (``_ANY``: every value). A listed key at another value is refused.
-_INERT_KEYS = {
+_INERT_KEYS: dict[str, Any] = {
     "name": _ANY,
     "is_legacy_optimizer": _ANY,
     "jit_compile": _ANY,
@@ -26,7 +29,7 @@ _INERT_KEYS = {
 }
 
 #: Per optimizer: keys of later Keras with no effect at the listed values.
-_INERT_BY_CLASS = {
+_INERT_BY_CLASS: dict[str, dict[str, Any]] = {
     "Adam": {"amsgrad": (False,)},
     "RMSprop": {"momentum": (0, 0.0), "centered": (False,)},
     "Adagrad": {"initial_accumulator_value": (0, 0.0)},
@@ -36,14 +39,14 @@ _INERT_BY_CLASS = {
 _LATER_KERAS_KEYS = ("name", "learning_rate", "is_legacy_optimizer", "global_clipnorm")
 
 
-def keras2_arguments(cls, config):
+def keras2_arguments(cls: type[Any], config: dict[str, Any]) -> dict[str, Any]:
     """Constructor arguments of ``cls`` for a config from Keras 2.0 or a later Keras."""
     if not isinstance(config, dict):
         raise TypeError(f"an optimizer config must be a dict, got {type(config).__name__}")
     later_keras = any(key in config for key in _LATER_KERAS_KEYS)
     declared = {h.name for h in cls.hyperparameters} | {"clipnorm", "clipvalue", "learning_rate"}
     inert_keys = {**_INERT_KEYS, **_INERT_BY_CLASS.get(cls.__name__, {})}
-    arguments = {}
+    arguments: dict[str, Any] = {}
     for key, value in config.items():
         if key in ("clipnorm", "clipvalue", "global_clipnorm") and value is None:
             continue  # later Keras writes None for "off"

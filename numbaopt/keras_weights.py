@@ -7,15 +7,33 @@ Nadam's ``m_schedule``). ``split`` recognises either form by its length; everyth
 works on the class's declarations (``slot_names``, ``scalar_state``,
 ``keras2_iterations``) and NumPy arrays only.
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _State(Protocol):
+        """What ``build`` reads of an ``OptimizerState`` (defined above this layer)."""
+
+        @property
+        def iterations(self) -> int: ...
+        @property
+        def scalars(self) -> dict[str, float]: ...
+        @property
+        def slots(self) -> dict[str, list[npt.NDArray[Any]]]: ...
 
 #: ``iterations`` is saved as an int64: larger counts could not be saved or read back.
 ITERATIONS_LIMIT = 2**63
 
 
-def as_arrays(weights):
+def as_arrays(weights: Iterable[npt.ArrayLike]) -> list[npt.NDArray[Any]]:
     """``weights`` as a list of numeric arrays, or a TypeError naming the first bad item."""
     if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
         raise TypeError(f"set_weights takes a list of arrays, got {type(weights).__name__}")
@@ -31,7 +49,7 @@ def as_arrays(weights):
     return arrays
 
 
-def build(cls, state):
+def build(cls: type[Any], state: _State) -> list[npt.NDArray[Any]]:
     """The full weights list of an ``OptimizerState`` of an optimizer of class ``cls``."""
     weights = [np.array(state.iterations, dtype=np.int64)]
     weights += [np.array(state.scalars[name], dtype=np.float64) for name, _ in cls.scalar_state]
@@ -40,7 +58,9 @@ def build(cls, state):
     return weights
 
 
-def split(cls, weights, n_params):
+def split(
+    cls: type[Any], weights: list[npt.NDArray[Any]], n_params: int | None
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, list[npt.NDArray[Any]]]]:
     """Cut a weights list into ``({scalar name: array}, {slot kind: [arrays]})``.
 
     The list is numbaopt's full one or Keras 2.0's shorter one, told apart by its length
@@ -50,7 +70,7 @@ def split(cls, weights, n_params):
     n_kinds = len(cls.slot_names)
     full_scalars = 1 + len(cls.scalar_state)
     keras2_scalars = 1 if cls.keras2_iterations else 0
-    candidates = []
+    candidates: list[tuple[int, list[str]]] = []
     for n_scalars, names in (
         (full_scalars, ["iterations"] + [n for n, _ in cls.scalar_state]),
         (keras2_scalars, ["iterations"] if cls.keras2_iterations else []),
@@ -83,10 +103,10 @@ def split(cls, weights, n_params):
     return scalars, slot_lists
 
 
-def check_scalars(scalars):
+def check_scalars(scalars: Mapping[str, npt.NDArray[Any]]) -> tuple[int | None, dict[str, float]]:
     """``(iterations or None, {name: float})`` from the scalar part of a weights list, checked."""
     iterations = None
-    values = {}
+    values: dict[str, float] = {}
     for name, value in scalars.items():
         if value.shape not in ((), (1,)):
             raise ValueError(f"set_weights: {name} must be a scalar, got shape {value.shape}")
@@ -104,7 +124,7 @@ def check_scalars(scalars):
     return iterations, values
 
 
-def check_unbound_slots(slot_lists):
+def check_unbound_slots(slot_lists: Mapping[str, Sequence[npt.NDArray[Any]]]) -> None:
     """Slot lists given before the first step: float arrays, the same shapes for every kind."""
     lists = list(slot_lists.items())
     if not lists:

@@ -5,12 +5,21 @@ every subclass that defines its own ``rule``); ``numbaopt.optimizers`` imports e
 of its package, so once it is imported the registry lists every optimizer. Tests, the
 capture script, benchmarks and docs checks derive their lists from ``registered()``.
 """
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+# The registry sits below the optimizers (it may not import ``numbaopt.optimizers.base``),
+# so a class here is ``type[Any]`` and an optimizer ``Any``: ``checkpoint`` and the
+# optimizers give the precise types.
+_C = TypeVar("_C", bound=type)
 
 #: Registered optimizers by lower-case class name, in the order their modules were imported.
-_CLASSES = {}
+_CLASSES: dict[str, type[Any]] = {}
 
 
-def register(cls):
+def register(cls: _C) -> _C:
     """Add ``cls`` to the registry under its class name (any case); returns ``cls``.
 
     A second class of the same name is refused, unless it is the same class defined again
@@ -24,18 +33,18 @@ def register(cls):
     return cls
 
 
-def registered():
+def registered() -> tuple[type[Any], ...]:
     """Every registered optimizer class."""
     return tuple(_CLASSES.values())
 
 
-def rule_based():
+def rule_based() -> tuple[type[Any], ...]:
     """The registered optimizers whose update is an element rule run by numbaopt's kernels
     (the Keras 2.0 optimizers; not ``TFOptimizer``)."""
     return tuple(cls for cls in _CLASSES.values() if getattr(cls, "rule", None) is not None)
 
 
-def optimizer_class(name, custom_objects=None):
+def optimizer_class(name: str, custom_objects: Mapping[str, type[Any]] | None = None) -> type[Any]:
     """The optimizer class registered as ``name`` (any case), or a ValueError."""
     if custom_objects and name in custom_objects:
         return custom_objects[name]
@@ -46,12 +55,12 @@ def optimizer_class(name, custom_objects=None):
         raise ValueError(f"Unknown optimizer: {name!r} (known: {known})") from None
 
 
-def serialize(optimizer):
+def serialize(optimizer: Any) -> dict[str, Any]:
     """``{"class_name": ..., "config": ...}`` for ``optimizer``."""
     return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
 
 
-def deserialize(config, custom_objects=None):
+def deserialize(config: dict[str, Any], custom_objects: Mapping[str, type[Any]] | None = None) -> Any:
     """The optimizer described by ``serialize``'s output; the class name matches in any case."""
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(f"an optimizer description is a dict with 'class_name' and 'config', got {config!r}")
@@ -59,7 +68,7 @@ def deserialize(config, custom_objects=None):
     return cls.from_config(config.get("config") or {})
 
 
-def get(identifier):
+def get(identifier: object) -> Any:
     """An optimizer from a name (defaults), a serialized dict, an optimizer (returned as is),
     or a TensorFlow optimizer (wrapped in ``TFOptimizer``)."""
     if _is_tensorflow_optimizer(identifier):
@@ -73,7 +82,7 @@ def get(identifier):
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
 
 
-def _is_tensorflow_optimizer(obj):
+def _is_tensorflow_optimizer(obj: object) -> bool:
     """Whether ``obj`` is an optimizer of TensorFlow or a Keras on TensorFlow (checked
     without importing TensorFlow)."""
     roots = ("tensorflow", "tf_keras", "keras")

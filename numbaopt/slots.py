@@ -6,13 +6,20 @@ contiguous range of its row, and a table of chunks that splits every tensor of t
 into pieces of at most ``tuning.CHUNK_ELEMENTS`` elements. One kernel call then updates
 the whole group, and the global norm sums fixed chunks in a fixed order.
 """
+from __future__ import annotations
+
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from numbaopt import tuning
+
+if TYPE_CHECKING:
+    from numbaopt.devices import Backend
 
 #: One kernel launch at a time in this process. Numba's "workqueue" threading layer (the
 #: fallback where neither OpenMP nor TBB is present, as on macOS wheels) aborts the process
@@ -32,9 +39,9 @@ class Layout:
     numbaopt slots but is bound to its parameters all the same.
     """
 
-    def __init__(self, params, backend):
-        self.shapes = tuple(p.shape for p in params)
-        self.dtypes = tuple(p.dtype for p in params)
+    def __init__(self, params: Sequence[Any], backend: Backend) -> None:
+        self.shapes: tuple[tuple[int, ...], ...] = tuple(p.shape for p in params)
+        self.dtypes: tuple[np.dtype[Any], ...] = tuple(p.dtype for p in params)
         self.distinct_dtypes = tuple(dict.fromkeys(self.dtypes))  # in order of first use
         self.backend = backend
         self.n_params = len(params)
@@ -42,9 +49,9 @@ class Layout:
         backend.check_distinct(params)
         self.addresses = backend.addresses(params)  # of the parameters of the current call
         self._distinct_at = self.addresses.tobytes()  # of the last parameters found not to overlap
-        self._apart_at = None  # parameter and gradient addresses last found not to overlap
+        self._apart_at: bytes | None = None  # parameter and gradient addresses last found not to overlap
 
-    def check(self, params, backend):
+    def check(self, params: Sequence[Any], backend: Backend) -> None:
         """Raise unless ``params`` have the bound count, shapes, dtypes and device."""
         if backend is not self.backend:
             raise ValueError(f"the slots live on {self.backend.name}, but the parameters are on {backend.name}")
@@ -65,7 +72,7 @@ class Layout:
             self._distinct_at = addresses.tobytes()
         self.addresses = addresses
 
-    def check_gradients(self, grad_addresses):
+    def check_gradients(self, grad_addresses: npt.NDArray[np.int64]) -> None:
         """Refuse a gradient that shares memory with a parameter of the call, other than
         being exactly its own parameter's memory: the kernels write the parameters while
         other threads still read the gradients, so the result would depend on timing."""
@@ -79,14 +86,14 @@ class Layout:
 class ParamGroup(NamedTuple):
     """The parameters of one dtype: their positions in the call and their slots."""
 
-    dtype: np.dtype
-    positions: np.ndarray  # positions of the group's parameters in the call
-    offsets: np.ndarray  # int64: where each parameter's slots start in a row of ``slots``
-    chunks: np.ndarray  # int64 (n_chunks, 3): tensor (within the group), start, stop
-    slots: object  # (n_kinds, total elements) array on the group's device
+    dtype: np.dtype[Any]
+    positions: npt.NDArray[np.intp]  # positions of the group's parameters in the call
+    offsets: npt.NDArray[np.int64]  # int64: where each parameter's slots start in a row of ``slots``
+    chunks: npt.NDArray[np.int64]  # int64 (n_chunks, 3): tensor (within the group), start, stop
+    slots: Any  # (n_kinds, total elements) array on the group's device (NumPy or CUDA)
 
 
-def _chunk_table(sizes, chunk):
+def _chunk_table(sizes: Sequence[int], chunk: int) -> npt.NDArray[np.int64]:
     rows = [(j, start, min(start + chunk, size)) for j, size in enumerate(sizes) for start in range(0, size, chunk)]
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
@@ -94,7 +101,7 @@ def _chunk_table(sizes, chunk):
 class SlotStore:
     """The slots of an optimizer bound to its parameters (a ``Layout``)."""
 
-    def __init__(self, layout, slot_names, groups):
+    def __init__(self, layout: Layout, slot_names: tuple[str, ...], groups: list[ParamGroup]) -> None:
         self.layout = layout
         self.slot_names = slot_names
         self.groups = groups
@@ -102,7 +109,13 @@ class SlotStore:
         self.shapes, self.dtypes, self.n_params = layout.shapes, layout.dtypes, layout.n_params
 
     @classmethod
-    def create(cls, layout, slot_names, initial=None, origin="set_weights"):
+    def create(
+        cls,
+        layout: Layout,
+        slot_names: tuple[str, ...],
+        initial: Mapping[str, Sequence[npt.ArrayLike]] | None = None,
+        origin: str = "set_weights",
+    ) -> SlotStore:
         """Zero slots for the parameters of ``layout``, or ``initial`` (host arrays given
         before the first step) once checked; ``origin`` says where those came from."""
         if initial is not None:
@@ -122,15 +135,15 @@ class SlotStore:
 
     # ---------------------------------------------------------------- checking
 
-    def check_host_slots(self, slot_lists):
+    def check_host_slots(self, slot_lists: Mapping[str, Sequence[npt.ArrayLike]]) -> None:
         _check_slots_match(slot_lists, self.shapes, self.dtypes, "set_weights")
 
     # ------------------------------------------------------------------- views
 
-    def _views(self, kind):
+    def _views(self, kind: str) -> list[Any]:
         """Per-parameter views (on the device) of slot kind ``kind``, in parameter order."""
         k = self.slot_names.index(kind)
-        views = [None] * self.n_params
+        views: list[Any] = [None] * self.n_params
         for group in self.groups:
             for j, i in enumerate(group.positions.tolist()):
                 size = int(np.prod(self.shapes[i], dtype=np.int64))
@@ -138,11 +151,11 @@ class SlotStore:
                 views[i] = group.slots[k, start : start + size].reshape(self.shapes[i])
         return views
 
-    def host_slots(self):
+    def host_slots(self) -> dict[str, list[npt.NDArray[Any]]]:
         """Every slot as a host copy: ``{kind: [array per parameter]}``."""
         return {kind: [self.backend.to_host(v) for v in self._views(kind)] for kind in self.slot_names}
 
-    def load_host_slots(self, slot_lists):
+    def load_host_slots(self, slot_lists: Mapping[str, Sequence[npt.ArrayLike]]) -> None:
         """Overwrite every slot from host arrays (already checked)."""
         for kind in self.slot_names:
             for view, source in zip(self._views(kind), slot_lists[kind]):
@@ -150,17 +163,17 @@ class SlotStore:
 
     # ------------------------------------------------------------------- a call
 
-    def parameter_addresses(self):
+    def parameter_addresses(self) -> list[npt.NDArray[np.int64]]:
         """The parameters' addresses, split by group, as the check of this call found them."""
         return self.split(self.layout.addresses)
 
-    def split(self, addresses):
+    def split(self, addresses: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
         """Per-parameter ``addresses`` (an int64 array in call order), split by group."""
         if len(self.groups) == 1:
             return [addresses]  # one dtype: the group holds every parameter, in order
         return [addresses[group.positions] for group in self.groups]
 
-    def global_norm(self, grad_addresses):
+    def global_norm(self, grad_addresses: Sequence[npt.NDArray[np.int64]]) -> float:
         """``sqrt(sum of squares)`` over all gradients, the same for any thread count."""
         total = 0.0
         for group, addresses in zip(self.groups, grad_addresses):
@@ -170,14 +183,24 @@ class SlotStore:
             total += self.backend.sum(partial_sums)
         return float(np.sqrt(total))
 
-    def run(self, rule, group, param_addresses, grad_addresses, clip, scalars):
+    def run(
+        self,
+        rule: Callable[..., tuple[float, ...]],
+        group: ParamGroup,
+        param_addresses: npt.NDArray[np.int64],
+        grad_addresses: npt.NDArray[np.int64],
+        clip: tuple[Any, Any, Any],
+        scalars: tuple[Any, ...],
+    ) -> None:
         """One step of the element ``rule`` over every tensor of ``group``."""
         step = self.backend.kernels.update_kernel(rule, len(self.slot_names))
         with _LAUNCH:
             step(param_addresses, grad_addresses, group.slots, group.offsets, group.chunks, clip, scalars)
 
 
-def _refuse_gradient_overlaps(param_starts, grad_starts, nbytes):
+def _refuse_gradient_overlaps(
+    param_starts: npt.NDArray[np.int64], grad_starts: npt.NDArray[np.int64], nbytes: npt.NDArray[np.int64]
+) -> None:
     """Raise if gradient ``j``'s bytes overlap a parameter's, unless they are exactly its own."""
     sized = nbytes > 0
     if not sized.any():
@@ -204,7 +227,12 @@ def _refuse_gradient_overlaps(param_starts, grad_starts, nbytes):
         )
 
 
-def _check_slots_match(slot_lists, shapes, dtypes, where):
+def _check_slots_match(
+    slot_lists: Mapping[str, Sequence[npt.ArrayLike]],
+    shapes: Sequence[tuple[int, ...]],
+    dtypes: Sequence[np.dtype[Any]],
+    where: str,
+) -> None:
     """Raise unless every slot list has one array per parameter, of its shape and exactly its
     dtype (a cast would change the state: float64 slots rounded to float32). Counts and shapes
     are checked before dtypes, so a list cut in the wrong place reads as the wrong length."""

@@ -3,9 +3,22 @@
 Shared by the kernel optimizers (``numbaopt.optimizers.base``) and ``TFOptimizer``, so
 all of them refuse the same calls with the same messages.
 """
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _Backend(Protocol):
+        """What ``checked_arrays`` asks of a backend (``numbaopt.devices``, a layer above)."""
+
+        def check_parameter(self, param: Any, index: int) -> Any: ...
+        def check_gradient(self, grad: Any, param: Any, index: int) -> Any: ...
 
 
-def split_pairs(grads_and_vars):
+def split_pairs(grads_and_vars: Iterable[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
     """The gradients and the parameters of a list of (gradient, parameter) pairs."""
     try:
         pairs = list(grads_and_vars)
@@ -23,7 +36,7 @@ def split_pairs(grads_and_vars):
     return [g for g, _ in pairs], [p for _, p in pairs]
 
 
-def checked_arrays(grads, params, backend):
+def checked_arrays(grads: list[Any], params: list[Any], backend: _Backend) -> tuple[list[Any], list[Any]]:
     """``(grads, params)`` as ``backend`` takes them: each parameter updatable in place, each
     gradient on its parameter's device with its dtype and shape."""
     params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
@@ -31,7 +44,7 @@ def checked_arrays(grads, params, backend):
     return grads, params
 
 
-def names_tuple(names, n_params):
+def names_tuple(names: Iterable[str], n_params: int) -> tuple[str, ...]:
     """``names`` as a tuple of ``n_params`` distinct non-empty strings, or a TypeError / ValueError."""
     if isinstance(names, str):
         raise TypeError("parameter names must be a sequence of strings, not one string")
@@ -46,7 +59,7 @@ def names_tuple(names, n_params):
     return names
 
 
-def checked_names(names, n_params, recorded):
+def checked_names(names: Iterable[str] | None, n_params: int, recorded: tuple[str, ...] | None) -> tuple[str, ...] | None:
     """``names`` of a call as a tuple (None passes), checked against the ``recorded`` ones."""
     if names is None:
         return None

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -250,6 +252,8 @@ def test_optimizers_stepped_from_several_threads_give_the_sequential_results():
     """Kernel launches are serialised: under Numba's workqueue threading layer (used where
     neither OpenMP nor TBB is available) two concurrent launches abort the process."""
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
-    run = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, capture_output=True, text=True)
+    # The tree at the end of the path, for ``tests``: numbaopt stays the installed one.
+    script = f"import sys; sys.path.append({str(Path(__file__).resolve().parent.parent)!r})\n" + THREADS_SCRIPT
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "ok"

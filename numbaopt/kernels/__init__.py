@@ -9,11 +9,15 @@ optimizer: the rules come from above, so adding one touches no kernel code.
 is the compiled rule. The rule must be a global, not an argument: Numba never loads a
 ``cache=True`` kernel whose own arguments include a function from its on-disk cache.
 """
+from __future__ import annotations
+
 import hashlib
 import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 
-def _digest(code, hasher):
+def _digest(code: types.CodeType, hasher: hashlib._Hash) -> None:
     """Feed what a code object computes (bytecode, names, constants, nested code) to ``hasher``."""
     hasher.update(code.co_code)
     hasher.update(repr((code.co_names, code.co_varnames)).encode())
@@ -24,7 +28,7 @@ def _digest(code, hasher):
             hasher.update(repr(constant).encode())
 
 
-def code_digest(*functions):
+def code_digest(*functions: Callable[..., Any]) -> str:
     """A short hex digest of the code of ``functions``; it changes when any of them is edited."""
     hasher = hashlib.sha256()
     for function in functions:
@@ -32,7 +36,12 @@ def code_digest(*functions):
     return hasher.hexdigest()[:16]
 
 
-def specialise(template, rule, compiled_globals, depends_on=()):
+def specialise(
+    template: Callable[..., Any],
+    rule: Callable[..., Any],
+    compiled_globals: Mapping[str, Any],
+    depends_on: Iterable[Callable[..., Any]] = (),
+) -> types.FunctionType:
     """A copy of the function ``template`` whose globals also hold ``compiled_globals``.
 
     Numba names a kernel's cache files by its qualified name; the copy's name carries the

@@ -28,9 +28,12 @@ The callers check every address, size and dtype before a kernel runs: nothing he
 checks bounds.
 """
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
+import numpy.typing as npt
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
@@ -46,22 +49,22 @@ clip_gradient = _element(_clip_gradient)
 
 
 @intrinsic
-def _pointer(typingctx, address, like):
+def _pointer(typingctx: Any, address: Any, like: Any) -> tuple[Any, Callable[..., Any]]:
     """A typed pointer to the memory at integer ``address``, of ``like``'s element type."""
     pointer_type = types.CPointer(like.dtype)
 
-    def codegen(context, builder, signature, args):
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         return builder.inttoptr(args[0], context.get_value_type(pointer_type))
 
     return pointer_type(types.intp, like), codegen
 
 
 @intrinsic
-def _row(typingctx, slots, kind, offset):
+def _row(typingctx: Any, slots: Any, kind: Any, offset: Any) -> tuple[Any, Callable[..., Any]]:
     """A typed pointer to element ``offset`` of row ``kind`` of the 2-d C-contiguous ``slots``."""
     pointer_type = types.CPointer(slots.dtype)
 
-    def codegen(context, builder, signature, args):
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         array = context.make_array(signature.args[0])(context, builder, value=args[0])
         width = builder.extract_value(array.shape, 1)
         return builder.gep(array.data, [builder.add(builder.mul(args[1], width), args[2])])
@@ -75,7 +78,9 @@ _LANES = 64
 
 
 @_kernel
-def sum_of_squares(grads, chunks, like, partial_sums):
+def sum_of_squares(
+    grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: npt.NDArray[Any], partial_sums: npt.NDArray[np.float64]
+) -> None:
     """``partial_sums[c]`` = the float64 sum of squares of chunk ``c`` of the gradients.
 
     Each chunk is summed by one thread in a fixed order: element ``i`` goes to accumulator
@@ -106,7 +111,7 @@ def sum_of_squares(grads, chunks, like, partial_sums):
 
 
 @njit(cache=True)
-def data_addresses(objects, data_field, out):
+def data_addresses(objects: npt.NDArray[np.int64], data_field: int, out: npt.NDArray[np.int64]) -> None:
     """``out[k]`` = the data address of the ndarray whose object address is ``objects[k]``.
 
     Reads the ``data`` field of NumPy's ``PyArrayObject`` (the first field after the
@@ -122,7 +127,7 @@ def data_addresses(objects, data_field, out):
 
 
 @njit(inline="always")
-def _clipping(clip):
+def _clipping(clip: tuple[float, float, float]) -> bool:
     """Whether ``clip_gradient(g, *clip)`` can change a value: not when it is ``g * 1 / 1``
     with clipvalue +Inf, the arguments for clipping off. (A factor ``c / c`` with ``c != 1``
     could: ``g * c`` is rounded before the division.)"""
@@ -130,41 +135,59 @@ def _clipping(clip):
 
 
 @_element
-def _unclipped(g, norm_numerator, norm_denominator, clipvalue):
+def _unclipped(g: float, norm_numerator: float, norm_denominator: float, clipvalue: float) -> float:
     """``g`` itself: what ``clip_gradient`` returns when clipping is off, without its division."""
     return g
 
 
 # The element loops, one per number of slots: ``rule`` on elements ``start:stop`` of one
 # tensor, its gradient passed through ``gradient`` (``clip_gradient`` or ``_unclipped``).
+# ``p``, ``g`` and the slot rows are typed pointers (``_pointer``, ``_row``), hence ``Any``.
 
 
 @_template
-def _one_slot(rule, gradient, p, g, slots, offset, start, stop, clip, scalars):
+def _one_slot(
+    rule: Callable[..., tuple[float, ...]], gradient: Callable[..., float], p: Any, g: Any, slots: npt.NDArray[Any],
+    offset: int, start: int, stop: int, clip: tuple[float, float, float], scalars: tuple[float, ...],
+) -> None:
     a = _row(slots, 0, offset)
     for i in range(start, stop):
         p[i], a[i] = rule(p[i], gradient(g[i], *clip), a[i], *scalars)
 
 
 @_template
-def _two_slots(rule, gradient, p, g, slots, offset, start, stop, clip, scalars):
+def _two_slots(
+    rule: Callable[..., tuple[float, ...]], gradient: Callable[..., float], p: Any, g: Any, slots: npt.NDArray[Any],
+    offset: int, start: int, stop: int, clip: tuple[float, float, float], scalars: tuple[float, ...],
+) -> None:
     a, b = _row(slots, 0, offset), _row(slots, 1, offset)
     for i in range(start, stop):
         p[i], a[i], b[i] = rule(p[i], gradient(g[i], *clip), a[i], b[i], *scalars)
 
 
 @_template
-def _three_slots(rule, gradient, p, g, slots, offset, start, stop, clip, scalars):
+def _three_slots(
+    rule: Callable[..., tuple[float, ...]], gradient: Callable[..., float], p: Any, g: Any, slots: npt.NDArray[Any],
+    offset: int, start: int, stop: int, clip: tuple[float, float, float], scalars: tuple[float, ...],
+) -> None:
     a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
     for i in range(start, stop):
         p[i], a[i], b[i], c[i] = rule(p[i], gradient(g[i], *clip), a[i], b[i], c[i], *scalars)
 
 
 #: The element loop for each number of slots a rule keeps per element.
-ELEMENT_LOOPS = {1: _one_slot, 2: _two_slots, 3: _three_slots}
+ELEMENT_LOOPS: dict[int, Any] = {1: _one_slot, 2: _two_slots, 3: _three_slots}
+
+# The globals of each per-rule copy of ``_update_step`` (declared for the type checker only:
+# this module itself binds neither).
+RULE: Callable[..., tuple[float, ...]]
+ELEMENTS: Callable[..., None]
 
 
-def _update_step(params, grads, slots, offsets, chunks, clip, scalars):
+def _update_step(
+    params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
+    chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...],
+) -> None:
     """One step of ``RULE`` over every chunk of a group, in place (``RULE`` and ``ELEMENTS``
     are the globals ``update_kernel`` binds)."""
     clipping = _clipping(clip)
@@ -177,10 +200,10 @@ def _update_step(params, grads, slots, offsets, chunks, clip, scalars):
             ELEMENTS(RULE, _unclipped, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
 
 
-_UPDATE_KERNELS = {}
+_UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int], Any] = {}  # Numba dispatchers
 
 
-def update_kernel(rule, n_slots):
+def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int) -> Any:
     """The parallel CPU kernel that applies ``rule`` (a plain Python element rule) with
     ``n_slots`` slots per element: ``kernel(params, grads, slots, offsets, chunks, clip,
     scalars)``. Made once per rule and process; compiled on its first call, or loaded

@@ -21,8 +21,11 @@ and dtype before a kernel runs: nothing here checks bounds.
 """
 import math
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from numba import cuda, float64, types
 from numba.core import config
 
@@ -42,7 +45,7 @@ clip_gradient = _device(_clip_gradient)
 if SIMULATOR:
     import ctypes
 
-    def _tensor(address, size, like):
+    def _tensor(address: int, size: int, like: Any) -> Any:
         """The ``size`` elements of ``like``'s dtype at ``address``, as a NumPy view.
 
         The simulator's device memory is host memory, so the address the backend took
@@ -55,23 +58,23 @@ else:
     from numba.cuda.extending import intrinsic
 
     @intrinsic
-    def _pointer(typingctx, address, like):
+    def _pointer(typingctx: Any, address: Any, like: Any) -> tuple[Any, Callable[..., Any]]:
         """A typed pointer to the device memory at integer ``address``, of ``like``'s dtype."""
         pointer_type = types.CPointer(like.dtype)
 
-        def codegen(context, builder, signature, args):
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             return builder.inttoptr(args[0], context.get_value_type(pointer_type))
 
         return pointer_type(types.int64, like), codegen
 
     @_device
-    def _tensor(address, size, like):
+    def _tensor(address: int, size: int, like: Any) -> Any:
         """The elements at ``address`` as a typed pointer (``size`` is the simulator's)."""
         return _pointer(address, like)
 
 
 @_device
-def _chunk(params, grads, offsets, chunks, c, like):
+def _chunk(params: Any, grads: Any, offsets: Any, chunks: Any, c: int, like: Any) -> tuple[Any, Any, int, int, int]:
     """Chunk ``c``: its parameter and gradient, its tensor's slot offset, start and stop."""
     tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
     p = _tensor(params[tensor], stop, like)
@@ -81,9 +84,15 @@ def _chunk(params, grads, offsets, chunks, c, like):
 
 # The update kernels, one per number of slots: blocks stride over chunks, threads over a
 # chunk's elements. ``RULE`` is the global ``update_kernel`` binds to the optimizer's rule.
+# The arrays are device arrays (Numba's, untyped), hence ``Any``.
+
+#: Declared for the type checker only: this module itself never binds it.
+RULE: Callable[..., tuple[float, ...]]
 
 
-def _one_slot(params, grads, slots, offsets, chunks, clip, scalars):
+def _one_slot(
+    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]
+) -> None:
     a = slots[0]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
         p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
@@ -91,7 +100,9 @@ def _one_slot(params, grads, slots, offsets, chunks, clip, scalars):
             p[i], a[o + i] = RULE(p[i], clip_gradient(g[i], *clip), a[o + i], *scalars)  # noqa: F821
 
 
-def _two_slots(params, grads, slots, offsets, chunks, clip, scalars):
+def _two_slots(
+    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]
+) -> None:
     a, b = slots[0], slots[1]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
         p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
@@ -99,7 +110,9 @@ def _two_slots(params, grads, slots, offsets, chunks, clip, scalars):
             p[i], a[o + i], b[o + i] = RULE(p[i], clip_gradient(g[i], *clip), a[o + i], b[o + i], *scalars)  # noqa: F821
 
 
-def _three_slots(params, grads, slots, offsets, chunks, clip, scalars):
+def _three_slots(
+    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]
+) -> None:
     a, b, d = slots[0], slots[1], slots[2]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
         p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
@@ -110,7 +123,7 @@ def _three_slots(params, grads, slots, offsets, chunks, clip, scalars):
 
 
 #: The update kernel template for each number of slots a rule keeps per element.
-UPDATE_TEMPLATES = {1: _one_slot, 2: _two_slots, 3: _three_slots}
+UPDATE_TEMPLATES: dict[int, Callable[..., None]] = {1: _one_slot, 2: _two_slots, 3: _three_slots}
 
 
 # The global norm: fixed pieces summed in a fixed order, so it is the same on every run.
@@ -123,7 +136,7 @@ UPDATE_TEMPLATES = {1: _one_slot, 2: _two_slots, 3: _three_slots}
 
 
 @_device
-def _block_sum(row, value):
+def _block_sum(row: Any, value: float) -> Any:
     """The sum of ``value`` over the threads of a block, by a fixed tree in ``row``.
 
     The block size is a power of two (checked at launch); each level adds the upper half
@@ -144,7 +157,7 @@ def _block_sum(row, value):
 
 
 @cuda.jit(cache=True)
-def _sum_of_squares(grads, chunks, like, partial_sums, scratch):
+def _sum_of_squares(grads: Any, chunks: Any, like: Any, partial_sums: Any, scratch: Any) -> None:
     row = scratch[cuda.blockIdx.x]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
         tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
@@ -159,7 +172,7 @@ def _sum_of_squares(grads, chunks, like, partial_sums, scratch):
 
 
 @cuda.jit(cache=True)
-def _total(values, out, scratch):
+def _total(values: Any, out: Any, scratch: Any) -> None:
     """``out[0]`` = the sum of ``values``, by one block in a fixed order."""
     s = 0.0
     for i in range(cuda.threadIdx.x, values.shape[0], cuda.blockDim.x):
@@ -170,7 +183,7 @@ def _total(values, out, scratch):
 
 
 @cuda.jit(cache=True)
-def _fill_zero(rows):
+def _fill_zero(rows: Any) -> None:
     """Every element of the 2-d ``rows`` set to zero (new slots start at zero)."""
     start = cuda.grid(1)
     for i in range(start, rows.shape[1], cuda.gridsize(1)):
@@ -179,13 +192,13 @@ def _fill_zero(rows):
 
 
 #: The kernels besides the update kernels, by name (for the PTX check).
-HELPER_KERNELS = {"sum_of_squares": _sum_of_squares, "total": _total, "fill_zero": _fill_zero}
+HELPER_KERNELS: dict[str, Any] = {"sum_of_squares": _sum_of_squares, "total": _total, "fill_zero": _fill_zero}
 
 
 # ------------------------------------------------------------------ launching
 
 
-def _threads_per_block():
+def _threads_per_block() -> int:
     threads = tuning.CUDA_THREADS_PER_BLOCK
     if not (0 < threads <= MAX_THREADS_PER_BLOCK and threads & (threads - 1) == 0):
         raise ValueError(
@@ -194,7 +207,7 @@ def _threads_per_block():
     return threads
 
 
-def _blocks(units):
+def _blocks(units: int) -> int:
     """Blocks for ``units`` pieces of work: one each, up to what fills the device.
 
     The loops stride, so fewer blocks than pieces is correct; more would idle.
@@ -205,11 +218,11 @@ def _blocks(units):
 
 
 #: Device copies of the small host tables (addresses, offsets, chunks), by content.
-_TABLES = OrderedDict()
+_TABLES: OrderedDict[tuple[tuple[int, ...], bytes], Any] = OrderedDict()
 _TABLES_KEPT = 256
 
 
-def _on_device(table):
+def _on_device(table: npt.NDArray[np.int64]) -> Any:
     """A device copy of the small int64 host array ``table``, made once per content.
 
     Each step passes the same addresses, offsets and chunk tables; copying them again
@@ -230,19 +243,22 @@ def _on_device(table):
 class UpdateLauncher:
     """Launches one rule's compiled kernel (``kernel``) with the CPU kernel's arguments."""
 
-    def __init__(self, kernel):
+    def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
 
-    def __call__(self, params, grads, slots, offsets, chunks, clip, scalars):
+    def __call__(
+        self, params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: Any, offsets: npt.NDArray[np.int64],
+        chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...],
+    ) -> None:
         self.kernel[_blocks(len(chunks)), _threads_per_block()](
             _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(chunks), clip, scalars
         )
 
 
-_UPDATE_KERNELS = {}
+_UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int], UpdateLauncher] = {}
 
 
-def update_kernel(rule, n_slots):
+def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int) -> UpdateLauncher:
     """The launcher of the CUDA kernel that applies ``rule`` with ``n_slots`` slots per
     element; made once per rule and process, compiled at its first launch (or loaded from
     the on-disk cache)."""
@@ -260,17 +276,17 @@ def update_kernel(rule, n_slots):
 
 
 #: Device buffers the reductions reuse, by shape (launches on one stream run in order).
-_SCRATCH = {}
+_SCRATCH: dict[tuple[int, ...], Any] = {}
 
 
-def _scratch(shape):
+def _scratch(shape: tuple[int, ...]) -> Any:
     buffer = _SCRATCH.get(shape)
     if buffer is None:
         buffer = _SCRATCH[shape] = cuda.device_array(shape, np.float64)
     return buffer
 
 
-def sum_of_squares(grads, chunks, like, partial_sums):
+def sum_of_squares(grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: Any, partial_sums: Any) -> None:
     """``partial_sums[c]`` = the float64 sum of squares of chunk ``c``, on the device."""
     blocks, threads = _blocks(len(chunks)), _threads_per_block()
     _sum_of_squares[blocks, threads](
@@ -278,7 +294,7 @@ def sum_of_squares(grads, chunks, like, partial_sums):
     )
 
 
-def total(values):
+def total(values: Any) -> float:
     """The sum of the device array ``values`` as a Python float: only this scalar crosses."""
     threads = _threads_per_block()
     out = _scratch((1,))
@@ -286,7 +302,7 @@ def total(values):
     return float(out.copy_to_host()[0])
 
 
-def zeros(shape, dtype):
+def zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> Any:
     """A zeroed device array of ``shape`` (at most 2-d), filled on the device."""
     array = cuda.device_array(shape, dtype)
     rows = array.reshape((1, array.size)) if array.ndim < 2 else array

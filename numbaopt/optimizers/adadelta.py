@@ -8,11 +8,16 @@ Per step, with ``lr_eff = lr / (1 + decay * iterations)``::
     d <- rho * d + (1 - rho) * u^2
 """
 import math
+from typing import Any
+
+import numpy as np
 
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
-def adadelta_rule(p, g, a, d, lr, rho, one_minus_rho, epsilon):
+def adadelta_rule(
+    p: float, g: float, a: float, d: float, lr: float, rho: float, one_minus_rho: float, epsilon: float
+) -> tuple[float, float, float]:
     """One element of Adadelta; returns the new (p, a, d). Compiled for the CPU and for CUDA."""
     a = rho * a + one_minus_rho * (g * g)
     update = g * math.sqrt(d + epsilon) / math.sqrt(a + epsilon)
@@ -38,6 +43,6 @@ class Adadelta(Optimizer):
     keras2_iterations = False
     rule = staticmethod(adadelta_rule)
 
-    def step_scalars(self, dtype):
+    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         rho = dtype(self.rho)
         return self._decayed_lr(dtype), rho, dtype(1) - rho, dtype(self.epsilon)

@@ -7,11 +7,14 @@ at zero::
     p <- p - lr_eff * g / (sqrt(a) + epsilon)
 """
 import math
+from typing import Any
+
+import numpy as np
 
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
-def adagrad_rule(p, g, a, lr, epsilon):
+def adagrad_rule(p: float, g: float, a: float, lr: float, epsilon: float) -> tuple[float, float]:
     """One element of Adagrad; returns the new (p, a). Compiled for the CPU and for CUDA."""
     a = a + g * g
     p = p - lr * g / (math.sqrt(a) + epsilon)
@@ -34,5 +37,5 @@ class Adagrad(Optimizer):
     keras2_iterations = False
     rule = staticmethod(adagrad_rule)
 
-    def step_scalars(self, dtype):
+    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         return self._decayed_lr(dtype), dtype(self.epsilon)

@@ -8,13 +8,17 @@ Per step, with ``t = iterations + 1`` and ``lr_eff = lr / (1 + decay * iteration
     p <- p - lr_t * m / (sqrt(v) + epsilon)
 """
 import math
+from typing import Any
 
 import numpy as np
 
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
-def adam_rule(p, g, m, v, lr_t, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon):
+def adam_rule(
+    p: float, g: float, m: float, v: float, lr_t: float, beta_1: float, one_minus_beta_1: float, beta_2: float,
+    one_minus_beta_2: float, epsilon: float,
+) -> tuple[float, float, float]:
     """One element of Adam; returns the new (p, m, v). Compiled for the CPU and for CUDA."""
     m = beta_1 * m + one_minus_beta_1 * g
     v = beta_2 * v + one_minus_beta_2 * (g * g)
@@ -39,7 +43,7 @@ class Adam(Optimizer):
     slot_names = ("ms", "vs")
     rule = staticmethod(adam_rule)
 
-    def step_scalars(self, dtype):
+    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         one, t = dtype(1), dtype(self.iterations + 1)
         beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
         lr_t = self._decayed_lr(dtype) * (np.sqrt(one - beta_2**t) / (one - beta_1**t))

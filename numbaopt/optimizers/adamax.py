@@ -8,11 +8,17 @@ Per step, with ``t = iterations + 1`` and ``lr_eff = lr / (1 + decay * iteration
     p <- p - lr_t * m / (u + epsilon)
 """
 import math
+from typing import Any
+
+import numpy as np
 
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
-def adamax_rule(p, g, m, u, lr_t, beta_1, one_minus_beta_1, beta_2, epsilon):
+def adamax_rule(
+    p: float, g: float, m: float, u: float, lr_t: float, beta_1: float, one_minus_beta_1: float, beta_2: float,
+    epsilon: float,
+) -> tuple[float, float, float]:
     """One element of Adamax; returns the new (p, m, u). Compiled for the CPU and for CUDA."""
     m = beta_1 * m + one_minus_beta_1 * g
     u = beta_2 * u
@@ -41,7 +47,7 @@ class Adamax(Optimizer):
     slot_names = ("ms", "us")
     rule = staticmethod(adamax_rule)
 
-    def step_scalars(self, dtype):
+    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         one, t = dtype(1), dtype(self.iterations + 1)
         beta_1 = dtype(self.beta_1)
         lr_t = self._decayed_lr(dtype) / (one - beta_1**t)

@@ -6,20 +6,29 @@ arguments, the step (checks, clipping, slots bound to parameters, dispatch to th
 kernels, the iteration counter) and the state. The Keras weights list is
 ``numbaopt.keras_weights``; later Keras versions' configs are ``numbaopt.keras_config``.
 """
+from __future__ import annotations
+
 import abc
 import difflib
 import inspect
 import math
 import numbers
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from numbaopt import devices, keras_config, keras_weights, registry
 from numbaopt.clipping import clip_arguments
 from numbaopt.schedules import decayed_lr
 from numbaopt.slots import Layout, SlotStore
 from numbaopt.step_checks import checked_arrays, checked_names, names_tuple, split_pairs
+
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _O = TypeVar("_O", bound="Optimizer")
 
 
 class Hyperparameter(NamedTuple):
@@ -33,7 +42,7 @@ class Hyperparameter(NamedTuple):
     default: Any
     kind: str = "nonnegative"
 
-    def check(self, value):
+    def check(self, value: object) -> float | bool | str:
         """``value`` as a plain float or bool, or a TypeError / ValueError naming it."""
         if self.kind == "device":
             if not isinstance(value, str) or value not in ("auto", "cpu", "cuda"):
@@ -78,9 +87,9 @@ class OptimizerState(NamedTuple):
     """
 
     iterations: int
-    scalars: dict
-    slots: dict
-    names: tuple = None
+    scalars: dict[str, float]
+    slots: dict[str, list[npt.NDArray[Any]]]
+    names: tuple[str, ...] | None = None
 
 
 class Optimizer(metaclass=abc.ABCMeta):
@@ -98,14 +107,16 @@ class Optimizer(metaclass=abc.ABCMeta):
     composes the shared step checks (``numbaopt.step_checks``) rather than inheriting.
     """
 
-    hyperparameters: tuple = ()
-    slot_names: tuple = ()
-    scalar_state: tuple = ()
-    keras2_iterations = True
-    rule = None
-    _settable = {}  # name -> Hyperparameter of what assignment may change; set per subclass
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
+    slot_names: ClassVar[tuple[str, ...]] = ()
+    scalar_state: ClassVar[tuple[tuple[str, float], ...]] = ()
+    keras2_iterations: ClassVar[bool] = True
+    rule: ClassVar[Callable[..., tuple[float, ...]] | None] = None
+    # name -> Hyperparameter of what assignment may change; set per subclass
+    _settable: ClassVar[dict[str, Hyperparameter]] = {}
+    __signature__: ClassVar[inspect.Signature]  # set per subclass (declared only: the base keeps its own)
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "rule" in cls.__dict__:
             registry.register(cls)
@@ -120,19 +131,20 @@ class Optimizer(metaclass=abc.ABCMeta):
         cls.__signature__ = inspect.Signature(parameters)
         cls._settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._hyper = self._bind_arguments(args, kwargs)
+        self._fitting: set[np.dtype[Any]] = set()  # dtypes the hyperparameters were found to fit
         self._iterations = 0
         self._scalars = {name: float(value) for name, value in self.scalar_state}
-        self._slots = None  # SlotStore once bound to parameters
-        self._pending_slots = None  # host arrays from set_weights before the first step
+        self._slots: SlotStore | None = None  # SlotStore once bound to parameters
+        self._pending_slots: dict[str, list[npt.NDArray[Any]]] | None = None  # host arrays from set_weights before the first step
         self._pending_origin = "set_weights"  # where they came from, for error messages
-        self._names = None  # parameter names, from a named step, set_parameter_names or a checkpoint
+        self._names: tuple[str, ...] | None = None  # parameter names, from a named step, set_parameter_names or a checkpoint
 
     # ----------------------------------------------------------------- arguments
 
     @classmethod
-    def _bind_arguments(cls, args, kwargs):
+    def _bind_arguments(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Keras 2.0's constructor rules: positional in declared order, clip keywords, TypeError otherwise."""
         names = [h.name for h in cls.hyperparameters]
         if len(args) > len(names):
@@ -148,7 +160,7 @@ class Optimizer(metaclass=abc.ABCMeta):
             if name in given:
                 raise TypeError(f"{cls.__name__} got multiple values for argument {name!r}")
             given[name] = value
-        checked = {}
+        checked: dict[str, Any] = {}
         for h in cls.hyperparameters + CLIPPING + DEVICE:
             if h.name in given:
                 checked[h.name] = h.check(given[h.name])
@@ -156,7 +168,7 @@ class Optimizer(metaclass=abc.ABCMeta):
                 checked[h.name] = h.default
         return checked
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # Hyperparameters read as attributes, as in Keras (opt.lr, opt.beta_1, opt.clipnorm).
         hyper = self.__dict__.get("_hyper")
         if hyper is not None and name in hyper:
@@ -165,7 +177,7 @@ class Optimizer(metaclass=abc.ABCMeta):
             return hyper[ALIASES[name]]
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         # Assigning a hyperparameter (opt.lr = 0.01, say, for a schedule) checks the value
         # and takes effect at the next step, as Keras's K.set_value(opt.lr, ...) does.
         # A new public attribute on one of numbaopt's optimizers, or one named like a
@@ -174,6 +186,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         declared = type(self)._settable
         if key in declared and "_hyper" in self.__dict__:
             self._hyper[key] = declared[key].check(value)
+            self._fitting.clear()
         elif name.startswith("_") or hasattr(type(self), name) or not self._is_typo(name):
             super().__setattr__(name, value)
         else:
@@ -183,52 +196,53 @@ class Optimizer(metaclass=abc.ABCMeta):
             )
 
     @classmethod
-    def _is_typo(cls, name):
+    def _is_typo(cls, name: str) -> bool:
         """Whether assigning the new attribute ``name`` must be a mistake: numbaopt's classes
         have no other public attributes; a subclass may, unless named like a hyperparameter."""
         if cls.__module__.startswith("numbaopt."):
             return True
         return bool(difflib.get_close_matches(name, cls._settable, n=1, cutoff=0.8))
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         """What ``pickle`` and ``copy.deepcopy`` keep: the whole state, with the slots as host
         arrays that bind to the parameters at the next step (on the CPU or on a GPU)."""
         state = dict(self.__dict__)
         # copy.copy keeps this dict's values: the mutable ones must not be shared.
         state["_hyper"], state["_scalars"] = dict(self._hyper), dict(self._scalars)
+        state["_fitting"] = set(self._fitting)
         slots = state.pop("_slots")
         if slots is not None:
             state["_pending_slots"] = slots.host_slots()
             state["_pending_origin"] = "unpickling"
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__["_slots"] = None
 
     @property
-    def iterations(self):
+    def iterations(self) -> int:
         """The number of steps applied so far."""
         return self._iterations
 
     @property
-    def parameter_names(self):
+    def parameter_names(self) -> tuple[str, ...] | None:
         """The recorded parameter names (from a named step, ``set_parameter_names`` or a
         checkpoint), or None."""
         return self._names
 
     # -------------------------------------------------------------------- config
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The constructor arguments as plain JSON types; clip settings only when given."""
         return dict(self._hyper)
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls: type[_O], config: dict[str, Any]) -> _O:
         """An optimizer built from ``get_config()``'s output (or a later Keras's config)."""
         return cls(**keras_config.keras2_arguments(cls, config))
 
-    def checkpoint_config(self):
+    def checkpoint_config(self) -> dict[str, Any]:
         """What a checkpoint records to rebuild this optimizer (JSON types): its config.
 
         Without ``device``: where the arrays live belongs to the run, not to the state, so a
@@ -237,13 +251,13 @@ class Optimizer(metaclass=abc.ABCMeta):
         return {key: value for key, value in self.get_config().items() if key != "device"}
 
     @classmethod
-    def from_checkpoint_config(cls, config, **options):
+    def from_checkpoint_config(cls: type[_O], config: dict[str, Any], **options: Any) -> _O:
         """The inverse of ``checkpoint_config``; ``options`` come from ``load_optimizer``."""
         if options:
             raise TypeError(f"{cls.__name__} takes no loading options, got {sorted(options)}")
         return cls.from_config(config)
 
-    def checkpoint_arrays(self):
+    def checkpoint_arrays(self) -> dict[str, npt.NDArray[Any]]:
         """State a checkpoint stores beside the slots, as ``{name: array}`` in a fixed order.
 
         For state that is not one float array per parameter and slot kind, such as the
@@ -253,7 +267,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         """
         return {}
 
-    def load_checkpoint_arrays(self, arrays):
+    def load_checkpoint_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         """Take back what ``checkpoint_arrays`` saved; ``load_optimizer`` calls it after ``set_weights``.
 
         Raise ValueError or TypeError for arrays this optimizer cannot use. The Keras 2.0
@@ -262,13 +276,13 @@ class Optimizer(metaclass=abc.ABCMeta):
         if arrays:
             raise ValueError(f"{type(self).__name__} keeps no checkpoint arrays, got {sorted(arrays)}")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._hyper.items())
         return f"{type(self).__name__}({args})"
 
     # ------------------------------------------------------------------ the step
 
-    def step_scalars(self, dtype):
+    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         """The kernel's scalar arguments for this call, as values of ``dtype``.
 
         Everything that depends on the step but not on the element (decayed learning rate,
@@ -277,14 +291,14 @@ class Optimizer(metaclass=abc.ABCMeta):
         """
         raise NotImplementedError(f"{type(self).__name__} does not define step_scalars; use one of the optimizers")
 
-    def advance_scalar_state(self):
+    def advance_scalar_state(self) -> None:
         """Update the extra scalar state after a step (Nadam's ``m_schedule``)."""
 
-    def _decayed_lr(self, dtype):
+    def _decayed_lr(self, dtype: type[np.floating[Any]]) -> np.floating[Any]:
         """The learning rate of the current step after Keras 2.0's decay, in ``dtype``."""
         return decayed_lr(self.lr, self._hyper.get("decay", 0.0), self._iterations, dtype)
 
-    def apply_gradients(self, grads_and_vars, names=None):
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[npt.ArrayLike, Any]], names: Sequence[str] | None = None) -> None:
         """Apply one step to ``(gradient, parameter)`` pairs, updating parameters in place.
 
         ``names`` (optional, one distinct string per pair) names the parameters: slots
@@ -309,25 +323,36 @@ class Optimizer(metaclass=abc.ABCMeta):
         norm = store.global_norm(grad_addresses) if self._hyper.get("clipnorm") else None
         # Every group's scalars before any kernel runs, so that nothing is half applied.
         # IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
-        # and a user's np.seterr(all="raise") must not stop that (the hyperparameters fit).
-        with np.errstate(all="ignore"):
-            arguments = [
-                (clip_arguments(self._hyper.get("clipnorm"), self._hyper.get("clipvalue"), norm, group.dtype.type),
-                 self.step_scalars(group.dtype.type))
-                for group in store.groups
-            ]
+        # and a user's np.seterr(all="raise") or warnings-as-errors must not stop that (the
+        # hyperparameters fit). The usual error state needs no np.errstate (microseconds).
+        try:
+            arguments = self._step_arguments(store, norm)
+        except (FloatingPointError, RuntimeWarning):
+            with np.errstate(all="ignore"):
+                arguments = self._step_arguments(store, norm)
         for group, param_at, grad_at, (clip, scalars) in zip(
             store.groups, store.parameter_addresses(), grad_addresses, arguments
         ):
-            store.run(type(self).rule, group, param_at, grad_at, clip, scalars)
+            store.run(type(self).rule, group, param_at, grad_at, clip, scalars)  # type: ignore[arg-type]  # None: step_scalars raised
         self.advance_scalar_state()
         self._iterations += 1
         if names is not None:
             self._names = names
 
-    def _check_fits(self, dtype):
+    def _step_arguments(self, store: SlotStore, norm: float | None) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """The clip and step scalars of each group of ``store``, in its dtype."""
+        clipnorm, clipvalue = self._hyper.get("clipnorm"), self._hyper.get("clipvalue")
+        return [
+            (clip_arguments(clipnorm, clipvalue, norm, group.dtype.type), self.step_scalars(group.dtype.type))
+            for group in store.groups
+        ]
+
+    def _check_fits(self, dtype: np.dtype[Any]) -> None:
         """Refuse hyperparameters beyond the largest value of the parameters' ``dtype``:
-        Keras computes the step in that dtype, where they would become infinite."""
+        Keras computes the step in that dtype, where they would become infinite. Checked
+        once per dtype until a hyperparameter changes (it is per step)."""
+        if dtype in self._fitting:
+            return
         largest = float(np.finfo(dtype).max)
         for name, value in self._hyper.items():
             if type(value) is float and value > largest:
@@ -335,8 +360,9 @@ class Optimizer(metaclass=abc.ABCMeta):
                     f"{name}={value!r} does not fit the {np.dtype(dtype).name} parameters "
                     f"(their largest value is {largest:.4g})"
                 )
+        self._fitting.add(dtype)
 
-    def _create_slots(self, layout):
+    def _create_slots(self, layout: Layout) -> SlotStore:
         """The slots for a first step's parameters: zeros, or the state given before it."""
         store = SlotStore.create(
             layout, self.slot_names, initial=self._pending_slots,
@@ -347,7 +373,7 @@ class Optimizer(metaclass=abc.ABCMeta):
 
     # ------------------------------------------------------------------- weights
 
-    def state(self):
+    def state(self) -> OptimizerState:
         """A copy of the whole state as an ``OptimizerState``."""
         if self._slots is not None:
             slots = self._slots.host_slots()
@@ -357,7 +383,7 @@ class Optimizer(metaclass=abc.ABCMeta):
             slots = {}
         return OptimizerState(self._iterations, dict(self._scalars), slots, self._names)
 
-    def set_parameter_names(self, names):
+    def set_parameter_names(self, names: Sequence[str]) -> None:
         """Record names for the parameters the slots belong to; later named steps must match.
 
         Loading a checkpoint calls this; call it yourself to accept parameters that were
@@ -371,11 +397,11 @@ class Optimizer(metaclass=abc.ABCMeta):
             raise ValueError("set_parameter_names: no parameters yet; pass names= to apply_gradients instead")
         self._names = names_tuple(names, n_params)
 
-    def get_weights(self):
+    def get_weights(self) -> list[npt.NDArray[Any]]:
         """``[iterations]``, the extra scalar state, then each slot kind for all parameters."""
         return keras_weights.build(type(self), self.state())
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Iterable[npt.ArrayLike]) -> None:
         """Load a ``get_weights()`` list, or the shorter Keras 2.0 list of this optimizer.
 
         The Keras 2.0 list lacks the state Keras 2.0 did not save (``iterations`` for
@@ -402,7 +428,7 @@ class Optimizer(metaclass=abc.ABCMeta):
             self._pending_slots = {k: [np.array(a, copy=True) for a in v] for k, v in slot_lists.items()}
             self._pending_origin = "set_weights"
 
-    def set_state_origin(self, origin):
+    def set_state_origin(self, origin: object) -> None:
         """Name where the state loaded before the first step came from (``load_optimizer``
         says "loading the checkpoint PATH"): the first step's errors about it say so."""
         self._pending_origin = str(origin)

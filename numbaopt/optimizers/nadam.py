@@ -16,14 +16,21 @@ then per element::
 Nadam has no ``decay``: its learning rate follows the momentum schedule instead.
 """
 import math
+from typing import Any, Callable, TypeVar
+
+import numpy as np
 
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
+#: A scalar of the parameters' dtype, or a Python float (``advance_scalar_state``).
+_F = TypeVar("_F", float, np.floating[Any])
+
 
 def nadam_rule(
-    p, g, m, v, lr, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon,
-    one_minus_ms_new, one_minus_ms_next, one_minus_beta_2_t, one_minus_mc_t, mc_t1,
-):
+    p: float, g: float, m: float, v: float, lr: float, beta_1: float, one_minus_beta_1: float, beta_2: float,
+    one_minus_beta_2: float, epsilon: float, one_minus_ms_new: float, one_minus_ms_next: float,
+    one_minus_beta_2_t: float, one_minus_mc_t: float, mc_t1: float,
+) -> tuple[float, float, float]:
     """One element of Nadam; returns the new (p, m, v). Compiled for the CPU and for CUDA."""
     g_prime = g / one_minus_ms_new
     m = beta_1 * m + one_minus_beta_1 * g
@@ -53,7 +60,7 @@ class Nadam(Optimizer):
     scalar_state = (("m_schedule", 1.0),)
     rule = staticmethod(nadam_rule)
 
-    def _momentum_cache(self, dtype):
+    def _momentum_cache(self, dtype: Callable[[float], _F]) -> tuple[_F, _F]:
         """``(mc_t, mc_t1)`` for the current call."""
         one, half, base = dtype(1), dtype(0.5), dtype(0.96)
         t, decay, beta_1 = dtype(self.iterations + 1), dtype(self.schedule_decay), dtype(self.beta_1)
@@ -61,7 +68,7 @@ class Nadam(Optimizer):
         mc_t1 = beta_1 * (one - half * base ** ((t + one) * decay))
         return mc_t, mc_t1
 
-    def step_scalars(self, dtype):
+    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         one, t = dtype(1), dtype(self.iterations + 1)
         beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
         mc_t, mc_t1 = self._momentum_cache(dtype)
@@ -72,7 +79,7 @@ class Nadam(Optimizer):
             one - ms_new, one - ms_next, one - beta_2**t, one - mc_t, mc_t1,
         )
 
-    def advance_scalar_state(self):
+    def advance_scalar_state(self) -> None:
         # Kept in float64 whatever the parameters' dtypes: it is shared by all of them.
         mc_t, _ = self._momentum_cache(float)
         self._scalars["m_schedule"] *= mc_t

@@ -6,11 +6,16 @@ Per step, with ``lr_eff = lr / (1 + decay * iterations)``::
     p <- p - lr_eff * g / (sqrt(a) + epsilon)
 """
 import math
+from typing import Any
+
+import numpy as np
 
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
-def rmsprop_rule(p, g, a, lr, rho, one_minus_rho, epsilon):
+def rmsprop_rule(
+    p: float, g: float, a: float, lr: float, rho: float, one_minus_rho: float, epsilon: float
+) -> tuple[float, float]:
     """One element of RMSprop; returns the new (p, a). Compiled for the CPU and for CUDA."""
     a = rho * a + one_minus_rho * (g * g)
     # Keras adds epsilon outside the square root, after it.
@@ -35,6 +40,6 @@ class RMSprop(Optimizer):
     keras2_iterations = False
     rule = staticmethod(rmsprop_rule)
 
-    def step_scalars(self, dtype):
+    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         rho = dtype(self.rho)
         return self._decayed_lr(dtype), rho, dtype(1) - rho, dtype(self.epsilon)

@@ -7,10 +7,14 @@ Per step, with ``lr_eff = lr / (1 + decay * iterations)``::
     p <- p + momentum * v - lr_eff * g   if nesterov
     p <- p + v                           otherwise
 """
+from typing import Any
+
+import numpy as np
+
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
-def sgd_rule(p, g, m, lr, momentum, nesterov):
+def sgd_rule(p: float, g: float, m: float, lr: float, momentum: float, nesterov: bool) -> tuple[float, float]:
     """One element of SGD; returns the new (p, m). Compiled for the CPU and for CUDA."""
     v = momentum * m - lr * g
     if nesterov:
@@ -37,5 +41,5 @@ class SGD(Optimizer):
     slot_names = ("moments",)
     rule = staticmethod(sgd_rule)
 
-    def step_scalars(self, dtype):
+    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         return self._decayed_lr(dtype), dtype(self.momentum), self.nesterov

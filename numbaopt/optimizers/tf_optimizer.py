@@ -9,14 +9,22 @@ apply the gradients, return the new values, which are copied back into the user'
 
 TensorFlow is the optional ``keras`` extra: this module imports it only when a
 ``TFOptimizer`` is built, so the rest of numbaopt never needs it.
+
+TensorFlow and Keras have no type information: their modules, optimizers and variables
+are ``Any`` here.
 """
+from __future__ import annotations
+
 import base64
 import binascii
 import json
 import math
 import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from numbaopt import devices, keras_weights, registry
 from numbaopt.extras import install_command
@@ -32,7 +40,7 @@ NO_CONFIG = (
 )
 
 
-def _import_tensorflow():
+def _import_tensorflow() -> Any:
     try:
         import tensorflow as tf
     except ImportError as error:
@@ -54,22 +62,22 @@ class _Kind:
 
     name = ""
 
-    def __init__(self, tf):
+    def __init__(self, tf: Any) -> None:
         self.tf = tf
 
-    def make_variable(self, value, index):
+    def make_variable(self, value: npt.NDArray[Any], index: int) -> tuple[Any, Any]:
         """A variable for one parameter, and the tf.Variable that holds its value."""
         variable = self.tf.Variable(value, name=f"param_{index}")
         return variable, variable
 
-    def build(self, optimizer, variables):
+    def build(self, optimizer: Any, variables: list[Any]) -> None:
         raise NotImplementedError
 
-    def weights(self, optimizer, variables):
+    def weights(self, optimizer: Any, variables: list[Any]) -> list[Any]:
         """The optimizer's variables (slots and step count), in a fixed order."""
         return list(optimizer.variables)
 
-    def config(self, optimizer):
+    def config(self, optimizer: Any) -> dict[str, Any] | None:
         """The optimizer's settings as JSON types, or None when it has no config."""
         return _json_config(optimizer.get_config())
 
@@ -79,12 +87,12 @@ class _LegacyKeras(_Kind):
 
     name = "tf_keras.legacy"
 
-    def build(self, optimizer, variables):
+    def build(self, optimizer: Any, variables: list[Any]) -> None:
         # What apply_gradients does first, under its own init_scope; idempotent.
         with self.tf.init_scope():
             optimizer._create_all_weights(variables)
 
-    def weights(self, optimizer, variables):
+    def weights(self, optimizer: Any, variables: list[Any]) -> list[Any]:
         return list(optimizer.variables())  # creation order: iterations, then slots
 
 
@@ -93,7 +101,7 @@ class _NewKeras(_Kind):
 
     name = "tf_keras"
 
-    def build(self, optimizer, variables):
+    def build(self, optimizer: Any, variables: list[Any]) -> None:
         optimizer.build(variables)
 
 
@@ -102,7 +110,7 @@ class _Keras3(_NewKeras):
 
     name = "keras"
 
-    def make_variable(self, value, index):
+    def make_variable(self, value: npt.NDArray[Any], index: int) -> tuple[Any, Any]:
         # Keras 3 optimizers take only Keras variables; on TensorFlow, .value is the tf.Variable.
         import keras
 
@@ -115,13 +123,13 @@ class _CompatV1(_Kind):
 
     name = "tf.compat.v1"
 
-    def build(self, optimizer, variables):
+    def build(self, optimizer: Any, variables: list[Any]) -> None:
         # _create_slots is the subclass hook apply_gradients calls under init_scope; the
         # stock optimizers' slot and non-slot creators return existing variables.
         with self.tf.init_scope():
             optimizer._create_slots(variables)
 
-    def weights(self, optimizer, variables):
+    def weights(self, optimizer: Any, variables: list[Any]) -> list[Any]:
         # variables() is sorted by name, and slot names get counters (param_0/Adam_2) that
         # depend on what the process built before: order the slots by slot name and parameter.
         slots = [
@@ -133,11 +141,11 @@ class _CompatV1(_Kind):
         slot_ids = {id(s) for s in slots}
         return [v for v in optimizer.variables() if id(v) not in slot_ids] + slots
 
-    def config(self, optimizer):
+    def config(self, optimizer: Any) -> dict[str, Any] | None:
         return None
 
 
-def _kind_of(optimizer, tf):
+def _kind_of(optimizer: Any, tf: Any) -> _Kind:
     """The ``_Kind`` that drives ``optimizer``, or a TypeError saying what is accepted.
 
     A module that defines the class of a live instance is already imported, so
@@ -162,22 +170,22 @@ def _kind_of(optimizer, tf):
     )
 
 
-def _json_config(config):
+def _json_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` as plain JSON types (NumPy scalars become Python numbers)."""
 
-    def plain(value):
+    def plain(value: object) -> Any:
         if isinstance(value, np.generic):
             return value.item()
         raise TypeError(f"the wrapped optimizer's config holds {value!r}, which a checkpoint cannot record as data")
 
-    return json.loads(json.dumps(config, default=plain))
+    return json.loads(json.dumps(config, default=plain))  # type: ignore[no-any-return]  # json.loads gives Any
 
 
 #: The dtypes a wrapped optimizer's variable may have in a format-1 config (no objects, no strings).
 _WEIGHT_KINDS = "biuf"
 
 
-def _array_name(index):
+def _array_name(index: int) -> str:
     """The name of the wrapped optimizer's ``index``-th variable in a checkpoint's /arrays.
 
     By position, not by the variable's name: TensorFlow numbers names by what the process
@@ -186,7 +194,7 @@ def _array_name(index):
     return f"wrapped_{index}"
 
 
-def _decode(record, index):
+def _decode(record: dict[str, Any], index: int) -> npt.NDArray[Any]:
     """A variable as format-1 checkpoints recorded it in the config (dtype, shape, base64
     little-endian bytes), or a ValueError naming what is wrong with it.
 
@@ -207,7 +215,7 @@ def _decode(record, index):
     return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _config_differences(recorded, actual):
+def _config_differences(recorded: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     """Keys whose values differ between two configs (floats within float32 rounding count as equal)."""
     differences = []
     for key in sorted(set(recorded) | set(actual)):
@@ -228,7 +236,7 @@ def _config_differences(recorded, actual):
 class _Binding:
     """The TensorFlow side of a TFOptimizer bound to one parameter layout."""
 
-    def __init__(self, optimizer, kind, params):
+    def __init__(self, optimizer: Any, kind: _Kind, params: Sequence[npt.NDArray[Any]]) -> None:
         self.tf = tf = kind.tf
         pairs = [kind.make_variable(p, i) for i, p in enumerate(params)]
         self.variables = [variable for variable, _ in pairs]  # what the optimizer updates
@@ -237,7 +245,7 @@ class _Binding:
         self.weights = kind.weights(optimizer, self.variables)
         specs = [tf.TensorSpec(p.shape, tf.as_dtype(p.dtype)) for p in params]
 
-        def step(params, grads):
+        def step(params: Any, grads: Any) -> list[Any]:
             for value, param in zip(self.values, params):
                 value.assign(param)
             optimizer.apply_gradients(zip(grads, self.variables))
@@ -246,7 +254,7 @@ class _Binding:
         # A fixed signature: one trace for the layout, never a retrace.
         self.step = tf.function(step, input_signature=[specs, specs])
 
-    def check_weights(self, weights, where):
+    def check_weights(self, weights: Sequence[npt.NDArray[Any]], where: str) -> None:
         """Raise unless ``weights`` fit the wrapped optimizer's variables (count, shapes, dtypes)."""
         if len(weights) != len(self.weights):
             raise ValueError(
@@ -261,7 +269,7 @@ class _Binding:
             if w.dtype != dtype:
                 raise TypeError(f"{where}: {variable.name} has dtype {dtype}, got {w.dtype}")
 
-    def load(self, weights):
+    def load(self, weights: Iterable[npt.NDArray[Any]]) -> None:
         for w, variable in zip(weights, self.weights):
             variable.assign(w)
 
@@ -282,38 +290,38 @@ class TFOptimizer:
     kinds and no scalar state of its own.
     """
 
-    slot_names = ()
-    scalar_state = ()
+    slot_names: ClassVar[tuple[str, ...]] = ()
+    scalar_state: ClassVar[tuple[tuple[str, float], ...]] = ()
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer: Any) -> None:
         tf = _import_tensorflow()
         self._kind = _kind_of(optimizer, tf)
         self.optimizer = optimizer
         self._iterations = 0
-        self._names = None  # parameter names, from a named step, set_parameter_names or a checkpoint
-        self._layout = None  # numbaopt.slots.Layout of the parameters, made by the first step
-        self._tf = None  # _Binding, made by the first step
-        self._pending = None  # the wrapped optimizer's weights given before the first step
+        self._names: tuple[str, ...] | None = None  # parameter names, from a named step, set_parameter_names or a checkpoint
+        self._layout: Layout | None = None  # numbaopt.slots.Layout of the parameters, made by the first step
+        self._tf: _Binding | None = None  # _Binding, made by the first step
+        self._pending: list[npt.NDArray[Any]] | None = None  # the wrapped optimizer's weights given before the first step
         self._pending_origin = "set_weights"  # where they came from, for error messages
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TFOptimizer({self.optimizer!r})"
 
     @property
-    def iterations(self):
+    def iterations(self) -> int:
         """The number of steps applied so far."""
         return self._iterations
 
     @property
-    def parameter_names(self):
+    def parameter_names(self) -> tuple[str, ...] | None:
         """The recorded parameter names, or None."""
         return self._names
 
-    def set_state_origin(self, origin):
+    def set_state_origin(self, origin: object) -> None:
         """Name where the state loaded before the first step came from, for the first step's errors."""
         self._pending_origin = str(origin)
 
-    def set_parameter_names(self, names):
+    def set_parameter_names(self, names: Sequence[str]) -> None:
         """Record names for the parameters the wrapped optimizer's state belongs to."""
         if self._layout is None:
             raise ValueError("set_parameter_names: no parameters yet; pass names= to apply_gradients instead")
@@ -321,14 +329,14 @@ class TFOptimizer:
 
     # -------------------------------------------------------------------- config
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         raise NotImplementedError(NO_CONFIG)
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> TFOptimizer:
         raise NotImplementedError(NO_CONFIG)
 
-    def checkpoint_config(self):
+    def checkpoint_config(self) -> dict[str, Any]:
         """The wrapped optimizer's kind (family, module, class) and its config: what
         ``from_checkpoint_config`` checks a freshly built ``wrapped=`` against. Data, never
         pickled; the wrapped optimizer's variables are ``checkpoint_arrays``."""
@@ -340,13 +348,13 @@ class TFOptimizer:
             "config": self._kind.config(self.optimizer),
         }
 
-    def checkpoint_arrays(self):
+    def checkpoint_arrays(self) -> dict[str, npt.NDArray[Any]]:
         """The wrapped optimizer's variables (step count, slots, v1's ``beta1_power``...) in
         ``get_weights`` order: their number, shapes and dtypes are the wrapped optimizer's,
         not one float array per parameter and slot kind, so they are not numbaopt slots."""
         return {_array_name(i): w for i, w in enumerate(self.get_weights()[1:])}
 
-    def load_checkpoint_arrays(self, arrays):
+    def load_checkpoint_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         """Give the wrapped optimizer the saved variables, checked against its own at the first step."""
         expected = [_array_name(i) for i in range(len(arrays))]
         if list(arrays) != expected:
@@ -358,7 +366,7 @@ class TFOptimizer:
             self.set_weights([np.array(self._iterations, np.int64), *arrays.values()])
 
     @classmethod
-    def from_checkpoint_config(cls, config, wrapped=None, **options):
+    def from_checkpoint_config(cls, config: dict[str, Any], wrapped: Any = None, **options: Any) -> TFOptimizer:
         """A TFOptimizer around ``wrapped``, a freshly built TensorFlow optimizer of the recorded kind.
 
         A checkpoint holds data only, so it cannot build the TensorFlow optimizer itself;
@@ -380,7 +388,7 @@ class TFOptimizer:
         if given != recorded:
             raise ValueError(f"this checkpoint holds a TFOptimizer around a {recorded}, but wrapped= is a {given}")
         if config["config"] is not None:
-            differences = _config_differences(config["config"], opt._kind.config(wrapped))
+            differences = _config_differences(config["config"], opt._kind.config(wrapped))  # type: ignore[arg-type]  # a config, as recorded
             if differences:
                 raise ValueError(
                     f"wrapped= has other settings than the checkpoint's {recorded}: " + "; ".join(differences)
@@ -391,7 +399,7 @@ class TFOptimizer:
 
     # ------------------------------------------------------------------ the step
 
-    def apply_gradients(self, grads_and_vars, names=None):
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[npt.ArrayLike, Any]], names: Sequence[str] | None = None) -> None:
         """Apply the wrapped optimizer's update to ``(gradient, parameter)`` pairs, in place.
 
         The checks are numbaopt's (NumPy parameters only; ``names`` as for every
@@ -410,10 +418,10 @@ class TFOptimizer:
         else:
             self._layout.check(params, cpu)
         if self._pending is not None:
-            self._tf.check_weights(self._pending, f"the first step after {self._pending_origin}")
-            self._tf.load(self._pending)
+            self._tf.check_weights(self._pending, f"the first step after {self._pending_origin}")  # type: ignore[union-attr]  # bound above
+            self._tf.load(self._pending)  # type: ignore[union-attr]  # bound with the layout
             self._pending = None
-        for param, value in zip(params, self._tf.step(params, grads)):
+        for param, value in zip(params, self._tf.step(params, grads)):  # type: ignore[union-attr]  # bound with the layout
             np.copyto(param, value.numpy())
         self._iterations += 1
         if names is not None:
@@ -421,7 +429,7 @@ class TFOptimizer:
 
     # ------------------------------------------------------------------- weights
 
-    def get_weights(self):
+    def get_weights(self) -> list[npt.NDArray[Any]]:
         """``[iterations]``, then the wrapped optimizer's variables (its step count and slots).
 
         Before the first step the wrapped optimizer has no slots for the parameters yet,
@@ -434,7 +442,7 @@ class TFOptimizer:
             return weights
         return weights + [np.array(v.numpy(), copy=True) for v in self._tf.weights]
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Iterable[npt.ArrayLike]) -> None:
         """Load a ``get_weights()`` list; everything is checked before anything changes.
 
         Before the first step the wrapped optimizer's variables do not exist yet: the list
@@ -451,9 +459,9 @@ class TFOptimizer:
         elif rest:
             self._pending = [np.array(w, copy=True) for w in rest]
             self._pending_origin = "set_weights"
-        self._iterations = iterations
+        self._iterations = iterations  # type: ignore[assignment]  # never None: "iterations" was checked
 
-    def state(self):
+    def state(self) -> OptimizerState:
         """``iterations`` and the parameter names; the wrapped optimizer's variables are not
         numbaopt slots, so they are in ``get_weights()`` and ``checkpoint_arrays()`` instead."""
         return OptimizerState(self._iterations, {}, {}, self._names)

@@ -8,8 +8,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 #: Highest fixture format this module reads.
 FORMAT_VERSION = 1
@@ -25,25 +27,25 @@ class Fixture:
     case: str
     dtype: str
     steps: int
-    keras2_config: dict
-    keras_config: dict
+    keras2_config: dict[str, Any]
+    keras_config: dict[str, Any]
     clipping: str
-    param_names: list
-    param_shapes: list
-    slot_names: list
-    params: np.ndarray  # (steps + 1, P): initial, then after each step, flattened
-    grads: np.ndarray  # (steps, P): unclipped
-    applied_grads: np.ndarray | None  # (steps, P): what Keras's optimizer received, if composed
-    slots: np.ndarray  # (steps, n_slots, P)
-    iterations: np.ndarray  # (steps,)
-    m_schedule: np.ndarray | None  # (steps,), Nadam only
-    versions: dict = field(default_factory=dict)
+    param_names: list[str]
+    param_shapes: list[tuple[int, ...]]
+    slot_names: list[str]
+    params: npt.NDArray[Any]  # (steps + 1, P): initial, then after each step, flattened
+    grads: npt.NDArray[Any]  # (steps, P): unclipped
+    applied_grads: npt.NDArray[Any] | None  # (steps, P): what Keras's optimizer received, if composed
+    slots: npt.NDArray[Any]  # (steps, n_slots, P)
+    iterations: npt.NDArray[Any]  # (steps,)
+    m_schedule: npt.NDArray[Any] | None  # (steps,), Nadam only
+    versions: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def label(self):
+    def label(self) -> str:
         return f"{self.optimizer}/{self.case}/{self.dtype}"
 
-    def unflatten(self, flat):
+    def unflatten(self, flat: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """A list of C-contiguous arrays, one per parameter, copied out of a flat vector."""
         out, offset = [], 0
         for shape in self.param_shapes:
@@ -53,7 +55,7 @@ class Fixture:
         return out
 
 
-def default_fixture_dir():
+def default_fixture_dir() -> Path:
     """The shipped fixtures: ``$NUMBAOPT_FIXTURES``; else ``fixtures/`` inside the package,
     beside it (a source checkout or an editable install), or in the working directory."""
     env = os.environ.get("NUMBAOPT_FIXTURES")
@@ -67,7 +69,7 @@ def default_fixture_dir():
     return candidates[1]
 
 
-def fixture_files(path=None):
+def fixture_files(path: str | os.PathLike[str] | None = None) -> list[Path]:
     """The ``.h5`` files at ``path`` (a file or a folder; default the shipped fixtures)."""
     path = Path(path) if path is not None else default_fixture_dir()
     if path.is_file():
@@ -79,7 +81,7 @@ def fixture_files(path=None):
     raise FileNotFoundError(f"no fixture files (*.h5) at {path}")
 
 
-def _attr(v):
+def _attr(v: object) -> Any:
     if isinstance(v, bytes):
         return v.decode()
     if isinstance(v, np.generic):
@@ -87,11 +89,11 @@ def _attr(v):
     return v
 
 
-def load_fixtures(path=None):
+def load_fixtures(path: str | os.PathLike[str] | None = None) -> list[Fixture]:
     """Every case in the fixture files at ``path``, as ``Fixture`` objects, in file order."""
     import h5py
 
-    fixtures = []
+    fixtures: list[Fixture] = []
     for file in fixture_files(path):
         try:
             fixtures += _read_fixture_file(h5py, file)
@@ -100,7 +102,7 @@ def load_fixtures(path=None):
     return fixtures
 
 
-def _read_fixture_file(h5py, file):
+def _read_fixture_file(h5py: Any, file: Path) -> list[Fixture]:
     """The cases of one fixture file (a ValueError when it is not one)."""
     fixtures = []
     with h5py.File(file, "r") as f:

@@ -9,11 +9,17 @@ step every parameter and every slot is compared with a relative error
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from numbaopt import optimizers
+
+if TYPE_CHECKING:
+    from numbaopt.parity.fixtures import Fixture
 
 #: Tolerance on the max relative error per tensor, by parameter dtype.
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
@@ -40,7 +46,7 @@ class Result:
     file: str = ""
 
 
-def relative_error(ours, keras):
+def relative_error(ours: npt.ArrayLike, keras: npt.ArrayLike) -> float:
     """``max|ours - keras| / max|keras|`` over a tensor, in float64.
 
     Values below the smallest normal number of the reference's dtype count as zero on both
@@ -65,7 +71,7 @@ def relative_error(ours, keras):
     return float(np.abs(o - k).max() / max(float(np.abs(k).max()), tiny))
 
 
-def _to_device(arrays, device):
+def _to_device(arrays: list[npt.NDArray[Any]], device: str) -> list[Any]:
     if device == "cpu":
         return arrays
     from numba import cuda
@@ -73,21 +79,22 @@ def _to_device(arrays, device):
     return [cuda.to_device(a) for a in arrays]
 
 
-def _host(x):
+def _host(x: Any) -> npt.NDArray[Any]:
     if hasattr(x, "copy_to_host"):
-        return x.copy_to_host()
+        return x.copy_to_host()  # type: ignore[no-any-return]  # an untyped (Numba) device array
     if hasattr(x, "get") and not isinstance(x, np.ndarray):  # CuPy
-        return x.get()
+        return x.get()  # type: ignore[no-any-return]  # an untyped (CuPy) array
     return np.asarray(x)
 
 
-def build_optimizer(fixture, route):
+def build_optimizer(fixture: Fixture, route: str) -> optimizers.Optimizer:
     """The numbaopt optimizer for ``fixture`` as ``route`` describes it."""
     config = fixture.keras2_config if route == "keras2" else fixture.keras_config
-    return optimizers.deserialize({"class_name": fixture.optimizer, "config": dict(config)})
+    # The registry sits below the optimizers, so deserialize gives Any.
+    return optimizers.deserialize({"class_name": fixture.optimizer, "config": dict(config)})  # type: ignore[no-any-return]
 
 
-def replay(fixture, route="keras2", device="cpu"):
+def replay(fixture: Fixture, route: str = "keras2", device: str = "cpu") -> Result:
     """Replay ``fixture`` through numbaopt and return a ``Result``."""
     tol = TOLERANCE[fixture.dtype]
     result = Result(fixture.optimizer, fixture.case, fixture.dtype, route, fixture.steps,
@@ -95,7 +102,7 @@ def replay(fixture, route="keras2", device="cpu"):
     if route == "keras2" or fixture.clipping != "composed":
         grads_all = fixture.grads
     else:
-        grads_all = fixture.applied_grads
+        grads_all = fixture.applied_grads  # type: ignore[assignment]  # recorded when clipping is composed
     try:
         opt = build_optimizer(fixture, route)
         slot_names = list(getattr(opt, "slot_names", fixture.slot_names))
@@ -104,9 +111,9 @@ def replay(fixture, route="keras2", device="cpu"):
         n = len(fixture.param_shapes)
         has_schedule = fixture.m_schedule is not None
         params = _to_device(fixture.unflatten(fixture.params[0]), device)
-        worst = (0.0, None, None)
+        worst: tuple[float, int | None, str | None] = (0.0, None, None)
 
-        def check(step, label, ours, keras):
+        def check(step: int, label: str, ours: npt.ArrayLike, keras: npt.ArrayLike) -> None:
             nonlocal worst
             err = relative_error(ours, keras)
             if err > worst[0]:
@@ -128,7 +135,7 @@ def replay(fixture, route="keras2", device="cpu"):
                          f"iterations {iterations} (attribute {opt.iterations}), Keras {fixture.iterations[step]}")
             offset = 1
             if has_schedule:
-                check(step + 1, "m_schedule", weights[1], fixture.m_schedule[step])
+                check(step + 1, "m_schedule", weights[1], fixture.m_schedule[step])  # type: ignore[index]  # has_schedule
                 offset = 2
             for k, kind in enumerate(slot_names):
                 ref = fixture.unflatten(fixture.slots[step, k])
@@ -143,6 +150,6 @@ def replay(fixture, route="keras2", device="cpu"):
     return result
 
 
-def run_all(fixtures, device="cpu", routes=ROUTES):
+def run_all(fixtures: Iterable[Fixture], device: str = "cpu", routes: Iterable[str] = ROUTES) -> list[Result]:
     """Replay every fixture by every route; a list of ``Result``."""
     return [replay(fx, route, device) for fx in fixtures for route in routes]

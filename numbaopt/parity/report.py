@@ -3,19 +3,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from numbaopt.parity.fixtures import default_fixture_dir, load_fixtures
 from numbaopt.parity.replays import ROUTES, TOLERANCE, replay
 
+if TYPE_CHECKING:
+    from numbaopt.parity.fixtures import Fixture
+    from numbaopt.parity.replays import Result
 
-def _format_error(x):
+
+def _format_error(x: float) -> str:
     return "inf" if x == math.inf else f"{x:.2e}"
 
 
-def format_table(results):
+def format_table(results: Sequence[Result]) -> str:
     """The results as a fixed-width text table, one row per replay."""
     headers = ("optimizer", "case", "dtype", "config", "steps", "max error", "tolerance", "verdict")
     rows = []
@@ -26,7 +33,7 @@ def format_table(results):
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
     right = {4, 5, 6}
-    fmt = lambda row: "  ".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
+    fmt: Callable[[Sequence[str]], str] = lambda row: "  ".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
                                 for i, (c, w) in enumerate(zip(row, widths))).rstrip()
     lines = [fmt(headers), fmt(["-" * w for w in widths])]
     lines += [fmt(row) for row in rows]
@@ -37,11 +44,11 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def summary(results):
+def summary(results: Sequence[Result]) -> str:
     """One line: how many replays passed, and the worst error per dtype."""
     failed = [r for r in results if not r.passed]
     cases = {(r.file, r.optimizer, r.case, r.dtype) for r in results}
-    worst = {}
+    worst: dict[str, float] = {}
     for r in results:
         worst[r.dtype] = max(worst.get(r.dtype, 0.0), r.max_error)
     worst_text = ", ".join(f"{d} {_format_error(e)} (tolerance {TOLERANCE[d]:.0e})"
@@ -55,11 +62,11 @@ class Progress:
     """Progress of a parity run on ``stream`` (stderr): a bar redrawn in place on a terminal,
     a line per fixture otherwise (a log, CI), so a long run never looks stuck."""
 
-    def __init__(self, total, stream):
+    def __init__(self, total: int, stream: TextIO) -> None:
         self.total, self.done, self.stream = total, 0, stream
         self.bar = stream.isatty() if hasattr(stream, "isatty") else False
 
-    def advance(self, fixture, results):
+    def advance(self, fixture: Fixture, results: Sequence[Result]) -> None:
         self.done += 1
         verdict = "ok" if all(r.passed for r in results) else "FAIL"
         if self.bar:
@@ -71,7 +78,13 @@ class Progress:
             print(f"parity {self.done}/{self.total} {fixture.label} {verdict}", file=self.stream, flush=True)
 
 
-def run_parity(path=None, device="cpu", as_json=False, out=None, err=None):
+def run_parity(
+    path: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    as_json: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
     """Replay every fixture and print the table (or JSON) on ``out``, progress and errors on
     ``err``; the exit status: 0 all passed, 1 a replay failed, 2 nothing could be replayed
     (no fixtures, no CUDA)."""
