@@ -8,6 +8,7 @@ the whole group, and the global norm sums fixed chunks in a fixed order.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
@@ -21,11 +22,31 @@ from numbaopt import tuning
 if TYPE_CHECKING:
     from numbaopt.devices import Backend
 
-#: One kernel launch at a time in this process. Numba's "workqueue" threading layer (the
-#: fallback where neither OpenMP nor TBB is present, as on macOS wheels) aborts the process
-#: when two Python threads launch parallel kernels at once; each launch already uses every
-#: core, so serialising launches costs nothing but a lock.
-_LAUNCH = threading.Lock()
+class _LaunchGuard:
+    """Serialises the launches that need it. Numba's "workqueue" threading layer (the
+    fallback where neither OpenMP nor TBB is present, as on macOS wheels) aborts the process
+    when two Python threads launch parallel kernels at once; OpenMP and TBB take concurrent
+    launches. Until the first parallel CPU launch has shown which layer Numba chose, and for
+    CUDA launches, every parallel launch takes the lock; serial steps never do."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cpu_layer_is_threadsafe = False
+
+    def __call__(self, backend: Backend, parallel: bool) -> contextlib.AbstractContextManager[Any]:
+        if not parallel or (backend.name == "cpu" and self.cpu_layer_is_threadsafe):
+            return contextlib.nullcontext()
+        return self.lock
+
+    def launched(self, backend: Backend, parallel: bool) -> None:
+        """Learn the threading layer after a parallel CPU launch (Numba picks it then)."""
+        if parallel and backend.name == "cpu" and not self.cpu_layer_is_threadsafe:
+            import numba
+
+            self.cpu_layer_is_threadsafe = numba.threading_layer() in ("omp", "tbb")
+
+
+_LAUNCH = _LaunchGuard()
 
 
 _shape, _dtype = attrgetter("shape"), attrgetter("dtype")
@@ -107,6 +128,7 @@ class SlotStore:
         self.groups = groups
         self.backend = layout.backend
         self.shapes, self.dtypes, self.n_params = layout.shapes, layout.dtypes, layout.n_params
+        self.elements = sum(int(group.slots.shape[1]) for group in groups)  # of every tensor together
 
     @classmethod
     def create(
@@ -176,12 +198,21 @@ class SlotStore:
     def global_norm(self, grad_addresses: Sequence[npt.NDArray[np.int64]]) -> float:
         """``sqrt(sum of squares)`` over all gradients, the same for any thread count."""
         total = 0.0
+        parallel = self.parallel()
+        kernels = self.backend.kernels
+        kernel = kernels.sum_of_squares if parallel else kernels.serial_sum_of_squares
         for group, addresses in zip(self.groups, grad_addresses):
             partial_sums = self.backend.zeros(len(group.chunks), np.float64)
-            with _LAUNCH:
-                self.backend.kernels.sum_of_squares(addresses, group.chunks, group.slots, partial_sums)
+            with _LAUNCH(self.backend, parallel):
+                kernel(addresses, group.chunks, group.slots, partial_sums)
+            _LAUNCH.launched(self.backend, parallel)
             total += self.backend.sum(partial_sums)
         return float(np.sqrt(total))
+
+    def parallel(self) -> bool:
+        """Whether this step's kernels use every thread: not for a step smaller than
+        ``tuning.PARALLEL_MIN_ELEMENTS``, which runs on the calling thread."""
+        return self.elements >= tuning.PARALLEL_MIN_ELEMENTS
 
     def run(
         self,
@@ -193,9 +224,11 @@ class SlotStore:
         scalars: tuple[Any, ...],
     ) -> None:
         """One step of the element ``rule`` over every tensor of ``group``."""
-        step = self.backend.kernels.update_kernel(rule, len(self.slot_names))
-        with _LAUNCH:
+        parallel = self.parallel()
+        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), parallel)
+        with _LAUNCH(self.backend, parallel):
             step(param_addresses, grad_addresses, group.slots, group.offsets, group.chunks, clip, scalars)
+        _LAUNCH.launched(self.backend, parallel)
 
 
 def _refuse_gradient_overlaps(

@@ -19,3 +19,11 @@ CUDA_THREADS_PER_BLOCK = 256
 #: chunk up to this many per multiprocessor; the blocks then stride over the remaining
 #: chunks. Tests set it low so that tiny arrays exercise the stride.
 CUDA_BLOCKS_PER_SM = 32
+
+#: Steps over fewer elements than this (all tensors of the call together) run their CPU
+#: kernels on the calling thread. A parallel region costs about 10 us here and far more when
+#: another process holds a core it waits for; below two chunks the threads have nothing to
+#: share anyway. Measured on a 2-core machine: serial and parallel Adam steps cross near
+#: 50,000 float32 elements (``benchmarks/serial_threshold.py``). Results are bitwise the
+#: same either way. Read at every step.
+PARALLEL_MIN_ELEMENTS = 1 << 16

@@ -24,9 +24,9 @@ def _fresh_asm(kernel, *args):
     return "\n".join(fresh.inspect_asm().values())
 
 
-def _update_kernel(name):
+def _update_kernel(name, parallel=True):
     cls = getattr(optimizers, name)
-    return cpu.update_kernel(cls.rule, len(cls.slot_names))
+    return cpu.update_kernel(cls.rule, len(cls.slot_names), parallel)
 
 
 def _step_arguments(name, dtype, n=100):
@@ -42,12 +42,13 @@ def _step_arguments(name, dtype, n=100):
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86 assembly")
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
 @pytest.mark.parametrize("name", NAMES, ids=str.lower)
-def test_update_loops_are_vectorised(name):
+def test_update_loops_are_vectorised(name, parallel):
     """A scalar loop (one element per instruction) runs at a fraction of the bandwidth:
     a Python-style division check or an aliasing doubt is enough to get one."""
     args, _ = _step_arguments(name, np.float32)
-    asm = _fresh_asm(_update_kernel(name), *args)
+    asm = _fresh_asm(_update_kernel(name, parallel), *args)
     assert PACKED_FLOAT32.search(asm), f"{name}'s update kernel has no packed float32 arithmetic"
 
 
@@ -90,19 +91,22 @@ def test_data_addresses_match_the_array_interface():
 
 CACHE_PROBE = """
 import numpy as np
-from numbaopt import optimizers
+from numbaopt import optimizers, tuning
 from numbaopt.kernels import cpu
-opt = optimizers.{name}(clipnorm=1.0)
-opt.apply_gradients([(np.ones(10, np.float32), np.zeros(10, np.float32))])
-kernel = cpu.update_kernel(type(opt).rule, len(opt.slot_names))
-print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
+for size in (10, tuning.PARALLEL_MIN_ELEMENTS):  # the serial kernel, then the parallel one
+    opt = optimizers.{name}(clipnorm=1.0)
+    opt.apply_gradients([(np.ones(size, np.float32), np.zeros(size, np.float32))])
+for parallel in (False, True):
+    kernel = cpu.update_kernel(optimizers.{name}.rule, len(opt.slot_names), parallel)
+    print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
 """
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam"])
 def test_update_kernels_load_from_the_disk_cache_in_a_new_process(name, tmp_path):
     """A kernel whose arguments include a function never loads from Numba's cache; the rule
-    is a global of a per-rule kernel instead, so a second process compiles nothing."""
+    is a global of a per-rule kernel instead, so a second process compiles nothing. The
+    serial and the parallel kernel of a rule have cache files of their own."""
     import os
     import subprocess
     import sys
@@ -110,8 +114,8 @@ def test_update_kernels_load_from_the_disk_cache_in_a_new_process(name, tmp_path
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     runs = [subprocess.run([sys.executable, "-c", CACHE_PROBE.format(name=name)], env=env, capture_output=True,
                            text=True, check=True).stdout.split() for _ in range(2)]
-    assert runs[0] == ["0", "1"], runs[0]  # compiled, and written to the cache
-    assert runs[1] == ["1", "0"], runs[1]  # loaded from it
+    assert runs[0] == ["0", "1", "0", "1"], runs[0]  # compiled, and written to the cache
+    assert runs[1] == ["1", "0", "1", "0"], runs[1]  # loaded from it
 
 
 def test_rules_never_share_cache_files_and_an_edited_rule_gets_its_own():

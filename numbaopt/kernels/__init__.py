@@ -41,6 +41,7 @@ def specialise(
     rule: Callable[..., Any],
     compiled_globals: Mapping[str, Any],
     depends_on: Iterable[Callable[..., Any]] = (),
+    variant: str = "",
 ) -> types.FunctionType:
     """A copy of the function ``template`` whose globals also hold ``compiled_globals``.
 
@@ -48,11 +49,34 @@ def specialise(
     rule's module and name and a digest of the code of the rule and of ``depends_on`` (the
     functions from other modules the template calls), so two rules never share cache files
     and an edited rule never loads a stale kernel. Edits to the template's own module are
-    caught by Numba itself (it checks that file's time stamp).
+    caught by Numba itself (it checks that file's time stamp). ``variant`` names a second
+    compilation of the same copy with other options (``"serial"``): the cache index does not
+    tell compile options apart, so each needs a name of its own.
     """
     digest = code_digest(rule, *depends_on)
     name = f"{template.__name__}__{rule.__module__}.{rule.__name__}__{digest}".replace("<", "").replace(">", "")
-    function = types.FunctionType(template.__code__, {**template.__globals__, **compiled_globals}, template.__name__)
-    function.__qualname__ = name
+    function = renamed(template, name + (f"__{variant}" if variant else ""), compiled_globals)
     function.__doc__ = f"{template.__doc__ or ''}\n\nSpecialised for ``{rule.__module__}.{rule.__name__}``."
     return function
+
+
+def renamed(
+    function: Callable[..., Any], qualname: str, extra_globals: Mapping[str, Any] | None = None
+) -> types.FunctionType:
+    """A copy of ``function`` under another qualified name (hence other cache files), its
+    globals extended by ``extra_globals``."""
+    copy = types.FunctionType(function.__code__, {**function.__globals__, **(extra_globals or {})}, function.__name__)
+    copy.__qualname__ = qualname
+    copy.__doc__ = function.__doc__
+    return copy
+
+
+def loop_for(loops: Mapping[int, Any], rule: Callable[..., Any], n_slots: int) -> Any:
+    """``loops[n_slots]``, the loop of a device for rules with ``n_slots`` slots per element,
+    or a ValueError saying that there is none."""
+    if n_slots not in loops:
+        raise ValueError(
+            f"{rule.__name__} keeps {n_slots} slots per element; the kernels have loops for "
+            f"{sorted(loops)} (add one to numbaopt/kernels/cpu.py and cuda.py)"
+        )
+    return loops[n_slots]

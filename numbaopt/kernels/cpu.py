@@ -38,12 +38,16 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.kernels import specialise
+from numbaopt.kernels import loop_for, renamed, specialise
 
 #: The compile options of every function here (see the module docstring for why).
 _element = njit(error_model="numpy")
 _template = njit(inline="always", error_model="numpy")
 _kernel = njit(parallel=True, cache=True, error_model="numpy")
+#: The same kernels on the calling thread alone, for steps too small to gain from threads
+#: (``tuning.PARALLEL_MIN_ELEMENTS``): a parallel region costs microseconds, and far more
+#: when another process holds a core the region waits for. Same loops, same results.
+_serial_kernel = njit(cache=True, error_model="numpy")
 
 clip_gradient = _element(_clip_gradient)
 
@@ -200,22 +204,23 @@ def _update_step(
             ELEMENTS(RULE, _unclipped, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
 
 
-_UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int], Any] = {}  # Numba dispatchers
+_UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int, bool], Any] = {}  # Numba dispatchers
 
 
-def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int) -> Any:
-    """The parallel CPU kernel that applies ``rule`` (a plain Python element rule) with
-    ``n_slots`` slots per element: ``kernel(params, grads, slots, offsets, chunks, clip,
-    scalars)``. Made once per rule and process; compiled on its first call, or loaded
-    from the on-disk cache."""
-    kernel = _UPDATE_KERNELS.get((rule, n_slots))
+def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool = True) -> Any:
+    """The CPU kernel that applies ``rule`` (a plain Python element rule) with ``n_slots``
+    slots per element: ``kernel(params, grads, slots, offsets, chunks, clip, scalars)``, on
+    every thread (``parallel``) or on the calling one. Made once per rule and process;
+    compiled on its first call, or loaded from the on-disk cache."""
+    kernel = _UPDATE_KERNELS.get((rule, n_slots, parallel))
     if kernel is None:
-        if n_slots not in ELEMENT_LOOPS:
-            raise ValueError(
-                f"{rule.__name__} keeps {n_slots} slots per element; the kernels have loops for "
-                f"{sorted(ELEMENT_LOOPS)} (add one to numbaopt/kernels/cpu.py and cuda.py)"
-            )
-        compiled = {"RULE": _element(rule), "ELEMENTS": ELEMENT_LOOPS[n_slots]}
-        kernel = _kernel(specialise(_update_step, rule, compiled, depends_on=(_clip_gradient,)))
-        _UPDATE_KERNELS[rule, n_slots] = kernel
+        compiled = {"RULE": _element(rule), "ELEMENTS": loop_for(ELEMENT_LOOPS, rule, n_slots)}
+        variant = "" if parallel else "serial"
+        function = specialise(_update_step, rule, compiled, depends_on=(_clip_gradient,), variant=variant)
+        kernel = (_kernel if parallel else _serial_kernel)(function)
+        _UPDATE_KERNELS[rule, n_slots, parallel] = kernel
     return kernel
+
+
+#: ``sum_of_squares`` on the calling thread (see ``_serial_kernel``); the same sums, bitwise.
+serial_sum_of_squares = _serial_kernel(renamed(sum_of_squares.py_func, "serial_sum_of_squares"))

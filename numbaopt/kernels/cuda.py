@@ -31,7 +31,7 @@ from numba.core import config
 
 from numbaopt import tuning
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.kernels import specialise
+from numbaopt.kernels import loop_for, specialise
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -258,18 +258,13 @@ class UpdateLauncher:
 _UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int], UpdateLauncher] = {}
 
 
-def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int) -> UpdateLauncher:
+def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool = True) -> UpdateLauncher:
     """The launcher of the CUDA kernel that applies ``rule`` with ``n_slots`` slots per
     element; made once per rule and process, compiled at its first launch (or loaded from
-    the on-disk cache)."""
+    the on-disk cache). ``parallel`` is the CPU kernels' choice: a launch always is."""
     launcher = _UPDATE_KERNELS.get((rule, n_slots))
     if launcher is None:
-        if n_slots not in UPDATE_TEMPLATES:
-            raise ValueError(
-                f"{rule.__name__} keeps {n_slots} slots per element; the kernels have loops for "
-                f"{sorted(UPDATE_TEMPLATES)} (add one to numbaopt/kernels/cpu.py and cuda.py)"
-            )
-        template = UPDATE_TEMPLATES[n_slots]
+        template = loop_for(UPDATE_TEMPLATES, rule, n_slots)
         function = specialise(template, rule, {"RULE": _device(rule)}, depends_on=(_clip_gradient,))
         launcher = _UPDATE_KERNELS[rule, n_slots] = UpdateLauncher(cuda.jit(cache=True)(function))
     return launcher
@@ -292,6 +287,10 @@ def sum_of_squares(grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], 
     _sum_of_squares[blocks, threads](
         _on_device(grads), _on_device(chunks), like, partial_sums, _scratch((blocks, threads))
     )
+
+
+#: A launch is parallel whatever the size: the CPU kernels' serial choice does not apply.
+serial_sum_of_squares = sum_of_squares
 
 
 def total(values: Any) -> float:

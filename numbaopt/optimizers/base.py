@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import abc
 import difflib
+import functools
 import inspect
 import math
 import numbers
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -92,6 +94,22 @@ class OptimizerState(NamedTuple):
     names: tuple[str, ...] | None = None
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[Optimizer, _P], _R]) -> Callable[Concatenate[Optimizer, _P], _R]:
+    """Run ``method`` under the optimizer's lock: a step, a read or a load of the state is
+    atomic with respect to the others, whichever threads call them."""
+
+    @functools.wraps(method)
+    def locked(self: Optimizer, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Optimizer(metaclass=abc.ABCMeta):
     """Base class of the Keras 2.0 optimizers.
 
@@ -132,6 +150,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         cls._settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lock = threading.RLock()  # see _locked; reentrant: get_weights calls state
         self._hyper = self._bind_arguments(args, kwargs)
         self._fitting: set[np.dtype[Any]] = set()  # dtypes the hyperparameters were found to fit
         self._iterations = 0
@@ -185,8 +204,10 @@ class Optimizer(metaclass=abc.ABCMeta):
         key = ALIASES.get(name, name)
         declared = type(self)._settable
         if key in declared and "_hyper" in self.__dict__:
-            self._hyper[key] = declared[key].check(value)
-            self._fitting.clear()
+            checked = declared[key].check(value)
+            with self._lock:  # never in the middle of another thread's step
+                self._hyper[key] = checked
+                self._fitting.clear()
         elif name.startswith("_") or hasattr(type(self), name) or not self._is_typo(name):
             super().__setattr__(name, value)
         else:
@@ -206,18 +227,21 @@ class Optimizer(metaclass=abc.ABCMeta):
     def __getstate__(self) -> dict[str, Any]:
         """What ``pickle`` and ``copy.deepcopy`` keep: the whole state, with the slots as host
         arrays that bind to the parameters at the next step (on the CPU or on a GPU)."""
-        state = dict(self.__dict__)
-        # copy.copy keeps this dict's values: the mutable ones must not be shared.
-        state["_hyper"], state["_scalars"] = dict(self._hyper), dict(self._scalars)
-        state["_fitting"] = set(self._fitting)
-        slots = state.pop("_slots")
-        if slots is not None:
-            state["_pending_slots"] = slots.host_slots()
-            state["_pending_origin"] = "unpickling"
+        with self._lock:
+            state = dict(self.__dict__)
+            # copy.copy keeps this dict's values: the mutable ones must not be shared.
+            state["_hyper"], state["_scalars"] = dict(self._hyper), dict(self._scalars)
+            state["_fitting"] = set(self._fitting)
+            slots = state.pop("_slots")
+            if slots is not None:
+                state["_pending_slots"] = slots.host_slots()
+                state["_pending_origin"] = "unpickling"
+        del state["_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__["_lock"] = threading.RLock()
         self.__dict__["_slots"] = None
 
     @property
@@ -298,6 +322,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         """The learning rate of the current step after Keras 2.0's decay, in ``dtype``."""
         return decayed_lr(self.lr, self._hyper.get("decay", 0.0), self._iterations, dtype)
 
+    @_locked
     def apply_gradients(self, grads_and_vars: Iterable[tuple[npt.ArrayLike, Any]], names: Sequence[str] | None = None) -> None:
         """Apply one step to ``(gradient, parameter)`` pairs, updating parameters in place.
 
@@ -373,6 +398,7 @@ class Optimizer(metaclass=abc.ABCMeta):
 
     # ------------------------------------------------------------------- weights
 
+    @_locked
     def state(self) -> OptimizerState:
         """A copy of the whole state as an ``OptimizerState``."""
         if self._slots is not None:
@@ -383,6 +409,7 @@ class Optimizer(metaclass=abc.ABCMeta):
             slots = {}
         return OptimizerState(self._iterations, dict(self._scalars), slots, self._names)
 
+    @_locked
     def set_parameter_names(self, names: Sequence[str]) -> None:
         """Record names for the parameters the slots belong to; later named steps must match.
 
@@ -397,10 +424,12 @@ class Optimizer(metaclass=abc.ABCMeta):
             raise ValueError("set_parameter_names: no parameters yet; pass names= to apply_gradients instead")
         self._names = names_tuple(names, n_params)
 
+    @_locked
     def get_weights(self) -> list[npt.NDArray[Any]]:
         """``[iterations]``, the extra scalar state, then each slot kind for all parameters."""
         return keras_weights.build(type(self), self.state())
 
+    @_locked
     def set_weights(self, weights: Iterable[npt.ArrayLike]) -> None:
         """Load a ``get_weights()`` list, or the shorter Keras 2.0 list of this optimizer.
 
