@@ -7,7 +7,6 @@ gradients that optimizer received. Parameters and slots must match after every s
 """
 import json
 import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np

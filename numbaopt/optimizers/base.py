@@ -16,7 +16,7 @@ import math
 import numbers
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, NamedTuple, ParamSpec, TypeVar
+from typing import Any, ClassVar, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,10 +27,7 @@ from numbaopt.schedules import decayed_lr
 from numbaopt.slots import Layout, SlotStore
 from numbaopt.step_checks import checked_arrays, checked_names, names_tuple, split_pairs
 
-if TYPE_CHECKING:
-    from typing import TypeVar
-
-    _O = TypeVar("_O", bound="Optimizer")
+_O = TypeVar("_O", bound="Optimizer")
 
 
 class Hyperparameter(NamedTuple):
@@ -336,8 +333,11 @@ class Optimizer(metaclass=abc.ABCMeta):
         names = checked_names(names, len(params), self._names)
         backend = devices.backend_for(params, self._hyper.get("device", "auto"))
         grads, params = checked_arrays(grads, params, backend)
-        layout = self._slots.layout if self._slots is not None else Layout(params, backend)
-        layout.check(params, backend)
+        if self._slots is not None:
+            layout = self._slots.layout
+            layout.check(params, backend)
+        else:
+            layout = Layout(params, backend)  # checked as it is made; kept only if the step goes on
         for dtype in layout.distinct_dtypes:
             self._check_fits(dtype)
         addresses = backend.addresses(grads)  # ``grads`` keeps the memory alive until the end
@@ -358,7 +358,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         for group, param_at, grad_at, (clip, scalars) in zip(
             store.groups, store.parameter_addresses(), grad_addresses, arguments
         ):
-            store.run(type(self).rule, group, param_at, grad_at, clip, scalars)  # type: ignore[arg-type]  # None: step_scalars raised
+            store.run(type(self).rule, group, param_at, grad_at, clip, scalars)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
         self.advance_scalar_state()
         self._iterations += 1
         if names is not None:
