@@ -11,7 +11,7 @@ import functools
 import importlib
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -117,32 +117,127 @@ class CPUBackend:
         """The data addresses of NumPy arrays, as an int64 array for the kernels.
 
         Read from the array objects by a compiled loop when its reading of NumPy's
-        object layout checked out (``_data_field``): a step over many small tensors would
+        object layout checked out (``_object_fields``): a step over many small tensors would
         otherwise spend more time in ``__array_interface__`` than in the kernel.
         """
-        field = _data_field()
-        if field is None:
+        fields = _object_fields()
+        if fields is None:
             return np.fromiter((a.__array_interface__["data"][0] for a in arrays), np.int64, len(arrays))
         out = np.empty(len(arrays), np.int64)
-        CPU.kernels.data_addresses(np.fromiter(map(id, arrays), np.int64, len(arrays)), field, out)
+        CPU.kernels.data_addresses(np.fromiter(map(id, arrays), np.int64, len(arrays)), int(fields[_DATA]), out)
         return out
+
+    @staticmethod
+    def pair_reader(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype[Any]]) -> PairReader | None:
+        """A function that checks a step's list of ``(gradient, parameter)`` pairs against
+        parameters of ``shapes`` and ``dtypes`` in one compiled pass and returns their
+        parameter and gradient addresses, or None when a pair needs the full checks.
+
+        Every step of a bound optimizer asks: with a thousand small tensors, checking each
+        array in Python costs more than the kernel. The pass accepts only what the full
+        checks accept unchanged (exact NumPy arrays of the bound dtype and shape,
+        C-contiguous, parameters writeable); everything else goes to them, so every error
+        is still theirs. None where the object layout could not be checked.
+        """
+        fields = _object_fields()
+        if fields is None:
+            return None
+        layout = _pair_layout(shapes, dtypes)
+        read_pairs = CPU.kernels.read_pairs
+
+        def read(pairs: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+            if len(pairs) != len(shapes):
+                return None
+            param_at, grad_at = np.empty(len(pairs), np.int64), np.empty(len(pairs), np.int64)
+            # ``pairs`` holds the tuples, which hold the arrays: every object read is alive,
+            # and the GIL, held through the compiled call, keeps them as they are.
+            objects = np.fromiter(map(id, pairs), np.int64, len(pairs))
+            if read_pairs(objects, fields, *layout, param_at, grad_at) >= 0:
+                return None
+            return param_at, grad_at
+
+        return read
+
+
+#: NumPy's array flags that ``read_pairs`` asks for (``NPY_ARRAY_C_CONTIGUOUS``, ``NPY_ARRAY_WRITEABLE``).
+_C_CONTIGUOUS, _WRITEABLE = 0x0001, 0x0400
+_DATA = 5  # ``numbaopt.kernels.cpu.DATA``, known here without importing Numba
+
+
+def _pair_layout(
+    shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype[Any]]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``read_pairs``'s description of bound parameters: canonical dtype descriptors (by
+    address), where each shape starts in the flat dimensions, and the flat dimensions."""
+    descrs = np.array([id(np.dtype(d.name)) for d in dtypes], np.int64)
+    shape_starts = np.cumsum([0] + [len(shape) for shape in shapes], dtype=np.int64)
+    dims = np.array([n for shape in shapes for n in shape], np.int64)
+    return descrs, shape_starts, dims
 
 
 @functools.cache
-def _data_field() -> int | None:
-    """Where a NumPy array object keeps its data pointer, or None if that cannot be trusted.
+def _object_fields() -> npt.NDArray[np.int64] | None:
+    """Where CPython and NumPy keep what ``kernels.cpu.read_pairs`` reads, or None if that
+    cannot be trusted.
 
-    The pointer is the first field after the object header, which is
-    ``object.__basicsize__`` bytes long (larger on free-threaded Python). Checked once,
-    against ``__array_interface__``, on arrays that own their data and on views.
+    The object header is ``object.__basicsize__`` bytes (larger on free-threaded Python),
+    its type pointer last; a tuple's items follow its header and size; NumPy's
+    ``PyArrayObject`` has ``data``, ``nd``, ``dimensions``, ``strides``, ``base``,
+    ``descr`` and ``flags`` after the header (its C ABI, which every compiled extension
+    reads through ``PyArray_DATA`` and friends). Checked once, on probes whose answers
+    Python knows, before any step trusts it.
     """
+    kernels = CPU.kernels
+    word = np.dtype(np.intp).itemsize
+    header = object.__basicsize__
+    fields = np.zeros(12, np.int64)
+    fields[kernels.TUPLE_TYPE], fields[kernels.NDARRAY_TYPE] = id(tuple), id(np.ndarray)
+    fields[kernels.OB_TYPE] = header - word
+    fields[kernels.TUPLE_SIZE], fields[kernels.TUPLE_ITEMS] = tuple.__basicsize__ - word, tuple.__basicsize__
+    fields[kernels.DATA], fields[kernels.NDIM], fields[kernels.DIMENSIONS] = header, header + word, header + 2 * word
+    fields[kernels.DESCR], fields[kernels.FLAGS] = header + 5 * word, header + 6 * word
+    fields[kernels.GRADIENT_FLAGS], fields[kernels.PARAMETER_FLAGS] = _C_CONTIGUOUS, _C_CONTIGUOUS | _WRITEABLE
+    return fields if kernels.DATA == _DATA and _object_fields_hold(fields) else None
+
+
+def _object_fields_hold(fields: npt.NDArray[np.int64]) -> bool:
+    """Whether ``read_pairs`` with ``fields`` accepts good probe pairs, with their true
+    addresses, and stops at every kind of pair the full checks would judge."""
     base = np.zeros((3, 4), np.float32)
-    probes = [base, base[1:], base[:, 2:].copy(), np.empty(0), np.ones(())]
-    field = object.__basicsize__
-    out = np.empty(len(probes), np.int64)
-    CPU.kernels.data_addresses(np.fromiter(map(id, probes), np.int64, len(probes)), field, out)
-    trusted = out.tolist() == [a.__array_interface__["data"][0] for a in probes]
-    return field if trusted else None
+    good: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = [
+        (base[1:], base[1:].copy()), (np.ones(()), np.zeros(())), (np.empty(0), np.empty(0)),
+        (np.ones((2, 3)), np.zeros((2, 3))),
+    ]
+    read_only = np.zeros(3)
+    read_only.flags.writeable = False
+
+    class Subclass(np.ndarray):
+        pass
+
+    unfit: list[Any] = [
+        [np.zeros(3), np.zeros(3)],  # a list, not a tuple
+        (np.zeros(3), np.zeros(3), None),
+        ([0.0, 0.0, 0.0], np.zeros(3)),
+        (np.zeros(3), read_only),
+        (np.zeros(6)[::2], np.zeros(3)),  # a gradient that is not C-contiguous
+        (np.zeros(3), np.zeros(6)[::2]),
+        (np.zeros(3, np.float32), np.zeros(3)),
+        (np.zeros(3), np.zeros(3, np.float32)),
+        (np.zeros(4), np.zeros(3)),
+        (np.zeros((3, 1)), np.zeros((3, 1))),
+        (np.zeros(3), np.zeros(3).view(Subclass)),
+    ]
+
+    def read(pairs: list[Any], shapes: list[tuple[int, ...]], dtypes: list[np.dtype[Any]]) -> tuple[int, list[int], list[int]]:
+        param_at, grad_at = np.zeros(len(pairs), np.int64), np.zeros(len(pairs), np.int64)
+        objects = np.fromiter(map(id, pairs), np.int64, len(pairs))
+        found = CPU.kernels.read_pairs(objects, fields, *_pair_layout(shapes, dtypes), param_at, grad_at)
+        return int(found), param_at.tolist(), grad_at.tolist()
+
+    addresses = [p.__array_interface__["data"][0] for _, p in good], [g.__array_interface__["data"][0] for g, _ in good]
+    if read(good, [p.shape for _, p in good], [p.dtype for _, p in good]) != (-1, *addresses):
+        return False
+    return all(read([pair], [(3,)], [np.dtype(np.float64)])[0] == 0 for pair in unfit)
 
 
 def _refuse_overlaps(starts: npt.NDArray[np.int64], nbytes: Sequence[int]) -> None:
@@ -202,6 +297,11 @@ class CUDABackend:
         if hasattr(array, "copy_to_host"):  # Numba's (or the simulator's) device array
             return array
         return self._cuda.as_cuda_array(array)
+
+    @staticmethod
+    def pair_reader(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype[Any]]) -> PairReader | None:
+        """None: CUDA arrays take the full checks at every step (a launch costs more)."""
+        return None
 
     def check_parameter(self, param: Any, index: int) -> Any:
         """A Numba device array over ``param``'s memory, once it is updatable in place."""
@@ -282,6 +382,8 @@ if TYPE_CHECKING:
 
     #: A backend: where the arrays of a call live.
     Backend: TypeAlias = CPUBackend | CUDABackend
+    #: Checks a step's pairs against bound parameters: their addresses, or None (``pair_reader``).
+    PairReader: TypeAlias = Callable[[list[Any]], tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None]
 
 
 def cuda_backend() -> CUDABackend:

@@ -71,6 +71,7 @@ class Layout:
         self.addresses = backend.addresses(params)  # of the parameters of the current call
         self._distinct_at = self.addresses.tobytes()  # of the last parameters found not to overlap
         self._apart_at: bytes | None = None  # parameter and gradient addresses last found not to overlap
+        self._read_pairs = backend.pair_reader(self.shapes, self.dtypes)
 
     def check(self, params: Sequence[Any], backend: Backend) -> None:
         """Raise unless ``params`` have the bound count, shapes, dtypes and device."""
@@ -92,6 +93,22 @@ class Layout:
             backend.check_distinct(params)
             self._distinct_at = addresses.tobytes()
         self.addresses = addresses
+
+    def plain_pairs(self, pairs: list[Any]) -> npt.NDArray[np.int64] | None:
+        """The gradients' addresses when ``pairs`` are plainly the bound parameters with
+        fitting gradients, found in one compiled pass (``Backend.pair_reader``), or None:
+        then ``check`` and the backend's per-array checks judge the pairs. The parameter
+        addresses become this call's, as ``check`` makes them."""
+        if self._read_pairs is None:
+            return None
+        found = self._read_pairs(pairs)
+        if found is None:
+            return None
+        param_at, grad_at = found
+        if param_at.tobytes() != self._distinct_at:
+            return None  # parameters at new addresses: ``check`` looks for overlaps
+        self.addresses = param_at
+        return grad_at
 
     def check_gradients(self, grad_addresses: npt.NDArray[np.int64]) -> None:
         """Refuse a gradient that shares memory with a parameter of the call, other than

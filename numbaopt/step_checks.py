@@ -18,12 +18,18 @@ if TYPE_CHECKING:
         def check_gradient(self, grad: Any, param: Any, index: int) -> Any: ...
 
 
-def split_pairs(grads_and_vars: Iterable[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
-    """The gradients and the parameters of a list of (gradient, parameter) pairs."""
+def listed_pairs(grads_and_vars: Iterable[tuple[Any, Any]]) -> list[Any]:
+    """The items of ``grads_and_vars`` (a list, a ``zip``, ...) as a list, read once."""
+    if type(grads_and_vars) is list:
+        return grads_and_vars
     try:
-        pairs = list(grads_and_vars)
+        return list(grads_and_vars)
     except TypeError:
         raise TypeError("apply_gradients takes an iterable of (gradient, parameter) pairs") from None
+
+
+def split_pairs(pairs: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The gradients and the parameters of a list of (gradient, parameter) pairs."""
     for i, pair in enumerate(pairs):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"apply_gradients: item {i} is not a (gradient, parameter) pair")

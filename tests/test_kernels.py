@@ -81,7 +81,7 @@ def test_unclipped_loop_equals_clipped_loop_with_nothing_to_clip(name, dtype):
 
 def test_data_addresses_match_the_array_interface():
     """The compiled reading of NumPy's array objects agrees with NumPy's own answer."""
-    assert devices._data_field() is not None
+    assert devices._object_fields() is not None
     base = np.arange(60, dtype=np.float64).reshape(6, 10)
     arrays = [base, base[2:], base[:, 3:], base[1:4, 2:5].copy(), np.empty(0, np.float32), np.ones(()),
               np.zeros(5, np.float32)[1:], np.frombuffer(bytearray(16), np.float32)]

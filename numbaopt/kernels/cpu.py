@@ -130,6 +130,67 @@ def data_addresses(objects: npt.NDArray[np.int64], data_field: int, out: npt.NDA
         out[k] = _pointer(objects[k] + data_field, out)[0]
 
 
+#: ``fields`` of ``read_pairs``: where CPython and NumPy keep what it reads, in bytes from
+#: the start of an object (ids of the type objects for the first two) and which flags must be set, found and checked
+#: by ``numbaopt.devices``.
+(TUPLE_TYPE, NDARRAY_TYPE, OB_TYPE, TUPLE_SIZE, TUPLE_ITEMS,
+ DATA, NDIM, DIMENSIONS, DESCR, FLAGS, GRADIENT_FLAGS, PARAMETER_FLAGS) = range(12)
+
+
+@njit(cache=True)
+def read_pairs(
+    pairs: npt.NDArray[np.int64],
+    fields: npt.NDArray[np.int64],
+    descrs: npt.NDArray[np.int64],
+    shape_starts: npt.NDArray[np.int64],
+    dims: npt.NDArray[np.int64],
+    param_at: npt.NDArray[np.int64],
+    grad_at: npt.NDArray[np.int64],
+) -> int:
+    """Check ``(gradient, parameter)`` pairs against a bound layout in one pass; return -1
+    and fill ``param_at`` / ``grad_at`` with data addresses, or the first pair that is not
+    plainly fine.
+
+    ``pairs`` are the object addresses of live tuples. Plainly fine: a 2-tuple of two
+    exact ``np.ndarray`` objects whose dtype object is ``descrs[k]`` (the canonical
+    float32 or float64 descriptor), whose shape is ``dims[shape_starts[k]:shape_starts[k+1]]``,
+    both C-contiguous and the parameter writeable. Anything else (another type, a cast, a
+    view, an error) is the Python checks' to judge and name: this pass only saves them
+    work on the usual step, it never refuses or accepts anything they would not.
+    """
+    word = np.empty(1, np.int64)
+    half = np.empty(1, np.int32)
+    for k in range(pairs.shape[0]):
+        pair = pairs[k]
+        if _pointer(pair + fields[OB_TYPE], word)[0] != fields[TUPLE_TYPE]:
+            return k
+        if _pointer(pair + fields[TUPLE_SIZE], word)[0] != 2:
+            return k
+        for side in range(2):
+            array = _pointer(pair + fields[TUPLE_ITEMS] + 8 * side, word)[0]
+            if _pointer(array + fields[OB_TYPE], word)[0] != fields[NDARRAY_TYPE]:
+                return k
+            if _pointer(array + fields[DESCR], word)[0] != descrs[k]:
+                return k
+            flags = _pointer(array + fields[FLAGS], half)[0]
+            required = fields[PARAMETER_FLAGS] if side == 1 else fields[GRADIENT_FLAGS]
+            if flags & required != required:
+                return k
+            ndim = shape_starts[k + 1] - shape_starts[k]
+            if _pointer(array + fields[NDIM], half)[0] != ndim:
+                return k
+            shape = _pointer(_pointer(array + fields[DIMENSIONS], word)[0], word)
+            for d in range(ndim):
+                if shape[d] != dims[shape_starts[k] + d]:
+                    return k
+            address = _pointer(array + fields[DATA], word)[0]
+            if side == 0:
+                grad_at[k] = address
+            else:
+                param_at[k] = address
+    return -1
+
+
 @njit(inline="always")
 def _clipping(clip: tuple[float, float, float]) -> bool:
     """Whether ``clip_gradient(g, *clip)`` can change a value: not when it is ``g * 1 / 1``

@@ -25,7 +25,7 @@ from numbaopt import devices, keras_config, keras_weights, registry
 from numbaopt.clipping import clip_arguments
 from numbaopt.schedules import decayed_lr
 from numbaopt.slots import Layout, SlotStore
-from numbaopt.step_checks import checked_arrays, checked_names, names_tuple, split_pairs
+from numbaopt.step_checks import checked_arrays, checked_names, listed_pairs, names_tuple, split_pairs
 
 _O = TypeVar("_O", bound="Optimizer")
 
@@ -329,18 +329,26 @@ class Optimizer(metaclass=abc.ABCMeta):
         Everything is checked before anything changes: a bad pair raises and leaves the
         parameters, the slots and ``iterations`` as they were.
         """
-        grads, params = split_pairs(grads_and_vars)
-        names = checked_names(names, len(params), self._names)
-        backend = devices.backend_for(params, self._hyper.get("device", "auto"))
-        grads, params = checked_arrays(grads, params, backend)
-        if self._slots is not None:
-            layout = self._slots.layout
-            layout.check(params, backend)
+        pairs = listed_pairs(grads_and_vars)  # keeps every array of the call alive until the end
+        names = checked_names(names, len(pairs), self._names)
+        # The usual step of a bound optimizer, NumPy arrays as they were, takes one compiled
+        # pass; anything else (and every error) takes the per-array checks.
+        bound = self._slots.layout if self._slots is not None and self._hyper.get("device") != "cuda" else None
+        addresses = bound.plain_pairs(pairs) if bound is not None else None
+        if bound is not None and addresses is not None:
+            layout = bound
         else:
-            layout = Layout(params, backend)  # checked as it is made; kept only if the step goes on
+            grads, params = split_pairs(pairs)
+            backend = devices.backend_for(params, self._hyper.get("device", "auto"))
+            grads, params = checked_arrays(grads, params, backend)
+            if self._slots is not None:
+                layout = self._slots.layout
+                layout.check(params, backend)
+            else:
+                layout = Layout(params, backend)  # checked as it is made; kept only if the step goes on
+            addresses = backend.addresses(grads)  # ``grads`` keeps cast gradients alive until the end
         for dtype in layout.distinct_dtypes:
             self._check_fits(dtype)
-        addresses = backend.addresses(grads)  # ``grads`` keeps the memory alive until the end
         layout.check_gradients(addresses)
         store = self._slots if self._slots is not None else self._create_slots(layout)
         grad_addresses = store.split(addresses)

@@ -30,7 +30,7 @@ from numbaopt import devices, keras_weights, registry
 from numbaopt.extras import install_command
 from numbaopt.optimizers.base import Optimizer, OptimizerState
 from numbaopt.slots import Layout
-from numbaopt.step_checks import checked_arrays, checked_names, names_tuple, split_pairs
+from numbaopt.step_checks import checked_arrays, checked_names, listed_pairs, names_tuple, split_pairs
 
 NO_CONFIG = (
     "TFOptimizer has no config: the wrapped TensorFlow optimizer is a live object that numbaopt "
@@ -408,7 +408,7 @@ class TFOptimizer:
         steps must keep that layout.
         """
         cpu = devices.CPU
-        grads, params = split_pairs(grads_and_vars)
+        grads, params = split_pairs(listed_pairs(grads_and_vars))
         names = checked_names(names, len(params), self._names)
         grads, params = checked_arrays(grads, params, cpu)
         if self._layout is None:
