@@ -146,13 +146,12 @@ class CPUBackend:
         read_pairs = CPU.kernels.read_pairs
 
         def read(pairs: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
-            if len(pairs) != len(shapes):
+            if type(pairs) is not list or len(pairs) != len(shapes):
                 return None
             param_at, grad_at = np.empty(len(pairs), np.int64), np.empty(len(pairs), np.int64)
             # ``pairs`` holds the tuples, which hold the arrays: every object read is alive,
             # and the GIL, held through the compiled call, keeps them as they are.
-            objects = np.fromiter(map(id, pairs), np.int64, len(pairs))
-            if read_pairs(objects, fields, *layout, param_at, grad_at) >= 0:
+            if read_pairs(id(pairs), fields, *layout, param_at, grad_at) >= 0:
                 return None
             return param_at, grad_at
 
@@ -161,7 +160,7 @@ class CPUBackend:
 
 #: NumPy's array flags that ``read_pairs`` asks for (``NPY_ARRAY_C_CONTIGUOUS``, ``NPY_ARRAY_WRITEABLE``).
 _C_CONTIGUOUS, _WRITEABLE = 0x0001, 0x0400
-_DATA = 5  # ``numbaopt.kernels.cpu.DATA``, known here without importing Numba
+_DATA = 6  # ``numbaopt.kernels.cpu.DATA``, known here without importing Numba
 
 
 def _pair_layout(
@@ -181,7 +180,8 @@ def _object_fields() -> npt.NDArray[np.int64] | None:
     cannot be trusted.
 
     The object header is ``object.__basicsize__`` bytes (larger on free-threaded Python),
-    its type pointer last; a tuple's items follow its header and size; NumPy's
+    its type pointer last; a list's pointer to its items follows its header and size, a
+    tuple's items follow its header and size; NumPy's
     ``PyArrayObject`` has ``data``, ``nd``, ``dimensions``, ``strides``, ``base``,
     ``descr`` and ``flags`` after the header (its C ABI, which every compiled extension
     reads through ``PyArray_DATA`` and friends). Checked once, on probes whose answers
@@ -190,9 +190,10 @@ def _object_fields() -> npt.NDArray[np.int64] | None:
     kernels = CPU.kernels
     word = np.dtype(np.intp).itemsize
     header = object.__basicsize__
-    fields = np.zeros(12, np.int64)
+    fields = np.zeros(13, np.int64)
     fields[kernels.TUPLE_TYPE], fields[kernels.NDARRAY_TYPE] = id(tuple), id(np.ndarray)
     fields[kernels.OB_TYPE] = header - word
+    fields[kernels.LIST_ITEMS] = header + word  # after the header and the list's size
     fields[kernels.TUPLE_SIZE], fields[kernels.TUPLE_ITEMS] = tuple.__basicsize__ - word, tuple.__basicsize__
     fields[kernels.DATA], fields[kernels.NDIM], fields[kernels.DIMENSIONS] = header, header + word, header + 2 * word
     fields[kernels.DESCR], fields[kernels.FLAGS] = header + 5 * word, header + 6 * word
@@ -230,14 +231,16 @@ def _object_fields_hold(fields: npt.NDArray[np.int64]) -> bool:
 
     def read(pairs: list[Any], shapes: list[tuple[int, ...]], dtypes: list[np.dtype[Any]]) -> tuple[int, list[int], list[int]]:
         param_at, grad_at = np.zeros(len(pairs), np.int64), np.zeros(len(pairs), np.int64)
-        objects = np.fromiter(map(id, pairs), np.int64, len(pairs))
-        found = CPU.kernels.read_pairs(objects, fields, *_pair_layout(shapes, dtypes), param_at, grad_at)
+        found = CPU.kernels.read_pairs(id(pairs), fields, *_pair_layout(shapes, dtypes), param_at, grad_at)
         return int(found), param_at.tolist(), grad_at.tolist()
 
     addresses = [p.__array_interface__["data"][0] for _, p in good], [g.__array_interface__["data"][0] for g, _ in good]
     if read(good, [p.shape for _, p in good], [p.dtype for _, p in good]) != (-1, *addresses):
         return False
-    return all(read([pair], [(3,)], [np.dtype(np.float64)])[0] == 0 for pair in unfit)
+    first = good[0]
+    return all(
+        read([first, pair], [first[1].shape, (3,)], [first[1].dtype, np.dtype(np.float64)])[0] == 1 for pair in unfit
+    )
 
 
 def _refuse_overlaps(starts: npt.NDArray[np.int64], nbytes: Sequence[int]) -> None:

@@ -133,13 +133,13 @@ def data_addresses(objects: npt.NDArray[np.int64], data_field: int, out: npt.NDA
 #: ``fields`` of ``read_pairs``: where CPython and NumPy keep what it reads, in bytes from
 #: the start of an object (ids of the type objects for the first two) and which flags must be set, found and checked
 #: by ``numbaopt.devices``.
-(TUPLE_TYPE, NDARRAY_TYPE, OB_TYPE, TUPLE_SIZE, TUPLE_ITEMS,
- DATA, NDIM, DIMENSIONS, DESCR, FLAGS, GRADIENT_FLAGS, PARAMETER_FLAGS) = range(12)
+(TUPLE_TYPE, NDARRAY_TYPE, OB_TYPE, LIST_ITEMS, TUPLE_SIZE, TUPLE_ITEMS,
+ DATA, NDIM, DIMENSIONS, DESCR, FLAGS, GRADIENT_FLAGS, PARAMETER_FLAGS) = range(13)
 
 
 @njit(cache=True)
 def read_pairs(
-    pairs: npt.NDArray[np.int64],
+    pairs: int,
     fields: npt.NDArray[np.int64],
     descrs: npt.NDArray[np.int64],
     shape_starts: npt.NDArray[np.int64],
@@ -147,21 +147,23 @@ def read_pairs(
     param_at: npt.NDArray[np.int64],
     grad_at: npt.NDArray[np.int64],
 ) -> int:
-    """Check ``(gradient, parameter)`` pairs against a bound layout in one pass; return -1
-    and fill ``param_at`` / ``grad_at`` with data addresses, or the first pair that is not
-    plainly fine.
+    """Check a list of ``(gradient, parameter)`` pairs against a bound layout in one pass;
+    return -1 and fill ``param_at`` / ``grad_at`` with data addresses, or the first pair
+    that is not plainly fine.
 
-    ``pairs`` are the object addresses of live tuples. Plainly fine: a 2-tuple of two
-    exact ``np.ndarray`` objects whose dtype object is ``descrs[k]`` (the canonical
-    float32 or float64 descriptor), whose shape is ``dims[shape_starts[k]:shape_starts[k+1]]``,
-    both C-contiguous and the parameter writeable. Anything else (another type, a cast, a
-    view, an error) is the Python checks' to judge and name: this pass only saves them
-    work on the usual step, it never refuses or accepts anything they would not.
+    ``pairs`` is the object address of a live ``list`` of ``len(descrs)`` items. Plainly
+    fine: a 2-tuple of two exact ``np.ndarray`` objects whose dtype object is
+    ``descrs[k]`` (the canonical float32 or float64 descriptor), whose shape is
+    ``dims[shape_starts[k]:shape_starts[k+1]]``, both C-contiguous and the parameter
+    writeable. Anything else (another type, a cast, a view, an error) is the Python
+    checks' to judge and name: this pass only saves them work on the usual step, it never
+    refuses or accepts anything they would not.
     """
     word = np.empty(1, np.int64)
     half = np.empty(1, np.int32)
-    for k in range(pairs.shape[0]):
-        pair = pairs[k]
+    items = _pointer(_pointer(pairs + fields[LIST_ITEMS], word)[0], word)
+    for k in range(descrs.shape[0]):
+        pair = items[k]
         if _pointer(pair + fields[OB_TYPE], word)[0] != fields[TUPLE_TYPE]:
             return k
         if _pointer(pair + fields[TUPLE_SIZE], word)[0] != 2:
