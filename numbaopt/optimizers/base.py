@@ -107,6 +107,19 @@ def _locked(method: Callable[Concatenate[Optimizer, _P], _R]) -> Callable[Concat
     return locked
 
 
+def _hyperparameter(name: str) -> property:
+    """The attribute ``opt.<name>``: the hyperparameter's value. A clip left off has none:
+    AttributeError, from ``Optimizer.__getattr__`` (which Python asks next)."""
+
+    def value(self: Optimizer) -> Any:
+        try:
+            return self.__dict__["_hyper"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    return property(value, doc=f"The hyperparameter ``{name}``; assigning it checks the value.")
+
+
 class Optimizer(metaclass=abc.ABCMeta):
     """Base class of the Keras 2.0 optimizers.
 
@@ -145,6 +158,12 @@ class Optimizer(metaclass=abc.ABCMeta):
         parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         cls.__signature__ = inspect.Signature(parameters)
         cls._settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE}
+        # Hyperparameters read as attributes, as in Keras (opt.lr, opt.beta_1, opt.clipnorm):
+        # a property per name is read in a tenth of the time ``__getattr__`` takes (every
+        # step reads several), which stays for the names a class does not declare.
+        for attribute, name in [(name, name) for name in cls._settable] + list(ALIASES.items()):
+            if name in cls._settable and attribute not in cls.__dict__:
+                setattr(cls, attribute, _hyperparameter(name))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock = threading.RLock()  # see _locked; reentrant: get_weights calls state
@@ -185,7 +204,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         return checked
 
     def __getattr__(self, name: str) -> Any:
-        # Hyperparameters read as attributes, as in Keras (opt.lr, opt.beta_1, opt.clipnorm).
+        # Hyperparameters a subclass has under a name of its own: read as attributes too.
         hyper = self.__dict__.get("_hyper")
         if hyper is not None and name in hyper:
             return hyper[name]
