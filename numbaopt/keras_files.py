@@ -113,7 +113,8 @@ class KerasOptimizerFile(NamedTuple):
 
     @property
     def optimizer_class(self) -> type[Optimizer]:
-        return optimizer_class(self.keras_class)  # type: ignore[no-any-return]  # the registry's classes are Optimizers
+        cls: type[Optimizer] = optimizer_class(self.keras_class)
+        return cls
 
 
 # ----------------------------------------------------------------------- import
@@ -178,7 +179,7 @@ def is_keras_file(path: str | os.PathLike[str]) -> bool:
             return True
         if h5py.is_hdf5(path):
             with h5py.File(path, "r") as f:
-                return "training_config" in f.attrs or "keras_version" in f.attrs
+                return "training_config" in f.attrs or "model_weights" in f
     return False
 
 
@@ -189,6 +190,12 @@ def _reading(where: str) -> Iterator[None]:
             yield
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
             raise CheckpointError(f"cannot read {where}: {error}") from error
+
+
+def describe(found: KerasOptimizerFile) -> str:
+    """Which Keras wrote the file, in words."""
+    kind = "Keras 3 .keras file" if found.generation == "keras3" else "tf-keras .h5 model file"
+    return f"{kind}, {_GENERATION_NAMES[found.generation]}"
 
 
 # ------------------------------------------------------------- tf-keras .h5 files
@@ -216,9 +223,11 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         if not isinstance(opt_name, str):
             raise CheckpointError(f"the optimizer's name in training_config is not a string: {opt_name!r:.80}")
         group = _group(f, "optimizer_weights")
-        if group is None:
-            iterations, scalars, names, slots = None, {}, tuple(model_weights), {}
-        else:
+        iterations: _Slot | None = None
+        scalars: dict[str, _Slot] = {}
+        names: tuple[str, ...] = ()
+        slots: dict[str, list[_Slot]] = {}
+        if group is not None:
             iterations, scalars, names, slots = _optimizer_weights(group, generation, opt_name, slot_names)
         if not names:  # no slots name the trainable variables: Keras records no trainability per weight
             names = tuple(model_weights)
@@ -227,7 +236,7 @@ def _read_h5(path: str) -> KerasOptimizerFile:
                 raise CheckpointError(f"optimizer_weights has slots for {name!r}, which model_weights does not hold")
         weights = {name: model_weights[name] for name in names}
         _check_slot_shapes(names, weights, slots)
-    arguments = _arguments(keras_class, generation, config, has_slots=bool(slots))
+    arguments = _arguments(keras_class, generation, config, bool(slots), _is_float64(weights))
     return KerasOptimizerFile(path, generation, keras_class, config, arguments, iterations, scalars, names, weights, slots)
 
 
@@ -438,6 +447,10 @@ def _slot_of(weight: str, generation: str, opt_name: str, by_keras_name: Mapping
     return None, ""
 
 
+def _is_float64(weights: Mapping[str, _Slot]) -> bool:
+    return any(w.value.dtype == np.float64 for w in weights.values())
+
+
 def _check_slot_shapes(names: tuple[str, ...], weights: Mapping[str, _Slot], slots: Mapping[str, list[_Slot]]) -> None:
     for kind, per_parameter in slots.items():
         for name, slot in zip(names, per_parameter):
@@ -500,7 +513,7 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
         for k, kind in enumerate(kinds):  # Keras 3 interleaves the kinds, variable by variable
             slots[kind].append(slot_values[i * len(kinds) + k])
     _check_slot_shapes(names, variables, slots)
-    arguments = _arguments(class_name, "keras3", config, has_slots=bool(kinds))
+    arguments = _arguments(class_name, "keras3", config, bool(kinds), _is_float64(variables))
     return KerasOptimizerFile(path, "keras3", class_name, config, arguments, iterations, {}, names, variables, slots)
 
 
@@ -569,12 +582,31 @@ def _keras3_variables(f: Any, layer_names: list[str]) -> dict[str, _Slot]:
 # ---------------------------------------------------------------------- config
 
 
-def _arguments(keras_class: str, generation: str, config: Mapping[str, Any], has_slots: bool) -> dict[str, Any]:
-    """numbaopt constructor arguments for a Keras config, or a ValueError naming what numbaopt cannot honour."""
+def _arguments(
+    keras_class: str, generation: str, config: Mapping[str, Any], has_slots: bool, float64: bool
+) -> dict[str, Any]:
+    """numbaopt constructor arguments for a Keras config, or a ValueError naming what numbaopt cannot honour.
+
+    ``float64``: whether the model's weights are float64, where tf-keras rounds some settings
+    to float32 on their way into the arithmetic (``tf.cast`` of a Python float goes through
+    float32); those are rounded here as TensorFlow rounds them, or refused where Keras uses
+    the same setting both rounded and not.
+    """
     from numbaopt import keras_config
 
     config = dict(config)
     where = f"the {_GENERATION_NAMES[generation]} {keras_class}"
+    if float64:
+        for key in _FLOAT32_IN_FLOAT64.get((generation, keras_class), ()):
+            if isinstance(config.get(key), float):
+                config[key] = float(np.float32(config[key]))
+        for key in _MIXED_IN_FLOAT64.get((generation, keras_class), ()):
+            value = config.get(key)
+            if key == "*" or (isinstance(value, float) and float(np.float32(value)) != value):
+                raise ValueError(
+                    f"{where} in a float64 model uses {'its schedule constant 0.96' if key == '*' else f'{key}={value!r}'} "
+                    f"rounded to float32 in one place and not in another; numbaopt cannot reproduce that exactly"
+                )
     if isinstance(config.get("learning_rate"), dict):
         raise ValueError(f"{where} uses a learning-rate schedule ({config['learning_rate'].get('class_name')!r}); "
                          f"numbaopt has Keras 2.0's decay only")
@@ -602,6 +634,26 @@ def _arguments(keras_class: str, generation: str, config: Mapping[str, Any], has
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"the optimizer config holds a value numbaopt refuses: {error}") from error
     return arguments
+
+
+#: Settings tf-keras reads only through ``tf.cast(python_float, dtype)``, which rounds them to
+#: float32 first: in a float64 model the arithmetic uses float32(value).
+_FLOAT32_IN_FLOAT64: dict[tuple[str, str], tuple[str, ...]] = {
+    ("legacy", "SGD"): ("decay",),
+    ("legacy", "RMSprop"): ("decay",),
+    ("legacy", "Adagrad"): ("decay",),
+    ("legacy", "Adadelta"): ("decay",),
+    ("legacy", "Adam"): ("decay",),
+    ("legacy", "Adamax"): ("decay",),
+    ("new", "SGD"): ("momentum",),
+}
+
+#: Settings a float64 model uses both float32-rounded and exactly ("*": the class as a whole).
+_MIXED_IN_FLOAT64: dict[tuple[str, str], tuple[str, ...]] = {
+    ("legacy", "Nadam"): ("*",),
+    ("new", "Adam"): ("beta_1", "beta_2"),
+    ("new", "Adamax"): ("beta_1",),
+}
 
 
 # ----------------------------------------------------------------------- export
@@ -686,7 +738,8 @@ def _fitting(value: npt.ArrayLike, slot: _Slot, what: str) -> npt.NDArray[Any]:
 def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[str, Any] | None:
     """The file's optimizer config with the optimizer's settings, or None when they are the file's already."""
     wanted = optimizer.checkpoint_config()
-    if _arguments(found.keras_class, found.generation, found.keras_config, bool(found.slots)) == wanted:
+    float64 = _is_float64(found.weights)
+    if _arguments(found.keras_class, found.generation, found.keras_config, bool(found.slots), float64) == wanted:
         return None
     config = dict(found.keras_config)
     for key, value in wanted.items():
@@ -705,7 +758,7 @@ def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[st
     for key in ("clipnorm", "clipvalue"):
         if key not in wanted and (found.keras_config.get("global_clipnorm" if key == "clipnorm" else key) is not None):
             config["global_clipnorm" if key == "clipnorm" else key] = None
-    if _arguments(found.keras_class, found.generation, config, bool(found.slots)) != wanted:
+    if _arguments(found.keras_class, found.generation, config, bool(found.slots), float64) != wanted:
         raise ValueError(f"{found.path}: Keras's {found.keras_class} cannot express {wanted}")
     return config
 
