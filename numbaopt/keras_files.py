@@ -616,8 +616,6 @@ def _arguments(
     if keras_class == "Adagrad" and "initial_accumulator_value" in config:
         if has_slots:  # the accumulators in the file already hold it
             del config["initial_accumulator_value"]
-    if keras_class == "SGD" and generation != "legacy":
-        config.setdefault("decay", 0.0)
     cls = optimizer_class(keras_class)
     arguments = keras_config.keras2_arguments(cls, config)
     if "learning_rate" in arguments:
@@ -739,7 +737,12 @@ def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[st
     """The file's optimizer config with the optimizer's settings, or None when they are the file's already."""
     wanted = optimizer.checkpoint_config()
     float64 = _is_float64(found.weights)
-    if _arguments(found.keras_class, found.generation, found.keras_config, bool(found.slots), float64) == wanted:
+
+    def settings(config: Mapping[str, Any]) -> dict[str, Any]:
+        arguments = _arguments(found.keras_class, found.generation, config, bool(found.slots), float64)
+        return found.optimizer_class(**arguments).checkpoint_config()
+
+    if settings(found.keras_config) == wanted:
         return None
     config = dict(found.keras_config)
     for key, value in wanted.items():
@@ -758,7 +761,7 @@ def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[st
     for key in ("clipnorm", "clipvalue"):
         if key not in wanted and (found.keras_config.get("global_clipnorm" if key == "clipnorm" else key) is not None):
             config["global_clipnorm" if key == "clipnorm" else key] = None
-    if _arguments(found.keras_class, found.generation, config, bool(found.slots), float64) != wanted:
+    if settings(config) != wanted:
         raise ValueError(f"{found.path}: Keras's {found.keras_class} cannot express {wanted}")
     return config
 

@@ -83,8 +83,8 @@ def test_import_loads_every_slot_and_the_config_the_file_holds(case):
     for name, slot in found.scalars.items():
         assert state.scalars[name] == float(slot.value)
     config = found.keras_config
-    assert opt.lr == config["learning_rate"] and opt.epsilon == config.get("epsilon", opt.get_config().get("epsilon"))
-    for key in ("beta_1", "beta_2", "rho", "nesterov"):
+    assert opt.lr == config["learning_rate"]
+    for key in ("epsilon", "beta_1", "beta_2", "rho", "nesterov"):  # from the file, never numbaopt's defaults
         if key in config:
             assert getattr(opt, key) == config[key], key
 
@@ -194,8 +194,9 @@ def test_float64_new_style_adam_with_betas_float32_cannot_hold_is_refused(tmp_pa
     """New-style tf-keras casts beta_1 to float32 for the bias correction but not for the
     moment update: in a float64 model only a beta that float32 holds exactly is reproducible."""
     path = copy_of("new_sgd_float64", tmp_path)
-    edit_optimizer_config(path, lambda _, config: ("Custom>Adam", {**config, "beta_1": 0.9, "beta_2": 0.5,
-                                                                    "epsilon": 1e-7, "amsgrad": False}))
+    edit_optimizer_config(path, lambda _, config: ("Custom>Adam", {
+        **{k: v for k, v in config.items() if k not in ("momentum", "nesterov")},
+        "beta_1": 0.9, "beta_2": 0.5, "epsilon": 1e-7, "amsgrad": False}))
     with h5py.File(path, "r+") as f:  # give it Adam's slots: m and v for each variable
         group = f["optimizer_weights"]
         names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
@@ -272,12 +273,12 @@ HOSTILE_H5 = {
     "training_config not JSON": training_config(lambda text: text[: len(text) // 2]),
     "training_config a list": training_config(lambda text: b"[1, 2]"),
     "no optimizer_config": training_config(lambda text: json.dumps({"loss": "mse"}).encode()),
-    "NaN learning rate": training_config(lambda text: text.replace(b'"learning_rate": 0.009999999776482582',
-                                                                   b'"learning_rate": NaN')),
-    "infinite epsilon": training_config(lambda text: text.replace(b'"epsilon": 1e-06', b'"epsilon": Infinity')),
-    "negative learning rate": training_config(lambda text: text.replace(b'"learning_rate": 0.00999',
-                                                                        b'"learning_rate": -0.00999')),
-    "epsilon missing": training_config(lambda text: text.replace(b'"epsilon": 1e-06, ', b"")),
+    "NaN learning rate": training_config(lambda text: text.replace('"learning_rate": 0.009999999776482582',
+                                                                   '"learning_rate": NaN')),
+    "infinite epsilon": training_config(lambda text: text.replace('"epsilon": 1e-06', '"epsilon": Infinity')),
+    "negative learning rate": training_config(lambda text: text.replace('"learning_rate": 0.00999',
+                                                                        '"learning_rate": -0.00999')),
+    "epsilon missing": training_config(lambda text: text.replace('"epsilon": 1e-06, ', '').replace(', "epsilon": 1e-06', '')),
     "slot of another shape": replace_dataset("optimizer_weights/Adam/hidden/kernel/m:0", np.zeros((4, 3), np.float32)),
     "slot of another dtype": replace_dataset("optimizer_weights/Adam/hidden/kernel/m:0", np.zeros((3, 4), np.float64)),
     "slot of strings": replace_dataset("optimizer_weights/Adam/hidden/kernel/m:0", np.array([b"x"] * 12).reshape(3, 4)),
@@ -287,7 +288,7 @@ HOSTILE_H5 = {
     "weight missing": lambda f: f.__delitem__("model_weights/hidden/hidden/kernel:0"),
     "weight names of numbers": lambda f: f["model_weights/hidden"].attrs.__setitem__("weight_names", np.arange(3)),
     "an unknown optimizer weight": lambda f: f["optimizer_weights"].attrs.__setitem__(
-        "weight_names", [n for n in f["optimizer_weights"].attrs["weight_names"]] + [b"Adam/hidden/kernel/z:0"]),
+        "weight_names", [n.encode() for n in f["optimizer_weights"].attrs["weight_names"]] + [b"Adam/hidden/kernel/z:0"]),
     "a slot linked to another file": lambda f: (
         f.__delitem__("optimizer_weights/Adam/hidden/kernel/m:0"),
         f["optimizer_weights/Adam/hidden/kernel"].__setitem__("m:0", h5py.ExternalLink("/etc/passwd", "/x"))),
