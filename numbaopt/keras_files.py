@@ -237,6 +237,8 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         weights = {name: model_weights[name] for name in names}
         _check_slot_shapes(names, weights, slots)
     arguments = _arguments(keras_class, generation, config, bool(slots), _is_float64(weights))
+    if iterations is not None:
+        _check_every_slot(keras_class, arguments, slot_names, slots)
     return KerasOptimizerFile(path, generation, keras_class, config, arguments, iterations, scalars, names, weights, slots)
 
 
@@ -326,6 +328,8 @@ def _names_attribute(group: Any, key: str, where: str) -> list[str]:
                 if not isinstance(value, str):
                     raise CheckpointError(f"attribute {key} on {where} holds {value!r:.40}, not a name")
                 names.append(value)
+    if len(set(names)) != len(names):  # each name would be read again: a small file could fill the memory
+        raise CheckpointError(f"attribute {key} on {where} names an entry twice")
     return names
 
 
@@ -344,21 +348,9 @@ def _dataset(parent: Any, key: str, where: str) -> npt.NDArray[Any]:
             raise CheckpointError(f"{where} is not a dataset")
         if dataset.dtype.kind not in "fiu" or dataset.dtype.itemsize > 8:
             raise CheckpointError(f"{where} has dtype {dataset.dtype}, not a number")
-    _check_plain(dataset, where)
+    checkpoint._check_stored_plainly(dataset, where)  # contiguous, unfiltered: no more bytes than the file holds
     with _reading(where):
         return np.asarray(dataset[()])
-
-
-def _check_plain(dataset: Any, where: str) -> None:
-    """Like a checkpoint's datasets, but chunked storage without filters is allowed (its bytes are bounded too)."""
-    with _reading(where):
-        if dataset.is_virtual or dataset.external:
-            raise CheckpointError(f"{where} is not stored in this file (virtual or external)")
-        if dataset.chunks is not None and dataset.id.get_create_plist().get_nfilters():
-            raise CheckpointError(f"{where} is compressed or filtered; Keras writes plain datasets")
-        expected = math.prod(dataset.shape) * dataset.dtype.itemsize
-        if dataset.chunks is None and expected and dataset.id.get_storage_size() != expected:
-            raise CheckpointError(f"{where} stores {dataset.id.get_storage_size()} bytes, but its shape needs {expected}")
 
 
 def _model_weights(f: Any) -> dict[str, _Slot]:
@@ -418,17 +410,9 @@ def _optimizer_weights(
         if missing:
             raise CheckpointError(f"optimizer_weights has no {slot_names[kind]} slot for {missing[0]!r}")
         slots[kind] = [per_variable[n] for n in names]
-    if names and len(slots) != len(slot_names) and not _slot_optional(slot_names):
-        absent = [slot_names[k] for k in slot_names if k not in slots]
-        raise CheckpointError(f"optimizer_weights has no {', '.join(absent)} slots")
     if iterations is None:
         raise CheckpointError("optimizer_weights holds no iteration count")
     return iterations, scalars, tuple(names), slots
-
-
-def _slot_optional(slot_names: Mapping[str, str]) -> bool:
-    """SGD keeps its one slot only with momentum (legacy) or always (new-style)."""
-    return tuple(slot_names) == ("moments",)
 
 
 def _slot_of(weight: str, generation: str, opt_name: str, by_keras_name: Mapping[str, str]) -> tuple[str | None, str]:
@@ -445,6 +429,16 @@ def _slot_of(weight: str, generation: str, opt_name: str, by_keras_name: Mapping
         if slot in by_keras_name and variable:
             return by_keras_name[slot], variable
     return None, ""
+
+
+def _check_every_slot(
+    keras_class: str, arguments: Mapping[str, Any], slot_names: Mapping[str, str], slots: Mapping[str, Any]
+) -> None:
+    """A file with optimizer weights holds every slot kind, but SGD's moments without momentum
+    (tf-keras's legacy SGD keeps none then, and they have no effect)."""
+    for kind, keras_name in slot_names.items():
+        if kind not in slots and not (keras_class == "SGD" and arguments.get("momentum") == 0):
+            raise CheckpointError(f"optimizer_weights holds no {keras_name} slots, which {keras_class} keeps")
 
 
 def _is_float64(weights: Mapping[str, _Slot]) -> bool:

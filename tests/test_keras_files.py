@@ -287,8 +287,10 @@ HOSTILE_H5 = {
     "iteration a float": replace_dataset("optimizer_weights/Adam/iter:0", np.float32(3)),
     "weight missing": lambda f: f.__delitem__("model_weights/hidden/hidden/kernel:0"),
     "weight names of numbers": lambda f: f["model_weights/hidden"].attrs.__setitem__("weight_names", np.arange(3)),
-    "an unknown optimizer weight": lambda f: f["optimizer_weights"].attrs.__setitem__(
-        "weight_names", [n.encode() for n in f["optimizer_weights"].attrs["weight_names"]] + [b"Adam/hidden/kernel/z:0"]),
+    "an unknown optimizer weight": lambda f: (
+        f["optimizer_weights"].create_dataset("Adam/hidden/kernel/z:0", data=np.zeros((3, 4), np.float32)),
+        f["optimizer_weights"].attrs.__setitem__(
+            "weight_names", [n.encode() for n in f["optimizer_weights"].attrs["weight_names"]] + [b"Adam/hidden/kernel/z:0"])),
     "a slot linked to another file": lambda f: (
         f.__delitem__("optimizer_weights/Adam/hidden/kernel/m:0"),
         f["optimizer_weights/Adam/hidden/kernel"].__setitem__("m:0", h5py.ExternalLink("/etc/passwd", "/x"))),
@@ -297,7 +299,21 @@ HOSTILE_H5 = {
         f.create_dataset("optimizer_weights/Adam/hidden/kernel/m:0", data=np.zeros((3, 4), np.float32),
                          compression="gzip")),
     "no model_weights": lambda f: f.__delitem__("model_weights"),
+    "a weight named twice": lambda f: f["model_weights/hidden"].attrs.__setitem__(
+        "weight_names", [b"hidden/kernel:0"] * 1000 + [b"hidden/bias:0"]),
+    "no v slots": lambda f: f["optimizer_weights"].attrs.__setitem__(
+        "weight_names", [n.encode() for n in f["optimizer_weights"].attrs["weight_names"] if not n.endswith("/v:0")]),
+    "a chunked slot (its chunks could be absent and its shape huge)": lambda f: (
+        f.__delitem__("optimizer_weights/Adam/hidden/kernel/m:0"),
+        f.create_dataset("optimizer_weights/Adam/hidden/kernel/m:0", shape=(3, 4), dtype=np.float32, chunks=(1, 1))),
 }
+
+
+def test_sgd_with_momentum_needs_its_slots(tmp_path):
+    path = damage_h5("legacy_sgd", tmp_path, lambda f: f["optimizer_weights"].attrs.__setitem__(
+        "weight_names", [n.encode() for n in f["optimizer_weights"].attrs["weight_names"][:1]]))
+    with pytest.raises(CheckpointError, match="momentum slots"):
+        numbaopt.import_keras_optimizer(path)
 
 
 @pytest.mark.parametrize("damage", sorted(HOSTILE_H5))
