@@ -167,6 +167,8 @@ def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile:
         return _read_h5(path)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from error.__cause__
+    except ValueError as error:  # a refusal: numbaopt cannot reproduce the file's optimizer
+        raise ValueError(f"{path}: {error}") from None
 
 
 def is_keras_file(path: str | os.PathLike[str]) -> bool:
@@ -238,7 +240,7 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         _check_slot_shapes(names, weights, slots)
     arguments = _arguments(keras_class, generation, config, bool(slots), _is_float64(weights))
     if iterations is not None:
-        _check_every_slot(keras_class, arguments, slot_names, slots)
+        _check_every_slot(keras_class, arguments, slot_names, slots, scalars)
     return KerasOptimizerFile(path, generation, keras_class, config, arguments, iterations, scalars, names, weights, slots)
 
 
@@ -432,13 +434,17 @@ def _slot_of(weight: str, generation: str, opt_name: str, by_keras_name: Mapping
 
 
 def _check_every_slot(
-    keras_class: str, arguments: Mapping[str, Any], slot_names: Mapping[str, str], slots: Mapping[str, Any]
+    keras_class: str, arguments: Mapping[str, Any], slot_names: Mapping[str, str], slots: Mapping[str, Any],
+    scalars: Mapping[str, Any],
 ) -> None:
-    """A file with optimizer weights holds every slot kind, but SGD's moments without momentum
-    (tf-keras's legacy SGD keeps none then, and they have no effect)."""
+    """A file with optimizer weights holds every slot kind and scalar, but SGD's moments without
+    momentum (tf-keras's legacy SGD keeps none then, and they have no effect)."""
     for kind, keras_name in slot_names.items():
         if kind not in slots and not (keras_class == "SGD" and arguments.get("momentum") == 0):
             raise CheckpointError(f"optimizer_weights holds no {keras_name} slots, which {keras_class} keeps")
+    for name, _ in optimizer_class(keras_class).scalar_state:
+        if name not in scalars:
+            raise CheckpointError(f"optimizer_weights holds no momentum_cache, {keras_class}'s {name}")
 
 
 def _is_float64(weights: Mapping[str, _Slot]) -> bool:

@@ -170,8 +170,9 @@ REFUSALS = [
 def test_what_numbaopt_cannot_reproduce_is_refused_naming_it(case, change, named, tmp_path, capsys):
     path = copy_of(case, tmp_path)
     edit_optimizer_config(path, change)
-    with pytest.raises(ValueError, match=named):
+    with pytest.raises(ValueError, match=named) as error:
         numbaopt.import_keras_optimizer(path)
+    assert str(error.value).startswith(f"{path}: ")
     assert cli_main(["inspect", str(path)]) == 1
     assert named in capsys.readouterr().err
 
@@ -307,6 +308,13 @@ HOSTILE_H5 = {
         f.__delitem__("optimizer_weights/Adam/hidden/kernel/m:0"),
         f.create_dataset("optimizer_weights/Adam/hidden/kernel/m:0", shape=(3, 4), dtype=np.float32, chunks=(1, 1))),
 }
+
+
+def test_nadam_needs_its_momentum_cache(tmp_path):
+    path = damage_h5("legacy_nadam", tmp_path, lambda f: f["optimizer_weights"].attrs.__setitem__(
+        "weight_names", [n.encode() for n in f["optimizer_weights"].attrs["weight_names"] if "momentum_cache" not in n]))
+    with pytest.raises(CheckpointError, match="momentum_cache"):
+        numbaopt.import_keras_optimizer(path)
 
 
 def test_sgd_with_momentum_needs_its_slots(tmp_path):
