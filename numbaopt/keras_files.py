@@ -231,6 +231,8 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         slots: dict[str, list[_Slot]] = {}
         if group is not None:
             iterations, scalars, names, slots = _optimizer_weights(group, generation, opt_name, slot_names)
+            if not names and iterations is not None and int(iterations.value) == 0:
+                iterations = None  # new-style tf-keras saves its iteration count alone before the first step
         if not names:  # no slots name the trainable variables: Keras records no trainability per weight
             names = tuple(model_weights)
         for name in names:
@@ -502,6 +504,8 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
     if not 0 <= int(iterations.value) < 2**63:
         raise CheckpointError(f"optimizer/vars/0 is not an iteration count: {iterations.value!r}")
     kinds = [kind for kind in slot_names if kind != "moments" or _momentum(config) != 0]
+    if not slot_values:  # saved before the first step: Keras 3 builds the slots then
+        kinds = []
     if len(slot_values) != len(kinds) * len(variables):
         raise CheckpointError(
             f"optimizer/vars holds {len(slot_values)} slots, but {class_name} keeps {len(kinds)} for each of the "
@@ -678,11 +682,12 @@ def export_keras_optimizer(
     if found.optimizer_class is not type(optimizer):
         raise ValueError(f"{found.path} holds a {found.keras_class} optimizer; cannot write a {type(optimizer).__name__} into it")
     state = optimizer.state()
+    created = None
+    if found.iterations is None:  # saved before the first step: lay out the weights Keras would create
+        found, created = _laid_out(found, optimizer, state.names)
     order = _parameter_order(optimizer, state.names, found, state.slots)
     writes: dict[str, npt.NDArray[Any]] = {}
-    if found.iterations is None:
-        raise ValueError(f"{found.path} holds no optimizer weights yet (Keras saved it before the first step): "
-                         f"train one step in Keras and save, then export into that file")
+    assert found.iterations is not None  # read from the file, or laid out above
     writes[found.iterations.path] = np.array(state.iterations, found.iterations.value.dtype)
     for name, slot in found.scalars.items():
         writes[slot.path] = np.array(state.scalars[name], slot.value.dtype)
@@ -691,14 +696,56 @@ def export_keras_optimizer(
             if not _unused_slot(optimizer, kind):
                 raise ValueError(f"{found.path} keeps no {kind} slots, which {type(optimizer).__name__} at its settings needs")
             continue
-        for slot, index in zip(found.slots[kind], order):
-            writes[slot.path] = _fitting(state.slots[kind][index], slot, f"slot {kind} of {found.names[order.index(index)]!r}")
+        for i, (slot, index) in enumerate(zip(found.slots[kind], order)):
+            writes[slot.path] = _fitting(state.slots[kind][index], slot, f"slot {kind} of {found.names[i]!r}")
     for name, value in (parameters or {}).items():
         if name not in found.weights:
             raise ValueError(f"parameters: {name!r} is no weight of {found.path} (it has {', '.join(found.weights)})")
         writes[found.weights[name].path] = _fitting(value, found.weights[name], f"parameters[{name!r}]")
     training_config = _training_config(optimizer, found)
-    _replace_atomically(found.path, writes, training_config)
+    _replace_atomically(found.path, writes, training_config, created)
+
+
+def _laid_out(
+    found: KerasOptimizerFile, optimizer: Optimizer, names: tuple[str, ...] | None
+) -> tuple[KerasOptimizerFile, list[str]]:
+    """``found`` with the optimizer weights Keras creates for the named parameters, and their
+    names in the order Keras lists them: legacy ``<opt>/iter:0``, then each slot kind for all
+    variables (``<opt>/<variable>/<slot>:0``); new-style ``iteration:0``, then every slot of
+    each variable in turn (``<opt>/<slot>/<variable>:0``). The variables come in the model's order."""
+    if names is None:
+        raise ValueError(f"{found.path} holds no optimizer weights yet, so the optimizer's parameters must be named "
+                         f"(set_parameter_names, or names= in apply_gradients) to say which weights they are")
+    unknown = [n for n in names if n not in found.weights]
+    if unknown:
+        raise ValueError(f"the optimizer's parameters {unknown} are no weights of {found.path}")
+    variables = tuple(n for n in found.weights if n in names)
+    opt_name = str(found.keras_config.get("name", found.keras_class))
+    keras_slots = _KERAS_CLASSES[found.generation][found.keras_class]
+    kinds = [k for k in keras_slots if found.generation != "legacy" or not _unused_slot(optimizer, k)]
+    legacy = found.generation == "legacy"
+
+    def slot_path(kind: str, variable: str) -> str:
+        if not legacy:
+            return f"{opt_name}/{keras_slots[kind]}/{variable}"
+        match = re.fullmatch(r"(.+)(:\d+)", variable)
+        if match is None:
+            raise ValueError(f"{found.path}: the weight name {variable!r} lacks the ':0' ending tf-keras gives it")
+        return f"{opt_name}/{match[1]}/{keras_slots[kind]}{match[2]}"
+
+    slots = {kind: [_Slot(f"optimizer_weights/{slot_path(kind, v)}", found.weights[v].value) for v in variables]
+             for kind in kinds}
+    weight_names = [f"{opt_name}/iter:0" if legacy else "iteration:0"]
+    iterations = _Slot(f"optimizer_weights/{weight_names[0]}", np.zeros((), np.int64))
+    scalars = {}
+    for name, _ in optimizer.scalar_state:  # legacy Nadam's momentum cache, in the first variable's dtype
+        weight_names.append(f"{opt_name}/momentum_cache:0")
+        scalars[name] = _Slot(f"optimizer_weights/{weight_names[-1]}", np.zeros((), found.weights[variables[0]].value.dtype))
+    if legacy:
+        weight_names += [slot_path(kind, v) for kind in kinds for v in variables]
+    else:
+        weight_names += [slot_path(kind, v) for v in variables for kind in kinds]
+    return found._replace(iterations=iterations, scalars=scalars, names=variables, slots=slots), weight_names
 
 
 def _parameter_order(
@@ -766,8 +813,14 @@ def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[st
     return config
 
 
-def _replace_atomically(path: str, writes: Mapping[str, npt.NDArray[Any]], optimizer_config: dict[str, Any] | None) -> None:
-    """Copy the file, write ``writes`` (dataset path -> value) into the copy, fsync, move it over ``path``."""
+def _replace_atomically(
+    path: str, writes: Mapping[str, npt.NDArray[Any]], optimizer_config: dict[str, Any] | None,
+    created: list[str] | None,
+) -> None:
+    """Copy the file, write ``writes`` (dataset path -> value) into the copy, fsync, move it over ``path``.
+
+    ``created``: the names of the optimizer weights to list in a new group ``optimizer_weights``.
+    """
     import h5py
 
     target = os.path.realpath(path)
@@ -779,8 +832,15 @@ def _replace_atomically(path: str, writes: Mapping[str, npt.NDArray[Any]], optim
         shutil.copyfile(target, temporary)
         shutil.copymode(target, temporary)
         with h5py.File(temporary, "r+") as f:
+            if created is not None:
+                if "optimizer_weights" in f:  # new-style tf-keras's iteration count alone
+                    del f["optimizer_weights"]
+                _write_names(f.create_group("optimizer_weights"), "weight_names", created)
             for where, value in writes.items():
-                f[where][()] = value
+                if where in f:
+                    f[where][()] = value
+                else:
+                    f.create_dataset(where, data=value)
             if optimizer_config is not None:
                 training_config = json.loads(_text(f.attrs["training_config"]))
                 training_config["optimizer_config"]["config"] = optimizer_config
@@ -794,6 +854,24 @@ def _replace_atomically(path: str, writes: Mapping[str, npt.NDArray[Any]], optim
         raise
     with contextlib.suppress(OSError):
         checkpoint._fsync_directory(folder)
+
+
+#: tf-keras splits a list attribute into numbered parts above this many bytes (HDF5's object header limit).
+_ATTRIBUTE_LIMIT = 64512
+
+
+def _write_names(group: Any, key: str, names: list[str]) -> None:
+    """A list of names as tf-keras writes it (``save_attributes_to_hdf5_group``): UTF-8 strings
+    in one attribute, or in ``key0``, ``key1``... when they would pass the object header limit."""
+    size = sum(len(name.encode("utf8")) for name in names)
+    parts = 1
+    while size / parts > _ATTRIBUTE_LIMIT:
+        parts += 1
+    if parts == 1:
+        group.attrs[key] = names
+    else:
+        for i, part in enumerate(np.array_split(np.asarray(names, dtype=object), parts)):
+            group.attrs[f"{key}{i}"] = part.tolist()
 
 
 def _text(value: Any) -> str:

@@ -49,6 +49,33 @@ def copy_of(case, tmp_path):
     return target
 
 
+def fresh_copy(case, tmp_path):
+    """A copy of ``case`` as Keras saves it before the first step: tf-keras legacy without
+    optimizer weights, new-style with its iteration count alone, Keras 3 without slots."""
+    path = copy_of(case, tmp_path)
+    if path.suffix == ".keras":
+        with zipfile.ZipFile(path) as z:
+            members = {name: z.read(name) for name in z.namelist()}
+
+        def drop_slots(f):
+            for key in list(f["optimizer/vars"])[2:]:
+                del f[f"optimizer/vars/{key}"]
+            f["optimizer/vars/0"][()] = 0
+
+        members["model.weights.h5"] = _edited_weights(members["model.weights.h5"], drop_slots)
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        return path
+    with h5py.File(path, "r+") as f:
+        new_style = "iteration:0" in f["optimizer_weights"]
+        del f["optimizer_weights"]
+        if new_style:
+            f["optimizer_weights/iteration:0"] = np.int64(0)
+            f["optimizer_weights"].attrs["weight_names"] = np.asarray([b"iteration:0"])
+    return path
+
+
 def test_every_kind_of_file_is_shipped():
     assert {c.split("_")[0] for c in CASES} == {"legacy", "new", "keras3"}
     legacy = {recorded(c)[1] for c in CASES if c.startswith("legacy")}
@@ -87,6 +114,27 @@ def test_import_loads_every_slot_and_the_config_the_file_holds(case):
     for key in ("epsilon", "beta_1", "beta_2", "rho", "nesterov"):  # from the file, never numbaopt's defaults
         if key in config:
             assert getattr(opt, key) == config[key], key
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_file_saved_before_the_first_step_imports_as_a_fresh_optimizer(case, tmp_path):
+    if refuses_fresh(case, tmp_path):
+        return
+    opt, params = numbaopt.import_keras_optimizer(fresh_copy(case, tmp_path))
+    _, trained = numbaopt.import_keras_optimizer(recorded(case)[0])
+    assert opt.iterations == 0 and list(params) == list(trained)
+    assert all(not np.any(a) for arrays in opt.state().slots.values() for a in arrays)
+    assert opt.state().scalars == dict(type(opt).scalar_state)
+
+
+def refuses_fresh(case, tmp_path):
+    """Whether ``case`` starts from a non-zero accumulator (tf-keras's Adagrad), which only its
+    saved slots hold: without them the file is refused."""
+    if read_keras_file(recorded(case)[0]).keras_config.get("initial_accumulator_value", 0) == 0:
+        return False
+    with pytest.raises(ValueError, match="initial_accumulator_value=0.1"):
+        numbaopt.import_keras_optimizer(fresh_copy(case, tmp_path))
+    return True
 
 
 def test_names_are_as_keras_writes_them():
@@ -443,6 +491,31 @@ def test_export_then_import_gives_back_the_exported_state(case, tmp_path):
     for name in params:
         np.testing.assert_array_equal(params[name], again_params[name])
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(TEMPORARY_SUFFIX)]
+
+
+@pytest.mark.parametrize("case", H5_CASES)
+def test_export_into_a_file_saved_before_the_first_step_lays_out_kerass_weights(case, tmp_path):
+    if refuses_fresh(case, tmp_path):
+        return
+    opt, params = stepped(case)
+    path = fresh_copy(case, tmp_path)
+    numbaopt.export_keras_optimizer(opt, path, parameters=params)
+    with h5py.File(path, "r") as f, h5py.File(recorded(case)[0], "r") as keras_file:
+        # the names and order Keras itself writes after a step
+        assert list(f["optimizer_weights"].attrs["weight_names"]) == list(keras_file["optimizer_weights"].attrs["weight_names"])
+    again, again_params = numbaopt.import_keras_optimizer(path)
+    assert again.iterations == opt.iterations and list(again_params) == list(params)
+    for kind in read_keras_file(path).slots:
+        for a, b in zip(opt.state().slots[kind], again.state().slots[kind]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_export_into_a_file_saved_before_the_first_step_needs_names(tmp_path):
+    opt, params = stepped("legacy_adam")
+    unnamed = optimizers.Adam.from_config(opt.get_config())
+    unnamed.set_weights(opt.get_weights())
+    with pytest.raises(ValueError, match="named"):
+        numbaopt.export_keras_optimizer(unnamed, fresh_copy("legacy_adam", tmp_path))
 
 
 def test_export_writes_changed_settings_into_the_config(tmp_path):
