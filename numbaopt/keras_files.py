@@ -617,6 +617,8 @@ def _arguments(
     if config.get("global_clipnorm") is not None and config.get("clipvalue") is not None:
         raise ValueError(f"{where} sets both global_clipnorm and clipvalue: Keras clips by value first, "
                          f"Keras 2.0 (numbaopt) by norm first, and the two do not commute")
+    if generation == "legacy" and keras_class == "Nadam" and "schedule_decay" in config:
+        config.pop("decay", None)  # tf-keras builds it from schedule_decay then (written by export_keras_optimizer)
     if keras_class == "Adagrad" and "initial_accumulator_value" in config:
         if has_slots:  # the accumulators in the file already hold it
             del config["initial_accumulator_value"]
@@ -789,14 +791,17 @@ def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[st
         arguments = _arguments(found.keras_class, found.generation, config, bool(found.slots), float64)
         return found.optimizer_class(**arguments).checkpoint_config()
 
-    if settings(found.keras_config) == wanted:
+    # tf-keras's legacy Nadam builds itself from a config with schedule_decay=0.004 unless the
+    # config says schedule_decay: its own "decay" is overwritten (docs/parity.md, difference 11).
+    legacy_nadam = found.generation == "legacy" and found.keras_class == "Nadam"
+    if settings(found.keras_config) == wanted and not (legacy_nadam and "schedule_decay" not in found.keras_config):
         return None
     config = dict(found.keras_config)
     for key, value in wanted.items():
         if key == "lr":
             config["learning_rate"] = value
-        elif key == "schedule_decay" and found.generation == "legacy":
-            config["decay"] = value
+        elif key == "schedule_decay" and legacy_nadam:
+            config["decay"] = config["schedule_decay"] = value
         elif key == "clipnorm":
             config["global_clipnorm"] = value
         elif key == "decay" and "decay" not in config:

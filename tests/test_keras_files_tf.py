@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import numbaopt
+from numbaopt import keras_files
 from numbaopt.keras_files import read_keras_file
 from tests.test_keras_files import H5_CASES, KERAS_FILES, TOLERANCE, copy_of, fresh_copy, recorded, relative_error
 
@@ -77,6 +78,11 @@ def test_an_exported_file_resumes_in_tf_keras_with_exactly_that_state(case, fres
         assert variable.numpy().tobytes() == np.asarray(expected[where]).tobytes(), where
     for variable, name in zip(model.trainable_variables, names):
         assert variable.numpy().tobytes() == params[name].tobytes(), name
+    loaded_config = {**found.keras_config, **keras_optimizer.get_config()}  # as Keras rebuilt it
+    if "schedule_decay" in found.keras_config:  # legacy Nadam reports it as decay
+        loaded_config["schedule_decay"] = loaded_config["decay"]
+    rebuilt = keras_files._arguments(found.keras_class, found.generation, loaded_config, True, dtype == "float64")
+    assert type(opt)(**rebuilt).get_config() == opt.get_config()
 
     for step, (g, keras_weights) in enumerate(zip(grads[2:], weights[2:]), start=3):
         keras_optimizer.apply_gradients(zip(g, model.trainable_variables))
@@ -85,3 +91,18 @@ def test_an_exported_file_resumes_in_tf_keras_with_exactly_that_state(case, fres
             error = relative_error(params[name], variable.numpy())
             assert error <= TOLERANCE[dtype], f"{case} step {step} {name}: numbaopt and Keras {error:.3g} apart"
             assert relative_error(variable.numpy(), reached) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("case", ["legacy_adam", "new_adam", "legacy_nadam"])
+def test_exported_settings_are_the_ones_tf_keras_loads(case, tmp_path, tf_keras):
+    opt, params = numbaopt.import_keras_optimizer(recorded(case)[0])
+    opt.lr, opt.beta_1, opt.clipnorm = 0.125, 0.5, 1.0
+    if case == "legacy_nadam":
+        opt.schedule_decay = 0.25
+    exported = copy_of(case, tmp_path)
+    numbaopt.export_keras_optimizer(opt, exported)
+    config = tf_keras.models.load_model(exported).optimizer.get_config()
+    assert (config["learning_rate"], config["beta_1"], config["global_clipnorm"]) == (0.125, 0.5, 1.0)
+    if case == "legacy_nadam":
+        assert config["decay"] == 0.25  # legacy Nadam keeps schedule_decay as decay
+    assert numbaopt.import_keras_optimizer(exported)[0].get_config() == opt.get_config()
