@@ -650,6 +650,7 @@ _FLOAT32_IN_FLOAT64: dict[tuple[str, str], tuple[str, ...]] = {
     ("legacy", "Adam"): ("decay",),
     ("legacy", "Adamax"): ("decay",),
     ("new", "SGD"): ("momentum",),
+    ("keras3", "SGD"): ("momentum",),
 }
 
 #: Settings a float64 model uses both float32-rounded and exactly ("*": the class as a whole).
@@ -657,6 +658,8 @@ _MIXED_IN_FLOAT64: dict[tuple[str, str], tuple[str, ...]] = {
     ("legacy", "Nadam"): ("*",),
     ("new", "Adam"): ("beta_1", "beta_2"),
     ("new", "Adamax"): ("beta_1",),
+    ("keras3", "Adam"): ("beta_1", "beta_2"),
+    ("keras3", "Adamax"): ("beta_1",),
 }
 
 
