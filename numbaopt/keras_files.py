@@ -681,6 +681,9 @@ def export_keras_optimizer(
     """
     if not isinstance(optimizer, Optimizer) or getattr(type(optimizer), "rule", None) is None:
         raise TypeError(f"export_keras_optimizer needs one of numbaopt's Keras 2.0 optimizers, got {type(optimizer).__name__}")
+    if parameters is not None and not isinstance(parameters, Mapping):
+        raise TypeError(f"parameters must be a dict of variable name -> array (as import_keras_optimizer "
+                        f"returns), got {type(parameters).__name__}")
     found = read_keras_file(path)
     if found.generation == "keras3":
         raise ValueError(f"{found.path}: export writes tf-keras .h5 model files; a Keras 3 .keras file is import-only")

@@ -21,6 +21,7 @@ import numbaopt
 from numbaopt import optimizers
 from numbaopt.checkpoint import TEMPORARY_SUFFIX, CheckpointError
 from numbaopt.cli import main as cli_main
+from numbaopt import keras_files
 from numbaopt.keras_files import read_keras_file
 
 KERAS_FILES = Path(__file__).resolve().parent.parent / "fixtures" / "keras_files"
@@ -572,6 +573,14 @@ def test_export_refuses_a_mismatch_and_leaves_the_file_as_it_was(mismatch, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
+def test_export_takes_parameters_as_a_dict(tmp_path):
+    opt, params = stepped("legacy_adam")
+    with pytest.raises(TypeError, match="dict"):
+        numbaopt.export_keras_optimizer(opt, copy_of("legacy_adam", tmp_path), parameters=list(params.values()))
+    with pytest.raises(TypeError, match="Keras 2.0 optimizers"):
+        numbaopt.export_keras_optimizer(object(), copy_of("legacy_adam", tmp_path))
+
+
 def test_export_into_a_keras3_file_is_refused(tmp_path):
     opt, _ = stepped("keras3_adam")
     with pytest.raises(ValueError, match="import-only"):
@@ -591,3 +600,22 @@ def test_a_crash_while_exporting_leaves_the_previous_file(tmp_path, monkeypatch)
         numbaopt.export_keras_optimizer(opt, path, parameters=params)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_name_lists_split_as_tf_keras_splits_long_ones(tmp_path):
+    """tf-keras writes a list attribute above 64512 bytes as weight_names0, weight_names1...;
+    both sides read and write that form."""
+    path = copy_of("legacy_adam", tmp_path)
+    with h5py.File(path, "r+") as f:
+        group = f["optimizer_weights"]
+        names = list(group.attrs["weight_names"])
+        del group.attrs["weight_names"]
+        group.attrs["weight_names0"], group.attrs["weight_names1"] = names[:3], names[3:]
+    opt, params = numbaopt.import_keras_optimizer(path)
+    assert opt.parameter_names == tuple(params) and opt.iterations == 4
+
+    long_names = [f"layer_{i}/" + "x" * 200 + f"/kernel:{i}" for i in range(1000)]
+    with h5py.File(tmp_path / "names.h5", "w") as f:
+        keras_files._write_names(f, "weight_names", long_names)
+        assert "weight_names" not in f.attrs and "weight_names1" in f.attrs
+        assert keras_files._names_attribute(f, "weight_names", "/") == long_names
