@@ -90,8 +90,8 @@ _LARGEST_JSON = 16 * 2**20
 _LARGEST_ZIP_RATIO = 1100
 
 
-class _Slot(NamedTuple):
-    """Where one value of the optimizer's state lives in the file."""
+class _Stored(NamedTuple):
+    """A value read from the file, and the path of its dataset (where an export writes it)."""
 
     path: str  # the dataset's path in the HDF5 file (in model.weights.h5 for a .keras file)
     value: npt.NDArray[Any]
@@ -105,11 +105,11 @@ class KerasOptimizerFile(NamedTuple):
     keras_class: str
     keras_config: dict[str, Any]  # the optimizer's config as Keras wrote it
     arguments: dict[str, Any]  # numbaopt constructor arguments
-    iterations: _Slot | None  # None when the file holds no optimizer weights
-    scalars: dict[str, _Slot]  # numbaopt scalar state (Nadam's m_schedule) by name
+    iterations: _Stored | None  # None when the file holds no optimizer weights
+    scalars: dict[str, _Stored]  # numbaopt scalar state (Nadam's m_schedule) by name
     names: tuple[str, ...]  # the parameters, in slot order
-    weights: dict[str, _Slot]  # the parameters' values by name
-    slots: dict[str, list[_Slot]]  # numbaopt slot kind -> one per parameter (empty kinds: not in the file)
+    weights: dict[str, _Stored]  # the parameters' values by name
+    slots: dict[str, list[_Stored]]  # numbaopt slot kind -> one per parameter (empty kinds: not in the file)
 
     @property
     def optimizer_class(self) -> type[Optimizer]:
@@ -225,10 +225,10 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         if not isinstance(opt_name, str):
             raise CheckpointError(f"the optimizer's name in training_config is not a string: {opt_name!r:.80}")
         group = _group(f, "optimizer_weights")
-        iterations: _Slot | None = None
-        scalars: dict[str, _Slot] = {}
+        iterations: _Stored | None = None
+        scalars: dict[str, _Stored] = {}
         names: tuple[str, ...] = ()
-        slots: dict[str, list[_Slot]] = {}
+        slots: dict[str, list[_Stored]] = {}
         if group is not None:
             iterations, scalars, names, slots = _optimizer_weights(group, generation, opt_name, slot_names)
             if not names and iterations is not None and int(iterations.value) == 0:
@@ -357,12 +357,12 @@ def _dataset(parent: Any, key: str, where: str) -> npt.NDArray[Any]:
         return np.asarray(dataset[()])
 
 
-def _model_weights(f: Any) -> dict[str, _Slot]:
+def _model_weights(f: Any) -> dict[str, _Stored]:
     """Every weight in ``model_weights``, by the name Keras gave it, in the file's order."""
     group = _group(f, "model_weights")
     if group is None:
         raise CheckpointError("group model_weights is missing: not a tf-keras model file")
-    weights: dict[str, _Slot] = {}
+    weights: dict[str, _Stored] = {}
     for layer in _names_attribute(group, "layer_names", "model_weights"):
         layer_group = _group(group, layer)
         if layer_group is None:
@@ -372,18 +372,18 @@ def _model_weights(f: Any) -> dict[str, _Slot]:
             value = _dataset(layer_group, name, where)
             if value.dtype.kind != "f":
                 raise CheckpointError(f"{where} has dtype {value.dtype}, not a float")
-            weights[name] = _Slot(where, value)
+            weights[name] = _Stored(where, value)
     return weights
 
 
 def _optimizer_weights(
     group: Any, generation: str, opt_name: str, slot_names: Mapping[str, str]
-) -> tuple[_Slot | None, dict[str, _Slot], tuple[str, ...], dict[str, list[_Slot]]]:
+) -> tuple[_Stored | None, dict[str, _Stored], tuple[str, ...], dict[str, list[_Stored]]]:
     """iterations, scalar state, parameter names and slots from ``optimizer_weights``."""
     by_keras_name = {keras: kind for kind, keras in slot_names.items()}
-    iterations: _Slot | None = None
-    scalars: dict[str, _Slot] = {}
-    found: dict[str, dict[str, _Slot]] = {kind: {} for kind in slot_names}
+    iterations: _Stored | None = None
+    scalars: dict[str, _Stored] = {}
+    found: dict[str, dict[str, _Stored]] = {kind: {} for kind in slot_names}
     names: list[str] = []
     for weight in _names_attribute(group, "weight_names", "optimizer_weights"):
         where = f"optimizer_weights/{weight}"
@@ -391,12 +391,12 @@ def _optimizer_weights(
         if weight == (f"{opt_name}/iter:0" if generation == "legacy" else "iteration:0"):
             if value.shape != () or value.dtype.kind not in "iu" or not 0 <= int(value) < 2**63:
                 raise CheckpointError(f"{where} is not an iteration count: {value!r:.60}")
-            iterations = _Slot(where, value)
+            iterations = _Stored(where, value)
             continue
         if generation == "legacy" and weight == f"{opt_name}/momentum_cache:0":
             if value.shape != () or value.dtype.kind != "f" or not math.isfinite(float(value)):
                 raise CheckpointError(f"{where} is not Nadam's momentum cache: {value!r:.60}")
-            scalars["m_schedule"] = _Slot(where, value)
+            scalars["m_schedule"] = _Stored(where, value)
             continue
         kind, variable = _slot_of(weight, generation, opt_name, by_keras_name)
         if kind is None:
@@ -405,8 +405,8 @@ def _optimizer_weights(
             raise CheckpointError(f"{where}: a second {slot_names[kind]} slot for {variable!r}")
         if variable not in names:
             names.append(variable)
-        found[kind][variable] = _Slot(where, value)
-    slots: dict[str, list[_Slot]] = {}
+        found[kind][variable] = _Stored(where, value)
+    slots: dict[str, list[_Stored]] = {}
     for kind, per_variable in found.items():
         if not per_variable:
             continue
@@ -449,11 +449,11 @@ def _check_every_slot(
             raise CheckpointError(f"optimizer_weights holds no momentum_cache, {keras_class}'s {name}")
 
 
-def _is_float64(weights: Mapping[str, _Slot]) -> bool:
+def _is_float64(weights: Mapping[str, _Stored]) -> bool:
     return any(w.value.dtype == np.float64 for w in weights.values())
 
 
-def _check_slot_shapes(names: tuple[str, ...], weights: Mapping[str, _Slot], slots: Mapping[str, list[_Slot]]) -> None:
+def _check_slot_shapes(names: tuple[str, ...], weights: Mapping[str, _Stored], slots: Mapping[str, list[_Stored]]) -> None:
     for kind, per_parameter in slots.items():
         for name, slot in zip(names, per_parameter):
             weight = weights[name].value
@@ -497,7 +497,7 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
             raise CheckpointError("model.weights.h5 holds no optimizer variables (group optimizer/vars)")
         with _reading("optimizer/vars"):
             count = len(opt_vars)
-        values = [_Slot(f"optimizer/vars/{i}", _dataset(opt_vars, str(i), f"optimizer/vars/{i}")) for i in range(count)]
+        values = [_Stored(f"optimizer/vars/{i}", _dataset(opt_vars, str(i), f"optimizer/vars/{i}")) for i in range(count)]
     if len(values) < 2 or values[0].value.shape != () or values[0].value.dtype.kind not in "iu":
         raise CheckpointError("optimizer/vars does not begin with the iteration count and the learning rate")
     iterations, slot_values = values[0], values[2:]
@@ -512,7 +512,7 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
             f"{len(variables)} variables found in the layers: cannot match them (non-trainable or nested layers?)"
         )
     names = tuple(variables)
-    slots: dict[str, list[_Slot]] = {kind: [] for kind in kinds}
+    slots: dict[str, list[_Stored]] = {kind: [] for kind in kinds}
     for i, name in enumerate(names):
         for k, kind in enumerate(kinds):  # Keras 3 interleaves the kinds, variable by variable
             slots[kind].append(slot_values[i * len(kinds) + k])
@@ -552,7 +552,7 @@ def _layer_order(model_config: Mapping[str, Any]) -> list[str]:
     return names
 
 
-def _keras3_variables(f: Any, layer_names: list[str]) -> dict[str, _Slot]:
+def _keras3_variables(f: Any, layer_names: list[str]) -> dict[str, _Stored]:
     """The layers' variables by their path in model.weights.h5, in the model's order."""
     layers = _group(f, "layers")
     by_name: dict[str, tuple[str, Any]] = {}
@@ -568,7 +568,7 @@ def _keras3_variables(f: Any, layer_names: list[str]) -> dict[str, _Slot]:
                 name = variables.attrs.get("name", key)
                 name = name.decode() if isinstance(name, bytes) else str(name)
             by_name[name] = (f"layers/{key}/vars", variables)
-    found: dict[str, _Slot] = {}
+    found: dict[str, _Stored] = {}
     for name in layer_names:
         if name not in by_name:
             continue  # a layer without variables
@@ -579,7 +579,7 @@ def _keras3_variables(f: Any, layer_names: list[str]) -> dict[str, _Slot]:
             value = _dataset(group, str(i), f"{where}/{i}")
             if value.dtype.kind != "f":
                 raise CheckpointError(f"{where}/{i} has dtype {value.dtype}, not a float")
-            found[f"{where}/{i}"] = _Slot(f"{where}/{i}", value)
+            found[f"{where}/{i}"] = _Stored(f"{where}/{i}", value)
     return found
 
 
@@ -741,14 +741,14 @@ def _laid_out(
             raise ValueError(f"{found.path}: the weight name {variable!r} lacks the ':0' ending tf-keras gives it")
         return f"{opt_name}/{match[1]}/{keras_slots[kind]}{match[2]}"
 
-    slots = {kind: [_Slot(f"optimizer_weights/{slot_path(kind, v)}", found.weights[v].value) for v in variables]
+    slots = {kind: [_Stored(f"optimizer_weights/{slot_path(kind, v)}", found.weights[v].value) for v in variables]
              for kind in kinds}
     weight_names = [f"{opt_name}/iter:0" if legacy else "iteration:0"]
-    iterations = _Slot(f"optimizer_weights/{weight_names[0]}", np.zeros((), np.int64))
+    iterations = _Stored(f"optimizer_weights/{weight_names[0]}", np.zeros((), np.int64))
     scalars = {}
     for name, _ in optimizer.scalar_state:  # legacy Nadam's momentum cache, in the first variable's dtype
         weight_names.append(f"{opt_name}/momentum_cache:0")
-        scalars[name] = _Slot(f"optimizer_weights/{weight_names[-1]}", np.zeros((), found.weights[variables[0]].value.dtype))
+        scalars[name] = _Stored(f"optimizer_weights/{weight_names[-1]}", np.zeros((), found.weights[variables[0]].value.dtype))
     if legacy:
         weight_names += [slot_path(kind, v) for kind in kinds for v in variables]
     else:
@@ -779,7 +779,7 @@ def _unused_slot(optimizer: Optimizer, kind: str) -> bool:
     return kind == "moments" and optimizer.get_config().get("momentum") == 0
 
 
-def _fitting(value: npt.ArrayLike, slot: _Slot, what: str) -> npt.NDArray[Any]:
+def _fitting(value: npt.ArrayLike, slot: _Stored, what: str) -> npt.NDArray[Any]:
     array = np.asarray(value)
     if array.shape != slot.value.shape:
         raise ValueError(f"{what} has shape {array.shape}, but {slot.path} has shape {slot.value.shape}")
