@@ -533,15 +533,19 @@ def test_export_matches_slots_by_name_not_position(tmp_path):
         np.testing.assert_array_equal(again.state().slots["ms"][list(again_params).index(name)], opt.state().slots["ms"][i])
 
 
+#: mismatch -> (case, make(opt, params) -> (optimizer to export, parameters=, what the ValueError says))
 EXPORT_MISMATCHES = {
-    "another class": lambda opt, params: (optimizers.SGD(), None, "holds a Adam"),
-    "other names": lambda opt, params: (_renamed(opt, ["w", "x", "y", "z"]), None, "do not match"),
-    "fewer parameters": lambda opt, params: (_first_two(params), None, "2 parameters"),
-    "a parameter of another shape": lambda opt, params: (opt, {"hidden/bias:0": np.zeros(5, np.float32)}, "shape"),
-    "a parameter of another dtype": lambda opt, params: (opt, {"hidden/bias:0": np.zeros(4)}, "dtype"),
-    "an unknown parameter": lambda opt, params: (opt, {"hidden/gamma:0": np.zeros(4, np.float32)}, "no weight"),
-    "a setting Keras cannot express": lambda opt, params: (optimizers.Adam.from_config(
-        {**opt.get_config(), "clipnorm": 1.0, "clipvalue": 0.5}), None, None),
+    "another class": ("legacy_adam", lambda opt, params: (optimizers.SGD(), None, "holds a Adam")),
+    "other names": ("legacy_adam", lambda opt, params: (_renamed(opt, ["w", "x", "y", "z"]), None, "do not match")),
+    "fewer parameters": ("legacy_adam", lambda opt, params: (_first_two(params), None, "2 parameters")),
+    "a parameter of another shape": ("legacy_adam", lambda opt, params: (
+        opt, {"hidden/bias:0": np.zeros(5, np.float32)}, "shape")),
+    "a parameter of another dtype": ("legacy_adam", lambda opt, params: (opt, {"hidden/bias:0": np.zeros(4)}, "dtype")),
+    "an unknown parameter": ("legacy_adam", lambda opt, params: (
+        opt, {"hidden/gamma:0": np.zeros(4, np.float32)}, "no weight")),
+    "clipnorm with clipvalue": ("legacy_adam", lambda opt, params: (
+        _set(opt, clipnorm=1.0, clipvalue=0.5), None, "global_clipnorm and clipvalue")),
+    "a decay new-style Adam lacks": ("new_adam", lambda opt, params: (_set(opt, decay=0.01), None, "has no decay")),
 }
 
 
@@ -556,17 +560,19 @@ def _first_two(params):
     return opt
 
 
+def _set(opt, **settings):
+    for name, value in settings.items():
+        setattr(opt, name, value)
+    return opt
+
+
 @pytest.mark.parametrize("mismatch", sorted(EXPORT_MISMATCHES))
 def test_export_refuses_a_mismatch_and_leaves_the_file_as_it_was(mismatch, tmp_path):
-    opt, params = stepped("legacy_adam")
-    path = copy_of("legacy_adam", tmp_path)
+    case, make = EXPORT_MISMATCHES[mismatch]
+    opt, params = stepped(case)
+    path = copy_of(case, tmp_path)
     before = path.read_bytes()
-    exported, parameters, match = EXPORT_MISMATCHES[mismatch](opt, params)
-    if match is None:  # clipnorm and clipvalue together: Keras clips by value first
-        exported.apply_gradients(zip([np.zeros_like(p) for p in params.values()], [p.copy() for p in params.values()]),
-                                 names=list(params))
-        exported.set_weights(opt.get_weights())
-        match = "cannot express|clipvalue"
+    exported, parameters, match = make(opt, params)
     with pytest.raises(ValueError, match=match):
         numbaopt.export_keras_optimizer(exported, path, parameters=parameters)
     assert path.read_bytes() == before
