@@ -17,9 +17,12 @@ _LAZY = {
     "save_optimizer": ("numbaopt.checkpoint", "save_optimizer"),
     "load_optimizer": ("numbaopt.checkpoint", "load_optimizer"),
     "CheckpointError": ("numbaopt.checkpoint", "CheckpointError"),
+    "import_keras_optimizer": ("numbaopt.keras_files", "import_keras_optimizer"),
+    "export_keras_optimizer": ("numbaopt.keras_files", "export_keras_optimizer"),
 }
 
-__all__ = ["optimizers", "save_optimizer", "load_optimizer", "CheckpointError", "__version__"]
+__all__ = ["optimizers", "save_optimizer", "load_optimizer", "CheckpointError", "__version__",
+           "import_keras_optimizer", "export_keras_optimizer"]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,9 @@ parameter (parameter, slot, shape, dtype, min, max, mean), then one row per arra
 optimizer keeps beside its slots (``checkpoint_arrays``, e.g. ``TFOptimizer``'s). A file that ``load_optimizer``
 would refuse makes it print the ``CheckpointError`` message and exit with status 1.
 It reads the file only: no optimizer is built and no kernel is compiled.
+
+A Keras model file (tf-keras ``.h5``, Keras 3 ``.keras``) shows the optimizer state that
+``numbaopt.import_keras_optimizer`` would load from it (``keras_report``), or why it would not.
 """
 from __future__ import annotations
 
@@ -17,17 +20,42 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from numbaopt import keras_files
 from numbaopt.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 
 def main(path: str | os.PathLike[str]) -> int:
-    """Print the report for the checkpoint at ``path``; returns the exit status (1 for a bad file)."""
+    """Print the report for the checkpoint or Keras model file at ``path``; returns the exit
+    status (1 for a bad file, or a Keras optimizer numbaopt would not import)."""
     try:
+        if keras_files.is_keras_file(path):
+            print(keras_report(keras_files.read_keras_file(path)))
+            return 0
         checkpoint = read_checkpoint(path)
-    except CheckpointError as error:
+    except (CheckpointError, ValueError) as error:
         print(f"numbaopt inspect: {error}", file=sys.stderr)
         return 1
     print(report(checkpoint))
     return 0
+
+
+def keras_report(found: keras_files.KerasOptimizerFile) -> str:
+    """The text ``numbaopt inspect`` prints for a Keras model file's optimizer."""
+    lines = [
+        f"keras file  {keras_files.describe(found)}",
+        f"class       {found.keras_class} (numbaopt {found.optimizer_class.__name__})",
+        f"config      {json.dumps(found.arguments, sort_keys=True)}",
+        f"iterations  {0 if found.iterations is None else int(found.iterations.value)}",
+    ]
+    for name, slot in found.scalars.items():
+        lines.append(f"{name:<11} {float(slot.value)!r}")
+    lines.append(f"parameters  {len(found.names)}")
+    rows: list[tuple[str, ...]] = [("parameter", "slot", "shape", "dtype", "min", "max", "mean")]
+    for i, name in enumerate(found.names):
+        weight = found.weights[name].value
+        rows.append((f"{i} {name}", "(weight)", str(weight.shape), weight.dtype.name, *_statistics(weight)))
+        for kind, slots in found.slots.items():
+            rows.append((f"{i} {name}", kind, str(weight.shape), weight.dtype.name, *_statistics(slots[i].value)))
+    return "\n".join(lines + _table(rows))
 
 
 def report(checkpoint: Checkpoint) -> str:

@@ -16,7 +16,8 @@ PARITY = (
     "Replay the golden fixtures recorded from real Keras (tf-keras legacy optimizers set up "
     "for Keras 2.0 arithmetic) through numbaopt and compare parameters and slots after every step."
 )
-INSPECT = "Show the class, config, iterations and slots of a numbaopt checkpoint (HDF5)."
+INSPECT = ("Show the class, config, iterations and slots of a numbaopt checkpoint (HDF5), "
+           "or the optimizer state of a Keras model file (tf-keras .h5, Keras 3 .keras).")
 
 
 def _parity(args: argparse.Namespace) -> int:
@@ -48,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     parity.set_defaults(func=_parity)
 
     inspect = subparsers.add_parser("inspect", help="show what a checkpoint holds", description=INSPECT)
-    inspect.add_argument("path", help="a checkpoint written by numbaopt.save_optimizer")
+    inspect.add_argument("path", help="a checkpoint written by numbaopt.save_optimizer, or a Keras model file")
     inspect.set_defaults(func=_inspect)
     return top
 

@@ -1,0 +1,891 @@
+"""Optimizer state in Keras model files: ``import_keras_optimizer`` and ``export_keras_optimizer``.
+
+``model.save`` writes the optimizer's class, config and every slot into the model file:
+a tf-keras ``.h5`` (attribute ``training_config``, groups ``optimizer_weights`` and
+``model_weights``) or a Keras 3 ``.keras`` zip (``config.json`` and ``model.weights.h5``).
+This module reads that state into a numbaopt optimizer and writes a numbaopt optimizer's
+state back into a tf-keras ``.h5``. The page ``docs/keras-files.md`` says what is supported.
+
+Two promises, as for checkpoints:
+
+* **Only what numbaopt reproduces exactly.** A Keras class is imported only when its update
+  is Keras 2.0's (``_KERAS_CLASSES``); a setting or a class whose arithmetic differs is
+  refused with a ValueError that names it, never turned into a silently different optimizer.
+* **A file is data.** Class names are looked up in this module's own table, nothing named
+  in a file is imported or run, every dataset is checked before it is read, and every
+  damaged, truncated or foreign file raises ``CheckpointError``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from numbaopt import checkpoint
+from numbaopt.checkpoint import CheckpointError
+from numbaopt.optimizers import Optimizer
+from numbaopt.registry import optimizer_class
+
+#: Per file generation, the Keras classes whose update is Keras 2.0's, and per numbaopt slot
+#: kind the name Keras gives the slot. "legacy": tf-keras's ``optimizers.legacy`` (OptimizerV2);
+#: "new": tf-keras's ``optimizers`` (its new-style Optimizer); "keras3": Keras 3.
+_KERAS_CLASSES: dict[str, dict[str, dict[str, str]]] = {
+    "legacy": {
+        "SGD": {"moments": "momentum"},
+        "RMSprop": {"accumulators": "rms"},
+        "Adagrad": {"accumulators": "accumulator"},
+        "Adadelta": {"accumulators": "accum_grad", "delta_accumulators": "accum_var"},
+        "Adam": {"ms": "m", "vs": "v"},
+        "Adamax": {"ms": "m", "us": "v"},
+        "Nadam": {"ms": "m", "vs": "v"},
+    },
+    "new": {
+        "SGD": {"moments": "m"},
+        "Adadelta": {"accumulators": "accumulated_grad", "delta_accumulators": "accumulated_delta_var"},
+        "Adam": {"ms": "m", "vs": "v"},
+        "Adamax": {"ms": "m", "us": "u"},
+    },
+    "keras3": {
+        "SGD": {"moments": "momentum"},
+        "Adadelta": {"accumulators": "accumulated_grad", "delta_accumulators": "accumulated_delta_var"},
+        "Adam": {"ms": "momentum", "vs": "velocity"},
+        "Adamax": {"ms": "momentum", "us": "norm"},
+    },
+}
+
+#: Keras classes whose update is not Keras 2.0's, and why (the rest are refused as unknown).
+_DIFFERENT: dict[str, dict[str, str]] = {
+    "new": {
+        "RMSprop": "its epsilon sits inside the square root (rsqrt(v + epsilon))",
+        "Adagrad": "its epsilon sits inside the square root (sqrt(accumulator + epsilon))",
+        "Nadam": "its momentum schedule is 0.96**t without schedule_decay, and the file does not hold its running product",
+    },
+    "keras3": {
+        "RMSprop": "its epsilon sits inside the square root (sqrt(velocity + epsilon))",
+        "Adagrad": "its epsilon sits inside the square root (sqrt(accumulator + epsilon))",
+        "Nadam": "its momentum schedule is 0.96**t without schedule_decay",
+    },
+}
+
+_GENERATION_NAMES = {
+    "legacy": "tf-keras legacy optimizer (tf_keras.optimizers.legacy)",
+    "new": "tf-keras new-style optimizer (tf_keras.optimizers)",
+    "keras3": "Keras 3 optimizer",
+}
+
+#: The largest JSON text read from a file's attribute or config.json; a model's config is kilobytes.
+_LARGEST_JSON = 16 * 2**20
+
+#: Deflate cannot compress more than about 1032:1, so a zip member declaring more is not a real one.
+_LARGEST_ZIP_RATIO = 1100
+
+
+class _Stored(NamedTuple):
+    """A value read from the file, and the path of its dataset (where an export writes it)."""
+
+    path: str  # the dataset's path in the HDF5 file (in model.weights.h5 for a .keras file)
+    value: npt.NDArray[Any]
+
+
+class KerasOptimizerFile(NamedTuple):
+    """What a Keras model file holds about its optimizer, checked, as numbaopt sees it."""
+
+    path: str
+    generation: str  # "legacy", "new" or "keras3"
+    keras_class: str
+    keras_config: dict[str, Any]  # the optimizer's config as Keras wrote it
+    arguments: dict[str, Any]  # numbaopt constructor arguments
+    iterations: _Stored | None  # None when the file holds no optimizer weights
+    scalars: dict[str, _Stored]  # numbaopt scalar state (Nadam's m_schedule) by name
+    names: tuple[str, ...]  # the parameters, in slot order
+    weights: dict[str, _Stored]  # the parameters' values by name
+    slots: dict[str, list[_Stored]]  # numbaopt slot kind -> one per parameter (empty kinds: not in the file)
+
+    @property
+    def optimizer_class(self) -> type[Optimizer]:
+        cls: type[Optimizer] = optimizer_class(self.keras_class)
+        return cls
+
+
+# ----------------------------------------------------------------------- import
+
+
+def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer, dict[str, npt.NDArray[Any]]]:
+    """The optimizer saved in a Keras model file, and the model's trainable weights.
+
+    Returns ``(optimizer, params)``: a numbaopt optimizer of the file's class and config
+    with its iterations, scalar state and every slot loaded (they bind at its next step),
+    and ``{variable name: array}`` in the order the slots belong to the variables;
+    ``optimizer.parameter_names == tuple(params)``. Names are as Keras writes them:
+    ``hidden/kernel:0`` in a tf-keras ``.h5``, the variable's path in the weights file
+    (``layers/dense/vars/0``) in a Keras 3 ``.keras``.
+
+    Raises ``CheckpointError`` for a file that is not a readable Keras model file with an
+    optimizer, and ``ValueError`` naming the class or setting for an optimizer whose update
+    numbaopt cannot reproduce exactly.
+    """
+    found = read_keras_file(path)
+    optimizer = found.optimizer_class(**found.arguments)
+    weights: list[npt.NDArray[Any]] = [np.array(0 if found.iterations is None else found.iterations.value, np.int64)]
+    for name, _ in optimizer.scalar_state:
+        weights.append(np.array(found.scalars[name].value if name in found.scalars else 1.0, np.float64))
+    for kind in optimizer.slot_names:
+        slots = found.slots.get(kind)
+        if slots:
+            weights += [np.array(s.value, copy=True) for s in slots]
+        else:  # a slot Keras does not keep at these settings (SGD without momentum), or no step yet
+            weights += [np.zeros_like(found.weights[n].value) for n in found.names]
+    params = {name: np.array(found.weights[name].value, order="C", copy=True) for name in found.names}
+    try:
+        optimizer.set_weights(weights)
+        if found.names:
+            optimizer.set_parameter_names(found.names)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{found.path}: the optimizer's weights do not fit {found.keras_class}: {error}") from error
+    optimizer.set_state_origin(f"importing the Keras model file {found.path}")
+    return optimizer, params
+
+
+def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile:
+    """The optimizer state of the Keras model file at ``path``, checked (see ``import_keras_optimizer``)."""
+    path = os.fspath(path)
+    try:
+        if not os.path.isfile(path):
+            raise CheckpointError("no such file" if not os.path.exists(path) else "not a regular file")
+        if zipfile.is_zipfile(path):
+            return _read_keras3(path)
+        return _read_h5(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from error.__cause__
+    except ValueError as error:  # a refusal: numbaopt cannot reproduce the file's optimizer
+        raise ValueError(f"{path}: {error}") from None
+
+
+def is_keras_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like a Keras model file (a zip, or an HDF5 file with Keras's attributes)."""
+    import h5py
+
+    path = os.fspath(path)
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        if zipfile.is_zipfile(path):
+            return True
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                return "training_config" in f.attrs or "model_weights" in f
+    return False
+
+
+@contextlib.contextmanager
+def _reading(where: str) -> Iterator[None]:
+    with checkpoint._reading(where):
+        try:
+            yield
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+            raise CheckpointError(f"cannot read {where}: {error}") from error
+
+
+def describe(found: KerasOptimizerFile) -> str:
+    """Which Keras wrote the file, in words."""
+    kind = "Keras 3 .keras file" if found.generation == "keras3" else "tf-keras .h5 model file"
+    return f"{kind}, {_GENERATION_NAMES[found.generation]}"
+
+
+# ------------------------------------------------------------- tf-keras .h5 files
+
+
+def _read_h5(path: str) -> KerasOptimizerFile:
+    import h5py
+
+    with _reading("the file"):
+        if not h5py.is_hdf5(path):
+            raise CheckpointError("neither an HDF5 file nor a zip (.keras): not a Keras model file")
+        f = h5py.File(path, "r")
+    with f:
+        if "training_config" not in f.attrs:
+            raise CheckpointError("no attribute training_config: not a Keras model file saved with its optimizer "
+                                  "(model.save after model.compile)")
+        training_config = _json_attribute(f, "training_config")
+        optimizer_config = training_config.get("optimizer_config")
+        class_name, config = _class_and_config(optimizer_config, "training_config's optimizer_config")
+        generation = "new" if config.get("is_legacy_optimizer") is False else "legacy"
+        keras_class = class_name.removeprefix("Custom>") if generation == "new" else class_name
+        slot_names = _supported(generation, keras_class, class_name)
+        model_weights = _model_weights(f)
+        opt_name = config.get("name", keras_class)
+        if not isinstance(opt_name, str):
+            raise CheckpointError(f"the optimizer's name in training_config is not a string: {opt_name!r:.80}")
+        group = _group(f, "optimizer_weights")
+        iterations: _Stored | None = None
+        scalars: dict[str, _Stored] = {}
+        names: tuple[str, ...] = ()
+        slots: dict[str, list[_Stored]] = {}
+        if group is not None:
+            iterations, scalars, names, slots = _optimizer_weights(group, generation, opt_name, slot_names)
+            if not names and iterations is not None and int(iterations.value) == 0:
+                iterations = None  # new-style tf-keras saves its iteration count alone before the first step
+        if not names:  # no slots name the trainable variables: Keras records no trainability per weight
+            names = tuple(model_weights)
+        for name in names:
+            if name not in model_weights:
+                raise CheckpointError(f"optimizer_weights has slots for {name!r}, which model_weights does not hold")
+        weights = {name: model_weights[name] for name in names}
+        _check_slot_shapes(names, weights, slots)
+    arguments = _arguments(keras_class, generation, config, bool(slots), _is_float64(weights))
+    if iterations is not None:
+        _check_every_slot(keras_class, arguments, slot_names, slots, scalars)
+    return KerasOptimizerFile(path, generation, keras_class, config, arguments, iterations, scalars, names, weights, slots)
+
+
+def _json_attribute(f: Any, key: str) -> dict[str, Any]:
+    where = f"attribute {key}"
+    with _reading(where):
+        value = f.attrs[key]
+        if isinstance(value, np.ndarray) and value.shape == ():
+            value = value[()]
+        if isinstance(value, bytes):
+            value = value.decode("utf8")
+        if not isinstance(value, str):
+            raise CheckpointError(f"{where} is not a string")
+        return _json_text(value, where)
+
+
+def _json_text(text: str | bytes, where: str) -> dict[str, Any]:
+    if len(text) > _LARGEST_JSON:
+        raise CheckpointError(f"{where} is {len(text)} bytes long; a Keras config is far smaller")
+    with _reading(where):
+        value = json.loads(text)
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where} is not a JSON object")
+    return value
+
+
+def _class_and_config(description: object, where: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(description, dict):
+        raise CheckpointError(f"{where} is missing or not an object: the model was saved without an optimizer")
+    class_name, config = description.get("class_name"), description.get("config")
+    if not isinstance(class_name, str) or not isinstance(config, dict):
+        raise CheckpointError(f"{where} has no class_name string and config object")
+    _check_finite(config, where)
+    return class_name, config
+
+
+def _check_finite(value: object, where: str) -> None:
+    """Every number of a config is finite: NaN or an infinity there is damage, not a setting."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CheckpointError(f"{where} holds {value!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}, key {key!r}")
+    elif isinstance(value, list):
+        for item in value:
+            _check_finite(item, where)
+
+
+def _supported(generation: str, keras_class: str, class_name: str) -> dict[str, str]:
+    """The numbaopt slot kind -> Keras slot name table of a supported class, or a ValueError saying why not."""
+    table = _KERAS_CLASSES[generation]
+    if keras_class in table:
+        return table[keras_class]
+    what = _GENERATION_NAMES[generation]
+    if keras_class in _DIFFERENT.get(generation, {}):
+        raise ValueError(f"cannot import the {what} {keras_class}: {_DIFFERENT[generation][keras_class]}, "
+                         f"so its update is not Keras 2.0's")
+    raise ValueError(f"cannot import the optimizer class {class_name!r} ({what}): numbaopt imports only "
+                     f"{', '.join(table)}, whose update is Keras 2.0's; a custom or other class is not imported")
+
+
+def _group(parent: Any, key: str) -> Any:
+    """A subgroup stored in this file, or None when absent."""
+    with _reading(key):
+        if key not in parent:
+            return None
+    return checkpoint._member(parent, key, key, group=True)
+
+
+def _names_attribute(group: Any, key: str, where: str) -> list[str]:
+    """A list-of-names attribute as tf-keras writes it, split into ``key0``, ``key1``... when long."""
+    with _reading(f"attribute {key} on {where}"):
+        if key in group.attrs:
+            chunks = [group.attrs[key]]
+        else:
+            chunks = []
+            while f"{key}{len(chunks)}" in group.attrs:
+                chunks.append(group.attrs[f"{key}{len(chunks)}"])
+        names: list[str] = []
+        for chunk in chunks:
+            values = np.asarray(chunk)
+            if values.ndim != 1 and values.size:
+                raise CheckpointError(f"attribute {key} on {where} is not a list of names")
+            for value in values.ravel().tolist():
+                if isinstance(value, bytes):
+                    value = value.decode("utf8")
+                if not isinstance(value, str):
+                    raise CheckpointError(f"attribute {key} on {where} holds {value!r:.40}, not a name")
+                names.append(value)
+    if len(set(names)) != len(names):  # each name would be read again: a small file could fill the memory
+        raise CheckpointError(f"attribute {key} on {where} names an entry twice")
+    return names
+
+
+def _dataset(parent: Any, key: str, where: str) -> npt.NDArray[Any]:
+    """The value of a dataset stored plainly in this file."""
+    import h5py
+
+    with _reading(where):
+        link = parent.get(key, getlink=True)
+        if link is None:
+            raise CheckpointError(f"{where} is missing")
+        if not isinstance(link, h5py.HardLink):
+            raise CheckpointError(f"{where} is a {type(link).__name__}; a model file holds only its own data")
+        dataset = parent[key]
+        if not isinstance(dataset, h5py.Dataset):
+            raise CheckpointError(f"{where} is not a dataset")
+        if dataset.dtype.kind not in "fiu" or dataset.dtype.itemsize > 8:
+            raise CheckpointError(f"{where} has dtype {dataset.dtype}, not a number")
+    checkpoint._check_stored_plainly(dataset, where)  # contiguous, unfiltered: no more bytes than the file holds
+    with _reading(where):
+        return np.asarray(dataset[()])
+
+
+def _model_weights(f: Any) -> dict[str, _Stored]:
+    """Every weight in ``model_weights``, by the name Keras gave it, in the file's order."""
+    group = _group(f, "model_weights")
+    if group is None:
+        raise CheckpointError("group model_weights is missing: not a tf-keras model file")
+    weights: dict[str, _Stored] = {}
+    for layer in _names_attribute(group, "layer_names", "model_weights"):
+        layer_group = _group(group, layer)
+        if layer_group is None:
+            raise CheckpointError(f"model_weights names layer {layer!r}, which it does not hold")
+        for name in _names_attribute(layer_group, "weight_names", f"model_weights/{layer}"):
+            where = f"model_weights/{layer}/{name}"
+            value = _dataset(layer_group, name, where)
+            if value.dtype.kind != "f":
+                raise CheckpointError(f"{where} has dtype {value.dtype}, not a float")
+            weights[name] = _Stored(where, value)
+    return weights
+
+
+def _optimizer_weights(
+    group: Any, generation: str, opt_name: str, slot_names: Mapping[str, str]
+) -> tuple[_Stored | None, dict[str, _Stored], tuple[str, ...], dict[str, list[_Stored]]]:
+    """iterations, scalar state, parameter names and slots from ``optimizer_weights``."""
+    by_keras_name = {keras: kind for kind, keras in slot_names.items()}
+    iterations: _Stored | None = None
+    scalars: dict[str, _Stored] = {}
+    found: dict[str, dict[str, _Stored]] = {kind: {} for kind in slot_names}
+    names: list[str] = []
+    for weight in _names_attribute(group, "weight_names", "optimizer_weights"):
+        where = f"optimizer_weights/{weight}"
+        value = _dataset(group, weight, where)
+        if weight == (f"{opt_name}/iter:0" if generation == "legacy" else "iteration:0"):
+            if value.shape != () or value.dtype.kind not in "iu" or not 0 <= int(value) < 2**63:
+                raise CheckpointError(f"{where} is not an iteration count: {value!r:.60}")
+            iterations = _Stored(where, value)
+            continue
+        if generation == "legacy" and weight == f"{opt_name}/momentum_cache:0":
+            if value.shape != () or value.dtype.kind != "f" or not math.isfinite(float(value)):
+                raise CheckpointError(f"{where} is not Nadam's momentum cache: {value!r:.60}")
+            scalars["m_schedule"] = _Stored(where, value)
+            continue
+        kind, variable = _slot_of(weight, generation, opt_name, by_keras_name)
+        if kind is None:
+            raise CheckpointError(f"{where} is no weight of the optimizer {opt_name!r} that numbaopt knows")
+        if variable in found[kind]:
+            raise CheckpointError(f"{where}: a second {slot_names[kind]} slot for {variable!r}")
+        if variable not in names:
+            names.append(variable)
+        found[kind][variable] = _Stored(where, value)
+    slots: dict[str, list[_Stored]] = {}
+    for kind, per_variable in found.items():
+        if not per_variable:
+            continue
+        missing = [n for n in names if n not in per_variable]
+        if missing:
+            raise CheckpointError(f"optimizer_weights has no {slot_names[kind]} slot for {missing[0]!r}")
+        slots[kind] = [per_variable[n] for n in names]
+    if iterations is None:
+        raise CheckpointError("optimizer_weights holds no iteration count")
+    return iterations, scalars, tuple(names), slots
+
+
+def _slot_of(weight: str, generation: str, opt_name: str, by_keras_name: Mapping[str, str]) -> tuple[str | None, str]:
+    """(numbaopt slot kind, variable name) of an optimizer weight name, or (None, "")."""
+    if not weight.startswith(f"{opt_name}/"):
+        return None, ""
+    rest = weight[len(opt_name) + 1:]
+    if generation == "legacy":  # <opt>/<variable>/<slot>:<n>
+        match = re.fullmatch(r"(.+)/([^/]+)(:\d+)", rest)
+        if match and match[2] in by_keras_name:
+            return by_keras_name[match[2]], match[1] + match[3]
+    else:  # <opt>/<slot>/<variable>:<n>
+        slot, _, variable = rest.partition("/")
+        if slot in by_keras_name and variable:
+            return by_keras_name[slot], variable
+    return None, ""
+
+
+def _check_every_slot(
+    keras_class: str, arguments: Mapping[str, Any], slot_names: Mapping[str, str], slots: Mapping[str, Any],
+    scalars: Mapping[str, Any],
+) -> None:
+    """A file with optimizer weights holds every slot kind and scalar, but SGD's moments without
+    momentum (tf-keras's legacy SGD keeps none then, and they have no effect)."""
+    for kind, keras_name in slot_names.items():
+        if kind not in slots and not (keras_class == "SGD" and arguments.get("momentum") == 0):
+            raise CheckpointError(f"optimizer_weights holds no {keras_name} slots, which {keras_class} keeps")
+    for name, _ in optimizer_class(keras_class).scalar_state:
+        if name not in scalars:
+            raise CheckpointError(f"optimizer_weights holds no momentum_cache, {keras_class}'s {name}")
+
+
+def _is_float64(weights: Mapping[str, _Stored]) -> bool:
+    return any(w.value.dtype == np.float64 for w in weights.values())
+
+
+def _check_slot_shapes(names: tuple[str, ...], weights: Mapping[str, _Stored], slots: Mapping[str, list[_Stored]]) -> None:
+    for kind, per_parameter in slots.items():
+        for name, slot in zip(names, per_parameter):
+            weight = weights[name].value
+            if slot.value.shape != weight.shape or slot.value.dtype != weight.dtype:
+                raise CheckpointError(
+                    f"{slot.path} is {slot.value.dtype}{list(slot.value.shape)}, but its variable {name} is "
+                    f"{weight.dtype}{list(weight.shape)}"
+                )
+
+
+# ------------------------------------------------------------- Keras 3 .keras files
+
+
+def _read_keras3(path: str) -> KerasOptimizerFile:
+    import h5py
+
+    with _reading("the zip"):
+        with zipfile.ZipFile(path) as archive:
+            config_text = _zip_member(archive, "config.json")
+            weights_bytes = _zip_member(archive, "model.weights.h5")
+    model_config = _json_text(config_text, "config.json")
+    compile_config = model_config.get("compile_config")
+    if not isinstance(compile_config, dict):
+        raise CheckpointError("config.json has no compile_config: the model was saved without an optimizer")
+    description = compile_config.get("optimizer")
+    class_name, config = _class_and_config(description, "config.json's compile_config optimizer")
+    module = description.get("module") if isinstance(description, dict) else None
+    registered = description.get("registered_name") if isinstance(description, dict) else None
+    if module != "keras.optimizers" or registered not in (None, class_name):
+        raise ValueError(f"cannot import the optimizer class {class_name!r} from module {module!r}: "
+                         f"a custom optimizer class is not imported")
+    slot_names = _supported("keras3", class_name, class_name)
+    layer_names = _layer_order(model_config)
+    with _reading("model.weights.h5"):
+        f = h5py.File(io.BytesIO(weights_bytes), "r")
+    with f:
+        variables = _keras3_variables(f, layer_names)
+        group = _group(f, "optimizer")
+        opt_vars = _group(group, "vars") if group is not None else None
+        if opt_vars is None:
+            raise CheckpointError("model.weights.h5 holds no optimizer variables (group optimizer/vars)")
+        with _reading("optimizer/vars"):
+            count = len(opt_vars)
+        values = [_Stored(f"optimizer/vars/{i}", _dataset(opt_vars, str(i), f"optimizer/vars/{i}")) for i in range(count)]
+    if len(values) < 2 or values[0].value.shape != () or values[0].value.dtype.kind not in "iu":
+        raise CheckpointError("optimizer/vars does not begin with the iteration count and the learning rate")
+    iterations, slot_values = values[0], values[2:]
+    if not 0 <= int(iterations.value) < 2**63:
+        raise CheckpointError(f"optimizer/vars/0 is not an iteration count: {iterations.value!r}")
+    kinds = [kind for kind in slot_names if kind != "moments" or _momentum(config) != 0]
+    if not slot_values:  # saved before the first step: Keras 3 builds the slots then
+        kinds = []
+    if len(slot_values) != len(kinds) * len(variables):
+        raise CheckpointError(
+            f"optimizer/vars holds {len(slot_values)} slots, but {class_name} keeps {len(kinds)} for each of the "
+            f"{len(variables)} variables found in the layers: cannot match them (non-trainable or nested layers?)"
+        )
+    names = tuple(variables)
+    slots: dict[str, list[_Stored]] = {kind: [] for kind in kinds}
+    for i, name in enumerate(names):
+        for k, kind in enumerate(kinds):  # Keras 3 interleaves the kinds, variable by variable
+            slots[kind].append(slot_values[i * len(kinds) + k])
+    _check_slot_shapes(names, variables, slots)
+    arguments = _arguments(class_name, "keras3", config, bool(kinds), _is_float64(variables))
+    return KerasOptimizerFile(path, "keras3", class_name, config, arguments, iterations, {}, names, variables, slots)
+
+
+def _zip_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise CheckpointError(f"the zip has no {name}: not a Keras 3 .keras file") from None
+    if info.file_size > _LARGEST_ZIP_RATIO * info.compress_size + 2**20:
+        raise CheckpointError(f"{name} claims {info.file_size} bytes from {info.compress_size}: not a real zip member")
+    return archive.read(info)
+
+
+def _momentum(config: Mapping[str, Any]) -> float:
+    momentum = config.get("momentum", 1.0)
+    return float(momentum) if isinstance(momentum, (int, float)) else 1.0
+
+
+def _layer_order(model_config: Mapping[str, Any]) -> list[str]:
+    """The names of the model's trainable layers, in the order of its config."""
+    inner = model_config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(layers, list):
+        raise CheckpointError("config.json lists no layers")
+    names = []
+    for layer in layers:
+        config = layer.get("config") if isinstance(layer, dict) else None
+        if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+            raise CheckpointError("config.json has a layer without a name")
+        if config.get("trainable", True) is not False:
+            names.append(config["name"])
+    return names
+
+
+def _keras3_variables(f: Any, layer_names: list[str]) -> dict[str, _Stored]:
+    """The layers' variables by their path in model.weights.h5, in the model's order."""
+    layers = _group(f, "layers")
+    by_name: dict[str, tuple[str, Any]] = {}
+    if layers is not None:
+        with _reading("layers"):
+            keys = list(layers)
+        for key in keys:
+            group = _group(layers, key)
+            variables = _group(group, "vars") if group is not None else None
+            if variables is None:
+                continue
+            with _reading(f"layers/{key}/vars"):
+                name = variables.attrs.get("name", key)
+                name = name.decode() if isinstance(name, bytes) else str(name)
+            by_name[name] = (f"layers/{key}/vars", variables)
+    found: dict[str, _Stored] = {}
+    for name in layer_names:
+        if name not in by_name:
+            continue  # a layer without variables
+        where, group = by_name[name]
+        with _reading(where):
+            count = len(group)
+        for i in range(count):
+            value = _dataset(group, str(i), f"{where}/{i}")
+            if value.dtype.kind != "f":
+                raise CheckpointError(f"{where}/{i} has dtype {value.dtype}, not a float")
+            found[f"{where}/{i}"] = _Stored(f"{where}/{i}", value)
+    return found
+
+
+# ---------------------------------------------------------------------- config
+
+
+def _arguments(
+    keras_class: str, generation: str, config: Mapping[str, Any], has_slots: bool, float64: bool
+) -> dict[str, Any]:
+    """numbaopt constructor arguments for a Keras config, or a ValueError naming what numbaopt cannot honour.
+
+    ``float64``: whether the model's weights are float64, where tf-keras rounds some settings
+    to float32 on their way into the arithmetic (``tf.cast`` of a Python float goes through
+    float32); those are rounded here as TensorFlow rounds them, or refused where Keras uses
+    the same setting both rounded and not.
+    """
+    from numbaopt import keras_config
+
+    config = dict(config)
+    where = f"the {_GENERATION_NAMES[generation]} {keras_class}"
+    if float64:
+        for key in _FLOAT32_IN_FLOAT64.get((generation, keras_class), ()):
+            if isinstance(config.get(key), float):
+                config[key] = float(np.float32(config[key]))
+        for key in _MIXED_IN_FLOAT64.get((generation, keras_class), ()):
+            value = config.get(key)
+            if key == "*" or (isinstance(value, float) and float(np.float32(value)) != value):
+                raise ValueError(
+                    f"{where} in a float64 model uses {'its schedule constant 0.96' if key == '*' else f'{key}={value!r}'} "
+                    f"rounded to float32 in one place and not in another; numbaopt cannot reproduce that exactly"
+                )
+    if isinstance(config.get("learning_rate"), dict):
+        raise ValueError(f"{where} uses a learning-rate schedule ({config['learning_rate'].get('class_name')!r}); "
+                         f"numbaopt has Keras 2.0's decay only")
+    if config.get("global_clipnorm") is not None and config.get("clipvalue") is not None:
+        raise ValueError(f"{where} sets both global_clipnorm and clipvalue: Keras clips by value first, "
+                         f"Keras 2.0 (numbaopt) by norm first, and the two do not commute")
+    if generation == "legacy" and keras_class == "Nadam" and "schedule_decay" in config:
+        config.pop("decay", None)  # tf-keras builds it from schedule_decay then (written by export_keras_optimizer)
+    if keras_class == "Adagrad" and "initial_accumulator_value" in config:
+        if has_slots:  # the accumulators in the file already hold it
+            del config["initial_accumulator_value"]
+    cls = optimizer_class(keras_class)
+    arguments = keras_config.keras2_arguments(cls, config)
+    if "learning_rate" in arguments:
+        arguments["lr"] = arguments.pop("learning_rate")
+    declared = {h.name for h in cls.hyperparameters}
+    for key in arguments:
+        if key not in declared | {"clipnorm", "clipvalue", "lr"}:
+            raise ValueError(f"{where} has the setting {key}={arguments[key]!r}, which numbaopt's {keras_class} lacks")
+    for h in cls.hyperparameters:
+        if h.name not in arguments and h.name != "decay":
+            raise CheckpointError(f"the optimizer config lacks {h.name!r}: numbaopt takes no default for it")
+    try:
+        cls(**arguments)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"the optimizer config holds a value numbaopt refuses: {error}") from error
+    return arguments
+
+
+#: Settings tf-keras reads only through ``tf.cast(python_float, dtype)``, which rounds them to
+#: float32 first: in a float64 model the arithmetic uses float32(value).
+_FLOAT32_IN_FLOAT64: dict[tuple[str, str], tuple[str, ...]] = {
+    ("legacy", "SGD"): ("decay",),
+    ("legacy", "RMSprop"): ("decay",),
+    ("legacy", "Adagrad"): ("decay",),
+    ("legacy", "Adadelta"): ("decay",),
+    ("legacy", "Adam"): ("decay",),
+    ("legacy", "Adamax"): ("decay",),
+    ("new", "SGD"): ("momentum",),
+    ("keras3", "SGD"): ("momentum",),
+}
+
+#: Settings a float64 model uses both float32-rounded and exactly ("*": the class as a whole).
+_MIXED_IN_FLOAT64: dict[tuple[str, str], tuple[str, ...]] = {
+    ("legacy", "Nadam"): ("*",),
+    ("new", "Adam"): ("beta_1", "beta_2"),
+    ("new", "Adamax"): ("beta_1",),
+    ("keras3", "Adam"): ("beta_1", "beta_2"),
+    ("keras3", "Adamax"): ("beta_1",),
+}
+
+
+# ----------------------------------------------------------------------- export
+
+
+def export_keras_optimizer(
+    optimizer: Optimizer, path: str | os.PathLike[str], parameters: Mapping[str, npt.ArrayLike] | None = None
+) -> None:
+    """Write ``optimizer``'s state (and ``parameters``' values) into the tf-keras ``.h5`` model file at ``path``.
+
+    The file keeps its layout and optimizer generation (legacy or new-style), so
+    ``tf_keras.models.load_model(path)`` resumes training with exactly this state: the
+    iteration count, Nadam's momentum cache, every slot (matched to the file's variables by
+    name when the optimizer has parameter names, else by position), the optimizer's
+    settings in ``training_config``, and each ``{name: array}`` of ``parameters`` into the
+    model weight of that name. Everything is checked before anything is written
+    (ValueError naming what does not match), and the file is replaced atomically.
+    """
+    if not isinstance(optimizer, Optimizer) or getattr(type(optimizer), "rule", None) is None:
+        raise TypeError(f"export_keras_optimizer needs one of numbaopt's Keras 2.0 optimizers, got {type(optimizer).__name__}")
+    if parameters is not None and not isinstance(parameters, Mapping):
+        raise TypeError(f"parameters must be a dict of variable name -> array (as import_keras_optimizer "
+                        f"returns), got {type(parameters).__name__}")
+    found = read_keras_file(path)
+    if found.generation == "keras3":
+        raise ValueError(f"{found.path}: export writes tf-keras .h5 model files; a Keras 3 .keras file is import-only")
+    if found.optimizer_class is not type(optimizer):
+        raise ValueError(f"{found.path} holds a {found.keras_class} optimizer; cannot write a {type(optimizer).__name__} into it")
+    state = optimizer.state()
+    created = None
+    if found.iterations is None:  # saved before the first step: lay out the weights Keras would create
+        found, created = _laid_out(found, optimizer, state.names)
+    order = _parameter_order(optimizer, state.names, found, state.slots)
+    writes: dict[str, npt.NDArray[Any]] = {}
+    assert found.iterations is not None  # read from the file, or laid out above
+    writes[found.iterations.path] = np.array(state.iterations, found.iterations.value.dtype)
+    for name, slot in found.scalars.items():
+        writes[slot.path] = np.array(state.scalars[name], slot.value.dtype)
+    for kind in optimizer.slot_names:
+        if kind not in found.slots:
+            if not _unused_slot(optimizer, kind):
+                raise ValueError(f"{found.path} keeps no {kind} slots, which {type(optimizer).__name__} at its settings needs")
+            continue
+        for i, (slot, index) in enumerate(zip(found.slots[kind], order)):
+            writes[slot.path] = _fitting(state.slots[kind][index], slot, f"slot {kind} of {found.names[i]!r}")
+    for name, value in (parameters or {}).items():
+        if name not in found.weights:
+            raise ValueError(f"parameters: {name!r} is no weight of {found.path} (it has {', '.join(found.weights)})")
+        writes[found.weights[name].path] = _fitting(value, found.weights[name], f"parameters[{name!r}]")
+    training_config = _training_config(optimizer, found)
+    _replace_atomically(found.path, writes, training_config, created)
+
+
+def _laid_out(
+    found: KerasOptimizerFile, optimizer: Optimizer, names: tuple[str, ...] | None
+) -> tuple[KerasOptimizerFile, list[str]]:
+    """``found`` with the optimizer weights Keras creates for the named parameters, and their
+    names in the order Keras lists them: legacy ``<opt>/iter:0``, then each slot kind for all
+    variables (``<opt>/<variable>/<slot>:0``); new-style ``iteration:0``, then every slot of
+    each variable in turn (``<opt>/<slot>/<variable>:0``). The variables come in the model's order."""
+    if names is None:
+        raise ValueError(f"{found.path} holds no optimizer weights yet, so the optimizer's parameters must be named "
+                         f"(set_parameter_names, or names= in apply_gradients) to say which weights they are")
+    unknown = [n for n in names if n not in found.weights]
+    if unknown:
+        raise ValueError(f"the optimizer's parameters {unknown} are no weights of {found.path}")
+    variables = tuple(n for n in found.weights if n in names)
+    opt_name = str(found.keras_config.get("name", found.keras_class))
+    keras_slots = _KERAS_CLASSES[found.generation][found.keras_class]
+    kinds = [k for k in keras_slots if found.generation != "legacy" or not _unused_slot(optimizer, k)]
+    legacy = found.generation == "legacy"
+
+    def slot_path(kind: str, variable: str) -> str:
+        if not legacy:
+            return f"{opt_name}/{keras_slots[kind]}/{variable}"
+        match = re.fullmatch(r"(.+)(:\d+)", variable)
+        if match is None:
+            raise ValueError(f"{found.path}: the weight name {variable!r} lacks the ':0' ending tf-keras gives it")
+        return f"{opt_name}/{match[1]}/{keras_slots[kind]}{match[2]}"
+
+    slots = {kind: [_Stored(f"optimizer_weights/{slot_path(kind, v)}", found.weights[v].value) for v in variables]
+             for kind in kinds}
+    weight_names = [f"{opt_name}/iter:0" if legacy else "iteration:0"]
+    iterations = _Stored(f"optimizer_weights/{weight_names[0]}", np.zeros((), np.int64))
+    scalars = {}
+    for name, _ in optimizer.scalar_state:  # legacy Nadam's momentum cache, in the first variable's dtype
+        weight_names.append(f"{opt_name}/momentum_cache:0")
+        scalars[name] = _Stored(f"optimizer_weights/{weight_names[-1]}", np.zeros((), found.weights[variables[0]].value.dtype))
+    if legacy:
+        weight_names += [slot_path(kind, v) for kind in kinds for v in variables]
+    else:
+        weight_names += [slot_path(kind, v) for v in variables for kind in kinds]
+    return found._replace(iterations=iterations, scalars=scalars, names=variables, slots=slots), weight_names
+
+
+def _parameter_order(
+    optimizer: Optimizer, names: tuple[str, ...] | None, found: KerasOptimizerFile, slots: Mapping[str, list[Any]]
+) -> list[int]:
+    """For each of the file's variables, the index of the optimizer's parameter that is it."""
+    n_params = len(next(iter(slots.values()), []))
+    if n_params != len(found.names):
+        raise ValueError(f"{type(optimizer).__name__} has slots for {n_params} parameters, but {found.path} "
+                         f"has {len(found.names)} variables with slots ({', '.join(found.names)})")
+    if names is None:
+        return list(range(n_params))
+    if set(names) != set(found.names):
+        missing = sorted(set(found.names) - set(names))
+        extra = sorted(set(names) - set(found.names))
+        raise ValueError(f"the optimizer's parameter names do not match {found.path}'s variables: "
+                         f"the file's {missing} are not among the optimizer's, the optimizer's {extra} not in the file")
+    return [names.index(name) for name in found.names]
+
+
+def _unused_slot(optimizer: Optimizer, kind: str) -> bool:
+    """Whether the slot ``kind`` has no effect at the optimizer's settings (SGD's moments without momentum)."""
+    return kind == "moments" and optimizer.get_config().get("momentum") == 0
+
+
+def _fitting(value: npt.ArrayLike, slot: _Stored, what: str) -> npt.NDArray[Any]:
+    array = np.asarray(value)
+    if array.shape != slot.value.shape:
+        raise ValueError(f"{what} has shape {array.shape}, but {slot.path} has shape {slot.value.shape}")
+    if array.dtype != slot.value.dtype:
+        raise ValueError(f"{what} has dtype {array.dtype}, but {slot.path} has dtype {slot.value.dtype}")
+    return np.array(array, order="C", copy=True)
+
+
+def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[str, Any] | None:
+    """The file's optimizer config with the optimizer's settings, or None when they are the file's already."""
+    wanted = optimizer.checkpoint_config()
+    float64 = _is_float64(found.weights)
+
+    def settings(config: Mapping[str, Any]) -> dict[str, Any]:
+        arguments = _arguments(found.keras_class, found.generation, config, bool(found.slots), float64)
+        return found.optimizer_class(**arguments).checkpoint_config()
+
+    # tf-keras's legacy Nadam builds itself from a config with schedule_decay=0.004 unless the
+    # config says schedule_decay: its own "decay" is overwritten (docs/parity.md, difference 11).
+    legacy_nadam = found.generation == "legacy" and found.keras_class == "Nadam"
+    if settings(found.keras_config) == wanted and not (legacy_nadam and "schedule_decay" not in found.keras_config):
+        return None
+    config = dict(found.keras_config)
+    for key, value in wanted.items():
+        if key == "lr":
+            config["learning_rate"] = value
+        elif key == "schedule_decay" and legacy_nadam:
+            config["decay"] = config["schedule_decay"] = value
+        elif key == "clipnorm":
+            config["global_clipnorm"] = value
+        elif key == "decay" and "decay" not in config:
+            if value:
+                raise ValueError(f"{found.path}: the {_GENERATION_NAMES[found.generation]} has no decay; "
+                                 f"cannot write decay={value!r}")
+        else:
+            config[key] = value
+    for key in ("clipnorm", "clipvalue"):
+        if key not in wanted and (found.keras_config.get("global_clipnorm" if key == "clipnorm" else key) is not None):
+            config["global_clipnorm" if key == "clipnorm" else key] = None
+    if settings(config) != wanted:
+        raise ValueError(f"{found.path}: Keras's {found.keras_class} cannot express {wanted}")
+    return config
+
+
+def _replace_atomically(
+    path: str, writes: Mapping[str, npt.NDArray[Any]], optimizer_config: dict[str, Any] | None,
+    created: list[str] | None,
+) -> None:
+    """Copy the file, write ``writes`` (dataset path -> value) into the copy, fsync, move it over ``path``.
+
+    ``created``: the names of the optimizer weights to list in a new group ``optimizer_weights``.
+    """
+    import h5py
+
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    lead = checkpoint._temporary_lead(target)
+    checkpoint._sweep_dead_temporaries(folder, lead)
+    temporary = checkpoint._create_temporary(folder, lead)
+    try:
+        shutil.copyfile(target, temporary)
+        shutil.copymode(target, temporary)
+        with h5py.File(temporary, "r+") as f:
+            if created is not None:
+                if "optimizer_weights" in f:  # new-style tf-keras's iteration count alone
+                    del f["optimizer_weights"]
+                _write_names(f.create_group("optimizer_weights"), "weight_names", created)
+            for where, value in writes.items():
+                if where in f:
+                    f[where][()] = value
+                else:
+                    f.create_dataset(where, data=value)
+            if optimizer_config is not None:
+                training_config = json.loads(_text(f.attrs["training_config"]))
+                training_config["optimizer_config"]["config"] = optimizer_config
+                f.attrs["training_config"] = json.dumps(training_config).encode("utf8")
+            f.flush()
+        checkpoint._fsync(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):
+        checkpoint._fsync_directory(folder)
+
+
+#: tf-keras splits a list attribute into numbered parts above this many bytes (HDF5's object header limit).
+_ATTRIBUTE_LIMIT = 64512
+
+
+def _write_names(group: Any, key: str, names: list[str]) -> None:
+    """A list of names as tf-keras writes it (``save_attributes_to_hdf5_group``): UTF-8 strings
+    in one attribute, or in ``key0``, ``key1``... when they would pass the object header limit."""
+    size = sum(len(name.encode("utf8")) for name in names)
+    parts = 1
+    while size / parts > _ATTRIBUTE_LIMIT:
+        parts += 1
+    if parts == 1:
+        group.attrs[key] = names
+    else:
+        for i, part in enumerate(np.array_split(np.asarray(names, dtype=object), parts)):
+            group.attrs[f"{key}{i}"] = part.tolist()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        value = value[()]
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
