@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from numbaopt.checkpoint import Checkpoint, CheckpointError
+from numbaopt.sharded_checkpoint import read_any
 
 def main(path: str | os.PathLike[str]) -> int:
     """Print the report for the checkpoint at ``path``; returns the exit status (1 for a bad file)."""
     try:
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_any(path)  # an ordinary checkpoint, or a sharded one read whole
     except CheckpointError as error:
         print(f"numbaopt inspect: {error}", file=sys.stderr)
         return 1

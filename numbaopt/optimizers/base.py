@@ -329,6 +329,15 @@ class Optimizer(metaclass=abc.ABCMeta):
         Everything is checked before anything changes: a bad pair raises and leaves the
         parameters, the slots and ``iterations`` as they were.
         """
+        self._apply_gradients(grads_and_vars, names, None)
+
+    @_locked
+    def _apply_gradients(
+        self, grads_and_vars: Iterable[tuple[npt.ArrayLike, Any]], names: Sequence[str] | None, global_norm: float | None
+    ) -> None:
+        """The step of ``apply_gradients``. A given ``global_norm`` is the norm clipnorm uses
+        instead of these gradients' own: ``numbaopt.distributed`` steps a shard of the
+        elements with the norm of all of them."""
         grads, params = split_pairs(grads_and_vars)
         names = checked_names(names, len(params), self._names)
         backend = devices.backend_for(params, self._hyper.get("device", "auto"))
@@ -345,7 +354,9 @@ class Optimizer(metaclass=abc.ABCMeta):
         store = self._slots if self._slots is not None else self._create_slots(layout)
         grad_addresses = store.split(addresses)
 
-        norm = store.global_norm(grad_addresses) if self._hyper.get("clipnorm") else None
+        norm = global_norm
+        if norm is None and self._hyper.get("clipnorm"):
+            norm = store.global_norm(grad_addresses)
         # Every group's scalars before any kernel runs, so that nothing is half applied.
         # IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
         # and a user's np.seterr(all="raise") or warnings-as-errors must not stop that (the
