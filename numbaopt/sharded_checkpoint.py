@@ -333,11 +333,10 @@ def slot_pieces(
     sources = {k: read(k) for k in overlapping}
     out = {kind: [np.empty(b - a, p.dtype) for p, (a, b) in zip(index.parameters, wanted)] for kind in cls.slot_names}
     for k, overlaps in overlapping.items():
-        slots = sources[k]
         for kind in cls.slot_names:
             for i, start, stop in overlaps:
-                source = np.asarray(slots[kind][i]).reshape(-1)
-                out[kind][i][start - wanted[i][0]: stop - wanted[i][0]] = source[start - ranges[i][0]: stop - ranges[i][0]]
+                source = np.asarray(sources[k][kind][i]).reshape(-1)
+                out[kind][i][start - wanted[i][0]: stop - wanted[i][0]] = source[start - stored[k][i][0]: stop - stored[k][i][0]]
     return out
 
 
