@@ -262,8 +262,8 @@ class ShardedOptimizer:
                 averaged[i] = total
             norm = self._global_norm(plan, averaged) if self._inner.get_config().get("clipnorm") else None
             flat_params = [p.reshape(-1) for p in params]
-            pieces = [flat[a:b] for flat, (a, b) in zip(flat_params, plan.mine)]
-            self._inner._apply_gradients(zip(averaged, pieces), None, norm)
+            own_pieces = [flat[a:b] for flat, (a, b) in zip(flat_params, plan.mine)]
+            self._inner._apply_gradients(zip(averaged, own_pieces), None, norm)
             base = plan.displacements[plan.rank]
             for i, a, b, offset in mine:
                 _view(send, base + offset, b - a, plan.dtypes[i])[...] = flat_params[i][a:b]
@@ -442,7 +442,7 @@ class ShardedOptimizer:
         if sharded_checkpoint.is_sharded(path):
             index = sharded_checkpoint.read_index(path)
             source: Any = index
-            stored = [s.ranges for s in index.shards]
+            stored: list[Sequence[tuple[int, int]]] = [s.ranges for s in index.shards]
             def read(k: int) -> Any:
                 return sharded_checkpoint.read_shard(index, k).slots
         else:
