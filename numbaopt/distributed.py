@@ -21,12 +21,15 @@ gradients. ``docs/distributed.md`` explains the costs and what happens when a ra
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import secrets
+import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -134,9 +137,13 @@ class ShardedOptimizer:
     ``optimizer`` gives the class and settings (and its state, if it has any); it is not
     used afterwards. Every rank calls every method together (they are collective), with
     its own gradients and its full replica of the same parameters. CPU (NumPy) parameters only.
+
+    ``timeout`` (seconds, or None to wait as long as MPI does: forever) bounds every
+    collective call of this optimizer: a rank still waiting for the others after that long
+    prints which call it was in and aborts the whole MPI job (``MPI_Abort``).
     """
 
-    def __init__(self, optimizer: Optimizer, comm: Any) -> None:
+    def __init__(self, optimizer: Optimizer, comm: Any, *, timeout: float | None = None) -> None:
         if not isinstance(optimizer, Optimizer) or type(optimizer) not in rule_based():
             name = type(optimizer).__name__
             if type(optimizer) in registered():
@@ -151,15 +158,19 @@ class ShardedOptimizer:
         if state.slots:
             first = next(iter(state.slots.values()))
             shapes, dtypes = [a.shape for a in first], [a.dtype for a in first]
-        self._setup(type(optimizer), optimizer.checkpoint_config(), comm, state.iterations, state.scalars,
+        self._setup(type(optimizer), optimizer.checkpoint_config(), comm, timeout, state.iterations, state.scalars,
                     shapes, dtypes, state.names,
                     lambda ranges: {k: [a.reshape(-1)[s:e] for a, (s, e) in zip(v, ranges)] for k, v in state.slots.items()})
 
-    def _setup(self, cls: type[Optimizer], config: dict[str, Any], comm: Any, iterations: int, scalars: dict[str, float],
+    def _setup(self, cls: type[Optimizer], config: dict[str, Any], comm: Any, timeout: float | None,
+               iterations: int, scalars: dict[str, float],
                shapes: Sequence[tuple[int, ...]] | None, dtypes: Sequence[np.dtype[Any]] | None,
                names: Sequence[str] | None, pieces: Any) -> None:
         """Bind to ``comm`` with this state; ``pieces(ranges)`` gives the slots' pieces of this rank."""
+        if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
         self._comm = comm
+        self._timeout = timeout
         self._lock = threading.RLock()
         self._inner = cls.from_checkpoint_config(config)
         self._names = tuple(names) if names is not None else None
@@ -238,7 +249,7 @@ class ShardedOptimizer:
         names). Anything one rank refuses, or any difference between the ranks, raises the
         same exception on every rank before anything changes.
         """
-        with self._lock:
+        with self._collective("apply_gradients"):
             grads, params, names = self._agreed_call(grads_and_vars, names)
             plan = self._plan
             assert plan is not None  # bound by _agreed_call
@@ -274,6 +285,12 @@ class ShardedOptimizer:
                         flat_params[i][a:b] = _view(send, plan.displacements[q] + offset, b - a, plan.dtypes[i])
             if names is not None:
                 self._names = names
+
+    @contextlib.contextmanager
+    def _collective(self, what: str) -> Iterator[None]:
+        """One collective call: under this rank's lock, and the watchdog when there is a timeout."""
+        with self._lock, _watchdog(self._comm, self._timeout, what):
+            yield
 
     def _agreed_call(
         self, grads_and_vars: Iterable[tuple[npt.ArrayLike, Any]], names: Sequence[str] | None
@@ -349,7 +366,7 @@ class ShardedOptimizer:
     def gathered_state(self) -> OptimizerState:
         """The whole state, gathered from every rank (collective): the ``state()`` the
         single-process optimizer would have. For checks and small models."""
-        with self._lock:
+        with self._collective("gathered_state"):
             local = self._inner.state()
             every = self._comm.allgather(local.slots)
             plan = self._plan
@@ -369,7 +386,7 @@ class ShardedOptimizer:
         ``path``; every rank returns, or raises the same error, once the set is complete.
         The folder must be one that every rank sees (a shared file system).
         """
-        with self._lock:
+        with self._collective("save_optimizer"):
             comm, rank = self._comm, self._comm.Get_rank()
             target = os.path.realpath(os.fspath(path))
             token = comm.bcast(secrets.token_hex(6) if rank == 0 else None, root=0)
@@ -424,21 +441,22 @@ class ShardedOptimizer:
         sharded_checkpoint.write_index(target, header, parameters, shards)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], comm: Any) -> ShardedOptimizer:
+    def load(cls, path: str | os.PathLike[str], comm: Any, *, timeout: float | None = None) -> ShardedOptimizer:
         """A sharded optimizer with the state saved at ``path`` (collective): a sharded
         checkpoint saved on any number of ranks, or an ordinary one. Each rank reads only
         the shard files that hold its new shard. Any rank's failure raises ``CheckpointError``
-        on every rank."""
+        on every rank. ``timeout`` as for the constructor."""
         self = cls.__new__(cls)
         problem = None
         try:
-            self._load(os.fspath(path), comm)
+            self._load(os.fspath(path), comm, timeout)
         except CheckpointError as error:
             problem = ("CheckpointError", str(error))
-        _raise_first_problem(comm.allgather((problem, None)))
+        with _watchdog(comm, timeout, "loading a checkpoint"):
+            _raise_first_problem(comm.allgather((problem, None)))
         return self
 
-    def _load(self, path: str, comm: Any) -> None:
+    def _load(self, path: str, comm: Any, timeout: float | None) -> None:
         if sharded_checkpoint.is_sharded(path):
             index = sharded_checkpoint.read_index(path)
             source: Any = index
@@ -458,11 +476,34 @@ class ShardedOptimizer:
         names = [p.name for p in source.parameters]
         cls = optimizer_class(source.class_name)
         try:
-            self._setup(cls, source.config, comm, source.iterations, source.scalars,
+            self._setup(cls, source.config, comm, timeout, source.iterations, source.scalars,
                         shapes if source.parameters else None, dtypes, names if names and names[0] is not None else None,
                         lambda ranges: sharded_checkpoint.slot_pieces(source, ranges, stored, read))
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{path}: cannot rebuild {source.class_name} from the checkpoint: {error}") from error
+
+
+@contextlib.contextmanager
+def _watchdog(comm: Any, timeout: float | None, what: str) -> Iterator[None]:
+    """Abort the MPI job if the block lasts more than ``timeout`` seconds: MPI's collectives
+    have no timeout of their own, so a rank that never joins would keep the others waiting."""
+    if timeout is None:
+        yield
+        return
+    timer = threading.Timer(timeout, _abort, args=(comm, timeout, what))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _abort(comm: Any, timeout: float, what: str) -> None:
+    sys.stderr.write(f"numbaopt.distributed: rank {comm.Get_rank()} of {comm.Get_size()} waited more than {timeout} s "
+                     f"in {what} (collective): aborting the MPI job\n")
+    sys.stderr.flush()
+    comm.Abort(1)
 
 
 def _view(buffer: npt.NDArray[np.uint8], offset: int, count: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:

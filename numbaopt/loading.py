@@ -23,16 +23,14 @@ def load_optimizer(
     """A new optimizer with the state saved at ``path``; its slots bind at the next step.
 
     ``comm`` (an mpi4py communicator): load collectively, as a ``ShardedOptimizer`` over its
-    ranks, from a sharded checkpoint saved on any number of ranks or from an ordinary one.
-    Without it, a sharded checkpoint loads whole. ``options`` go to the class's
+    ranks, from a sharded checkpoint saved on any number of ranks or from an ordinary one
+    (``options``: ``timeout=``, see ``ShardedOptimizer``). Without it, a sharded checkpoint loads whole. ``options`` go to the class's
     ``from_checkpoint_config`` (``TFOptimizer`` needs ``wrapped=``).
     """
     if comm is not None:
         from numbaopt.distributed import ShardedOptimizer
 
-        if options:
-            raise TypeError(f"a sharded load takes no options besides comm, got {sorted(options)}")
-        return ShardedOptimizer.load(path, comm)
+        return ShardedOptimizer.load(path, comm, **options)
     if sharded_checkpoint.is_sharded(path):
         return checkpoint.optimizer_from_checkpoint(sharded_checkpoint.read_whole(path), path, **options)
     return checkpoint.load_optimizer(path, **options)

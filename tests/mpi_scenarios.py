@@ -273,6 +273,26 @@ def crash(folder):
             raise AssertionError("a mixed set loaded whole")
 
 
+def dies(folder):
+    """The last rank exits in the middle of the run: mpiexec ends the job (a non-zero exit, no hang)."""
+    params = parameters(SHAPES, [np.float32] * len(SHAPES))
+    sharded = ShardedOptimizer(optimizers.Adam(), COMM)
+    if RANK == R - 1:
+        os._exit(3)
+    sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
+
+
+def hangs(folder):
+    """The last rank never joins the step: with a timeout the others abort the job."""
+    import time
+
+    params = parameters(SHAPES, [np.float32] * len(SHAPES))
+    sharded = ShardedOptimizer(optimizers.Adam(), COMM, timeout=3)
+    if RANK == R - 1:
+        time.sleep(600)
+    sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
+
+
 if __name__ == "__main__":
     scenario, folder = sys.argv[1], sys.argv[2]
     globals()[scenario](folder)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,14 @@ def mpiexec():
     return found
 
 
-def run(scenario, ranks, folder):
+def launch(scenario, ranks, folder, timeout=TIMEOUT):
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
     command = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(SCENARIOS), scenario, str(folder)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=folder)
+    return command, subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=folder)
+
+
+def run(scenario, ranks, folder):
+    command, result = launch(scenario, ranks, folder)
     assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert f'"scenario": "{scenario}", "ranks": {ranks}, "ok": true' in result.stdout, result.stdout
 
@@ -55,3 +60,16 @@ def test_checkpoints_saved_on_n_ranks_load_on_m_ranks_and_whole(tmp_path):
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_a_save_that_fails_before_the_index_leaves_the_last_good_set(ranks, tmp_path):
     run("crash", ranks, tmp_path)
+
+
+def test_a_rank_that_dies_ends_the_job_instead_of_hanging(tmp_path):
+    start = time.monotonic()
+    command, result = launch("dies", 3, tmp_path, timeout=120)
+    assert result.returncode != 0 and '"ok": true' not in result.stdout
+    assert time.monotonic() - start < 120
+
+
+def test_a_rank_that_never_joins_aborts_the_job_after_the_timeout(tmp_path):
+    command, result = launch("hangs", 2, tmp_path, timeout=120)
+    assert result.returncode != 0 and '"ok": true' not in result.stdout
+    assert "waited more than 3 s in apply_gradients" in result.stderr, result.stderr
