@@ -106,6 +106,15 @@ def parity(folder):
     sharded, single = ShardedOptimizer(optimizers.Nadam(clipnorm=1.0), COMM), optimizers.Nadam(clipnorm=1.0)
     run_both(sharded, single, params, reference, SHAPES, dtypes, steps=3, names=names)
     assert sharded.parameter_names == single.parameter_names == tuple(names)
+    # An optimizer that already has state shards it, and goes on as the single one.
+    f64 = [np.float64] * len(SHAPES)
+    earlier = optimizers.Adamax(clipnorm=1.0)
+    ahead = parameters(SHAPES, f64)
+    for step in range(2):
+        earlier.apply_gradients(zip(averaged(step, SHAPES, f64), ahead))
+    copy = optimizers.Adamax(clipnorm=1.0)
+    copy.set_weights(earlier.get_weights())
+    run_both(ShardedOptimizer(copy, COMM), earlier, [p.copy() for p in ahead], ahead, SHAPES, f64, steps=2, first=2)
     # A schedule: assigning lr on every rank takes effect at the next step, as on one process.
     sharded.lr = single.lr = 0.0005
     assert sharded.lr == 0.0005
@@ -236,6 +245,13 @@ def crash(folder):
     sharded = ShardedOptimizer(optimizers.Adam(), COMM)
     sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, dtypes), params))
     path = os.path.join(folder, "crash.h5")
+    # Before its first step an optimizer saves and loads its iterations and settings only.
+    fresh = ShardedOptimizer(optimizers.SGD(momentum=0.5), COMM)
+    numbaopt.save_optimizer(fresh, path)
+    assert numbaopt.load_optimizer(path).get_config()["momentum"] == 0.5
+    again = numbaopt.load_optimizer(path, comm=COMM)
+    again.apply_gradients(zip(gradients(0, RANK, SHAPES, dtypes), [p.copy() for p in params]))
+    assert again.iterations == 1
     numbaopt.save_optimizer(sharded, path)
     COMM.Barrier()
     before = sorted(os.listdir(folder))
