@@ -29,7 +29,7 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -147,7 +147,7 @@ class ShardedOptimizer:
         if not isinstance(optimizer, Optimizer) or type(optimizer) not in rule_based():
             name = type(optimizer).__name__
             if type(optimizer) in registered():
-                raise TypeError(f"{name} cannot be sharded: its state is not numbaopt slots split by element")
+                raise TypeError(f"{name} cannot be sharded: its state is the wrapped optimizer's own variables, not slots split by element")
             raise TypeError(f"ShardedOptimizer needs one of numbaopt's optimizers ({', '.join(c.__name__ for c in rule_based())}), got {name}")
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"comm must be an mpi4py intracommunicator (MPI.COMM_WORLD, say), got {type(comm).__name__}")
@@ -165,9 +165,9 @@ class ShardedOptimizer:
     def _setup(self, cls: type[Optimizer], config: dict[str, Any], comm: Any, timeout: float | None,
                iterations: int, scalars: dict[str, float],
                shapes: Sequence[tuple[int, ...]] | None, dtypes: Sequence[np.dtype[Any]] | None,
-               names: Sequence[str] | None, pieces: Any) -> None:
+               names: Sequence[str] | None, pieces: Callable[[_Ranges], Mapping[str, Sequence[npt.NDArray[Any]]]]) -> None:
         """Bind to ``comm`` with this state; ``pieces(ranges)`` gives the slots' pieces of this rank."""
-        if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf):
             raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
         self._comm = comm
         self._timeout = timeout

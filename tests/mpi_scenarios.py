@@ -99,6 +99,11 @@ def parity(folder):
     params, reference = parameters(shapes, dtypes), parameters(shapes, dtypes)
     sharded, single = ShardedOptimizer(optimizers.Adam(clipnorm=1.0), COMM), optimizers.Adam(clipnorm=1.0)
     run_both(sharded, single, params, reference, shapes, dtypes, steps=3)
+    # Fewer chunks than ranks: some ranks own nothing, and still take part.
+    shapes, dtypes = [(), (3,)], [np.float32, np.float64]
+    params, reference = parameters(shapes, dtypes), parameters(shapes, dtypes)
+    sharded, single = ShardedOptimizer(optimizers.RMSprop(clipnorm=0.1), COMM), optimizers.RMSprop(clipnorm=0.1)
+    run_both(sharded, single, params, reference, shapes, dtypes, steps=2)
     # Names are recorded and checked as in the single optimizer; Nadam's schedule and decay.
     names = [f"layer{i}" for i in range(len(SHAPES))]
     dtypes = [np.float32] * len(SHAPES)
