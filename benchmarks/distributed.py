@@ -15,7 +15,8 @@ gradients:
 Bytes sent are computed from what each side hands MPI (the payload that must leave a rank,
 as ring algorithms move it), not counted on the wire: ``(R-1)/R`` of the gradients for the
 exchange, as much again for the allgather; MPI's Allreduce moves ``2 (R-1)/R`` of them
-(reduce-scatter then allgather). Timings are medians of ``--steps`` steps after two warm-ups.
+(reduce-scatter then allgather). Timings are medians of ``--steps`` steps after two warm-ups,
+the slowest rank's; ``*_alone_ms`` are MPI's collectives alone over the gradients' bytes.
 """
 import argparse
 import json
@@ -71,6 +72,15 @@ def measure(size, steps):
         replica.apply_gradients(zip(views, params))
 
     data_parallel_s = timed(data_parallel, steps)
+    # The bare collectives over the same bytes, in even segments: what MPI itself takes.
+    segment = grad_bytes // R
+    counts = ([segment] * R, [segment * r for r in range(R)])
+    send, receive = np.zeros(segment * R, np.uint8), np.empty(segment * R, np.uint8)
+    collectives = {
+        "alltoallv": timed(lambda: COMM.Alltoallv([send, counts, MPI.BYTE], [receive, counts, MPI.BYTE]), steps),
+        "allgatherv": timed(lambda: COMM.Allgatherv(MPI.IN_PLACE, [send, counts, MPI.BYTE]), steps),
+        "allreduce": timed(lambda: COMM.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM), steps),
+    }
     replica_state = sum(w.nbytes for w in replica.get_weights()[1:])
     exchange = grad_bytes * (R - 1) / R
     return {
@@ -82,6 +92,7 @@ def measure(size, steps):
         "data_parallel_buffers_mb_per_rank": round(flat.nbytes / 1e6, 1),
         "sharded_sent_mb_per_rank": round(2 * exchange / 1e6, 1),
         "data_parallel_sent_mb_per_rank": round(2 * exchange / 1e6, 1),
+        **{f"{name}_alone_ms": round(seconds * 1e3, 1) for name, seconds in collectives.items()},
     }
 
 
