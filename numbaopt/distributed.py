@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import devices, sharded_checkpoint, slots, tuning
+from numbaopt import devices, keras_weights, sharded_checkpoint, slots, tuning
 from numbaopt.checkpoint import CheckpointError, Parameter, read_checkpoint, save_optimizer
 from numbaopt.extras import install_command
 from numbaopt.optimizers import Optimizer, OptimizerState, registered, rule_based
@@ -378,6 +378,10 @@ class ShardedOptimizer:
                 for kind in type(self._inner).slot_names
             }
             return OptimizerState(local.iterations, local.scalars, whole, self._names)
+
+    def get_weights(self) -> list[npt.NDArray[Any]]:
+        """The whole state as ``Optimizer.get_weights`` lists it (collective: ``gathered_state``)."""
+        return keras_weights.build(type(self._inner), self.gathered_state())
 
     def save_numbaopt_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Save the sharded state to ``path`` (collective; ``numbaopt.save_optimizer`` calls it).

@@ -56,6 +56,9 @@ def assert_same(sharded, single, params, reference, what):
         assert p.dtype == q.dtype and p.tobytes() == q.tobytes(), f"{what}: parameter {i} differs on rank {RANK}"
     state, expected = sharded.gathered_state(), single.state()
     assert state.iterations == expected.iterations == sharded.iterations, what
+    weights = sharded.get_weights()
+    assert len(weights) == len(single.get_weights()) and all(
+        a.tobytes() == b.tobytes() for a, b in zip(weights, single.get_weights())), what
     assert state.scalars == expected.scalars, what
     assert sorted(state.slots) == sorted(expected.slots), what
     for kind in expected.slots:
