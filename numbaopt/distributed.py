@@ -253,38 +253,45 @@ class ShardedOptimizer:
             grads, params, names = self._agreed_call(grads_and_vars, names)
             plan = self._plan
             assert plan is not None  # bound by _agreed_call
-            send, receive = self._exchange_buffers(plan)
-            comm, n_ranks = self._comm, plan.n_ranks
-            flats = [g.reshape(-1) for g in grads]
-            for q, pieces in enumerate(plan.pieces):
-                base = plan.displacements[q]
-                for i, a, b, offset in pieces:
-                    _view(send, base + offset, b - a, plan.dtypes[i])[...] = flats[i][a:b]
-            mine = plan.pieces[plan.rank]
-            size = plan.segment_bytes[plan.rank]
-            comm.Alltoallv([send, (plan.segment_bytes, plan.displacements), MPI.BYTE],
-                           [receive, ([size] * n_ranks, [size * s for s in range(n_ranks)]), MPI.BYTE])
-            averaged = [np.empty(0, d) for d in plan.dtypes]
-            for i, a, b, offset in mine:
-                total = _view(receive, offset, b - a, plan.dtypes[i])
-                for s in range(1, n_ranks):
-                    np.add(total, _view(receive, s * size + offset, b - a, plan.dtypes[i]), out=total)
-                np.divide(total, plan.dtypes[i].type(n_ranks), out=total)
-                averaged[i] = total
+            averaged = self._reduce_scatter(plan, grads)
             norm = self._global_norm(plan, averaged) if self._inner.get_config().get("clipnorm") else None
             flat_params = [p.reshape(-1) for p in params]
             own_pieces = [flat[a:b] for flat, (a, b) in zip(flat_params, plan.mine)]
             self._inner._apply_gradients(zip(averaged, own_pieces), None, norm)
-            base = plan.displacements[plan.rank]
-            for i, a, b, offset in mine:
-                _view(send, base + offset, b - a, plan.dtypes[i])[...] = flat_params[i][a:b]
-            comm.Allgatherv(MPI.IN_PLACE, [send, (plan.segment_bytes, plan.displacements), MPI.BYTE])
-            for q, others in enumerate(plan.pieces):
-                if q != plan.rank:
-                    for i, a, b, offset in others:
-                        flat_params[i][a:b] = _view(send, plan.displacements[q] + offset, b - a, plan.dtypes[i])
+            self._all_gather(plan, flat_params)
             if names is not None:
                 self._names = names
+
+    def _reduce_scatter(self, plan: _Plan, grads: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        """This rank's pieces of the averaged gradients (empty where it owns nothing): every
+        rank's pieces arrive by one ``Alltoallv`` and are added in rank order, then divided."""
+        send, receive = self._exchange_buffers(plan)
+        flats = [g.reshape(-1) for g in grads]
+        for q, pieces in enumerate(plan.pieces):
+            for i, a, b, offset in pieces:
+                _view(send, plan.displacements[q] + offset, b - a, plan.dtypes[i])[...] = flats[i][a:b]
+        n_ranks, size = plan.n_ranks, int(plan.segment_bytes[plan.rank])
+        self._comm.Alltoallv([send, (plan.segment_bytes, plan.displacements), MPI.BYTE],
+                             [receive, ([size] * n_ranks, [size * s for s in range(n_ranks)]), MPI.BYTE])
+        averaged = [np.empty(0, d) for d in plan.dtypes]
+        for i, a, b, offset in plan.pieces[plan.rank]:
+            total = _view(receive, offset, b - a, plan.dtypes[i])  # rank 0's, then the sum in place
+            for s in range(1, n_ranks):
+                np.add(total, _view(receive, s * size + offset, b - a, plan.dtypes[i]), out=total)
+            np.divide(total, plan.dtypes[i].type(n_ranks), out=total)
+            averaged[i] = total
+        return averaged
+
+    def _all_gather(self, plan: _Plan, flat_params: Sequence[npt.NDArray[Any]]) -> None:
+        """Give every rank the other ranks' updated pieces: one in-place ``Allgatherv``."""
+        send, _ = self._exchange_buffers(plan)
+        for i, a, b, offset in plan.pieces[plan.rank]:
+            _view(send, plan.displacements[plan.rank] + offset, b - a, plan.dtypes[i])[...] = flat_params[i][a:b]
+        self._comm.Allgatherv(MPI.IN_PLACE, [send, (plan.segment_bytes, plan.displacements), MPI.BYTE])
+        for q, pieces in enumerate(plan.pieces):
+            if q != plan.rank:
+                for i, a, b, offset in pieces:
+                    flat_params[i][a:b] = _view(send, plan.displacements[q] + offset, b - a, plan.dtypes[i])
 
     @contextlib.contextmanager
     def _collective(self, what: str) -> Iterator[None]:
@@ -404,7 +411,7 @@ class ShardedOptimizer:
                 digest = sharded_checkpoint.shard_digest(shard)
             except (OSError, TypeError, ValueError, CheckpointError) as error:
                 problem = (type(error).__name__, str(error))
-            reports = comm.allgather((problem, target, digest))
+            reports = comm.allgather((problem, os.fspath(path), digest))
             try:
                 _raise_first_problem([(p, t) for p, t, _ in reports])
                 if len({t for _, t, _ in reports}) > 1:
