@@ -149,8 +149,7 @@ class ShardedOptimizer:
             if type(optimizer) in registered():
                 raise TypeError(f"{name} cannot be sharded: its state is the wrapped optimizer's own variables, not slots split by element")
             raise TypeError(f"ShardedOptimizer needs one of numbaopt's optimizers ({', '.join(c.__name__ for c in rule_based())}), got {name}")
-        if not isinstance(comm, MPI.Intracomm):
-            raise TypeError(f"comm must be an mpi4py intracommunicator (MPI.COMM_WORLD, say), got {type(comm).__name__}")
+        _check_comm_and_timeout(comm, timeout)
         if optimizer.get_config().get("device") == "cuda":
             raise ValueError("ShardedOptimizer steps NumPy parameters on the CPU; the optimizer has device='cuda'")
         state = optimizer.state()
@@ -167,8 +166,6 @@ class ShardedOptimizer:
                shapes: Sequence[tuple[int, ...]] | None, dtypes: Sequence[np.dtype[Any]] | None,
                names: Sequence[str] | None, pieces: Callable[[_Ranges], Mapping[str, Sequence[npt.NDArray[Any]]]]) -> None:
         """Bind to ``comm`` with this state; ``pieces(ranges)`` gives the slots' pieces of this rank."""
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf):
-            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
         self._comm = comm
         self._timeout = timeout
         self._lock = threading.RLock()
@@ -457,6 +454,7 @@ class ShardedOptimizer:
         checkpoint saved on any number of ranks, or an ordinary one. Each rank reads only
         the shard files that hold its new shard. Any rank's failure raises ``CheckpointError``
         on every rank. ``timeout`` as for the constructor."""
+        _check_comm_and_timeout(comm, timeout)
         self = cls.__new__(cls)
         problem = None
         try:
@@ -492,6 +490,13 @@ class ShardedOptimizer:
                         lambda ranges: sharded_checkpoint.slot_pieces(source, ranges, stored, read))
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{path}: cannot rebuild {source.class_name} from the checkpoint: {error}") from error
+
+
+def _check_comm_and_timeout(comm: Any, timeout: float | None) -> None:
+    if not isinstance(comm, MPI.Intracomm):
+        raise TypeError(f"comm must be an mpi4py intracommunicator (MPI.COMM_WORLD, say), got {type(comm).__name__}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -116,7 +117,13 @@ def write_index(path: str, header: Mapping[str, Any], parameters: Sequence[Param
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    _fsync_directory(folder)
+    # The new set is in place: nothing below may fail the save, whose shard files the
+    # ranks would otherwise remove from under the new index.
+    try:
+        _fsync_directory(folder)
+    except OSError as error:
+        warnings.warn(f"{path}: the index was written, but its folder could not be synced ({error}); "
+                      f"a power loss now might still show the previous index", RuntimeWarning, stacklevel=2)
     remove_unlisted_shards(path, {shard.file for shard in shards})
 
 

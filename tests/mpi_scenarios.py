@@ -278,10 +278,19 @@ def crash(folder):
     assert sorted(os.listdir(folder)) == before, (before, sorted(os.listdir(folder)))
     assert numbaopt.load_optimizer(path).iterations == 1
     assert numbaopt.load_optimizer(path, comm=COMM).iterations == 1
+    # A save killed before its index leaves its shard files; the next save removes them.
+    orphan = os.path.join(folder, sharded_checkpoint.shard_file_name(path, "ffffffffffff", RANK, R))
+    with open(orphan, "wb"):
+        pass
+    COMM.Barrier()
+    numbaopt.save_optimizer(sharded, path)
+    COMM.Barrier()
+    assert not os.path.exists(orphan) and numbaopt.load_optimizer(path).iterations == 2
     # One shard file replaced by another save's: the set is refused on every rank.
     if R > 1:
         index = sharded_checkpoint.read_index(path)
         other = os.path.join(folder, "other.h5")
+        sharded.apply_gradients(zip(gradients(2, RANK, SHAPES, dtypes), params))  # another state
         numbaopt.save_optimizer(sharded, other)
         COMM.Barrier()
         if RANK == 0:
