@@ -271,12 +271,15 @@ class ShardedOptimizer:
         self._comm.Alltoallv([send, (plan.segment_bytes, plan.displacements), MPI.BYTE],
                              [receive, ([size] * n_ranks, [size * s for s in range(n_ranks)]), MPI.BYTE])
         averaged = [np.empty(0, d) for d in plan.dtypes]
-        for i, a, b, offset in plan.pieces[plan.rank]:
-            total = _view(receive, offset, b - a, plan.dtypes[i])  # rank 0's, then the sum in place
-            for s in range(1, n_ranks):
-                np.add(total, _view(receive, s * size + offset, b - a, plan.dtypes[i]), out=total)
-            np.divide(total, plan.dtypes[i].type(n_ranks), out=total)
-            averaged[i] = total
+        # IEEE arithmetic whatever the user's error state: an overflow raised on the one rank
+        # that owns the elements would leave the others waiting in the next collective.
+        with np.errstate(all="ignore"):
+            for i, a, b, offset in plan.pieces[plan.rank]:
+                total = _view(receive, offset, b - a, plan.dtypes[i])  # rank 0's, then the sum in place
+                for s in range(1, n_ranks):
+                    np.add(total, _view(receive, s * size + offset, b - a, plan.dtypes[i]), out=total)
+                np.divide(total, plan.dtypes[i].type(n_ranks), out=total)
+                averaged[i] = total
         return averaged
 
     def _all_gather(self, plan: _Plan, flat_params: Sequence[npt.NDArray[Any]]) -> None:

@@ -178,6 +178,15 @@ def faults(folder):
     expect_everywhere(TypeError, lambda: sharded.apply_gradients(only_last([("abc", params[0])] + pairs[1:], pairs)), "gradient 0")
     # The same wrong layout on every rank: the bound state refuses it, everywhere alike.
     expect_everywhere(ValueError, lambda: sharded.apply_gradients(pairs[:-1]), "parameters")
+    # Overflowing and NaN gradients on one rank, under np.seterr(all="raise"): IEEE
+    # arithmetic on every rank, as on one process (no rank raises alone).
+    huge = [np.full(s, np.finfo(np.float32).max, np.float32) for s in SHAPES]  # their sum overflows
+    extreme = ShardedOptimizer(optimizers.SGD(), COMM)
+    extreme_params = parameters(SHAPES, dtypes)
+    with np.errstate(all="raise"):
+        extreme.apply_gradients(zip(huge, extreme_params))
+        extreme.apply_gradients(zip([np.full(s, np.nan, np.float32) for s in SHAPES], extreme_params))
+    assert extreme.iterations == 2
     # Nothing changed: the next good steps still match the reference bitwise.
     run_both(sharded, single, params, reference, SHAPES, dtypes, steps=2, first=2, names=names)
     try:
