@@ -327,6 +327,13 @@ class ShardedOptimizer:
             self._plan = _Plan(shapes, dtypes, self._comm.Get_size(), self._comm.Get_rank())
         else:
             _check_layout(self._plan, shapes, dtypes)
+        if self._buffers is None:  # the first step: the buffers may not fit on some rank
+            problem = None
+            try:
+                self._exchange_buffers(self._plan)
+            except MemoryError as error:
+                problem = ("MemoryError", f"cannot allocate the exchange buffers: {error}")
+            _raise_first_problem(self._comm.allgather((problem, None)))
         return grads, params, checked
 
     def _description(self, params: Sequence[npt.NDArray[Any]], names: tuple[str, ...] | None) -> dict[str, Any]:
@@ -531,7 +538,7 @@ def _view(buffer: npt.NDArray[np.uint8], offset: int, count: int, dtype: np.dtyp
 
 
 _ERRORS: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError, "CheckpointError": CheckpointError,
-                                       "FileNotFoundError": FileNotFoundError}
+                                       "FileNotFoundError": FileNotFoundError, "MemoryError": MemoryError}
 
 
 def _raise_first_problem(reports: Sequence[tuple[tuple[str, str] | None, Any]]) -> None:
