@@ -180,10 +180,12 @@ def read_any(path: str | os.PathLike[str]) -> Checkpoint:
 def read_whole(path: str | os.PathLike[str]) -> Checkpoint:
     """A sharded checkpoint as one ``Checkpoint``: every shard read, checked and joined."""
     index = read_index(path)
+    shards = [read_shard(index, k) for k in range(len(index.shards))]  # every one checked, even empty ones
     whole = [(0, _size(p.shape)) for p in index.parameters]
-    slots = slot_pieces(index, whole, [s.ranges for s in index.shards], lambda k: read_shard(index, k).slots)
+    slots = slot_pieces(index, whole, [s.ranges for s in index.shards], lambda k: shards[k].slots)
     slots = {kind: [a.reshape(p.shape) for a, p in zip(arrays, index.parameters)] for kind, arrays in slots.items()}
-    return Checkpoint(2, index.numbaopt_version, index.class_name, index.config, index.iterations, index.scalars,
+    version = min(shard.format_version for shard in shards)  # the index lists at least one
+    return Checkpoint(version, index.numbaopt_version, index.class_name, index.config, index.iterations, index.scalars,
                       index.parameters, slots, {})
 
 
