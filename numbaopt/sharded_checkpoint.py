@@ -122,8 +122,10 @@ def write_index(path: str, header: Mapping[str, Any], parameters: Sequence[Param
     try:
         _fsync_directory(folder)
     except OSError as error:
+        # The previous set stays too: a power loss might still show the previous index.
         warnings.warn(f"{path}: the index was written, but its folder could not be synced ({error}); "
-                      f"a power loss now might still show the previous index", RuntimeWarning, stacklevel=2)
+                      f"the previous save's files are kept", RuntimeWarning, stacklevel=2)
+        return
     remove_unlisted_shards(path, {shard.file for shard in shards})
 
 
