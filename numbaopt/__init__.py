@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "optimizers": ("numbaopt.optimizers", None),
     "save_optimizer": ("numbaopt.checkpoint", "save_optimizer"),
-    "load_optimizer": ("numbaopt.checkpoint", "load_optimizer"),
+    "load_optimizer": ("numbaopt.loading", "load_optimizer"),
     "CheckpointError": ("numbaopt.checkpoint", "CheckpointError"),
     "import_keras_optimizer": ("numbaopt.keras_files", "import_keras_optimizer"),
     "export_keras_optimizer": ("numbaopt.keras_files", "export_keras_optimizer"),

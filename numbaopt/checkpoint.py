@@ -110,6 +110,9 @@ def save_optimizer(optimizer: Optimizer | TFOptimizer, path: str | os.PathLike[s
     one, never a partial file. A symbolic link at ``path`` is kept and its target replaced.
     Works before the first step too (no slots yet).
     """
+    save = getattr(type(optimizer), "save_numbaopt_checkpoint", None)
+    if save is not None:  # numbaopt.torch optimizers and ShardedOptimizer save themselves
+        return save(optimizer, path)  # type: ignore[no-any-return]
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"save_optimizer needs a numbaopt optimizer, got {type(optimizer).__name__}")
     cls = type(optimizer)
@@ -388,7 +391,12 @@ def load_optimizer(path: str | os.PathLike[str], **options: Any) -> Optimizer | 
     ``load_checkpoint_arrays``. The next ``apply_gradients`` checks
     the parameters' count, shapes and dtypes, and their names when both sides have them.
     """
-    checkpoint = read_checkpoint(path)
+    return optimizer_from_checkpoint(read_checkpoint(path), path, **options)
+
+
+def optimizer_from_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str], **options: Any) -> Optimizer | TFOptimizer:
+    """A new optimizer with the state of ``checkpoint``, read from ``path`` (named in errors);
+    ``load_optimizer`` after the read, and the sharded checkpoints' loader after theirs."""
     cls = optimizer_class(checkpoint.class_name)
     weights = [np.array(checkpoint.iterations, np.int64)]
     weights += [np.array(checkpoint.scalars[name], np.float64) for name, _ in cls.scalar_state]

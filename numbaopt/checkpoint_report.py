@@ -21,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from numbaopt import keras_files
-from numbaopt.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from numbaopt.checkpoint import Checkpoint, CheckpointError
+from numbaopt.sharded_checkpoint import read_any
 
 def main(path: str | os.PathLike[str]) -> int:
     """Print the report for the checkpoint or Keras model file at ``path``; returns the exit
@@ -30,7 +31,7 @@ def main(path: str | os.PathLike[str]) -> int:
         if keras_files.is_keras_file(path):
             print(keras_report(keras_files.read_keras_file(path)))
             return 0
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_any(path)  # an ordinary checkpoint, or a sharded one read whole
     except (CheckpointError, ValueError) as error:
         print(f"numbaopt inspect: {error}", file=sys.stderr)
         return 1

@@ -131,7 +131,9 @@ class ParamGroup(NamedTuple):
     slots: Any  # (n_kinds, total elements) array on the group's device (NumPy or CUDA)
 
 
-def _chunk_table(sizes: Sequence[int], chunk: int) -> npt.NDArray[np.int64]:
+def chunk_table(sizes: Sequence[int], chunk: int) -> npt.NDArray[np.int64]:
+    """Rows (tensor, start, stop) that split tensors of ``sizes`` elements into chunks of at
+    most ``chunk`` elements, tensor by tensor: the global norm's fixed units of summation."""
     rows = [(j, start, min(start + chunk, size)) for j, size in enumerate(sizes) for start in range(0, size, chunk)]
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
@@ -165,7 +167,7 @@ class SlotStore:
             sizes = [int(np.prod(layout.shapes[i], dtype=np.int64)) for i in positions]
             offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
             slots = layout.backend.zeros((len(slot_names), int(sum(sizes))), dtype)
-            chunks = _chunk_table(sizes, tuning.CHUNK_ELEMENTS)
+            chunks = chunk_table(sizes, tuning.CHUNK_ELEMENTS)
             groups.append(ParamGroup(dtype, positions, offsets, chunks, slots))
         store = cls(layout, slot_names, groups)
         if initial is not None:
@@ -216,14 +218,8 @@ class SlotStore:
         """``sqrt(sum of squares)`` over all gradients, the same for any thread count."""
         total = 0.0
         parallel = self.parallel()
-        kernels = self.backend.kernels
-        kernel = kernels.sum_of_squares if parallel else kernels.serial_sum_of_squares
         for group, addresses in zip(self.groups, grad_addresses):
-            partial_sums = self.backend.zeros(len(group.chunks), np.float64)
-            with _LAUNCH(self.backend, parallel):
-                kernel(addresses, group.chunks, group.slots, partial_sums)
-            _LAUNCH.launched(self.backend, parallel)
-            total += self.backend.sum(partial_sums)
+            total += self.backend.sum(chunk_sums(self.backend, addresses, group.chunks, group.slots, parallel))
         return float(np.sqrt(total))
 
     def parallel(self) -> bool:
@@ -246,6 +242,20 @@ class SlotStore:
         with _LAUNCH(self.backend, parallel):
             step(param_addresses, grad_addresses, group.slots, group.offsets, group.chunks, clip, scalars)
         _LAUNCH.launched(self.backend, parallel)
+
+
+def chunk_sums(backend: Backend, addresses: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: Any,
+               parallel: bool) -> Any:
+    """The float64 sum of squares of each chunk (rows of ``chunk_table``) of the arrays at
+    ``addresses``, of ``like``'s dtype: the global norm's partial sums, on ``backend``.
+    ``numbaopt.distributed`` sums a shard's chunks with it and adds them up across ranks."""
+    kernels = backend.kernels
+    kernel = kernels.sum_of_squares if parallel else kernels.serial_sum_of_squares
+    partial_sums = backend.zeros(len(chunks), np.float64)
+    with _LAUNCH(backend, parallel):
+        kernel(addresses, chunks, like, partial_sums)
+    _LAUNCH.launched(backend, parallel)
+    return partial_sums
 
 
 def _refuse_gradient_overlaps(

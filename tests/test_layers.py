@@ -23,8 +23,10 @@ LAYERS = (
     ("numbaopt.optimizers.adadelta", "numbaopt.optimizers.adagrad", "numbaopt.optimizers.adam",
      "numbaopt.optimizers.adamax", "numbaopt.optimizers.nadam", "numbaopt.optimizers.rmsprop",
      "numbaopt.optimizers.sgd", "numbaopt.optimizers.tf_optimizer", "numbaopt.optimizers"),
-    ("numbaopt.checkpoint", "numbaopt.keras_files", "numbaopt.checkpoint_report", "numbaopt.parity.fixtures",
+    ("numbaopt.checkpoint", "numbaopt.keras_files", "numbaopt.sharded_checkpoint", "numbaopt.checkpoint_report",
+     "numbaopt.parity.fixtures",
      "numbaopt.parity.replays", "numbaopt.parity.report", "numbaopt.parity"),
+    ("numbaopt.distributed", "numbaopt.loading"),
     ("numbaopt.cli", "numbaopt.__main__", "numbaopt.parity.__main__"),
 )
 

@@ -338,7 +338,6 @@ class Optimizer(metaclass=abc.ABCMeta):
         """The learning rate of the current step after Keras 2.0's decay, in ``dtype``."""
         return decayed_lr(self.lr, self._hyper.get("decay", 0.0), self._iterations, dtype)
 
-    @_locked
     def apply_gradients(self, grads_and_vars: Iterable[tuple[npt.ArrayLike, Any]], names: Sequence[str] | None = None) -> None:
         """Apply one step to ``(gradient, parameter)`` pairs, updating parameters in place.
 
@@ -348,6 +347,15 @@ class Optimizer(metaclass=abc.ABCMeta):
         Everything is checked before anything changes: a bad pair raises and leaves the
         parameters, the slots and ``iterations`` as they were.
         """
+        self._apply_gradients(grads_and_vars, names, None)
+
+    @_locked
+    def _apply_gradients(
+        self, grads_and_vars: Iterable[tuple[npt.ArrayLike, Any]], names: Sequence[str] | None, global_norm: float | None
+    ) -> None:
+        """The step of ``apply_gradients``. A given ``global_norm`` is the norm clipnorm uses
+        instead of these gradients' own: ``numbaopt.distributed`` steps a shard of the
+        elements with the norm of all of them."""
         pairs = listed_pairs(grads_and_vars)  # keeps every array of the call alive until the end
         names = checked_names(names, len(pairs), self._names)
         # The usual step of a bound optimizer, NumPy arrays as they were, takes one compiled
@@ -372,7 +380,9 @@ class Optimizer(metaclass=abc.ABCMeta):
         store = self._slots if self._slots is not None else self._create_slots(layout)
         grad_addresses = store.split(addresses)
 
-        norm = store.global_norm(grad_addresses) if self._hyper.get("clipnorm") else None
+        norm = global_norm
+        if norm is None and self._hyper.get("clipnorm"):
+            norm = store.global_norm(grad_addresses)
         # Every group's scalars before any kernel runs, so that nothing is half applied.
         # IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
         # and a user's np.seterr(all="raise") or warnings-as-errors must not stop that (the

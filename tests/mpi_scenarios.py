@@ -1,0 +1,343 @@
+"""What tests/test_distributed_mpi.py runs on every rank of an MPI job.
+
+Run as ``mpiexec -n R python -m mpi4py mpi_scenarios.py SCENARIO FOLDER``: a failed
+assertion on any rank is an uncaught exception, which ``-m mpi4py`` turns into an abort
+of the whole job (a non-zero exit), so no rank is left waiting in a collective.
+
+Every rank computes every rank's gradients (seeded by rank and step), so each can run the
+reference: one ordinary optimizer fed ``(((g_0 + g_1) + ...) + g_{R-1}) / R``.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import numbaopt
+from numbaopt import optimizers, sharded_checkpoint, tuning
+from numbaopt.distributed import ShardedOptimizer
+
+COMM = MPI.COMM_WORLD
+RANK, R = COMM.Get_rank(), COMM.Get_size()
+NAMES = [cls.__name__ for cls in optimizers.rule_based()]
+
+#: Shapes with a scalar, tensors split over ranks and a tensor of many chunks (tuning.CHUNK_ELEMENTS = 7).
+SHAPES = [(), (5,), (3, 4), (2, 3, 2, 2), (41,), (3, 30)]
+OPTIONS = {"defaults": {}, "clipnorm": {"clipnorm": 1.0}, "clipvalue": {"clipvalue": 0.05},
+           "both-clips": {"clipnorm": 1.0, "clipvalue": 0.05}, "decay": {"decay": 0.05}}
+
+
+def gradients(step, rank, shapes, dtypes, scale=0.3):
+    rng = np.random.default_rng(1000 * step + rank)
+    return [(scale * rng.normal(size=s)).astype(d) for s, d in zip(shapes, dtypes)]
+
+
+def averaged(step, shapes, dtypes, n_ranks=R):
+    """The defined average of the ranks' gradients, in the parameters' dtypes."""
+    every = [gradients(step, r, shapes, dtypes) for r in range(n_ranks)]
+    out = []
+    for i, d in enumerate(dtypes):
+        total = every[0][i].copy()
+        for r in range(1, n_ranks):
+            total = total + every[r][i]
+        out.append(total / np.dtype(d).type(n_ranks))
+    return out
+
+
+def parameters(shapes, dtypes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=s).astype(d) for s, d in zip(shapes, dtypes)]
+
+
+def assert_same(sharded, single, params, reference, what):
+    """Bitwise: the parameters, and the gathered state against the single optimizer's."""
+    for i, (p, q) in enumerate(zip(params, reference)):
+        assert p.dtype == q.dtype and p.tobytes() == q.tobytes(), f"{what}: parameter {i} differs on rank {RANK}"
+    state, expected = sharded.gathered_state(), single.state()
+    assert state.iterations == expected.iterations == sharded.iterations, what
+    weights = sharded.get_weights()
+    assert len(weights) == len(single.get_weights()) and all(
+        a.tobytes() == b.tobytes() for a, b in zip(weights, single.get_weights())), what
+    assert state.scalars == expected.scalars, what
+    assert sorted(state.slots) == sorted(expected.slots), what
+    for kind in expected.slots:
+        for i, (a, b) in enumerate(zip(state.slots[kind], expected.slots[kind], strict=True)):
+            assert a.shape == b.shape and a.tobytes() == b.tobytes(), f"{what}: slot {kind}[{i}] differs"
+
+
+def run_both(sharded, single, params, reference, shapes, dtypes, steps, first=0, names=None):
+    for step in range(first, first + steps):
+        sharded.apply_gradients(zip(gradients(step, RANK, shapes, dtypes), params), names=names)
+        single.apply_gradients(zip(averaged(step, shapes, dtypes), reference), names=names)
+        assert_same(sharded, single, params, reference, f"step {step}")
+
+
+# ---------------------------------------------------------------------- scenarios
+
+
+def parity(folder):
+    """Every optimizer, option set and dtype (and both dtypes at once): bitwise equal."""
+    tuning.CHUNK_ELEMENTS = 7
+    layouts = {"float32": [np.float32] * len(SHAPES), "float64": [np.float64] * len(SHAPES),
+               "mixed": [np.float64, np.float32] * (len(SHAPES) // 2)}
+    for name in NAMES:
+        cls = getattr(optimizers, name)
+        declared = {h.name for h in cls.hyperparameters} | {"clipnorm", "clipvalue"}
+        for option, kwargs in OPTIONS.items():
+            if not set(kwargs) <= declared:
+                continue
+            for layout, dtypes in layouts.items():
+                if layout == "mixed" and option not in ("defaults", "both-clips"):
+                    continue
+                params, reference = parameters(SHAPES, dtypes), parameters(SHAPES, dtypes)
+                sharded, single = ShardedOptimizer(cls(**kwargs), COMM), cls(**kwargs)
+                try:
+                    run_both(sharded, single, params, reference, SHAPES, dtypes, steps=4)
+                except AssertionError as error:
+                    raise AssertionError(f"{name} {option} {layout}: {error}") from error
+    # The default chunk size, on tensors of several chunks each, with clipnorm: the norm's order.
+    tuning.CHUNK_ELEMENTS = 1 << 15
+    shapes, dtypes = [(70_001,), (3,), (40_000,)], [np.float32, np.float64, np.float32]
+    params, reference = parameters(shapes, dtypes), parameters(shapes, dtypes)
+    sharded, single = ShardedOptimizer(optimizers.Adam(clipnorm=1.0), COMM), optimizers.Adam(clipnorm=1.0)
+    run_both(sharded, single, params, reference, shapes, dtypes, steps=3)
+    # Fewer chunks than ranks: some ranks own nothing, and still take part.
+    shapes, dtypes = [(), (3,)], [np.float32, np.float64]
+    params, reference = parameters(shapes, dtypes), parameters(shapes, dtypes)
+    sharded, single = ShardedOptimizer(optimizers.RMSprop(clipnorm=0.1), COMM), optimizers.RMSprop(clipnorm=0.1)
+    run_both(sharded, single, params, reference, shapes, dtypes, steps=2)
+    # Names are recorded and checked as in the single optimizer; Nadam's schedule and decay.
+    names = [f"layer{i}" for i in range(len(SHAPES))]
+    dtypes = [np.float32] * len(SHAPES)
+    params, reference = parameters(SHAPES, dtypes), parameters(SHAPES, dtypes)
+    sharded, single = ShardedOptimizer(optimizers.Nadam(clipnorm=1.0), COMM), optimizers.Nadam(clipnorm=1.0)
+    run_both(sharded, single, params, reference, SHAPES, dtypes, steps=3, names=names)
+    assert sharded.parameter_names == single.parameter_names == tuple(names)
+    # An optimizer that already has state shards it, and goes on as the single one.
+    f64 = [np.float64] * len(SHAPES)
+    earlier = optimizers.Adamax(clipnorm=1.0)
+    ahead = parameters(SHAPES, f64)
+    for step in range(2):
+        earlier.apply_gradients(zip(averaged(step, SHAPES, f64), ahead))
+    copy = optimizers.Adamax(clipnorm=1.0)
+    copy.set_weights(earlier.get_weights())
+    run_both(ShardedOptimizer(copy, COMM), earlier, [p.copy() for p in ahead], ahead, SHAPES, f64, steps=2, first=2)
+    # A schedule: assigning lr on every rank takes effect at the next step, as on one process.
+    sharded.lr = single.lr = 0.0005
+    assert sharded.lr == 0.0005
+    run_both(sharded, single, params, reference, SHAPES, dtypes, steps=2, first=3, names=names)
+
+
+def expect_everywhere(kind, call, contains):
+    """``call()`` raises ``kind`` on every rank, with the same message, naming ``contains``."""
+    try:
+        call()
+    except kind as error:
+        message = str(error)
+    else:
+        raise AssertionError(f"rank {RANK}: no {kind.__name__}")
+    messages = COMM.allgather(message)
+    assert len(set(messages)) == 1, f"the ranks raised different messages: {messages}"
+    assert contains in message, message
+    return message
+
+
+def faults(folder):
+    """A rank that differs makes every rank raise the same error; nothing changes."""
+    tuning.CHUNK_ELEMENTS = 7
+    dtypes = [np.float32] * len(SHAPES)
+    params, reference = parameters(SHAPES, dtypes), parameters(SHAPES, dtypes)
+    sharded, single = ShardedOptimizer(optimizers.Adam(clipnorm=1.0), COMM), optimizers.Adam(clipnorm=1.0)
+    names = [f"w{i}" for i in range(len(SHAPES))]
+    run_both(sharded, single, params, reference, SHAPES, dtypes, steps=2, names=names)
+    last = R - 1
+    grads = gradients(2, RANK, SHAPES, dtypes)
+    pairs = list(zip(grads, params))
+
+    def only_last(bad, good):
+        return bad if RANK == last else good
+
+    if R > 1:
+        other = [np.ones(4, np.float32), np.zeros(4, np.float32)]
+        expect_everywhere(ValueError, lambda: sharded.apply_gradients(only_last(pairs[:-1], pairs)),
+                          "parameter count")
+        expect_everywhere(ValueError, lambda: sharded.apply_gradients(only_last(pairs[:-1] + [tuple(other)], pairs)), "shape")
+        cast = [(g.astype(np.float64), p.astype(np.float64)) for g, p in pairs]
+        expect_everywhere(ValueError, lambda: sharded.apply_gradients(only_last(cast, pairs)), "dtypes")
+        renamed = names[:-1] + ["other"]
+        expect_everywhere(ValueError, lambda: sharded.apply_gradients(pairs, names=only_last(renamed, names)), f"rank {last}")
+        sharded_lr = sharded.lr
+        if RANK == last:
+            sharded.lr = 0.5
+        expect_everywhere(ValueError, lambda: sharded.apply_gradients(pairs, names=names), "the optimizer")
+        sharded.lr = sharded_lr
+    # A call one rank's own checks refuse: the same exception class and message everywhere.
+    none_gradient = [(None, params[0])] + pairs[1:]
+    expect_everywhere(ValueError, lambda: sharded.apply_gradients(only_last(none_gradient, pairs)), "gradient 0 is None")
+    expect_everywhere(TypeError, lambda: sharded.apply_gradients(only_last([("abc", params[0])] + pairs[1:], pairs)), "gradient 0")
+    # The same wrong layout on every rank: the bound state refuses it, everywhere alike.
+    expect_everywhere(ValueError, lambda: sharded.apply_gradients(pairs[:-1]), "parameters")
+    # Overflowing and NaN gradients on one rank, under np.seterr(all="raise"): IEEE
+    # arithmetic on every rank, as on one process (no rank raises alone).
+    huge = [np.full(s, np.finfo(np.float32).max, np.float32) for s in SHAPES]  # their sum overflows
+    extreme = ShardedOptimizer(optimizers.SGD(), COMM)
+    extreme_params = parameters(SHAPES, dtypes)
+    with np.errstate(all="raise"):
+        extreme.apply_gradients(zip(huge, extreme_params))
+        extreme.apply_gradients(zip([np.full(s, np.nan, np.float32) for s in SHAPES], extreme_params))
+    assert extreme.iterations == 2
+    # Nothing changed: the next good steps still match the reference bitwise.
+    run_both(sharded, single, params, reference, SHAPES, dtypes, steps=2, first=2, names=names)
+    try:
+        ShardedOptimizer(optimizers.TFOptimizer.__new__(optimizers.TFOptimizer), COMM)
+    except TypeError as error:
+        assert "cannot be sharded" in str(error), error
+    else:
+        raise AssertionError("TFOptimizer was sharded")
+
+
+def save(folder):
+    """K steps, save (sharded, and the reference as an ordinary file), then resume on R
+    ranks: bitwise the uninterrupted run."""
+    tuning.CHUNK_ELEMENTS = 7
+    dtypes = [np.float32, np.float64] * (len(SHAPES) // 2)
+    names = [f"p{i}" for i in range(len(SHAPES))]
+    params, reference = parameters(SHAPES, dtypes), parameters(SHAPES, dtypes)
+    sharded, single = ShardedOptimizer(optimizers.Nadam(clipnorm=1.0, clipvalue=0.05), COMM), \
+        optimizers.Nadam(clipnorm=1.0, clipvalue=0.05)
+    run_both(sharded, single, params, reference, SHAPES, dtypes, steps=3, names=names)
+    path = os.path.join(folder, f"sharded{R}.h5")
+    numbaopt.save_optimizer(sharded, path)
+    first_set = sharded_checkpoint.read_index(path).shards
+    # Saving again replaces the set: the previous files are gone.
+    numbaopt.save_optimizer(sharded, path)
+    COMM.Barrier()
+    shards = sorted(f for f in os.listdir(folder) if f.startswith(f"sharded{R}.h5."))
+    assert shards == sorted(s.file for s in sharded_checkpoint.read_index(path).shards), shards
+    assert not {s.file for s in first_set} & set(shards)
+    if RANK == 0:
+        numbaopt.save_optimizer(single, os.path.join(folder, f"whole{R}.h5"))
+        np.savez(os.path.join(folder, f"params{R}.npz"), *reference)
+    COMM.Barrier()
+    resumed = numbaopt.load_optimizer(path, comm=COMM)
+    assert isinstance(resumed, ShardedOptimizer) and resumed.parameter_names == tuple(names)
+    copies = [p.copy() for p in params]
+    run_both(sharded, single, params, reference, SHAPES, dtypes, steps=2, first=3, names=names)
+    for step in (3, 4):
+        resumed.apply_gradients(zip(gradients(step, RANK, SHAPES, dtypes), copies), names=names)
+    assert_same(resumed, single, copies, reference, "resumed")
+
+
+def load(folder):
+    """Every set saved by ``save`` on any rank count, loaded on R ranks (resharded) and
+    whole, continues bitwise like the single optimizer loaded from it."""
+    tuning.CHUNK_ELEMENTS = 7
+    dtypes = [np.float32, np.float64] * (len(SHAPES) // 2)
+    sets = sorted(f for f in os.listdir(folder) if f.startswith(("sharded", "whole")) and f.count(".") == 1)
+    assert sets, "no checkpoints to load"
+    for name in sets:
+        saved_on = int(name.removeprefix("sharded").removeprefix("whole").removesuffix(".h5"))
+        path = os.path.join(folder, name)
+        with np.load(os.path.join(folder, f"params{saved_on}.npz")) as f:
+            start = [f[f"arr_{i}"] for i in range(len(SHAPES))]
+        sharded = numbaopt.load_optimizer(path, comm=COMM)
+        single = numbaopt.load_optimizer(path)
+        assert not isinstance(single, ShardedOptimizer) and sharded.iterations == single.iterations == 3
+        assert sharded.parameter_names == single.parameter_names
+        params, reference = [a.copy() for a in start], [a.copy() for a in start]
+        try:
+            run_both(sharded, single, params, reference, SHAPES, dtypes, steps=2, first=3,
+                     names=list(single.parameter_names or []) or None)
+        except AssertionError as error:
+            raise AssertionError(f"{name} on {R} ranks: {error}") from error
+
+
+def crash(folder):
+    """A save that fails after the shard files are written, before the index is replaced,
+    leaves the previous set loadable and no new files behind; a damaged set is refused."""
+    tuning.CHUNK_ELEMENTS = 7
+    dtypes = [np.float32] * len(SHAPES)
+    params = parameters(SHAPES, dtypes)
+    sharded = ShardedOptimizer(optimizers.Adam(), COMM)
+    sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, dtypes), params))
+    path = os.path.join(folder, "crash.h5")
+    # Before its first step an optimizer saves and loads its iterations and settings only.
+    fresh = ShardedOptimizer(optimizers.SGD(momentum=0.5), COMM)
+    numbaopt.save_optimizer(fresh, path)
+    assert numbaopt.load_optimizer(path).get_config()["momentum"] == 0.5
+    again = numbaopt.load_optimizer(path, comm=COMM)
+    again.apply_gradients(zip(gradients(0, RANK, SHAPES, dtypes), [p.copy() for p in params]))
+    assert again.iterations == 1
+    numbaopt.save_optimizer(sharded, path)
+    COMM.Barrier()
+    before = sorted(os.listdir(folder))
+    sharded.apply_gradients(zip(gradients(1, RANK, SHAPES, dtypes), params))
+
+    def fail(*args, **kwargs):
+        raise OSError("simulated crash before the index is replaced")
+
+    write_index = sharded_checkpoint.write_index
+    sharded_checkpoint.write_index = fail
+    try:
+        expect_everywhere(OSError, lambda: numbaopt.save_optimizer(sharded, path), "simulated crash")
+    finally:
+        sharded_checkpoint.write_index = write_index
+    COMM.Barrier()
+    assert sorted(os.listdir(folder)) == before, (before, sorted(os.listdir(folder)))
+    assert numbaopt.load_optimizer(path).iterations == 1
+    assert numbaopt.load_optimizer(path, comm=COMM).iterations == 1
+    # A save killed before its index leaves its shard files; the next save removes them.
+    orphan = os.path.join(folder, sharded_checkpoint.shard_file_name(path, "ffffffffffff", RANK, R))
+    with open(orphan, "wb"):
+        pass
+    COMM.Barrier()
+    numbaopt.save_optimizer(sharded, path)
+    COMM.Barrier()
+    assert not os.path.exists(orphan) and numbaopt.load_optimizer(path).iterations == 2
+    # One shard file replaced by another save's: the set is refused on every rank.
+    if R > 1:
+        index = sharded_checkpoint.read_index(path)
+        other = os.path.join(folder, "other.h5")
+        sharded.apply_gradients(zip(gradients(2, RANK, SHAPES, dtypes), params))  # another state
+        numbaopt.save_optimizer(sharded, other)
+        COMM.Barrier()
+        if RANK == 0:
+            replacement = sharded_checkpoint.read_index(other).shards[R - 1].file
+            os.replace(os.path.join(folder, replacement), os.path.join(folder, index.shards[R - 1].file))
+        COMM.Barrier()
+        expect_everywhere(numbaopt.CheckpointError, lambda: numbaopt.load_optimizer(path, comm=COMM), "mixed")
+        try:
+            numbaopt.load_optimizer(path)
+        except numbaopt.CheckpointError as error:
+            assert "mixed" in str(error)
+        else:
+            raise AssertionError("a mixed set loaded whole")
+
+
+def dies(folder):
+    """The last rank exits in the middle of the run: mpiexec ends the job (a non-zero exit, no hang)."""
+    params = parameters(SHAPES, [np.float32] * len(SHAPES))
+    sharded = ShardedOptimizer(optimizers.Adam(), COMM)
+    if RANK == R - 1:
+        os._exit(3)
+    sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
+
+
+def hangs(folder):
+    """The last rank never joins the step: with a timeout the others abort the job."""
+    import time
+
+    params = parameters(SHAPES, [np.float32] * len(SHAPES))
+    sharded = ShardedOptimizer(optimizers.Adam(), COMM, timeout=3)
+    if RANK == R - 1:
+        time.sleep(600)
+    sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
+
+
+if __name__ == "__main__":
+    scenario, folder = sys.argv[1], sys.argv[2]
+    globals()[scenario](folder)
+    COMM.Barrier()
+    if RANK == 0:
+        print(json.dumps({"scenario": scenario, "ranks": R, "ok": True}))
