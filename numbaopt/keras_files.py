@@ -206,7 +206,7 @@ def _read_until_done(fd: int, pid: int, seconds: float) -> bytes:
             if not ready:
                 os.kill(pid, signal.SIGKILL)
                 return b""
-            chunk = pipe.read(2**20)
+            chunk = pipe.read(2**16)
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
