@@ -18,15 +18,22 @@ Two promises, as for checkpoints:
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import json
 import math
 import os
+import pickle
 import re
+import select
 import shutil
+import signal
+import threading
+import time
+import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -88,6 +95,9 @@ _LARGEST_JSON = 16 * 2**20
 
 #: Deflate cannot compress more than about 1032:1, so a zip member declaring more is not a real one.
 _LARGEST_ZIP_RATIO = 1100
+
+
+_T = TypeVar("_T")
 
 
 class _Stored(NamedTuple):
@@ -163,8 +173,8 @@ def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile:
         if not os.path.isfile(path):
             raise CheckpointError("no such file" if not os.path.exists(path) else "not a regular file")
         if zipfile.is_zipfile(path):
-            return _read_keras3(path)
-        return _read_h5(path)
+            return _isolated(_read_keras3, path)
+        return _isolated(_read_h5, path)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from error.__cause__
     except ValueError as error:  # a refusal: numbaopt cannot reproduce the file's optimizer
@@ -173,25 +183,105 @@ def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile:
 
 def is_keras_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` looks like a Keras model file (a zip, or an HDF5 file with Keras's attributes)."""
+    path = os.fspath(path)
+    with contextlib.suppress(OSError, ValueError, TypeError, RuntimeError, CheckpointError):
+        return zipfile.is_zipfile(path) or _isolated(_has_keras_attributes, path)
+    return False
+
+
+def _patience(path: str) -> float:
+    """Seconds a child may take to read ``path``: a minute, and a second per 20 MB beyond."""
+    return 60.0 + os.path.getsize(path) / 20e6
+
+
+def _read_until_done(fd: int, pid: int, seconds: float) -> bytes:
+    """Everything the child writes to ``fd``; the child is killed if it takes longer than
+    ``seconds`` (HDF5 can loop forever on some damage), which leaves the data incomplete."""
+    deadline = time.monotonic() + seconds
+    chunks: list[bytes] = []
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        while True:
+            left = deadline - time.monotonic()
+            ready = select.select([pipe], [], [], max(left, 0.0))[0] if left > 0 else []
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                return b""
+            chunk = pipe.read(2**16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def _has_keras_attributes(path: str) -> bool:
     import h5py
 
-    path = os.fspath(path)
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        if zipfile.is_zipfile(path):
-            return True
-        if h5py.is_hdf5(path):
-            with h5py.File(path, "r") as f:
-                return "training_config" in f.attrs or "model_weights" in f
-    return False
+    if not h5py.is_hdf5(path):
+        return False
+    with h5py.File(path, "r") as f:
+        return "training_config" in f.attrs or "model_weights" in f
+
+
+def _isolated(read: Callable[[str], _T], path: str) -> _T:
+    """``read(path)`` in a forked child process, where POSIX allows it, returning its result or
+    raising its exception here.
+
+    A Keras ``.h5`` file has no checksums on its metadata, and the HDF5 library crashes the
+    process (a segmentation fault) on some damage, such as a flipped byte in the heap of
+    its name lists: in a child, that crash becomes a CheckpointError. Without ``os.fork``, or
+    with other Python threads running (one could hold h5py's lock as the child starts), the
+    file is read in this process.
+    """
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return read(path)
+    readable, writable = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12+ warns of native threads (Numba's); the child uses none
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: read, send the outcome, exit without running the parent's cleanup
+        status = 0
+        try:
+            faulthandler.disable()
+            os.close(readable)
+            try:
+                outcome: tuple[bool, Any] = (True, read(path))
+            except Exception as error:  # noqa: BLE001  (raised again in the parent)
+                outcome = (False, error)
+            with os.fdopen(writable, "wb") as pipe:
+                pickle.dump(outcome, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(writable)
+    data = _read_until_done(readable, pid, _patience(path))
+    _, status = os.waitpid(pid, 0)
+    try:
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise ValueError("no outcome")
+        succeeded, value = pickle.loads(data)  # written by the child above: arrays, strings, our exceptions
+    except Exception:  # noqa: BLE001  (the child died before it could say)
+        code = os.waitstatus_to_exitcode(status)
+        how = f"signal {-code}" if code < 0 else f"status {code}"
+        raise CheckpointError(f"the HDF5 library crashed or hung reading the file ({how}): it is damaged") from None
+    if not succeeded:
+        raise value
+    return value  # type: ignore[no-any-return]  # pickle gives Any; the child returned read's _T
+
+
+class _Refused(ValueError):
+    """A file's optimizer that numbaopt does not reproduce: passes through ``_reading`` as the ValueError it is."""
 
 
 @contextlib.contextmanager
 def _reading(where: str) -> Iterator[None]:
-    with checkpoint._reading(where):
-        try:
-            yield
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
-            raise CheckpointError(f"cannot read {where}: {error}") from error
+    """Turn whatever h5py, zipfile, JSON or NumPy raise on a damaged file into a CheckpointError naming ``where``."""
+    try:
+        yield
+    except (CheckpointError, _Refused):
+        raise
+    except (OSError, KeyError, IndexError, ValueError, TypeError, RuntimeError, UnicodeError, EOFError,
+            zipfile.BadZipFile, zipfile.LargeZipFile) as error:
+        raise CheckpointError(f"cannot read {where}: {error}") from error
 
 
 def describe(found: KerasOptimizerFile) -> str:
@@ -210,7 +300,7 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         if not h5py.is_hdf5(path):
             raise CheckpointError("neither an HDF5 file nor a zip (.keras): not a Keras model file")
         f = h5py.File(path, "r")
-    with f:
+    with f, _reading("the file"):  # the places below name themselves; this catches what a damaged file raises elsewhere
         if "training_config" not in f.attrs:
             raise CheckpointError("no attribute training_config: not a Keras model file saved with its optimizer "
                                   "(model.save after model.compile)")
@@ -280,15 +370,17 @@ def _class_and_config(description: object, where: str) -> tuple[str, dict[str, A
 
 
 def _check_finite(value: object, where: str) -> None:
-    """Every number of a config is finite: NaN or an infinity there is damage, not a setting."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise CheckpointError(f"{where} holds {value!r}")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_finite(item, f"{where}, key {key!r}")
-    elif isinstance(value, list):
-        for item in value:
-            _check_finite(item, where)
+    """Every number of a config is finite: NaN or an infinity there is damage, not a setting.
+    (A loop, not recursion: a config nested deeper than Python's recursion limit is still only data.)"""
+    pending: list[tuple[object, str]] = [(value, where)]
+    while pending:
+        item, place = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise CheckpointError(f"{place} holds {item!r}")
+        if isinstance(item, dict):
+            pending += [(v, f"{place}, key {k!r}") for k, v in item.items()]
+        elif isinstance(item, list):
+            pending += [(v, place) for v in item]
 
 
 def _supported(generation: str, keras_class: str, class_name: str) -> dict[str, str]:
@@ -298,9 +390,9 @@ def _supported(generation: str, keras_class: str, class_name: str) -> dict[str, 
         return table[keras_class]
     what = _GENERATION_NAMES[generation]
     if keras_class in _DIFFERENT.get(generation, {}):
-        raise ValueError(f"cannot import the {what} {keras_class}: {_DIFFERENT[generation][keras_class]}, "
+        raise _Refused(f"cannot import the {what} {keras_class}: {_DIFFERENT[generation][keras_class]}, "
                          f"so its update is not Keras 2.0's")
-    raise ValueError(f"cannot import the optimizer class {class_name!r} ({what}): numbaopt imports only "
+    raise _Refused(f"cannot import the optimizer class {class_name!r} ({what}): numbaopt imports only "
                      f"{', '.join(table)}, whose update is Keras 2.0's; a custom or other class is not imported")
 
 
@@ -483,13 +575,13 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
     module = description.get("module") if isinstance(description, dict) else None
     registered = description.get("registered_name") if isinstance(description, dict) else None
     if module != "keras.optimizers" or registered not in (None, class_name):
-        raise ValueError(f"cannot import the optimizer class {class_name!r} from module {module!r}: "
+        raise _Refused(f"cannot import the optimizer class {class_name!r} from module {module!r}: "
                          f"a custom optimizer class is not imported")
     slot_names = _supported("keras3", class_name, class_name)
     layer_names = _layer_order(model_config)
     with _reading("model.weights.h5"):
         f = h5py.File(io.BytesIO(weights_bytes), "r")
-    with f:
+    with f, _reading("model.weights.h5"):
         variables = _keras3_variables(f, layer_names)
         group = _group(f, "optimizer")
         opt_vars = _group(group, "vars") if group is not None else None

@@ -625,3 +625,33 @@ def test_name_lists_split_as_tf_keras_splits_long_ones(tmp_path):
         keras_files._write_names(f, "weight_names", long_names)
         assert "weight_names" not in f.attrs and "weight_names1" in f.attrs
         assert keras_files._names_attribute(f, "weight_names", "/") == long_names
+
+
+posix_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="the reader runs in a forked child where os.fork exists")
+
+
+@posix_fork
+def test_a_crash_of_the_hdf5_library_while_reading_is_a_checkpoint_error(monkeypatch):
+    """Keras .h5 files have no metadata checksums, and HDF5 can crash (SIGSEGV) or loop on some
+    damage: the file is read in a forked child, whose death becomes a CheckpointError."""
+    import signal
+
+    path = str(KERAS_FILES / "legacy_adam.h5")
+    with pytest.raises(CheckpointError, match="crashed or hung.*signal"):
+        keras_files._isolated(lambda p: os.kill(os.getpid(), signal.SIGSEGV), path)
+    monkeypatch.setattr(keras_files, "_patience", lambda p: 0.5)
+    with pytest.raises(CheckpointError, match="crashed or hung"):
+        keras_files._isolated(lambda p: __import__("time").sleep(60), path)
+
+
+@posix_fork
+def test_the_childs_result_and_errors_come_back_as_they_are():
+    path = str(KERAS_FILES / "legacy_adam.h5")
+    found = keras_files._isolated(keras_files._read_h5, path)
+    np.testing.assert_array_equal(found.weights["hidden/kernel:0"].value, read_keras_file(path).weights["hidden/kernel:0"].value)
+
+    def refuse(p):
+        raise keras_files._Refused("no")
+
+    with pytest.raises(ValueError, match="no"):
+        keras_files._isolated(refuse, path)
