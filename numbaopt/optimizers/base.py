@@ -9,13 +9,14 @@ kernels, the iteration counter) and the state. The Keras weights list is
 from __future__ import annotations
 
 import abc
+import contextlib
 import difflib
 import functools
 import inspect
 import math
 import numbers
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
@@ -331,61 +332,123 @@ class Optimizer(metaclass=abc.ABCMeta):
         """
         grads, params = split_pairs(grads_and_vars)
         names = checked_names(names, len(params), self._names)
+        self._step(grads, params, [(self._hyper, None)])
+        if names is not None:
+            self._names = names
+
+    @_locked
+    def apply_gradient_parts(
+        self, grads: Sequence[Any], params: Sequence[Any], parts: Sequence[tuple[Mapping[str, Any], Sequence[int]]]
+    ) -> None:
+        """One step in which each part's parameters step with the part's hyperparameters:
+        what ``numbaopt.torch`` runs for param groups and parameters without a gradient.
+
+        ``parts`` is a list of ``(hyperparameters, positions)``: the hyperparameters as
+        ``get_config`` gives them (each value already checked by its ``Hyperparameter``),
+        and the positions of their parameters in ``params``, each in one part at most. A
+        parameter in no part is skipped: its gradient may be None, and it and its slots are
+        not touched. As in one call of ``apply_gradients``, the clip norm is the global norm
+        of every gradient of the step, ``iterations`` and the scalar state advance once
+        (the scalar state with the first part's hyperparameters), and a refused call
+        changes nothing. With one part holding every parameter, the result is bitwise
+        ``apply_gradients``' with those hyperparameters; with some skipped, it is bitwise
+        ``apply_gradients`` over the others alone.
+        """
+        if len(grads) != len(params):
+            raise ValueError(f"apply_gradient_parts got {len(grads)} gradients for {len(params)} parameters")
+        positions = [np.asarray(at, np.intp).reshape(-1) for _, at in parts]
+        taken = np.concatenate([np.arange(0), *positions]).astype(np.intp)
+        if taken.size and (taken.min() < 0 or taken.max() >= len(params) or len(np.unique(taken)) != taken.size):
+            raise ValueError("apply_gradient_parts: every position must name one parameter, in one part at most")
+        stepped = set(taken.tolist())
+        for i in stepped:
+            if grads[i] is None:
+                raise ValueError(f"gradient {i} is None, but parameter {i} is in a part of the step")
+        grads = [g if i in stepped else None for i, g in enumerate(grads)]  # None: skipped, never read
+        self._step(grads, list(params), [(dict(hyper), at) for (hyper, _), at in zip(parts, positions)])
+
+    def _step(self, grads: list[Any], params: list[Any], parts: list[tuple[Mapping[str, Any], npt.NDArray[np.intp] | None]]) -> None:
+        """The step of ``apply_gradients`` (one part, ``positions`` None: every parameter)
+        and of ``apply_gradient_parts``."""
         backend = devices.backend_for(params, self._hyper.get("device", "auto"))
+        originals = params
         grads, params = checked_arrays(grads, params, backend)
         if self._slots is not None:
             layout = self._slots.layout
             layout.check(params, backend)
         else:
             layout = Layout(params, backend)  # checked as it is made; kept only if the step goes on
-        for dtype in layout.distinct_dtypes:
-            self._check_fits(dtype)
+        for hyper, _ in parts:
+            for dtype in layout.distinct_dtypes:
+                self._check_fits(dtype, None if hyper is self._hyper else hyper)
         addresses = backend.addresses(grads)  # ``grads`` keeps the memory alive until the end
         layout.check_gradients(addresses)
         store = self._slots if self._slots is not None else self._create_slots(layout)
         grad_addresses = store.split(addresses)
+        chunks = [store.chunks_of(at) for _, at in parts]
 
-        norm = store.global_norm(grad_addresses) if self._hyper.get("clipnorm") else None
-        # Every group's scalars before any kernel runs, so that nothing is half applied.
+        everything = len(parts) == 1 and parts[0][1] is None
+        stepped = None if everything else np.concatenate([at for _, at in parts if at is not None]).astype(np.intp)
+        clipping = any(hyper.get("clipnorm") for hyper, _ in parts)
+        norm = store.global_norm(grad_addresses, store.chunks_of(stepped)) if clipping else None
+        # Every part's and group's scalars before any kernel runs, so that nothing is half applied.
         # IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
         # and a user's np.seterr(all="raise") or warnings-as-errors must not stop that (the
         # hyperparameters fit). The usual error state needs no np.errstate (microseconds).
         try:
-            arguments = self._step_arguments(store, norm)
+            arguments = [self._step_arguments(store, norm, hyper) for hyper, _ in parts]
         except (FloatingPointError, RuntimeWarning):
             with np.errstate(all="ignore"):
-                arguments = self._step_arguments(store, norm)
-        for group, param_at, grad_at, (clip, scalars) in zip(
-            store.groups, store.parameter_addresses(), grad_addresses, arguments
-        ):
-            store.run(type(self).rule, group, param_at, grad_at, clip, scalars)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
-        self.advance_scalar_state()
+                arguments = [self._step_arguments(store, norm, hyper) for hyper, _ in parts]
+        parameter_addresses = store.parameter_addresses()
+        for part_arguments, part_chunks in zip(arguments, chunks):
+            for group, param_at, grad_at, (clip, scalars), table in zip(
+                store.groups, parameter_addresses, grad_addresses, part_arguments, part_chunks
+            ):
+                store.run(type(self).rule, group, param_at, grad_at, clip, scalars, table)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
+        with self._hyperparameters(parts[0][0]):
+            self.advance_scalar_state()
         self._iterations += 1
-        if names is not None:
-            self._names = names
+        devices.mark_modified(originals)
 
-    def _step_arguments(self, store: SlotStore, norm: float | None) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-        """The clip and step scalars of each group of ``store``, in its dtype."""
-        clipnorm, clipvalue = self._hyper.get("clipnorm"), self._hyper.get("clipvalue")
-        return [
-            (clip_arguments(clipnorm, clipvalue, norm, group.dtype.type), self.step_scalars(group.dtype.type))
-            for group in store.groups
-        ]
+    @contextlib.contextmanager
+    def _hyperparameters(self, hyper: Mapping[str, Any]) -> Iterator[None]:
+        """The optimizer with ``hyper`` for its hyperparameters, for ``step_scalars`` and
+        ``advance_scalar_state``, which read them as attributes (a part of a step)."""
+        saved = self._hyper
+        self.__dict__["_hyper"] = hyper
+        try:
+            yield
+        finally:
+            self.__dict__["_hyper"] = saved
 
-    def _check_fits(self, dtype: np.dtype[Any]) -> None:
+    def _step_arguments(
+        self, store: SlotStore, norm: float | None, hyper: Mapping[str, Any]
+    ) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """The clip and step scalars of each group of ``store``, in its dtype, with ``hyper``."""
+        clipnorm, clipvalue = hyper.get("clipnorm"), hyper.get("clipvalue")
+        with self._hyperparameters(hyper):
+            return [
+                (clip_arguments(clipnorm, clipvalue, norm, group.dtype.type), self.step_scalars(group.dtype.type))
+                for group in store.groups
+            ]
+
+    def _check_fits(self, dtype: np.dtype[Any], hyper: Mapping[str, Any] | None = None) -> None:
         """Refuse hyperparameters beyond the largest value of the parameters' ``dtype``:
         Keras computes the step in that dtype, where they would become infinite. Checked
-        once per dtype until a hyperparameter changes (it is per step)."""
-        if dtype in self._fitting:
+        once per dtype until a hyperparameter changes (it is per step); a part's own
+        ``hyper`` every time."""
+        if hyper is None and dtype in self._fitting:
             return
         largest = float(np.finfo(dtype).max)
-        for name, value in self._hyper.items():
+        for name, value in (self._hyper if hyper is None else hyper).items():
             if type(value) is float and value > largest:
                 raise ValueError(
                     f"{name}={value!r} does not fit the {np.dtype(dtype).name} parameters "
                     f"(their largest value is {largest:.4g})"
                 )
-        self._fitting.add(dtype)
+        if hyper is None:
+            self._fitting.add(dtype)
 
     def _create_slots(self, layout: Layout) -> SlotStore:
         """The slots for a first step's parameters: zeros, or the state given before it."""
