@@ -110,6 +110,9 @@ def save_optimizer(optimizer: Optimizer | TFOptimizer, path: str | os.PathLike[s
     one, never a partial file. A symbolic link at ``path`` is kept and its target replaced.
     Works before the first step too (no slots yet).
     """
+    save = getattr(type(optimizer), "save_numbaopt_checkpoint", None)
+    if save is not None:  # numbaopt.torch optimizers and ShardedOptimizer save themselves
+        return save(optimizer, path)  # type: ignore[no-any-return]
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"save_optimizer needs a numbaopt optimizer, got {type(optimizer).__name__}")
     cls = type(optimizer)

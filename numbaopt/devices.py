@@ -175,6 +175,7 @@ def check_cast(source: str, dtype: np.dtype[Any], index: int) -> None:
     a part, and a bool is no gradient (NumPy calls bool into float safe): a TypeError that
     names the gradient's index.
     """
+    kind: str
     try:
         kind = "f" if source == "bfloat16" else np.dtype(source).kind
         safe = source == "bfloat16" or (kind in "iuf" and np.can_cast(np.dtype(source), dtype, "safe"))
@@ -241,10 +242,15 @@ def _torch_host_array(grad: Any, dtype: np.dtype[Any], index: int) -> npt.NDArra
     values, as torch's own optimizers do, and records nothing in the graph.
     """
     check_cast(torch_dtype_name(grad), dtype, index)
+    if str(grad.layout) != "torch.strided":
+        raise TypeError(f"gradient {index} is a {grad.layout} tensor; pass a dense gradient (.to_dense())")
     grad = grad.detach()
     if str(grad.dtype) != f"torch.{dtype.name}":
         grad = grad.to(getattr(sys.modules["torch"], dtype.name))  # a safe cast: exact
-    return grad.numpy()  # type: ignore[no-any-return]  # a torch.Tensor
+    try:
+        return grad.numpy()  # type: ignore[no-any-return]  # a torch.Tensor
+    except (TypeError, RuntimeError) as error:  # a meta or conjugate-view tensor, say
+        raise TypeError(f"gradient {index} cannot be read as an array on the host: {error}") from None
 
 
 def mark_modified(params: Sequence[Any]) -> None:

@@ -25,6 +25,7 @@ LAYERS = (
      "numbaopt.optimizers.sgd", "numbaopt.optimizers.tf_optimizer", "numbaopt.optimizers"),
     ("numbaopt.checkpoint", "numbaopt.checkpoint_report", "numbaopt.parity.fixtures",
      "numbaopt.parity.replays", "numbaopt.parity.report", "numbaopt.parity"),
+    ("numbaopt.torch.optimizer", "numbaopt.torch"),
     ("numbaopt.cli", "numbaopt.__main__", "numbaopt.parity.__main__"),
 )
 
