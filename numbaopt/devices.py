@@ -40,8 +40,8 @@ class CPUBackend:
     def check_parameter(param: object, index: int) -> npt.NDArray[Any]:
         """``param`` itself (a CPU torch tensor: a NumPy view of its memory), once it is
         known to be updatable in place by a kernel."""
-        if is_torch_tensor(param):
-            param = _torch_parameter_view(param, index)
+        if type(param) is not np.ndarray and is_torch_tensor(param):
+            param = torch_parameter_view(param, index)
         if not isinstance(param, np.ndarray):
             raise TypeError(
                 f"parameter {index} is a {type(param).__name__}; parameters must be arrays "
@@ -218,7 +218,7 @@ def is_torch_tensor(array: object) -> bool:
 _TORCH_FLOATS = ("torch.float32", "torch.float64")
 
 
-def _torch_parameter_view(param: Any, index: int) -> Any:
+def torch_parameter_view(param: Any, index: int) -> Any:
     """A NumPy view of a CPU tensor's memory (``detach`` shares it), or the reason it cannot be updated in place."""
     if str(param.dtype) not in _TORCH_FLOATS:
         raise TypeError(f"parameter {index} has dtype {param.dtype}; only float32 and float64 are supported")
@@ -261,9 +261,11 @@ def mark_modified(params: Sequence[Any]) -> None:
     bumped here, and ``backward()`` through a graph that saved the old values raises
     torch's usual in-place error instead of computing wrong gradients.
     """
-    tensors = [p for p in params if is_torch_tensor(p)]
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    tensors = [p for p in params if type(p) is not np.ndarray and isinstance(p, torch.Tensor)]
     if tensors:
-        torch = sys.modules["torch"]
         torch.autograd.graph.increment_version(tensors)
 
 

@@ -338,7 +338,12 @@ class Optimizer(metaclass=abc.ABCMeta):
 
     @_locked
     def apply_gradient_parts(
-        self, grads: Sequence[Any], params: Sequence[Any], parts: Sequence[tuple[Mapping[str, Any], Sequence[int]]]
+        self,
+        grads: Sequence[Any],
+        params: Sequence[Any],
+        parts: Sequence[tuple[Mapping[str, Any], Sequence[int]]],
+        *,
+        grad_addresses: npt.NDArray[np.int64] | None = None,
     ) -> None:
         """One step in which each part's parameters step with the part's hyperparameters:
         what ``numbaopt.torch`` runs for param groups and parameters without a gradient.
@@ -353,6 +358,11 @@ class Optimizer(metaclass=abc.ABCMeta):
         changes nothing. With one part holding every parameter, the result is bitwise
         ``apply_gradients``' with those hyperparameters; with some skipped, it is bitwise
         ``apply_gradients`` over the others alone.
+
+        ``grad_addresses`` is for a caller that checked the gradients itself (torch
+        tensors of exactly their parameters' dtype, shape and device, C-contiguous, in
+        ``numbaopt.torch``'s step): their data addresses, one per parameter (a skipped
+        one's: its parameter's). ``grads`` then only keeps that memory alive.
         """
         if len(grads) != len(params):
             raise ValueError(f"apply_gradient_parts got {len(grads)} gradients for {len(params)} parameters")
@@ -364,15 +374,30 @@ class Optimizer(metaclass=abc.ABCMeta):
         for i in stepped:
             if grads[i] is None:
                 raise ValueError(f"gradient {i} is None, but parameter {i} is in a part of the step")
+        if grad_addresses is not None and grad_addresses.shape != (len(params),):
+            raise ValueError(f"apply_gradient_parts got {grad_addresses.shape} gradient addresses for {len(params)} parameters")
         grads = [g if i in stepped else None for i, g in enumerate(grads)]  # None: skipped, never read
-        self._step(grads, list(params), [(dict(hyper), at) for (hyper, _), at in zip(parts, positions)])
+        with_positions: list[tuple[Mapping[str, Any], npt.NDArray[np.intp] | None]] = [
+            (hyper, at) for (hyper, _), at in zip(parts, positions)
+        ]
+        self._step(grads, list(params), with_positions, taken, grad_addresses)
 
-    def _step(self, grads: list[Any], params: list[Any], parts: list[tuple[Mapping[str, Any], npt.NDArray[np.intp] | None]]) -> None:
+    def _step(
+        self,
+        grads: list[Any],
+        params: list[Any],
+        parts: list[tuple[Mapping[str, Any], npt.NDArray[np.intp] | None]],
+        stepped: npt.NDArray[np.intp] | None = None,
+        grad_addresses: npt.NDArray[np.int64] | None = None,
+    ) -> None:
         """The step of ``apply_gradients`` (one part, ``positions`` None: every parameter)
-        and of ``apply_gradient_parts``."""
+        and of ``apply_gradient_parts`` (the parameters at ``stepped``)."""
         backend = devices.backend_for(params, self._hyper.get("device", "auto"))
-        originals = params
-        grads, params = checked_arrays(grads, params, backend)
+        originals = params if stepped is None else [params[i] for i in stepped.tolist()]
+        if grad_addresses is None:
+            grads, params = checked_arrays(grads, params, backend)
+        else:
+            params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
         if self._slots is not None:
             layout = self._slots.layout
             layout.check(params, backend)
@@ -381,16 +406,15 @@ class Optimizer(metaclass=abc.ABCMeta):
         for hyper, _ in parts:
             for dtype in layout.distinct_dtypes:
                 self._check_fits(dtype, None if hyper is self._hyper else hyper)
-        addresses = backend.addresses(grads)  # ``grads`` keeps the memory alive until the end
+        # ``grads`` keeps the memory alive until the end
+        addresses = backend.addresses(grads) if grad_addresses is None else grad_addresses
         layout.check_gradients(addresses)
         store = self._slots if self._slots is not None else self._create_slots(layout)
-        grad_addresses = store.split(addresses)
+        grad_at = store.split(addresses)
         chunks = [store.chunks_of(at) for _, at in parts]
 
-        everything = len(parts) == 1 and parts[0][1] is None
-        stepped = None if everything else np.concatenate([at for _, at in parts if at is not None]).astype(np.intp)
         clipping = any(hyper.get("clipnorm") for hyper, _ in parts)
-        norm = store.global_norm(grad_addresses, store.chunks_of(stepped)) if clipping else None
+        norm = store.global_norm(grad_at, store.chunks_of(stepped)) if clipping else None
         # Every part's and group's scalars before any kernel runs, so that nothing is half applied.
         # IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
         # and a user's np.seterr(all="raise") or warnings-as-errors must not stop that (the
@@ -402,10 +426,10 @@ class Optimizer(metaclass=abc.ABCMeta):
                 arguments = [self._step_arguments(store, norm, hyper) for hyper, _ in parts]
         parameter_addresses = store.parameter_addresses()
         for part_arguments, part_chunks in zip(arguments, chunks):
-            for group, param_at, grad_at, (clip, scalars), table in zip(
-                store.groups, parameter_addresses, grad_addresses, part_arguments, part_chunks
+            for group, param_at, group_grad_at, (clip, scalars), table in zip(
+                store.groups, parameter_addresses, grad_at, part_arguments, part_chunks
             ):
-                store.run(type(self).rule, group, param_at, grad_at, clip, scalars, table)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
+                store.run(type(self).rule, group, param_at, group_grad_at, clip, scalars, table)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
         with self._hyperparameters(parts[0][0]):
             self.advance_scalar_state()
         self._iterations += 1

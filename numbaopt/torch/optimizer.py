@@ -31,6 +31,9 @@ STATE_KEY = "numbaopt"
 #: param group may not set those apart from the others (Nadam's momentum schedule).
 SHARED_BY_SCALAR_STATE = {"m_schedule": ("beta_1", "schedule_decay")}
 
+#: The layout of a dense tensor.
+_STRIDED = torch.strided
+
 #: ``iterations`` is an int64 in checkpoints and in the core's weights.
 _ITERATIONS_LIMIT = 2**63
 
@@ -63,6 +66,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         defaults = {name: config.get(name, h.default) for name, h in self._settable.items()}
         self._core = self.core(**config)
         self._checked: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # per group: values seen, hyperparameters
+        self._views_key: list[tuple[int, Any]] = []  # what _host_views saw
+        self._views: list[npt.NDArray[Any]] = []
+        self._view_addresses = np.zeros(0, np.int64)
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------- param groups
@@ -161,8 +167,39 @@ class TorchOptimizer(torch.optim.Optimizer):
         parts = self._parts()
         params = self._parameters()
         grads = [p.grad for p in params]
-        self._core.apply_gradient_parts(grads, params, parts)
+        views = self._host_views(params)
+        addresses = None if views is None else self._gradient_addresses(params, grads)
+        if views is None or addresses is None:  # tensors as they are: the core checks and casts them
+            self._core.apply_gradient_parts(grads, params, parts)
+        else:
+            self._core.apply_gradient_parts(grads, views, parts, grad_addresses=addresses)
+            devices.mark_modified([params[i] for _, at in parts for i in at])
         return loss
+
+    def _host_views(self, params: list[Any]) -> list[npt.NDArray[Any]] | None:
+        """NumPy views of CPU parameters' memory (None for others), kept between steps while
+        every tensor keeps its memory and shape: making them is most of a small step's cost."""
+        key = [(p.data_ptr(), p.shape) for p in params]
+        if key != self._views_key:
+            if any(p.device.type != "cpu" for p in params):
+                return None
+            self._views = [devices.torch_parameter_view(p, i) for i, p in enumerate(params)]
+            self._views_key = key
+            self._view_addresses = np.array([address for address, _ in key], np.int64)
+        return self._views
+
+    def _gradient_addresses(self, params: list[Any], grads: list[Any]) -> npt.NDArray[np.int64] | None:
+        """The gradients' data addresses (a skipped parameter's own), if every gradient is a
+        dense contiguous CPU tensor of exactly its parameter's dtype and shape; else None,
+        and the core reads them through the cast policy (``numbaopt.devices``)."""
+        addresses: npt.NDArray[np.int64] = self._view_addresses.copy()
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if g is None:
+                continue
+            if not (g.dtype is p.dtype and g.layout is _STRIDED and g.is_cpu and g.shape == p.shape and g.is_contiguous()):
+                return None
+            addresses[i] = g.data_ptr()
+        return addresses
 
     @property
     def iterations(self) -> int:
