@@ -646,3 +646,21 @@ def test_a_cpu_gradient_tensor_for_a_tensor_parameter_of_another_dtype_follows_t
     opt.step()
     for p, a in zip(net.parameters(), before):
         assert not np.array_equal(p.detach().numpy(), a)
+
+
+def test_a_parameter_given_new_memory_is_updated_there():
+    """The step keeps NumPy views of the parameters between steps; ``p.data = ...`` gives a
+    tensor new memory (and shape), which the next step must update instead of the old."""
+    dtype = np.float64
+    net = model(dtype)
+    opt = nt.SGD(net.parameters(), lr=0.1)
+    backward(net, dtype, 0)
+    opt.step()
+    old = net[2].bias.data
+    kept = old.clone()
+    net[2].bias.data = torch.ones(3, dtype=torch.float64)
+    opt.zero_grad()
+    backward(net, dtype, 1)
+    expected = 1.0 - 0.1 * net[2].bias.grad
+    opt.step()
+    assert torch.equal(net[2].bias.detach(), expected) and torch.equal(old, kept)

@@ -367,10 +367,11 @@ class Optimizer(metaclass=abc.ABCMeta):
         if len(grads) != len(params):
             raise ValueError(f"apply_gradient_parts got {len(grads)} gradients for {len(params)} parameters")
         positions = [np.asarray(at, np.intp).reshape(-1) for _, at in parts]
-        taken = np.concatenate([np.arange(0), *positions]).astype(np.intp)
-        if taken.size and (taken.min() < 0 or taken.max() >= len(params) or len(np.unique(taken)) != taken.size):
+        listed = [i for at in positions for i in at.tolist()]
+        stepped = set(listed)
+        if len(stepped) != len(listed) or (stepped and (min(stepped) < 0 or max(stepped) >= len(params))):
             raise ValueError("apply_gradient_parts: every position must name one parameter, in one part at most")
-        stepped = set(taken.tolist())
+        taken = np.array(listed, np.intp)
         for i in stepped:
             if grads[i] is None:
                 raise ValueError(f"gradient {i} is None, but parameter {i} is in a part of the step")

@@ -68,7 +68,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._checked: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # per group: values seen, hyperparameters
         self._views_key: list[tuple[int, Any]] = []  # what _host_views saw
         self._views: list[npt.NDArray[Any]] = []
-        self._view_addresses = np.zeros(0, np.int64)
+        self._view_pointers: list[int] = []
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------- param groups
@@ -185,21 +185,20 @@ class TorchOptimizer(torch.optim.Optimizer):
                 return None
             self._views = [devices.torch_parameter_view(p, i) for i, p in enumerate(params)]
             self._views_key = key
-            self._view_addresses = np.array([address for address, _ in key], np.int64)
+            self._view_pointers = [address for address, _ in key]
         return self._views
 
     def _gradient_addresses(self, params: list[Any], grads: list[Any]) -> npt.NDArray[np.int64] | None:
         """The gradients' data addresses (a skipped parameter's own), if every gradient is a
         dense contiguous CPU tensor of exactly its parameter's dtype and shape; else None,
         and the core reads them through the cast policy (``numbaopt.devices``)."""
-        addresses: npt.NDArray[np.int64] = self._view_addresses.copy()
+        pointers = self._view_pointers.copy()
         for i, (p, g) in enumerate(zip(params, grads)):
-            if g is None:
-                continue
-            if not (g.dtype is p.dtype and g.layout is _STRIDED and g.is_cpu and g.shape == p.shape and g.is_contiguous()):
-                return None
-            addresses[i] = g.data_ptr()
-        return addresses
+            if g is not None:
+                if not (g.dtype is p.dtype and g.layout is _STRIDED and g.is_cpu and g.shape == p.shape and g.is_contiguous()):
+                    return None
+                pointers[i] = g.data_ptr()
+        return np.array(pointers, np.int64)
 
     @property
     def iterations(self) -> int:
