@@ -588,6 +588,7 @@ def test_the_core_api_updates_cpu_tensors_in_place(name, dtype):
     for t, a, pointer in zip(tensors, arrays, pointers):
         np.testing.assert_array_equal(t.detach().numpy(), a)
         assert t.data_ptr() == pointer
+        assert t._version == 3  # autograd sees every step's in-place update
 
 
 @pytest.mark.parametrize(("make", "error", "message"), [
@@ -664,3 +665,17 @@ def test_a_parameter_given_new_memory_is_updated_there():
     expected = 1.0 - 0.1 * net[2].bias.grad
     opt.step()
     assert torch.equal(net[2].bias.detach(), expected) and torch.equal(old, kept)
+
+
+def test_numbaopt_and_the_numpy_step_never_import_torch():
+    code = (
+        "import sys, numpy as np\n"
+        "import numbaopt\n"
+        "from numbaopt import optimizers\n"
+        "p = np.zeros(3)\n"
+        "optimizers.Adam(clipnorm=1.0).apply_gradients([(np.ones(3, np.float16), p)])\n"
+        "assert p[0] < 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
