@@ -2,6 +2,7 @@
 
     python benchmarks/torch_step.py            # one JSON line: medians in ms and the ratios
     python benchmarks/torch_step.py --quick    # short timings, small sizes: a smoke test
+    python benchmarks/torch_step.py --threads 1    # both libraries on one thread
 
 Two cases, each measured in one process in alternating rounds (``suite.measure``), so that
 load from elsewhere hits every contender alike:
@@ -58,7 +59,7 @@ def run(quick=False):
     ms = {case: {k: v * 1e3 for k, v in timed.items()} for case, timed in (("mlp", mlp), ("1e7", big))}
     return {
         "ms": ms,
-        "torch_threads": torch.get_num_threads(),
+        "threads": {"torch": torch.get_num_threads(), "numba": __import__("numba").get_num_threads()},
         "mlp_numbaopt_over_fused": mlp["numbaopt.torch"] / mlp["torch-fused"],
         "mlp_foreach_over_numbaopt": mlp["torch-foreach"] / mlp["numbaopt.torch"],
         "1e7_numbaopt_torch_over_numpy_api": big["numbaopt.torch"] / big["numpy-api"],
@@ -68,7 +69,13 @@ def run(quick=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short timings, a small tensor instead of 1e7")
+    parser.add_argument("--threads", type=int, help="threads for torch and Numba alike (default: their own defaults)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import numba
+
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
     print(json.dumps(run(args.quick)))
     return 0
 

@@ -61,10 +61,10 @@ class TorchOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
         if "device" in kwargs:
             raise TypeError(f"{type(self).__name__} takes no device argument: the step runs where the tensors live")
-        config = self.core(*args, **kwargs).get_config()  # the core's checks and aliases
+        self._core = self.core(*args, **kwargs)  # the core's checks and aliases; it holds the state
+        config = self._core.get_config()
         self._settable: dict[str, Hyperparameter] = {h.name: h for h in self.core.hyperparameters + CLIPPING}
         defaults = {name: config.get(name, h.default) for name, h in self._settable.items()}
-        self._core = self.core(**config)
         self._checked: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # per group: values seen, hyperparameters
         self._views_key: list[tuple[int, Any]] = []  # what _host_views saw
         self._views: list[npt.NDArray[Any]] = []
