@@ -679,3 +679,16 @@ def test_numbaopt_and_the_numpy_step_never_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_square_parameter_transposed_in_place_is_refused_not_updated_through_a_stale_view():
+    weight = torch.nn.Parameter(torch.arange(4.0).reshape(2, 2))
+    opt = nt.SGD([weight], lr=1.0)
+    weight.grad = torch.ones(2, 2)
+    opt.step()
+    weight.data = weight.data.t()  # the same memory and shape, other strides
+    weight.grad = torch.ones(2, 2)
+    before = weight.detach().clone()
+    with pytest.raises(ValueError, match="parameter 0 is not C-contiguous"):
+        opt.step()
+    assert torch.equal(weight.detach(), before) and opt.iterations == 1

@@ -66,7 +66,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._settable: dict[str, Hyperparameter] = {h.name: h for h in self.core.hyperparameters + CLIPPING}
         defaults = {name: config.get(name, h.default) for name, h in self._settable.items()}
         self._checked: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # per group: values seen, hyperparameters
-        self._views_key: list[tuple[int, Any]] = []  # what _host_views saw
+        self._views_key: list[tuple[int, Any, Any]] = []  # what _host_views saw
         self._views: list[npt.NDArray[Any]] = []
         self._view_pointers: list[int] = []
         super().__init__(params, defaults)
@@ -178,14 +178,15 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def _host_views(self, params: list[Any]) -> list[npt.NDArray[Any]] | None:
         """NumPy views of CPU parameters' memory (None for others), kept between steps while
-        every tensor keeps its memory and shape: making them is most of a small step's cost."""
-        key = [(p.data_ptr(), p.shape) for p in params]
+        every tensor keeps its memory, shape and strides: making them is most of a small
+        step's cost."""
+        key = [(p.data_ptr(), p.shape, p.stride()) for p in params]
         if key != self._views_key:
             if any(p.device.type != "cpu" for p in params):
                 return None
             self._views = [devices.torch_parameter_view(p, i) for i, p in enumerate(params)]
             self._views_key = key
-            self._view_pointers = [address for address, _ in key]
+            self._view_pointers = [address for address, _, _ in key]
         return self._views
 
     def _gradient_addresses(self, params: list[Any], grads: list[Any]) -> npt.NDArray[np.int64] | None:
