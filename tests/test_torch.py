@@ -692,3 +692,25 @@ def test_a_square_parameter_transposed_in_place_is_refused_not_updated_through_a
     with pytest.raises(ValueError, match="parameter 0 is not C-contiguous"):
         opt.step()
     assert torch.equal(weight.detach(), before) and opt.iterations == 1
+
+
+@pytest.mark.parametrize("name", NAMES, ids=str.lower)
+def test_a_deep_copy_of_model_and_optimizer_trains_on_identically(name):
+    import copy
+
+    dtype = np.float32
+    net = model(dtype)
+    opt = getattr(nt, name)(net.parameters(), clipnorm=0.5)
+    for step in range(3):
+        opt.zero_grad()
+        backward(net, dtype, step)
+        opt.step()
+    twin = copy.deepcopy({"net": net, "opt": opt})
+    for step in range(3, 6):
+        for n, o in ((net, opt), (twin["net"], twin["opt"])):
+            o.zero_grad()
+            backward(n, dtype, step)
+            o.step()
+    assert twin["opt"].iterations == opt.iterations == 6
+    for p, q in zip(net.parameters(), twin["net"].parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()

@@ -201,6 +201,14 @@ class TorchOptimizer(torch.optim.Optimizer):
                 pointers[i] = g.data_ptr()
         return np.array(pointers, np.int64)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``pickle`` and ``copy.deepcopy`` keep: all of it (torch's own keeps only the
+        groups and ``state``, which here is empty), but the views of the parameters' memory,
+        which the next step makes anew for the tensors it then has."""
+        state = dict(self.__dict__)
+        state.update(_views_key=[], _views=[], _view_pointers=[])
+        return state
+
     @property
     def iterations(self) -> int:
         """The number of steps applied so far."""
