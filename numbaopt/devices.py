@@ -40,9 +40,9 @@ class CPUBackend:
     def check_parameter(param: object, index: int) -> npt.NDArray[Any]:
         """``param`` itself (a CPU torch tensor: a NumPy view of its memory), once it is
         known to be updatable in place by a kernel."""
-        if type(param) is not np.ndarray and is_torch_tensor(param):
-            param = torch_parameter_view(param, index)
         if not isinstance(param, np.ndarray):
+            if is_torch_tensor(param):
+                return CPUBackend.check_parameter(torch_parameter_view(param, index), index)
             raise TypeError(
                 f"parameter {index} is a {type(param).__name__}; parameters must be arrays "
                 "that can be updated in place (NumPy arrays, or CUDA arrays with the cuda extra)"

@@ -38,10 +38,9 @@ def split_pairs(grads_and_vars: Iterable[tuple[Any, Any]]) -> tuple[list[Any], l
 
 def checked_arrays(grads: list[Any], params: list[Any], backend: _Backend) -> tuple[list[Any], list[Any]]:
     """``(grads, params)`` as ``backend`` takes them: each parameter updatable in place, each
-    gradient on its parameter's device with its dtype and shape. A None gradient (a
-    parameter a step skips, see ``apply_gradient_parts``) stands as its parameter, never read."""
+    gradient on its parameter's device with its dtype and shape."""
     params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
-    grads = [p if g is None else backend.check_gradient(g, p, i) for i, (g, p) in enumerate(zip(grads, params))]
+    grads = [backend.check_gradient(g, p, i) for i, (g, p) in enumerate(zip(grads, params))]
     return grads, params
 
 

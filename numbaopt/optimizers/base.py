@@ -332,7 +332,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         """
         grads, params = split_pairs(grads_and_vars)
         names = checked_names(names, len(params), self._names)
-        self._step(grads, params, [(self._hyper, None)])
+        self._step(grads, params)
         if names is not None:
             self._names = names
 
@@ -377,22 +377,22 @@ class Optimizer(metaclass=abc.ABCMeta):
                 raise ValueError(f"gradient {i} is None, but parameter {i} is in a part of the step")
         if grad_addresses is not None and grad_addresses.shape != (len(params),):
             raise ValueError(f"apply_gradient_parts got {grad_addresses.shape} gradient addresses for {len(params)} parameters")
-        grads = [g if i in stepped else None for i, g in enumerate(grads)]  # None: skipped, never read
-        with_positions: list[tuple[Mapping[str, Any], npt.NDArray[np.intp] | None]] = [
-            (hyper, at) for (hyper, _), at in zip(parts, positions)
-        ]
+        # A skipped parameter's gradient is its parameter itself: checked like any, never read.
+        grads = [g if i in stepped else p for i, (g, p) in enumerate(zip(grads, params))]
+        with_positions = [(hyper, at) for (hyper, _), at in zip(parts, positions)]
         self._step(grads, list(params), with_positions, taken, grad_addresses)
 
     def _step(
         self,
         grads: list[Any],
         params: list[Any],
-        parts: list[tuple[Mapping[str, Any], npt.NDArray[np.intp] | None]],
+        parts: list[tuple[Mapping[str, Any], npt.NDArray[np.intp]]] | None = None,
         stepped: npt.NDArray[np.intp] | None = None,
         grad_addresses: npt.NDArray[np.int64] | None = None,
     ) -> None:
-        """The step of ``apply_gradients`` (one part, ``positions`` None: every parameter)
-        and of ``apply_gradient_parts`` (the parameters at ``stepped``)."""
+        """The step of ``apply_gradients`` (``parts`` None: every parameter, with the
+        optimizer's own hyperparameters) and of ``apply_gradient_parts`` (the parameters at
+        ``stepped``). Everything is checked, and every scalar computed, before any kernel runs."""
         backend = devices.backend_for(params, self._hyper.get("device", "auto"))
         originals = params if stepped is None else [params[i] for i in stepped.tolist()]
         if grad_addresses is None:
@@ -404,40 +404,39 @@ class Optimizer(metaclass=abc.ABCMeta):
             layout.check(params, backend)
         else:
             layout = Layout(params, backend)  # checked as it is made; kept only if the step goes on
-        for hyper, _ in parts:
+        for hyper in [None] if parts is None else [hyper for hyper, _ in parts]:
             for dtype in layout.distinct_dtypes:
-                self._check_fits(dtype, None if hyper is self._hyper else hyper)
-        # ``grads`` keeps the memory alive until the end
-        addresses = backend.addresses(grads) if grad_addresses is None else grad_addresses
+                self._check_fits(dtype, hyper)
+        addresses = backend.addresses(grads) if grad_addresses is None else grad_addresses  # ``grads`` keeps the memory alive
         layout.check_gradients(addresses)
         store = self._slots if self._slots is not None else self._create_slots(layout)
         grad_at = store.split(addresses)
-        chunks = [store.chunks_of(at) for _, at in parts]
-
-        clipping = any(hyper.get("clipnorm") for hyper, _ in parts)
-        norm = store.global_norm(grad_at, store.chunks_of(stepped)) if clipping else None
-        # Every part's and group's scalars before any kernel runs, so that nothing is half applied.
-        # IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
-        # and a user's np.seterr(all="raise") or warnings-as-errors must not stop that (the
-        # hyperparameters fit). The usual error state needs no np.errstate (microseconds).
-        try:
-            arguments = [self._step_arguments(store, norm, hyper) for hyper, _ in parts]
-        except (FloatingPointError, RuntimeWarning):
-            with np.errstate(all="ignore"):
-                arguments = [self._step_arguments(store, norm, hyper) for hyper, _ in parts]
-        parameter_addresses = store.parameter_addresses()
-        for part_arguments, part_chunks in zip(arguments, chunks):
-            for group, param_at, group_grad_at, (clip, scalars), table in zip(
-                store.groups, parameter_addresses, grad_at, part_arguments, part_chunks
+        rule = type(self).rule
+        if parts is None:
+            norm = store.global_norm(grad_at) if self._hyper.get("clipnorm") else None
+            arguments = self._step_arguments(store, norm)
+            for group, param_at, group_grad_at, (clip, scalars) in zip(
+                store.groups, store.parameter_addresses(), grad_at, arguments
             ):
-                store.run(type(self).rule, group, param_at, group_grad_at, clip, scalars, table)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
-        with self._hyperparameters(parts[0][0]):
+                store.run(rule, group, param_at, group_grad_at, clip, scalars)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
             self.advance_scalar_state()
+        else:
+            clipping = any(hyper.get("clipnorm") for hyper, _ in parts)
+            norm = store.global_norm(grad_at, store.chunks_of(stepped)) if clipping else None
+            every_part = [self._step_arguments(store, norm, hyper) for hyper, _ in parts]
+            parameter_at = store.parameter_addresses()
+            for (_, at), arguments in zip(parts, every_part):
+                for group, group_param_at, group_grad_at, (clip, scalars), chunks in zip(
+                    store.groups, parameter_at, grad_at, arguments, store.chunks_of(at)
+                ):
+                    store.run(rule, group, group_param_at, group_grad_at, clip, scalars, chunks)  # type: ignore[arg-type]  # as above
+            with self._swapped(parts[0][0]):
+                self.advance_scalar_state()
         self._iterations += 1
         devices.mark_modified(originals)
 
     @contextlib.contextmanager
-    def _hyperparameters(self, hyper: Mapping[str, Any]) -> Iterator[None]:
+    def _swapped(self, hyper: Mapping[str, Any]) -> Iterator[None]:
         """The optimizer with ``hyper`` for its hyperparameters, for ``step_scalars`` and
         ``advance_scalar_state``, which read them as attributes (a part of a step)."""
         saved = self._hyper
@@ -448,15 +447,30 @@ class Optimizer(metaclass=abc.ABCMeta):
             self.__dict__["_hyper"] = saved
 
     def _step_arguments(
-        self, store: SlotStore, norm: float | None, hyper: Mapping[str, Any]
+        self, store: SlotStore, norm: float | None, hyper: Mapping[str, Any] | None = None
     ) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-        """The clip and step scalars of each group of ``store``, in its dtype, with ``hyper``."""
-        clipnorm, clipvalue = hyper.get("clipnorm"), hyper.get("clipvalue")
-        with self._hyperparameters(hyper):
-            return [
-                (clip_arguments(clipnorm, clipvalue, norm, group.dtype.type), self.step_scalars(group.dtype.type))
-                for group in store.groups
-            ]
+        """The clip and step scalars of each group of ``store``, in its dtype, with ``hyper``
+        (a part's) or the optimizer's own hyperparameters.
+
+        IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
+        and a user's np.seterr(all="raise") or warnings-as-errors must not stop that (the
+        hyperparameters fit). The usual error state needs no np.errstate (microseconds).
+        """
+        if hyper is not None:
+            with self._swapped(hyper):
+                return self._step_arguments(store, norm)
+        try:
+            return self._group_arguments(store, norm)
+        except (FloatingPointError, RuntimeWarning):
+            with np.errstate(all="ignore"):
+                return self._group_arguments(store, norm)
+
+    def _group_arguments(self, store: SlotStore, norm: float | None) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        clipnorm, clipvalue = self._hyper.get("clipnorm"), self._hyper.get("clipvalue")
+        return [
+            (clip_arguments(clipnorm, clipvalue, norm, group.dtype.type), self.step_scalars(group.dtype.type))
+            for group in store.groups
+        ]
 
     def _check_fits(self, dtype: np.dtype[Any], hyper: Mapping[str, Any] | None = None) -> None:
         """Refuse hyperparameters beyond the largest value of the parameters' ``dtype``:
