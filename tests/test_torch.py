@@ -502,7 +502,7 @@ def foreign_states():
 @pytest.mark.parametrize(("case", "change", "error"), foreign_states(), ids=[c[0] for c in foreign_states()])
 def test_load_state_dict_refuses_a_foreign_state_and_changes_nothing(case, change, error):
     net, opt = trained_pair("Adam", steps=3)
-    other_net, other = trained_pair("Adam", steps=1)
+    _, other = trained_pair("Adam", steps=1)
     state = other.state_dict()
     change(state)
     before = snapshot(net, opt)
