@@ -47,6 +47,11 @@ def targets(results):
     small = dict(kind="steps", case="1000 x 1000", dtype="float32", optimizer="Adam")
     ours, torch = _ms(steps, library="numbaopt", **small), _ms(steps, library="torch-fused", **small)
     out.append(("Adam f32, 1000 x 1000: torch fused time / numbaopt time", torch / ours if ours and torch else None, 4.0))
+    torch_step = results.get("torch_step", {})
+    out.append(("numbaopt.torch Adam, MLP of 20 tensors: time / torch fused time, at most",
+                torch_step.get("mlp_numbaopt_over_fused"), 1.0))
+    out.append(("numbaopt.torch Adam, 1e7 f32: time / NumPy API time, at most",
+                torch_step.get("1e7_numbaopt_torch_over_numpy_api"), 1.05))
     startup = results.get("startup", {})
     out.append(("`import numbaopt` (s), at most", startup.get("import_numbaopt_s"), 0.3))
     out.append(("first step, new process, warm cache (s), at most", startup.get("first_step_warm_cache_s"), 1.0))
@@ -113,6 +118,13 @@ def markdown(results):
             bw = f"{ours['gb_per_s']:.1f}" if ours and ours["status"] == "ok" else "–"
             lines.append(f"| {optimizer} | " + " | ".join(cells) + f" | {frac} | {bw} |")
         lines.append("")
+    torch_step = results.get("torch_step", {})
+    if torch_step.get("status") == "ok":
+        lines += ["### numbaopt.torch (ms, median; benchmarks/torch_step.py)", "",
+                  "| case | " + " | ".join(torch_step["ms"]["mlp"]) + " |", "|---|" + "---|" * len(torch_step["ms"]["mlp"]),
+                  "| MLP, 20 tensors, f32 | " + " | ".join(_fmt(v) for v in torch_step["ms"]["mlp"].values()) + " |", "",
+                  "| case | " + " | ".join(torch_step["ms"]["1e7"]) + " |", "|---|" + "---|" * len(torch_step["ms"]["1e7"]),
+                  "| one tensor, f32 | " + " | ".join(_fmt(v) for v in torch_step["ms"]["1e7"].values()) + " |", ""]
     s = results.get("startup", {})
     lines += ["### Start-up (s, median of new processes)", "", "| what | s |", "|---|---|"]
     for key, label in (("import_numbaopt_s", "`import numbaopt; import numbaopt.optimizers`"),

@@ -190,6 +190,22 @@ def run_startup(repeats):
     return result
 
 
+# ------------------------------------------------------------- numbaopt.torch
+
+
+def run_torch_step(quick, libraries):
+    """``torch_step.py``'s results (numbaopt.torch against torch's Adam and the NumPy API),
+    in a process of its own; ``{"status": "missing"}`` without torch or the torch peers."""
+    import importlib.util
+
+    if not any(lib.startswith("torch") for lib in libraries) or importlib.util.find_spec("torch") is None:
+        return {"status": "missing"}
+    print("    numbaopt.torch: torch_step.py", file=sys.stderr, flush=True)
+    child = subprocess.run([sys.executable, str(HERE / "torch_step.py"), *(["--quick"] if quick else [])],
+                           stdout=subprocess.PIPE, text=True, check=True)
+    return {"status": "ok", **json.loads(child.stdout.strip().splitlines()[-1])}
+
+
 # ------------------------------------------------------------------- the run
 
 
@@ -259,6 +275,7 @@ def main(argv=None):
         child = subprocess.run([sys.executable, str(Path(__file__)), "--group", json.dumps(spec)],
                                stdout=subprocess.PIPE, text=True, check=True)
         results["steps"] += json.loads(child.stdout.strip().splitlines()[-1])
+    results["torch_step"] = run_torch_step(args.quick, args.libraries)
     print(f"[{len(todo) + 1}/{len(todo) + 1}] start-up", file=sys.stderr, flush=True)
     results["startup"] = run_startup(1 if args.quick else 5)
     results["load_after"] = _load()

@@ -38,8 +38,11 @@ class CPUBackend:
 
     @staticmethod
     def check_parameter(param: object, index: int) -> npt.NDArray[Any]:
-        """``param`` itself, once it is known to be updatable in place by a kernel."""
+        """``param`` itself (a CPU torch tensor: a NumPy view of its memory), once it is
+        known to be updatable in place by a kernel."""
         if not isinstance(param, np.ndarray):
+            if is_torch_tensor(param):
+                return CPUBackend.check_parameter(torch_parameter_view(param, index), index)
             raise TypeError(
                 f"parameter {index} is a {type(param).__name__}; parameters must be arrays "
                 "that can be updated in place (NumPy arrays, or CUDA arrays with the cuda extra)"
@@ -59,9 +62,8 @@ class CPUBackend:
     def check_gradient(grad: npt.ArrayLike, param: npt.NDArray[Any], index: int) -> npt.NDArray[Any]:
         """The gradient as a C-contiguous array of the parameter's dtype and shape.
 
-        Arrays are cast only when NumPy's ``safe`` rule allows it (float32 into a float64
-        parameter, say); a float64 gradient for a float32 parameter is refused rather than
-        rounded behind the user's back. Python numbers and lists take the parameter's dtype.
+        The one cast policy (``cast_gradient``) for NumPy, torch, JAX and other typed
+        arrays; Python numbers and lists take the parameter's dtype.
         """
         if type(grad) is np.ndarray and grad.dtype == param.dtype and grad.shape == param.shape and grad.flags.c_contiguous:
             return grad  # the usual case, in the fewest checks: it is per tensor and per step
@@ -70,20 +72,12 @@ class CPUBackend:
                 f"gradient {index} is a CUDA array, but its parameter is a NumPy array on the host; "
                 "a gradient must live on its parameter's device"
             )
-        if isinstance(grad, np.ndarray) or hasattr(grad, "__array_interface__") or isinstance(grad, np.generic):
-            grad = np.asarray(grad)
-            if grad.dtype != param.dtype:
-                if not np.can_cast(grad.dtype, param.dtype, "safe"):
-                    raise TypeError(
-                        f"gradient {index} has dtype {grad.dtype}, which cannot be cast safely to "
-                        f"its parameter's dtype {param.dtype}"
-                    )
-                grad = grad.astype(param.dtype)
+        if is_torch_tensor(grad):
+            grad = _torch_host_array(grad, param.dtype, index)
+        if isinstance(grad, (np.ndarray, np.generic)) or hasattr(grad, "__array_interface__") or hasattr(grad, "dtype"):
+            grad = cast_gradient(np.asarray(grad), param.dtype, index)
         else:
-            try:
-                grad = np.asarray(grad, dtype=param.dtype)
-            except (TypeError, ValueError) as error:
-                raise TypeError(f"gradient {index} is not a numeric array: {error}") from None
+            grad = _weak_gradient(grad, param.dtype, index)
         if grad.shape != param.shape:
             raise ValueError(f"gradient {index} has shape {grad.shape}, but its parameter has shape {param.shape}")
         if not grad.flags.c_contiguous:
@@ -258,6 +252,121 @@ def _refuse_overlaps(starts: npt.NDArray[np.int64], nbytes: Sequence[int]) -> No
         raise ValueError(f"parameters {a} and {b} share memory; each parameter must be a separate array")
 
 
+# ------------------------------------------------------------ the gradient cast policy
+
+
+def cast_gradient(grad: npt.NDArray[Any], dtype: np.dtype[Any], index: int) -> npt.NDArray[Any]:
+    """``grad`` in ``dtype``, cast only where ``check_cast`` allows it."""
+    if grad.dtype == dtype:
+        return grad
+    check_cast(grad.dtype.name, dtype, index)
+    return grad.astype(dtype)
+
+
+def check_cast(source: str, dtype: np.dtype[Any], index: int) -> None:
+    """Raise unless a gradient of dtype ``source`` (a name: NumPy's, or torch's without
+    ``torch.``) may be cast to its parameter's ``dtype``.
+
+    The one policy for arrays of every kind (NumPy, torch, JAX, CuPy): NumPy's ``safe``
+    rule. float16 and bfloat16 (which NumPy knows only through ml_dtypes, so by name) widen
+    exactly into float32 or float64; float64 into float32 would round, complex would drop
+    a part, and a bool is no gradient (NumPy calls bool into float safe): a TypeError that
+    names the gradient's index.
+    """
+    kind: str
+    try:
+        kind = "f" if source == "bfloat16" else np.dtype(source).kind
+        safe = source == "bfloat16" or (kind in "iuf" and np.can_cast(np.dtype(source), dtype, "safe"))
+    except TypeError:  # a dtype NumPy does not know (float8, complex32, quantized)
+        kind, safe = "?", False
+    if not safe:
+        raise TypeError(
+            f"gradient {index} has dtype {source}, which cannot be cast safely to its parameter's "
+            f"dtype {dtype}" + ("; a gradient is a real number, not a bool" if kind == "b" else "")
+        )
+
+
+def _weak_gradient(grad: object, dtype: np.dtype[Any], index: int) -> npt.NDArray[Any]:
+    """A Python number or (nested) list as an array of ``dtype``.
+
+    Python numbers carry no precision of their own (NumPy's NEP 50 calls them weak), so
+    they take the parameter's dtype, as ``float32_array * 0.1`` stays float32; only bool
+    and complex values, which no float parameter can take, are refused.
+    """
+    try:
+        array = np.asarray(grad)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"gradient {index} is not a numeric array: {error}") from None
+    if array.dtype.kind not in "iuf":
+        what = {"b": "bools", "c": "complex numbers"}.get(array.dtype.kind, f"dtype {array.dtype}")
+        raise TypeError(f"gradient {index} is not a numeric array of real numbers: it holds {what}")
+    return array.astype(dtype, copy=False)
+
+
+# ------------------------------------------------------------------ torch tensors
+
+
+def is_torch_tensor(array: object) -> bool:
+    """Whether ``array`` is a ``torch.Tensor``; never imports torch (if torch is not
+    imported, nothing can be a tensor)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(array, torch.Tensor)
+
+
+_TORCH_FLOATS = ("torch.float32", "torch.float64")
+
+
+def torch_parameter_view(param: Any, index: int) -> Any:
+    """A NumPy view of a CPU tensor's memory (``detach`` shares it), or the reason it cannot be updated in place."""
+    if str(param.dtype) not in _TORCH_FLOATS:
+        raise TypeError(f"parameter {index} has dtype {param.dtype}; only float32 and float64 are supported")
+    if not param.is_contiguous():
+        raise ValueError(
+            f"parameter {index} is not C-contiguous; pass a contiguous tensor "
+            "(.contiguous() makes a copy, which would not be updated in place)"
+        )
+    return param.detach().numpy()
+
+
+def torch_dtype_name(tensor: Any) -> str:
+    """A tensor's dtype as NumPy names it (``torch.float32`` -> ``float32``)."""
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _torch_host_array(grad: Any, dtype: np.dtype[Any], index: int) -> npt.NDArray[Any]:
+    """A CPU tensor gradient as a NumPy array of ``dtype`` (a view when no cast is needed).
+
+    A tensor that requires grad is read through ``detach()``: the optimizer reads the
+    values, as torch's own optimizers do, and records nothing in the graph.
+    """
+    check_cast(torch_dtype_name(grad), dtype, index)
+    if str(grad.layout) != "torch.strided":
+        raise TypeError(f"gradient {index} is a {grad.layout} tensor; pass a dense gradient (.to_dense())")
+    grad = grad.detach()
+    if str(grad.dtype) != f"torch.{dtype.name}":
+        grad = grad.to(getattr(sys.modules["torch"], dtype.name))  # a safe cast: exact
+    try:
+        return grad.numpy()  # type: ignore[no-any-return]  # a torch.Tensor
+    except (TypeError, RuntimeError) as error:  # a meta or conjugate-view tensor, say
+        raise TypeError(f"gradient {index} cannot be read as an array on the host: {error}") from None
+
+
+def mark_modified(params: Sequence[Any]) -> None:
+    """Tell autograd that the torch tensors among ``params`` were written in place.
+
+    torch's own optimizers update under ``no_grad`` with in-place ops, which bump each
+    tensor's version counter; a kernel writing through a NumPy view does not, so it is
+    bumped here, and ``backward()`` through a graph that saved the old values raises
+    torch's usual in-place error instead of computing wrong gradients.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    tensors = [p for p in params if type(p) is not np.ndarray and isinstance(p, torch.Tensor)]
+    if tensors:
+        torch.autograd.graph.increment_version(tensors)
+
+
 def is_cuda_array(array: object) -> bool:
     """Whether ``array`` lives on a CUDA device (or on Numba's CUDA simulator).
 
@@ -268,6 +377,8 @@ def is_cuda_array(array: object) -> bool:
     """
     if isinstance(array, np.ndarray):
         return False
+    if is_torch_tensor(array):  # asked first: a torch tensor that requires grad raises on the interface
+        return array.device.type == "cuda"  # type: ignore[attr-defined, no-any-return]  # a torch.Tensor
     if hasattr(array, "__cuda_array_interface__"):
         return True
     simulator = sys.modules.get("numba.cuda.simulator.cudadrv.devicearray")
@@ -310,6 +421,8 @@ class CUDABackend:
         """A Numba device array over ``param``'s memory, once it is updatable in place."""
         if not is_cuda_array(param):
             raise TypeError(f"parameter {index} is a {type(param).__name__}, not a CUDA array")
+        if is_torch_tensor(param):  # detached: a tensor that requires grad has no interface
+            param = param.detach()
         interface = getattr(param, "__cuda_array_interface__", None)
         if interface is not None and interface["data"][1]:
             raise ValueError(f"parameter {index} is read-only")
@@ -323,19 +436,28 @@ class CUDABackend:
     def check_gradient(self, grad: Any, param: Any, index: int) -> Any:
         """The gradient as a device array: on the GPU, of the parameter's dtype and shape.
 
-        Nothing is copied or cast on the device's behalf: a host gradient, another dtype
-        or a strided gradient is refused with the reason.
+        Nothing is copied to or from the host: a host gradient or a strided gradient is
+        refused with the reason. Another dtype follows the host's cast policy
+        (``check_cast``), cast on the device by the array's own library (torch, CuPy);
+        a Numba device array, which cannot cast, must come in the parameter's dtype.
         """
         if not is_cuda_array(grad):
             raise TypeError(
                 f"gradient {index} is a {type(grad).__name__} on the host, but its parameter is a CUDA "
                 "array; a gradient must live on its parameter's device"
             )
+        if is_torch_tensor(grad):
+            check_cast(torch_dtype_name(grad), param.dtype, index)
+            grad = grad.detach().to(getattr(sys.modules["torch"], param.dtype.name))  # no copy if no cast
+        elif not hasattr(grad, "copy_to_host") and np.dtype(grad.dtype) != param.dtype:  # CuPy and the like
+            check_cast(np.dtype(grad.dtype).name, param.dtype, index)
+            grad = grad.astype(param.dtype)
         grad = self._view(grad)
         if grad.dtype != param.dtype:
+            check_cast(grad.dtype.name, param.dtype, index)
             raise TypeError(
                 f"gradient {index} has dtype {grad.dtype}, but its parameter has dtype {param.dtype}; "
-                "CUDA gradients are not cast"
+                "a Numba device array is not cast: cast it on the device first"
             )
         if tuple(grad.shape) != tuple(param.shape):
             raise ValueError(f"gradient {index} has shape {tuple(grad.shape)}, but its parameter has shape {tuple(param.shape)}")

@@ -148,6 +148,7 @@ class SlotStore:
         self.backend = layout.backend
         self.shapes, self.dtypes, self.n_params = layout.shapes, layout.dtypes, layout.n_params
         self.elements = sum(int(group.slots.shape[1]) for group in groups)  # of every tensor together
+        self._chunks_of: dict[bytes, list[npt.NDArray[np.int64]]] = {}  # see chunks_of
 
     @classmethod
     def create(
@@ -214,12 +215,36 @@ class SlotStore:
             return [addresses]  # one dtype: the group holds every parameter, in order
         return [addresses[group.positions] for group in self.groups]
 
-    def global_norm(self, grad_addresses: Sequence[npt.NDArray[np.int64]]) -> float:
-        """``sqrt(sum of squares)`` over all gradients, the same for any thread count."""
+    def chunks_of(self, positions: npt.NDArray[np.intp] | None) -> list[npt.NDArray[np.int64]]:
+        """Each group's chunk table, cut to the parameters at ``positions`` (all when None).
+
+        A step over some of the parameters runs the kernels on the cut tables: the others,
+        their slots and their gradients are not touched. The rows keep their order, so the
+        cut table is the one a store of only those parameters would have.
+        """
+        if positions is None:
+            return [group.chunks for group in self.groups]
+        key = positions.tobytes()
+        tables = self._chunks_of.get(key)
+        if tables is None:
+            wanted = np.zeros(self.n_params, bool)
+            wanted[positions] = True
+            tables = [group.chunks[wanted[group.positions[group.chunks[:, 0]]]] for group in self.groups]
+            if len(self._chunks_of) >= 64:  # subsets come and go; a few recur every step
+                self._chunks_of.clear()
+            self._chunks_of[key] = tables
+        return tables
+
+    def global_norm(
+        self, grad_addresses: Sequence[npt.NDArray[np.int64]], chunks: Sequence[npt.NDArray[np.int64]] | None = None
+    ) -> float:
+        """``sqrt(sum of squares)`` over all gradients (or over ``chunks``, per group, from
+        ``chunks_of``), the same for any thread count."""
         total = 0.0
         parallel = self.parallel()
-        for group, addresses in zip(self.groups, grad_addresses):
-            total += self.backend.sum(chunk_sums(self.backend, addresses, group.chunks, group.slots, parallel))
+        for group, addresses, table in zip(self.groups, grad_addresses, chunks or self.chunks_of(None)):
+            if len(table):
+                total += self.backend.sum(chunk_sums(self.backend, addresses, table, group.slots, parallel))
         return float(np.sqrt(total))
 
     def parallel(self) -> bool:
@@ -235,12 +260,17 @@ class SlotStore:
         grad_addresses: npt.NDArray[np.int64],
         clip: tuple[Any, Any, Any],
         scalars: tuple[Any, ...],
+        chunks: npt.NDArray[np.int64] | None = None,
     ) -> None:
-        """One step of the element ``rule`` over every tensor of ``group``."""
+        """One step of the element ``rule`` over every tensor of ``group`` (or over its
+        ``chunks``, a table from ``chunks_of``)."""
+        chunks = group.chunks if chunks is None else chunks
+        if not len(chunks):
+            return
         parallel = self.parallel()
         step = self.backend.kernels.update_kernel(rule, len(self.slot_names), parallel)
         with _LAUNCH(self.backend, parallel):
-            step(param_addresses, grad_addresses, group.slots, group.offsets, group.chunks, clip, scalars)
+            step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars)
         _LAUNCH.launched(self.backend, parallel)
 
 

@@ -24,9 +24,9 @@ LAYERS = (
      "numbaopt.optimizers.adamax", "numbaopt.optimizers.nadam", "numbaopt.optimizers.rmsprop",
      "numbaopt.optimizers.sgd", "numbaopt.optimizers.tf_optimizer", "numbaopt.optimizers"),
     ("numbaopt.checkpoint", "numbaopt.keras_files", "numbaopt.sharded_checkpoint", "numbaopt.checkpoint_report",
-     "numbaopt.parity.fixtures",
-     "numbaopt.parity.replays", "numbaopt.parity.report", "numbaopt.parity"),
+     "numbaopt.parity.fixtures", "numbaopt.parity.replays", "numbaopt.parity.report", "numbaopt.parity"),
     ("numbaopt.distributed", "numbaopt.loading"),
+    ("numbaopt.torch.optimizer", "numbaopt.torch"),
     ("numbaopt.cli", "numbaopt.__main__", "numbaopt.parity.__main__"),
 )
 

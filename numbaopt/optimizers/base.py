@@ -9,13 +9,14 @@ kernels, the iteration counter) and the state. The Keras weights list is
 from __future__ import annotations
 
 import abc
+import contextlib
 import difflib
 import functools
 import inspect
 import math
 import numbers
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
@@ -363,66 +364,182 @@ class Optimizer(metaclass=abc.ABCMeta):
         bound = self._slots.layout if self._slots is not None and self._hyper.get("device") != "cuda" else None
         addresses = bound.plain_pairs(pairs) if bound is not None else None
         if bound is not None and addresses is not None:
-            layout = bound
+            self._run(bound, addresses, global_norm)
         else:
             grads, params = split_pairs(pairs)
-            backend = devices.backend_for(params, self._hyper.get("device", "auto"))
-            grads, params = checked_arrays(grads, params, backend)
-            if self._slots is not None:
-                layout = self._slots.layout
-                layout.check(params, backend)
-            else:
-                layout = Layout(params, backend)  # checked as it is made; kept only if the step goes on
-            addresses = backend.addresses(grads)  # ``grads`` keeps cast gradients alive until the end
-        for dtype in layout.distinct_dtypes:
-            self._check_fits(dtype)
-        layout.check_gradients(addresses)
-        store = self._slots if self._slots is not None else self._create_slots(layout)
-        grad_addresses = store.split(addresses)
-
-        norm = global_norm
-        if norm is None and self._hyper.get("clipnorm"):
-            norm = store.global_norm(grad_addresses)
-        # Every group's scalars before any kernel runs, so that nothing is half applied.
-        # IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
-        # and a user's np.seterr(all="raise") or warnings-as-errors must not stop that (the
-        # hyperparameters fit). The usual error state needs no np.errstate (microseconds).
-        try:
-            arguments = self._step_arguments(store, norm)
-        except (FloatingPointError, RuntimeWarning):
-            with np.errstate(all="ignore"):
-                arguments = self._step_arguments(store, norm)
-        for group, param_at, grad_at, (clip, scalars) in zip(
-            store.groups, store.parameter_addresses(), grad_addresses, arguments
-        ):
-            store.run(type(self).rule, group, param_at, grad_at, clip, scalars)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
-        self.advance_scalar_state()
-        self._iterations += 1
+            self._step(grads, params, global_norm=global_norm)
         if names is not None:
             self._names = names
 
-    def _step_arguments(self, store: SlotStore, norm: float | None) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-        """The clip and step scalars of each group of ``store``, in its dtype."""
+    @_locked
+    def apply_gradient_parts(
+        self,
+        grads: Sequence[Any],
+        params: Sequence[Any],
+        parts: Sequence[tuple[Mapping[str, Any], Sequence[int]]],
+        *,
+        grad_addresses: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        """One step in which each part's parameters step with the part's hyperparameters:
+        what ``numbaopt.torch`` runs for param groups and parameters without a gradient.
+
+        ``parts`` is a list of ``(hyperparameters, positions)``: the hyperparameters as
+        ``get_config`` gives them (each value already checked by its ``Hyperparameter``),
+        and the positions of their parameters in ``params``, each in one part at most. A
+        parameter in no part is skipped: its gradient may be None, and it and its slots are
+        not touched. As in one call of ``apply_gradients``, the clip norm is the global norm
+        of every gradient of the step, ``iterations`` and the scalar state advance once
+        (the scalar state with the first part's hyperparameters), and a refused call
+        changes nothing. With one part holding every parameter, the result is bitwise
+        ``apply_gradients``' with those hyperparameters; with some skipped, it is bitwise
+        ``apply_gradients`` over the others alone.
+
+        ``grad_addresses`` is for a caller that checked the gradients itself (torch
+        tensors of exactly their parameters' dtype, shape and device, C-contiguous, in
+        ``numbaopt.torch``'s step): their data addresses, one per parameter (a skipped
+        one's: its parameter's). ``grads`` then only keeps that memory alive.
+        """
+        if len(grads) != len(params):
+            raise ValueError(f"apply_gradient_parts got {len(grads)} gradients for {len(params)} parameters")
+        positions = [np.asarray(at, np.intp).reshape(-1) for _, at in parts]
+        listed = [i for at in positions for i in at.tolist()]
+        stepped = set(listed)
+        if len(stepped) != len(listed) or (stepped and (min(stepped) < 0 or max(stepped) >= len(params))):
+            raise ValueError("apply_gradient_parts: every position must name one parameter, in one part at most")
+        taken = np.array(listed, np.intp)
+        for i in stepped:
+            if grads[i] is None:
+                raise ValueError(f"gradient {i} is None, but parameter {i} is in a part of the step")
+        if grad_addresses is not None and grad_addresses.shape != (len(params),):
+            raise ValueError(f"apply_gradient_parts got {grad_addresses.shape} gradient addresses for {len(params)} parameters")
+        # A skipped parameter's gradient is its parameter itself: checked like any, never read.
+        grads = [g if i in stepped else p for i, (g, p) in enumerate(zip(grads, params))]
+        with_positions = [(hyper, at) for (hyper, _), at in zip(parts, positions)]
+        self._step(grads, list(params), with_positions, taken, grad_addresses)
+
+    def _step(
+        self,
+        grads: list[Any],
+        params: list[Any],
+        parts: list[tuple[Mapping[str, Any], npt.NDArray[np.intp]]] | None = None,
+        stepped: npt.NDArray[np.intp] | None = None,
+        grad_addresses: npt.NDArray[np.int64] | None = None,
+        global_norm: float | None = None,
+    ) -> None:
+        """The per-array checks of a step, then the step (``_run``); for torch tensors, their
+        version counters after it, so autograd sees the update as torch's own optimizers'."""
+        backend = devices.backend_for(params, self._hyper.get("device", "auto"))
+        originals = params if stepped is None else [params[i] for i in stepped.tolist()]
+        if grad_addresses is None:
+            grads, params = checked_arrays(grads, params, backend)
+        else:
+            params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
+        if self._slots is not None:
+            layout = self._slots.layout
+            layout.check(params, backend)
+        else:
+            layout = Layout(params, backend)  # checked as it is made; kept only if the step goes on
+        addresses = backend.addresses(grads) if grad_addresses is None else grad_addresses  # ``grads`` keeps the memory alive
+        self._run(layout, addresses, global_norm, parts, stepped)
+        devices.mark_modified(originals)
+
+    def _run(
+        self,
+        layout: Layout,
+        addresses: npt.NDArray[np.int64],
+        global_norm: float | None = None,
+        parts: list[tuple[Mapping[str, Any], npt.NDArray[np.intp]]] | None = None,
+        stepped: npt.NDArray[np.intp] | None = None,
+    ) -> None:
+        """The step over checked parameters (``layout``, with this call's addresses) and
+        gradients (their ``addresses``): ``parts`` None, every parameter with the optimizer's
+        own hyperparameters; else the parameters at ``stepped``, part by part. Everything
+        is checked, and every scalar computed, before any kernel runs."""
+        for hyper in [None] if parts is None else [hyper for hyper, _ in parts]:
+            for dtype in layout.distinct_dtypes:
+                self._check_fits(dtype, hyper)
+        layout.check_gradients(addresses)
+        store = self._slots if self._slots is not None else self._create_slots(layout)
+        grad_at = store.split(addresses)
+        rule = type(self).rule
+        if parts is None:
+            norm = global_norm
+            if norm is None and self._hyper.get("clipnorm"):
+                norm = store.global_norm(grad_at)
+            arguments = self._step_arguments(store, norm)
+            for group, param_at, group_grad_at, (clip, scalars) in zip(
+                store.groups, store.parameter_addresses(), grad_at, arguments
+            ):
+                store.run(rule, group, param_at, group_grad_at, clip, scalars)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
+            self.advance_scalar_state()
+        else:
+            norm = global_norm
+            if norm is None and any(hyper.get("clipnorm") for hyper, _ in parts):
+                norm = store.global_norm(grad_at, store.chunks_of(stepped))
+            every_part = [self._step_arguments(store, norm, hyper) for hyper, _ in parts]
+            parameter_at = store.parameter_addresses()
+            for (_, at), arguments in zip(parts, every_part):
+                for group, group_param_at, group_grad_at, (clip, scalars), chunks in zip(
+                    store.groups, parameter_at, grad_at, arguments, store.chunks_of(at)
+                ):
+                    store.run(rule, group, group_param_at, group_grad_at, clip, scalars, chunks)  # type: ignore[arg-type]  # as above
+            with self._swapped(parts[0][0]):
+                self.advance_scalar_state()
+        self._iterations += 1
+
+    @contextlib.contextmanager
+    def _swapped(self, hyper: Mapping[str, Any]) -> Iterator[None]:
+        """The optimizer with ``hyper`` for its hyperparameters, for ``step_scalars`` and
+        ``advance_scalar_state``, which read them as attributes (a part of a step)."""
+        saved = self._hyper
+        self.__dict__["_hyper"] = hyper
+        try:
+            yield
+        finally:
+            self.__dict__["_hyper"] = saved
+
+    def _step_arguments(
+        self, store: SlotStore, norm: float | None, hyper: Mapping[str, Any] | None = None
+    ) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """The clip and step scalars of each group of ``store``, in its dtype, with ``hyper``
+        (a part's) or the optimizer's own hyperparameters.
+
+        IEEE arithmetic as in Keras: beta_2**t may underflow to zero in a long float32 run,
+        and a user's np.seterr(all="raise") or warnings-as-errors must not stop that (the
+        hyperparameters fit). The usual error state needs no np.errstate (microseconds).
+        """
+        if hyper is not None:
+            with self._swapped(hyper):
+                return self._step_arguments(store, norm)
+        try:
+            return self._group_arguments(store, norm)
+        except (FloatingPointError, RuntimeWarning):
+            with np.errstate(all="ignore"):
+                return self._group_arguments(store, norm)
+
+    def _group_arguments(self, store: SlotStore, norm: float | None) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
         clipnorm, clipvalue = self._hyper.get("clipnorm"), self._hyper.get("clipvalue")
         return [
             (clip_arguments(clipnorm, clipvalue, norm, group.dtype.type), self.step_scalars(group.dtype.type))
             for group in store.groups
         ]
 
-    def _check_fits(self, dtype: np.dtype[Any]) -> None:
+    def _check_fits(self, dtype: np.dtype[Any], hyper: Mapping[str, Any] | None = None) -> None:
         """Refuse hyperparameters beyond the largest value of the parameters' ``dtype``:
         Keras computes the step in that dtype, where they would become infinite. Checked
-        once per dtype until a hyperparameter changes (it is per step)."""
-        if dtype in self._fitting:
+        once per dtype until a hyperparameter changes (it is per step); a part's own
+        ``hyper`` every time."""
+        if hyper is None and dtype in self._fitting:
             return
         largest = float(np.finfo(dtype).max)
-        for name, value in self._hyper.items():
+        for name, value in (self._hyper if hyper is None else hyper).items():
             if type(value) is float and value > largest:
                 raise ValueError(
                     f"{name}={value!r} does not fit the {np.dtype(dtype).name} parameters "
                     f"(their largest value is {largest:.4g})"
                 )
-        self._fitting.add(dtype)
+        if hyper is None:
+            self._fitting.add(dtype)
 
     def _create_slots(self, layout: Layout) -> SlotStore:
         """The slots for a first step's parameters: zeros, or the state given before it."""
