@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch  # tests/conftest.py collects this module only where torch is installed
 
-torch = pytest.importorskip("torch")
-
-import numbaopt  # noqa: E402
-import numbaopt.torch as nt  # noqa: E402
-from numbaopt import optimizers  # noqa: E402
-from numbaopt.checkpoint import CheckpointError  # noqa: E402
-from tests.cases import DTYPES, NAMES, option_sets  # noqa: E402
+import numbaopt
+import numbaopt.torch as nt
+from numbaopt import optimizers
+from numbaopt.checkpoint import CheckpointError
+from tests.cases import DTYPES, NAMES, option_sets
 
 pytestmark = pytest.mark.torch
 
