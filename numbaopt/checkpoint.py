@@ -34,7 +34,7 @@ import os
 import secrets
 import socket
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -144,17 +144,7 @@ def save_optimizer(optimizer: Optimizer | TFOptimizer, path: str | os.PathLike[s
     if not os.path.isdir(folder):
         raise FileNotFoundError(errno.ENOENT, f"cannot save a checkpoint there: {folder} is not an existing folder",
                                 path)
-    lead = _temporary_lead(target)
-    _sweep_dead_temporaries(folder, lead)
-    temporary = _create_temporary(folder, lead)
-    try:
-        _write(temporary, header, parameters, slots, digests, arrays, records)
-        _fsync(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    replace_file(target, lambda temporary: _write(temporary, header, parameters, slots, digests, arrays, records))
     try:
         _fsync_directory(folder)
     except OSError as error:
@@ -283,6 +273,26 @@ def _manifest_digest(
     if arrays is not None:
         manifest["arrays"] = arrays
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def replace_file(target: str, write: Callable[[str], None]) -> None:
+    """Make a new file beside ``target`` with ``write(temporary)``, flush it to the disk and
+    move it over ``target`` (a real path, not a link): a crash at any point leaves the
+    previous file or the new one, never a partial one. Temporaries of processes that died
+    while writing are swept first. Syncing the folder is the caller's (what a failed sync
+    means differs: checkpoints, index files, Keras model files)."""
+    folder = os.path.dirname(target)
+    lead = _temporary_lead(target)
+    _sweep_dead_temporaries(folder, lead)
+    temporary = _create_temporary(folder, lead)
+    try:
+        write(temporary)
+        _fsync(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _temporary_lead(target: str) -> str:

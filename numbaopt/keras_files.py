@@ -927,11 +927,8 @@ def _replace_atomically(
     import h5py
 
     target = os.path.realpath(path)
-    folder = os.path.dirname(target)
-    lead = checkpoint._temporary_lead(target)
-    checkpoint._sweep_dead_temporaries(folder, lead)
-    temporary = checkpoint._create_temporary(folder, lead)
-    try:
+
+    def write(temporary: str) -> None:
         shutil.copyfile(target, temporary)
         shutil.copymode(target, temporary)
         with h5py.File(temporary, "r+") as f:
@@ -948,15 +945,10 @@ def _replace_atomically(
                 training_config = json.loads(_text(f.attrs["training_config"]))
                 training_config["optimizer_config"]["config"] = optimizer_config
                 f.attrs["training_config"] = json.dumps(training_config).encode("utf8")
-            f.flush()
-        checkpoint._fsync(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+
+    checkpoint.replace_file(target, write)
     with contextlib.suppress(OSError):
-        checkpoint._fsync_directory(folder)
+        checkpoint._fsync_directory(os.path.dirname(target))
 
 
 #: tf-keras splits a list attribute into numbered parts above this many bytes (HDF5's object header limit).

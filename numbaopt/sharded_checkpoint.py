@@ -38,13 +38,10 @@ from numbaopt.checkpoint import (
     Parameter,
     _attribute,
     _check_numbers,
-    _create_temporary,
-    _fsync,
     _fsync_directory,
     _reading,
-    _sweep_dead_temporaries,
-    _temporary_lead,
     read_checkpoint,
+    replace_file,
 )
 
 #: The root ``format`` attribute of an index file.
@@ -104,19 +101,13 @@ def write_index(path: str, header: Mapping[str, Any], parameters: Sequence[Param
 
     attributes = _index_attributes(header, parameters, shards)
     folder = os.path.dirname(path)
-    lead = _temporary_lead(path)
-    _sweep_dead_temporaries(folder, lead)
-    temporary = _create_temporary(folder, lead)
-    try:
+
+    def write(temporary: str) -> None:
         with h5py.File(temporary, "w", libver=("v110", "v110")) as f:
             f.attrs.update(attributes)
             f.attrs["sha256"] = _index_digest(attributes)
-        _fsync(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+
+    replace_file(path, write)
     # The new set is in place: nothing below may fail the save, whose shard files the
     # ranks would otherwise remove from under the new index.
     try:
