@@ -46,7 +46,7 @@ def targets(results):
                 torch / ours if ours and torch else None, 1.3))
     small = dict(kind="steps", case="1000 x 1000", dtype="float32", optimizer="Adam")
     ours, torch = _ms(steps, library="numbaopt", **small), _ms(steps, library="torch-fused", **small)
-    out.append(("Adam f32, 1000 x 1000: torch fused time / numbaopt time", torch / ours if ours and torch else None, 4.0))
+    out.append(("Adam f32, 1000 x 1000: torch fused time / numbaopt time", torch / ours if ours and torch else None, 8.0))
     torch_step = results.get("torch_step", {})
     out.append(("numbaopt.torch Adam, MLP of 20 tensors: time / torch fused time, at most",
                 torch_step.get("mlp_numbaopt_over_fused"), 1.0))
