@@ -319,13 +319,18 @@ def set_grad(param, grad):
     param.grad = grad
 
 
+def train(net, opt, dtype, steps):
+    """``opt.step()`` with the model's gradients of each step number in ``steps`` (a range)."""
+    for step in steps:
+        opt.zero_grad()
+        backward(net, dtype, step)
+        opt.step()
+
+
 def trained_pair(name="Adam", steps=2):
     net = model(np.float32)
     opt = getattr(nt, name)(net.parameters(), clipnorm=1.0)
-    for step in range(steps):
-        opt.zero_grad()
-        backward(net, np.float32, step)
-        opt.step()
+    train(net, opt, np.float32, range(steps))
     opt.zero_grad()
     backward(net, np.float32, steps)
     return net, opt
@@ -428,31 +433,22 @@ def test_state_dict_round_trip_in_a_new_process_resumes_bitwise(name, tmp_path):
     dtype = np.float32
     net = model(dtype)
     opt = getattr(nt, name)(net.parameters(), clipnorm=0.5)
-    for step in range(4):
-        opt.zero_grad()
-        backward(net, dtype, step)
-        opt.step()
+    train(net, opt, dtype, range(4))
     torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, tmp_path / "run.pt")
-    for step in range(4, 8):
-        opt.zero_grad()
-        backward(net, dtype, step)
-        opt.step()
+    train(net, opt, dtype, range(4, 8))
     root = Path(__file__).resolve().parent.parent  # appended: an installed numbaopt comes first
     code = textwrap.dedent(f"""
         import sys, torch
         sys.path.append({str(root)!r})
         import numpy as np
         import numbaopt.torch as nt
-        from tests.test_torch import model, backward
+        from tests.test_torch import model, train
         saved = torch.load({str(tmp_path / "run.pt")!r})  # weights_only=True, torch's default
         net = model(np.float32, seed=7)
         net.load_state_dict(saved["model"])
         opt = nt.{name}(net.parameters())
         opt.load_state_dict(saved["opt"])
-        for step in range(4, 8):
-            opt.zero_grad()
-            backward(net, np.float32, step)
-            opt.step()
+        train(net, opt, np.float32, range(4, 8))
         torch.save([p.detach() for p in net.parameters()] + [opt.iterations], {str(tmp_path / "after.pt")!r})
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -700,10 +696,7 @@ def test_a_deep_copy_of_model_and_optimizer_trains_on_identically(name):
     dtype = np.float32
     net = model(dtype)
     opt = getattr(nt, name)(net.parameters(), clipnorm=0.5)
-    for step in range(3):
-        opt.zero_grad()
-        backward(net, dtype, step)
-        opt.step()
+    train(net, opt, dtype, range(3))
     twin = copy.deepcopy({"net": net, "opt": opt})
     for step in range(3, 6):
         for n, o in ((net, opt), (twin["net"], twin["opt"])):
