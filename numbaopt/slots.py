@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from numbaopt import tuning
+from numbaopt.phases import ElementPass, Phase
+from numbaopt.state import Slot
 
 if TYPE_CHECKING:
     from numbaopt.devices import Backend
@@ -122,13 +124,26 @@ class Layout:
 
 
 class ParamGroup(NamedTuple):
-    """The parameters of one dtype: their positions in the call and their slots."""
+    """The parameters of one dtype: their positions in the call and their slots.
+
+    Every slot of the group lives in one flat ``buffer`` (the slots' storage dtype): first
+    the element-shaped slots, a row of ``total`` elements each (``slots`` is that
+    ``(n_element_kinds, total)`` view, which the element kernels take), then the others.
+    ``slot_offsets[k, j]`` and ``slot_sizes[k, j]`` place declared slot ``k`` of tensor
+    ``j``; the per-tensor slots of a tensor sit side by side from ``tensor_base[j]``.
+    """
 
     dtype: np.dtype[Any]
     positions: npt.NDArray[np.intp]  # positions of the group's parameters in the call
-    offsets: npt.NDArray[np.int64]  # int64: where each parameter's slots start in a row of ``slots``
+    offsets: npt.NDArray[np.int64]  # int64: where each parameter's elements start in a row of ``slots``
     chunks: npt.NDArray[np.int64]  # int64 (n_chunks, 3): tensor (within the group), start, stop
-    slots: Any  # (n_kinds, total elements) array on the group's device (NumPy or CUDA)
+    slots: Any  # (n_element_kinds, total elements) view of ``buffer`` on the group's device
+    buffer: Any  # every slot of the group, flat, on the group's device
+    slot_offsets: npt.NDArray[np.int64]  # (n_slots, n_tensors)
+    slot_sizes: npt.NDArray[np.int64]  # (n_slots, n_tensors)
+    dims: npt.NDArray[np.int64]  # (n_tensors, 3): elements, last and second-last axis (0, 0 below two axes)
+    tensor_base: npt.NDArray[np.int64]  # (n_tensors,): where the tensor's per-tensor slots start in ``buffer``
+    like: Any  # an empty array of the parameters' dtype on the device: types their pointers in the kernels
 
 
 def chunk_table(sizes: Sequence[int], chunk: int) -> npt.NDArray[np.int64]:
@@ -138,39 +153,72 @@ def chunk_table(sizes: Sequence[int], chunk: int) -> npt.NDArray[np.int64]:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-class SlotStore:
-    """The slots of an optimizer bound to its parameters (a ``Layout``)."""
+def _size(shape: Sequence[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
 
-    def __init__(self, layout: Layout, slot_names: tuple[str, ...], groups: list[ParamGroup]) -> None:
+
+def _group(layout: Layout, declared: tuple[Slot, ...], dtype: np.dtype[Any]) -> ParamGroup:
+    """The zeroed storage of the parameters of ``dtype`` for the ``declared`` slots."""
+    positions = np.array([i for i, d in enumerate(layout.dtypes) if d == dtype], np.intp)
+    shapes = [layout.shapes[i] for i in positions]
+    sizes = [_size(shape) for shape in shapes]
+    total = int(sum(sizes))
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
+    n_tensors = len(positions)
+    slot_offsets = np.zeros((len(declared), n_tensors), np.int64)
+    slot_sizes = np.zeros((len(declared), n_tensors), np.int64)
+    element = [k for k, slot in enumerate(declared) if slot.shape == "element"]
+    per_tensor = [k for k, slot in enumerate(declared) if slot.shape == "tensor"]
+    for row, k in enumerate(element):
+        slot_offsets[k], slot_sizes[k] = row * total + offsets, sizes
+    end = len(element) * total
+    tensor_base = end + len(per_tensor) * np.arange(n_tensors, dtype=np.int64)
+    for place, k in enumerate(per_tensor):
+        slot_offsets[k], slot_sizes[k] = tensor_base + place, 1
+    end += len(per_tensor) * n_tensors
+    for k, slot in enumerate(declared):
+        if slot.shape in ("rows", "columns"):
+            slot_sizes[k] = [_size(slot.shape_of(shape)) for shape in shapes]
+            slot_offsets[k] = end + np.concatenate([[0], np.cumsum(slot_sizes[k])[:-1]]).astype(np.int64)
+            end += int(slot_sizes[k].sum())
+    dims = np.array([(size, *((shape[-1], shape[-2]) if len(shape) >= 2 else (0, 0)))
+                     for shape, size in zip(shapes, sizes)], np.int64).reshape(-1, 3)
+    storage = declared[0].dtype_of(dtype) if declared else dtype
+    buffer = layout.backend.zeros(end, storage)
+    rows = buffer[: len(element) * total].reshape((len(element), total))
+    chunks = chunk_table(sizes, tuning.CHUNK_ELEMENTS)
+    like = layout.backend.zeros(0, dtype)
+    return ParamGroup(dtype, positions, offsets, chunks, rows, buffer, slot_offsets, slot_sizes, dims, tensor_base, like)
+
+
+class SlotStore:
+    """The slots of an optimizer bound to its parameters (a ``Layout``), as its ``Slot``
+    declarations shape them."""
+
+    def __init__(self, layout: Layout, declared: tuple[Slot, ...], groups: list[ParamGroup]) -> None:
         self.layout = layout
-        self.slot_names = slot_names
+        self.declared = declared
+        self.slot_names = tuple(slot.name for slot in declared)
         self.groups = groups
         self.backend = layout.backend
         self.shapes, self.dtypes, self.n_params = layout.shapes, layout.dtypes, layout.n_params
-        self.elements = sum(int(group.slots.shape[1]) for group in groups)  # of every tensor together
+        self.elements = sum(_size(shape) for shape in layout.shapes)  # of every tensor together
         self._chunks_of: dict[bytes, list[npt.NDArray[np.int64]]] = {}  # see chunks_of
 
     @classmethod
     def create(
         cls,
         layout: Layout,
-        slot_names: tuple[str, ...],
+        declared: tuple[Slot, ...],
         initial: Mapping[str, Sequence[npt.ArrayLike]] | None = None,
         origin: str = "set_weights",
     ) -> SlotStore:
         """Zero slots for the parameters of ``layout``, or ``initial`` (host arrays given
         before the first step) once checked; ``origin`` says where those came from."""
         if initial is not None:
-            _check_slots_match(initial, layout.shapes, layout.dtypes, origin)
-        groups = []
-        for dtype in layout.distinct_dtypes:
-            positions = np.array([i for i, d in enumerate(layout.dtypes) if d == dtype], np.intp)
-            sizes = [int(np.prod(layout.shapes[i], dtype=np.int64)) for i in positions]
-            offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
-            slots = layout.backend.zeros((len(slot_names), int(sum(sizes))), dtype)
-            chunks = chunk_table(sizes, tuning.CHUNK_ELEMENTS)
-            groups.append(ParamGroup(dtype, positions, offsets, chunks, slots))
-        store = cls(layout, slot_names, groups)
+            check_slots_match(declared, initial, layout.shapes, layout.dtypes, origin)
+        groups = [_group(layout, declared, dtype) for dtype in layout.distinct_dtypes]
+        store = cls(layout, declared, groups)
         if initial is not None:
             store.load_host_slots(initial)
         return store
@@ -178,19 +226,19 @@ class SlotStore:
     # ---------------------------------------------------------------- checking
 
     def check_host_slots(self, slot_lists: Mapping[str, Sequence[npt.ArrayLike]]) -> None:
-        _check_slots_match(slot_lists, self.shapes, self.dtypes, "set_weights")
+        check_slots_match(self.declared, slot_lists, self.shapes, self.dtypes, "set_weights")
 
     # ------------------------------------------------------------------- views
 
     def _views(self, kind: str) -> list[Any]:
-        """Per-parameter views (on the device) of slot kind ``kind``, in parameter order."""
+        """Per-parameter views (on the device) of slot ``kind``, in parameter order."""
         k = self.slot_names.index(kind)
+        slot = self.declared[k]
         views: list[Any] = [None] * self.n_params
         for group in self.groups:
             for j, i in enumerate(group.positions.tolist()):
-                size = int(np.prod(self.shapes[i], dtype=np.int64))
-                start = int(group.offsets[j])
-                views[i] = group.slots[k, start : start + size].reshape(self.shapes[i])
+                start, size = int(group.slot_offsets[k, j]), int(group.slot_sizes[k, j])
+                views[i] = group.buffer[start : start + size].reshape(slot.shape_of(self.shapes[i]))
         return views
 
     def host_slots(self) -> dict[str, list[npt.NDArray[Any]]]:
@@ -244,7 +292,7 @@ class SlotStore:
         parallel = self.parallel()
         for group, addresses, table in zip(self.groups, grad_addresses, chunks or self.chunks_of(None)):
             if len(table):
-                total += self.backend.sum(chunk_sums(self.backend, addresses, table, group.slots, parallel))
+                total += self.backend.sum(chunk_sums(self.backend, addresses, table, group.like, parallel))
         return float(np.sqrt(total))
 
     def parallel(self) -> bool:
@@ -270,8 +318,51 @@ class SlotStore:
         parallel = self.parallel()
         step = self.backend.kernels.update_kernel(rule, len(self.slot_names), parallel)
         with _LAUNCH(self.backend, parallel):
-            step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars)
+            step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like)
         _LAUNCH.launched(self.backend, parallel)
+
+    def run_phases(
+        self,
+        phases: Sequence[Phase],
+        group: ParamGroup,
+        param_addresses: npt.NDArray[np.int64],
+        grad_addresses: npt.NDArray[np.int64],
+        clip: tuple[Any, Any, Any],
+        scalars: tuple[Any, ...],
+        chunks: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        """One step of ``phases`` over every tensor of ``group`` (or over the tensors of
+        its ``chunks``, a table from ``chunks_of``), phase after phase."""
+        if chunks is None:
+            chunks, tensors = group.chunks, np.arange(len(group.positions), dtype=np.int64)
+        else:
+            tensors = self._tensors_of(group, chunks)
+        if not len(tensors):
+            return
+        parallel = self.parallel()
+        kernels = self.backend.kernels
+        n_element = sum(slot.shape == "element" for slot in self.declared)
+        n_tensor = sum(slot.shape == "tensor" for slot in self.declared)
+        for phase in phases:
+            if isinstance(phase, ElementPass):
+                if not len(chunks):
+                    continue
+                kernel = kernels.phase_kernel("element", phase.rule, n_element, parallel)
+                arguments: tuple[Any, ...] = (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip,
+                                              scalars, group.like, group.buffer, group.tensor_base, n_tensor)
+            else:
+                kernel = kernels.phase_kernel("tensor", phase.function, len(self.declared), parallel)
+                arguments = (param_addresses, grad_addresses, group.buffer, group.slot_offsets, group.slot_sizes,
+                             group.dims, tensors, clip, scalars, group.like)
+            with _LAUNCH(self.backend, parallel):
+                kernel(*arguments)
+            _LAUNCH.launched(self.backend, parallel)
+
+    @staticmethod
+    def _tensors_of(group: ParamGroup, chunks: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The tensors (within ``group``) a cut chunk table steps (an empty tensor has no
+        chunks, and nothing for a phase to do)."""
+        return np.unique(chunks[:, 0]).astype(np.int64)
 
 
 def chunk_sums(backend: Backend, addresses: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: Any,
@@ -317,23 +408,29 @@ def _refuse_gradient_overlaps(
         )
 
 
-def _check_slots_match(
+def check_slots_match(
+    declared: Sequence[Slot],
     slot_lists: Mapping[str, Sequence[npt.ArrayLike]],
     shapes: Sequence[tuple[int, ...]],
     dtypes: Sequence[np.dtype[Any]],
     where: str,
 ) -> None:
-    """Raise unless every slot list has one array per parameter, of its shape and exactly its
-    dtype (a cast would change the state: float64 slots rounded to float32). Counts and shapes
-    are checked before dtypes, so a list cut in the wrong place reads as the wrong length."""
-    arrays = {kind: [np.asarray(a) for a in listed] for kind, listed in slot_lists.items()}
-    for kind, listed in arrays.items():
+    """Raise unless every declared slot has one array per parameter, of the shape and
+    exactly the dtype its declaration gives for that parameter (a cast would change the
+    state: float64 slots rounded to float32). Counts and shapes are checked before dtypes,
+    so a list cut in the wrong place reads as the wrong length."""
+    arrays = {slot: [np.asarray(a) for a in slot_lists[slot.name]] for slot in declared}
+    for slot, listed in arrays.items():
         if len(listed) != len(shapes):
-            raise ValueError(f"{where}: {len(listed)} arrays for slot {kind!r}, expected {len(shapes)} (one per parameter)")
+            raise ValueError(f"{where}: {len(listed)} arrays for slot {slot.name!r}, expected {len(shapes)} (one per parameter)")
         for i, a in enumerate(listed):
-            if a.shape != shapes[i]:
-                raise ValueError(f"{where}: {kind}[{i}] has shape {a.shape}, but parameter {i} has shape {shapes[i]}")
-    for kind, listed in arrays.items():
+            if a.shape != slot.shape_of(shapes[i]):
+                raise ValueError(
+                    f"{where}: {slot.name}[{i}] has shape {a.shape}, but parameter {i} of shape {shapes[i]} "
+                    f"has {slot.shape} slots of shape {slot.shape_of(shapes[i])}"
+                )
+    for slot, listed in arrays.items():
         for i, a in enumerate(listed):
-            if a.dtype != dtypes[i]:
-                raise TypeError(f"{where}: {kind}[{i}] has dtype {a.dtype}, but parameter {i} has dtype {dtypes[i]}")
+            if a.dtype != slot.dtype_of(dtypes[i]):
+                raise TypeError(f"{where}: {slot.name}[{i}] has dtype {a.dtype}, but parameter {i} of dtype {dtypes[i]} "
+                                f"keeps it as {slot.dtype_of(dtypes[i])}")

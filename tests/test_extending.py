@@ -151,3 +151,114 @@ def test_a_new_three_slot_optimizer_runs_on_cuda(amsgrad, dtype, monkeypatch):
         to_host=lambda arrays: [a.copy_to_host() for a in arrays],
     )
     assert_matches_reference(opt, params, initial, steps, dtype)
+
+
+# ------------------------------------------------------------------ state of other shapes
+#
+# ``tests/extending_shapes.py`` declares a factored (Adafactor-shaped) and a per-tensor-norm
+# (LAMB-shaped) optimizer as a new module would; each runs everywhere below with no other edit.
+
+from tests import extending_shapes  # noqa: E402
+
+SHAPED = [(), (7,), (3, 5), (2, 3, 4), (0, 3)]
+SHAPED_TOLERANCE = {np.float32: 5e-5, np.float64: 1e-12}
+REFERENCES = {"Factored": extending_shapes.factored_reference, "TrustRatio": extending_shapes.trust_reference}
+
+
+@pytest.fixture(params=["Factored", "TrustRatio"])
+def shaped(request, monkeypatch):
+    """One of the two optimizers, registered for this test only."""
+    monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))
+    return dict(zip(("Factored", "TrustRatio"), extending_shapes.declare()))[request.param]
+
+
+def shaped_run(opt, dtype, steps=6, to_device=list, to_host=list):
+    params = make_params(dtype, SHAPED)
+    initial = [p.copy() for p in params]
+    grads = [[g.astype(dtype) for g in step] for step in gradient_steps(SHAPED, steps=steps)]
+    on_device = to_device(params)
+    for step in grads:
+        opt.apply_gradients(zip(to_device(step), on_device))
+    return to_host(on_device), initial, grads
+
+
+def assert_shaped_matches(opt, params, initial, steps, dtype, clipnorm=1.0):
+    expected, slots = REFERENCES[type(opt).__name__](initial, steps, clipnorm=clipnorm)
+    for p, r in zip(params, expected):
+        assert relative_error(p, r) <= SHAPED_TOLERANCE[dtype]
+    state = opt.state()
+    for kind, arrays in slots.items():
+        for i, (ours, theirs) in enumerate(zip(state.slots[kind], arrays)):
+            assert ours.shape == np.shape(theirs), (kind, i)
+            assert relative_error(ours, theirs) <= SHAPED_TOLERANCE[dtype], (kind, i)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_state_of_other_shapes_runs_on_the_cpu(shaped, dtype):
+    opt = shaped(clipnorm=1.0)
+    assert shaped in registry.rule_based()
+    params, initial, steps = shaped_run(opt, dtype)
+    assert_shaped_matches(opt, params, initial, steps, dtype)
+    declared = {slot.name: slot for slot in shaped.slots}
+    for kind, arrays in opt.state().slots.items():
+        assert [a.shape for a in arrays] == [declared[kind].shape_of(s) for s in SHAPED]
+
+
+def test_state_of_other_shapes_is_the_same_for_any_thread_count(shaped, monkeypatch):
+    from numbaopt import tuning
+
+    results = []
+    for threshold in (0, 1 << 40):  # every step parallel, then every step on one thread
+        monkeypatch.setattr(tuning, "PARALLEL_MIN_ELEMENTS", threshold)
+        opt = shaped(clipnorm=1.0)
+        params, _, _ = shaped_run(opt, np.float32)
+        results.append([p.tobytes() for p in params] + [a.tobytes() for v in opt.state().slots.values() for a in v])
+    assert results[0] == results[1]
+
+
+def test_state_of_other_shapes_loads_in_a_new_process(shaped, tmp_path):
+    """Checkpoint format 3 records each slot's shape and dtype; a new process continues bitwise."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    opt = shaped(clipnorm=1.0)
+    params, _, _ = shaped_run(opt, np.float64, steps=3)
+    checkpoint.save_optimizer(opt, tmp_path / "shaped.h5")
+    np.savez(tmp_path / "params.npz", *params)
+    last = gradient_steps(SHAPED, steps=1, seed=7)[0]
+    opt.apply_gradients(zip(last, params))
+    script = f"""
+import numpy as np
+from tests import extending_shapes
+from tests.cases import gradient_steps
+from numbaopt import checkpoint
+extending_shapes.declare()
+opt = checkpoint.load_optimizer({str(tmp_path / 'shaped.h5')!r})
+saved = np.load({str(tmp_path / 'params.npz')!r})
+params = [saved[f"arr_{{i}}"] for i in range({len(SHAPED)})]
+opt.apply_gradients(zip(gradient_steps({SHAPED!r}, steps=1, seed=7)[0], params))
+np.savez({str(tmp_path / 'after.npz')!r}, *params)
+"""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=root)
+    after = np.load(tmp_path / "after.npz")
+    for i, p in enumerate(params):
+        assert after[f"arr_{i}"].tobytes() == p.tobytes()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_state_of_other_shapes_runs_on_cuda(shaped, dtype, monkeypatch):
+    from numba import cuda
+
+    from numbaopt import tuning
+
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 4)
+    monkeypatch.setattr(tuning, "CHUNK_ELEMENTS", 8)
+    opt = shaped(clipnorm=1.0)
+    params, initial, steps = shaped_run(
+        opt, dtype, steps=3, to_device=lambda arrays: [cuda.to_device(a) for a in arrays],
+        to_host=lambda arrays: [a.copy_to_host() for a in arrays],
+    )
+    assert_shaped_matches(opt, params, initial, steps, dtype)

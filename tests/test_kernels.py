@@ -37,7 +37,7 @@ def _step_arguments(name, dtype, n=100):
     one = dtype(1)
     return (
         devices.CPU.addresses([p]), devices.CPU.addresses([g]), slots, np.zeros(1, np.int64),
-        np.array([[0, 0, n]], np.int64), (one, one, dtype(np.inf)), opt.step_scalars(dtype),
+        np.array([[0, 0, n]], np.int64), (one, one, dtype(np.inf)), opt.step_scalars(dtype), np.empty(0, dtype),
     ), (p, g)
 
 
@@ -73,7 +73,7 @@ def test_unclipped_loop_equals_clipped_loop_with_nothing_to_clip(name, dtype):
         args, _ = _step_arguments(name, dtype, 257)
         slots = args[2]
         kernel(devices.CPU.addresses(params), devices.CPU.addresses(grads), slots, args[3],
-               np.array([[0, 0, 200], [0, 200, 257]], np.int64), clip, args[6])
+               np.array([[0, 0, 200], [0, 200, 257]], np.int64), clip, args[6], args[7])
         results.append((params[0].copy(), slots.copy()))
     assert results[0][0].tobytes() == results[1][0].tobytes()
     assert results[0][1].tobytes() == results[1][1].tobytes()

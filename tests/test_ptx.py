@@ -55,7 +55,7 @@ def update_signature(name, dtype):
     opt = getattr(optimizers, name)()
     clip = numba.typeof(clip_arguments(1.0, 0.5, 2.0, dtype))
     scalars = numba.typeof(opt.step_scalars(dtype))
-    return (numba.int64[::1], numba.int64[::1], dt[:, ::1], numba.int64[::1], numba.int64[:, ::1], clip, scalars)
+    return (numba.int64[::1], numba.int64[::1], dt[:, ::1], numba.int64[::1], numba.int64[:, ::1], clip, scalars, dt[::1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -77,7 +77,7 @@ def test_update_kernel_compiles(kernels, name, dtype):
 def test_reduction_and_fill_kernels_compile(kernels, dtype):
     dt = numba.from_dtype(np.dtype(dtype))
     signatures = {
-        "sum_of_squares": (numba.int64[::1], numba.int64[:, ::1], dt[:, ::1], numba.float64[::1], numba.float64[:, ::1]),
+        "sum_of_squares": (numba.int64[::1], numba.int64[:, ::1], dt[::1], numba.float64[::1], numba.float64[:, ::1]),
         "total": (numba.float64[::1], numba.float64[::1], numba.float64[:, ::1]),
         "fill_zero": (dt[:, ::1],),
     }

@@ -71,6 +71,50 @@ def renamed(
     return copy
 
 
+def helpers(function: Callable[..., Any]) -> list[types.FunctionType]:
+    """The plain Python functions of ``function``'s own module that it calls, and theirs:
+    a phase may share code between its passes (compiled with it, part of its digest)."""
+    found: dict[types.FunctionType, None] = {}
+
+    def visit(f: Callable[..., Any]) -> None:
+        for name in _names(f.__code__):
+            target = f.__globals__.get(name)
+            if isinstance(target, types.FunctionType) and target.__module__ == function.__module__ and target not in found:
+                if target is not function:
+                    found[target] = None
+                    visit(target)
+
+    visit(function)
+    return list(found)
+
+
+def _names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _names(constant)
+    return names
+
+
+def with_helpers(
+    function: Callable[..., Any], compile: Callable[[Callable[..., Any]], Any], bound: Mapping[str, Any]
+) -> types.FunctionType:
+    """A copy of ``function`` whose globals hold ``bound`` (the device's ``clip_gradient``)
+    and each of its ``helpers``, compiled by ``compile`` with the same globals."""
+    copies: dict[Callable[..., Any], types.FunctionType] = {}
+
+    def copy(f: Callable[..., Any]) -> types.FunctionType:
+        if f not in copies:
+            extra = dict(bound)
+            copies[f] = renamed(f, f"{f.__module__}.{f.__qualname__}", extra)
+            for helper in helpers(f):
+                extra[helper.__name__] = compile(copy(helper))
+            copies[f].__globals__.update(extra)
+        return copies[f]
+
+    return copy(function)
+
+
 def loop_for(loops: Mapping[int, Any], rule: Callable[..., Any], n_slots: int) -> Any:
     """``loops[n_slots]``, the loop of a device for rules with ``n_slots`` slots per element,
     or a ValueError saying that there is none."""

@@ -38,7 +38,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.kernels import loop_for, renamed, specialise
+from numbaopt.kernels import helpers, loop_for, renamed, specialise, with_helpers
 
 #: The compile options of every function here (see the module docstring for why).
 _element = njit(error_model="numpy")
@@ -253,14 +253,15 @@ ELEMENTS: Callable[..., None]
 
 def _update_step(
     params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
-    chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...],
+    chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
 ) -> None:
     """One step of ``RULE`` over every chunk of a group, in place (``RULE`` and ``ELEMENTS``
-    are the globals ``update_kernel`` binds)."""
+    are the globals ``update_kernel`` binds). ``like`` has the parameters' dtype, which
+    may differ from the slots'."""
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = _pointer(params[j], slots), _pointer(grads[j], slots)
+        p, g = _pointer(params[j], like), _pointer(grads[j], like)
         if clipping:
             ELEMENTS(RULE, clip_gradient, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
         else:
@@ -272,8 +273,9 @@ _UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int, bool], Any] =
 
 def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool = True) -> Any:
     """The CPU kernel that applies ``rule`` (a plain Python element rule) with ``n_slots``
-    slots per element: ``kernel(params, grads, slots, offsets, chunks, clip, scalars)``, on
-    every thread (``parallel``) or on the calling one. Made once per rule and process;
+    slots per element: ``kernel(params, grads, slots, offsets, chunks, clip, scalars, like)``, on
+    every thread (``parallel``) or on the calling one (``like``: an empty array of the
+    parameters' dtype, last). Made once per rule and process;
     compiled on its first call, or loaded from the on-disk cache."""
     kernel = _UPDATE_KERNELS.get((rule, n_slots, parallel))
     if kernel is None:
@@ -287,3 +289,151 @@ def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, parallel
 
 #: ``sum_of_squares`` on the calling thread (see ``_serial_kernel``); the same sums, bitwise.
 serial_sum_of_squares = _serial_kernel(renamed(sum_of_squares.py_func, "serial_sum_of_squares"))
+
+
+# ------------------------------------------------------------------ phases
+#
+# An optimizer whose state is not all shaped like its parameters steps in phases
+# (``numbaopt.phases``): element passes, whose rule also reads the tensor's per-tensor
+# slots (``t``, a view of them side by side), and tensor passes, a function run once per
+# tensor over views of every slot of that tensor, which computes the reductions (sums over
+# rows, columns or the whole tensor) that later phases read. The threads share out the
+# chunks in an element pass, the tensors in a tensor pass; every sum is the function's own
+# loop over one tensor, so results do not depend on the number of threads.
+
+
+@_template
+def _phase_no_slot(
+    rule: Callable[..., tuple[float, ...]], p: Any, g: Any, slots: npt.NDArray[Any], offset: int, start: int, stop: int,
+    clip: tuple[float, float, float], t: npt.NDArray[Any], scalars: tuple[float, ...],
+) -> None:
+    for i in range(start, stop):
+        p[i] = rule(p[i], clip_gradient(g[i], *clip), t, *scalars)[0]
+
+
+@_template
+def _phase_one_slot(
+    rule: Callable[..., tuple[float, ...]], p: Any, g: Any, slots: npt.NDArray[Any], offset: int, start: int, stop: int,
+    clip: tuple[float, float, float], t: npt.NDArray[Any], scalars: tuple[float, ...],
+) -> None:
+    a = _row(slots, 0, offset)
+    for i in range(start, stop):
+        p[i], a[i] = rule(p[i], clip_gradient(g[i], *clip), a[i], t, *scalars)
+
+
+@_template
+def _phase_two_slots(
+    rule: Callable[..., tuple[float, ...]], p: Any, g: Any, slots: npt.NDArray[Any], offset: int, start: int, stop: int,
+    clip: tuple[float, float, float], t: npt.NDArray[Any], scalars: tuple[float, ...],
+) -> None:
+    a, b = _row(slots, 0, offset), _row(slots, 1, offset)
+    for i in range(start, stop):
+        p[i], a[i], b[i] = rule(p[i], clip_gradient(g[i], *clip), a[i], b[i], t, *scalars)
+
+
+@_template
+def _phase_three_slots(
+    rule: Callable[..., tuple[float, ...]], p: Any, g: Any, slots: npt.NDArray[Any], offset: int, start: int, stop: int,
+    clip: tuple[float, float, float], t: npt.NDArray[Any], scalars: tuple[float, ...],
+) -> None:
+    a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
+    for i in range(start, stop):
+        p[i], a[i], b[i], c[i] = rule(p[i], clip_gradient(g[i], *clip), a[i], b[i], c[i], t, *scalars)
+
+
+#: The element loop of an element pass, per number of element-shaped slots.
+PHASE_LOOPS: dict[int, Any] = {0: _phase_no_slot, 1: _phase_one_slot, 2: _phase_two_slots, 3: _phase_three_slots}
+
+
+def _element_pass(
+    params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
+    chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
+    buffer: npt.NDArray[Any], tensor_base: npt.NDArray[np.int64], n_tensor_slots: int,
+) -> None:
+    """An element pass of ``RULE`` over every chunk of a group (``ELEMENTS``: its loop)."""
+    for c in prange(chunks.shape[0]):
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = _pointer(params[j], like), _pointer(grads[j], like)
+        t = buffer[tensor_base[j] : tensor_base[j] + n_tensor_slots]
+        ELEMENTS(RULE, p, g, slots, offsets[j], start, stop, clip, t, scalars)  # noqa: F821
+
+
+# The call of a tensor pass's function, per number of declared slots: the views of slot
+# ``k`` of tensor ``j`` are ``buffer[offsets[k, j] : offsets[k, j] + sizes[k, j]]``.
+
+
+@_template
+def _tensor_one_slot(function: Callable[..., None], p: Any, g: Any, buffer: npt.NDArray[Any], o: Any, s: Any, j: int,
+                     dims: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]) -> None:
+    function(p, g, buffer[o[0, j] : o[0, j] + s[0, j]], dims[j, 0], dims[j, 1], dims[j, 2], clip, *scalars)
+
+
+@_template
+def _tensor_two_slots(function: Callable[..., None], p: Any, g: Any, buffer: npt.NDArray[Any], o: Any, s: Any, j: int,
+                      dims: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]) -> None:
+    function(p, g, buffer[o[0, j] : o[0, j] + s[0, j]], buffer[o[1, j] : o[1, j] + s[1, j]],
+             dims[j, 0], dims[j, 1], dims[j, 2], clip, *scalars)
+
+
+@_template
+def _tensor_three_slots(function: Callable[..., None], p: Any, g: Any, buffer: npt.NDArray[Any], o: Any, s: Any, j: int,
+                        dims: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]) -> None:
+    function(p, g, buffer[o[0, j] : o[0, j] + s[0, j]], buffer[o[1, j] : o[1, j] + s[1, j]],
+             buffer[o[2, j] : o[2, j] + s[2, j]], dims[j, 0], dims[j, 1], dims[j, 2], clip, *scalars)
+
+
+@_template
+def _tensor_four_slots(function: Callable[..., None], p: Any, g: Any, buffer: npt.NDArray[Any], o: Any, s: Any, j: int,
+                       dims: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]) -> None:
+    function(p, g, buffer[o[0, j] : o[0, j] + s[0, j]], buffer[o[1, j] : o[1, j] + s[1, j]],
+             buffer[o[2, j] : o[2, j] + s[2, j]], buffer[o[3, j] : o[3, j] + s[3, j]],
+             dims[j, 0], dims[j, 1], dims[j, 2], clip, *scalars)
+
+
+#: The call of a tensor pass's function, per number of declared slots.
+TENSOR_CALLS: dict[int, Any] = {1: _tensor_one_slot, 2: _tensor_two_slots, 3: _tensor_three_slots, 4: _tensor_four_slots}
+
+#: The global of each per-function copy of ``_tensor_pass`` (declared for the type checker).
+FUNCTION: Callable[..., None]
+CALL: Callable[..., None]
+
+
+def _tensor_pass(
+    params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], buffer: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
+    sizes: npt.NDArray[np.int64], dims: npt.NDArray[np.int64], tensors: npt.NDArray[np.int64],
+    clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
+) -> None:
+    """A tensor pass of ``FUNCTION`` over the group's ``tensors``, one tensor per thread at a time."""
+    for q in prange(tensors.shape[0]):
+        j = tensors[q]
+        p, g = _pointer(params[j], like), _pointer(grads[j], like)
+        CALL(FUNCTION, p, g, buffer, offsets, sizes, j, dims, clip, scalars)  # noqa: F821
+
+
+_PHASE_KERNELS: dict[tuple[str, Callable[..., Any], int, bool], Any] = {}
+
+
+def _with_clipping(function: Callable[..., Any]) -> Any:
+    """``function`` compiled with its global ``clip_gradient`` bound to the compiled one (a
+    phase calls ``numbaopt.clipping.clip_gradient`` on the gradients it reads), and its
+    module's helper functions compiled with it."""
+    return _element(with_helpers(function, _element, {"clip_gradient": clip_gradient}))
+
+
+def phase_kernel(kind: str, function: Callable[..., Any], n_slots: int, parallel: bool = True) -> Any:
+    """The CPU kernel of one phase: ``kind`` ``"element"`` (``function`` an element rule of
+    ``n_slots`` element-shaped slots) or ``"tensor"`` (``function`` a tensor function of
+    ``n_slots`` declared slots). Made once per function and process; cached on disk."""
+    key = (kind, function, n_slots, parallel)
+    kernel = _PHASE_KERNELS.get(key)
+    if kernel is None:
+        if kind == "element":
+            compiled = {"RULE": _with_clipping(function), "ELEMENTS": loop_for(PHASE_LOOPS, function, n_slots)}
+            template = _element_pass
+        else:
+            compiled = {"FUNCTION": _with_clipping(function), "CALL": loop_for(TENSOR_CALLS, function, n_slots)}
+            template = _tensor_pass
+        variant = "" if parallel else "serial"
+        copy = specialise(template, function, compiled, depends_on=(_clip_gradient, *helpers(function)), variant=variant)
+        kernel = _PHASE_KERNELS[key] = (_kernel if parallel else _serial_kernel)(copy)
+    return kernel

@@ -31,7 +31,7 @@ from numba.core import config
 
 from numbaopt import tuning
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.kernels import loop_for, specialise
+from numbaopt.kernels import helpers, loop_for, specialise, with_helpers
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -91,31 +91,34 @@ RULE: Callable[..., tuple[float, ...]]
 
 
 def _one_slot(
-    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]
+    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...],
+    like: Any,
 ) -> None:
     a = slots[0]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
         for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
             p[i], a[o + i] = RULE(p[i], clip_gradient(g[i], *clip), a[o + i], *scalars)  # noqa: F821
 
 
 def _two_slots(
-    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]
+    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...],
+    like: Any,
 ) -> None:
     a, b = slots[0], slots[1]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
         for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
             p[i], a[o + i], b[o + i] = RULE(p[i], clip_gradient(g[i], *clip), a[o + i], b[o + i], *scalars)  # noqa: F821
 
 
 def _three_slots(
-    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...]
+    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...],
+    like: Any,
 ) -> None:
     a, b, d = slots[0], slots[1], slots[2]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, slots)
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
         for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
             p[i], a[o + i], b[o + i], d[o + i] = RULE(  # noqa: F821
                 p[i], clip_gradient(g[i], *clip), a[o + i], b[o + i], d[o + i], *scalars
@@ -248,10 +251,10 @@ class UpdateLauncher:
 
     def __call__(
         self, params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: Any, offsets: npt.NDArray[np.int64],
-        chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...],
+        chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: Any,
     ) -> None:
         self.kernel[_blocks(len(chunks)), _threads_per_block()](
-            _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(chunks), clip, scalars
+            _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(chunks), clip, scalars, like
         )
 
 
@@ -308,3 +311,151 @@ def zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> Any:
     if rows.size:
         _fill_zero[_blocks(math.ceil(rows.shape[1] / _threads_per_block())), _threads_per_block()](rows)
     return array
+
+
+# ------------------------------------------------------------------ phases
+#
+# The CPU kernels' phases (``numbaopt.kernels.cpu``), launched on the GPU. An element pass
+# is laid out like an update kernel; a tensor pass runs each tensor's function on one
+# thread (the threads of the grid stride over the tensors): correct and deterministic,
+# but a big tensor's reductions are not yet spread over a block.
+
+
+def _phase_no_slot(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float],
+                   scalars: tuple[float, ...], like: Any, buffer: Any, tensor_base: Any, n_tensor_slots: int) -> None:
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
+        t = buffer[tensor_base[chunks[c, 0]] : tensor_base[chunks[c, 0]] + n_tensor_slots]
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i] = RULE(p[i], clip_gradient(g[i], *clip), t, *scalars)[0]  # noqa: F821
+
+
+def _phase_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float],
+                    scalars: tuple[float, ...], like: Any, buffer: Any, tensor_base: Any, n_tensor_slots: int) -> None:
+    a = slots[0]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
+        t = buffer[tensor_base[chunks[c, 0]] : tensor_base[chunks[c, 0]] + n_tensor_slots]
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], a[o + i] = RULE(p[i], clip_gradient(g[i], *clip), a[o + i], t, *scalars)  # noqa: F821
+
+
+def _phase_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float],
+                     scalars: tuple[float, ...], like: Any, buffer: Any, tensor_base: Any, n_tensor_slots: int) -> None:
+    a, b = slots[0], slots[1]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
+        t = buffer[tensor_base[chunks[c, 0]] : tensor_base[chunks[c, 0]] + n_tensor_slots]
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], a[o + i], b[o + i] = RULE(p[i], clip_gradient(g[i], *clip), a[o + i], b[o + i], t, *scalars)  # noqa: F821
+
+
+def _phase_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float],
+                       scalars: tuple[float, ...], like: Any, buffer: Any, tensor_base: Any, n_tensor_slots: int) -> None:
+    a, b, d = slots[0], slots[1], slots[2]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
+        t = buffer[tensor_base[chunks[c, 0]] : tensor_base[chunks[c, 0]] + n_tensor_slots]
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            p[i], a[o + i], b[o + i], d[o + i] = RULE(  # noqa: F821
+                p[i], clip_gradient(g[i], *clip), a[o + i], b[o + i], d[o + i], t, *scalars
+            )
+
+
+#: The element pass template per number of element-shaped slots.
+PHASE_TEMPLATES: dict[int, Callable[..., None]] = {
+    0: _phase_no_slot, 1: _phase_one_slot, 2: _phase_two_slots, 3: _phase_three_slots,
+}
+
+
+@_device
+def _tensor_dims(params: Any, grads: Any, dims: Any, j: int, like: Any) -> tuple[Any, Any, int, int, int]:
+    n = dims[j, 0]
+    return _tensor(params[j], n, like), _tensor(grads[j], n, like), n, dims[j, 1], dims[j, 2]
+
+
+def _tensor_one_slot(params: Any, grads: Any, buffer: Any, o: Any, s: Any, dims: Any, tensors: Any,
+                     clip: tuple[float, float, float], scalars: tuple[float, ...], like: Any) -> None:
+    for q in range(cuda.grid(1), tensors.shape[0], cuda.gridsize(1)):
+        j = tensors[q]
+        p, g, n, last, second = _tensor_dims(params, grads, dims, j, like)
+        FUNCTION(p, g, buffer[o[0, j] : o[0, j] + s[0, j]], n, last, second, clip, *scalars)  # noqa: F821
+
+
+def _tensor_two_slots(params: Any, grads: Any, buffer: Any, o: Any, s: Any, dims: Any, tensors: Any,
+                      clip: tuple[float, float, float], scalars: tuple[float, ...], like: Any) -> None:
+    for q in range(cuda.grid(1), tensors.shape[0], cuda.gridsize(1)):
+        j = tensors[q]
+        p, g, n, last, second = _tensor_dims(params, grads, dims, j, like)
+        FUNCTION(p, g, buffer[o[0, j] : o[0, j] + s[0, j]], buffer[o[1, j] : o[1, j] + s[1, j]],  # noqa: F821
+                 n, last, second, clip, *scalars)
+
+
+def _tensor_three_slots(params: Any, grads: Any, buffer: Any, o: Any, s: Any, dims: Any, tensors: Any,
+                        clip: tuple[float, float, float], scalars: tuple[float, ...], like: Any) -> None:
+    for q in range(cuda.grid(1), tensors.shape[0], cuda.gridsize(1)):
+        j = tensors[q]
+        p, g, n, last, second = _tensor_dims(params, grads, dims, j, like)
+        FUNCTION(p, g, buffer[o[0, j] : o[0, j] + s[0, j]], buffer[o[1, j] : o[1, j] + s[1, j]],  # noqa: F821
+                 buffer[o[2, j] : o[2, j] + s[2, j]], n, last, second, clip, *scalars)
+
+
+def _tensor_four_slots(params: Any, grads: Any, buffer: Any, o: Any, s: Any, dims: Any, tensors: Any,
+                       clip: tuple[float, float, float], scalars: tuple[float, ...], like: Any) -> None:
+    for q in range(cuda.grid(1), tensors.shape[0], cuda.gridsize(1)):
+        j = tensors[q]
+        p, g, n, last, second = _tensor_dims(params, grads, dims, j, like)
+        FUNCTION(p, g, buffer[o[0, j] : o[0, j] + s[0, j]], buffer[o[1, j] : o[1, j] + s[1, j]],  # noqa: F821
+                 buffer[o[2, j] : o[2, j] + s[2, j]], buffer[o[3, j] : o[3, j] + s[3, j]], n, last, second, clip, *scalars)
+
+
+#: The tensor pass template per number of declared slots.
+TENSOR_TEMPLATES: dict[int, Callable[..., None]] = {
+    1: _tensor_one_slot, 2: _tensor_two_slots, 3: _tensor_three_slots, 4: _tensor_four_slots,
+}
+
+#: Declared for the type checker only: ``phase_kernel`` binds it per copy.
+FUNCTION: Callable[..., None]
+
+
+def _with_clipping(function: Callable[..., Any]) -> Any:
+    """``function`` as a device function whose global ``clip_gradient`` is the device one."""
+    return _device(with_helpers(function, _device, {"clip_gradient": clip_gradient}))
+
+
+class PhaseLauncher:
+    """Launches one phase's compiled kernel with the CPU phase kernel's arguments."""
+
+    def __init__(self, kind: str, kernel: Any) -> None:
+        self.kind, self.kernel = kind, kernel
+
+    def __call__(self, *args: Any) -> None:
+        if self.kind == "element":
+            params, grads, slots, offsets, chunks, clip, scalars, like, buffer, tensor_base, n_tensor_slots = args
+            self.kernel[_blocks(len(chunks)), _threads_per_block()](
+                _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(chunks), clip, scalars,
+                like, buffer, _on_device(tensor_base), n_tensor_slots,
+            )
+        else:
+            params, grads, buffer, offsets, sizes, dims, tensors, clip, scalars, like = args
+            threads = _threads_per_block()
+            self.kernel[_blocks(math.ceil(len(tensors) / threads)), threads](
+                _on_device(params), _on_device(grads), buffer, _on_device(offsets), _on_device(sizes), _on_device(dims),
+                _on_device(tensors), clip, scalars, like,
+            )
+
+
+_PHASE_KERNELS: dict[tuple[str, Callable[..., Any], int], PhaseLauncher] = {}
+
+
+def phase_kernel(kind: str, function: Callable[..., Any], n_slots: int, parallel: bool = True) -> PhaseLauncher:
+    """The launcher of one phase's CUDA kernel (see ``numbaopt.kernels.cpu.phase_kernel``)."""
+    launcher = _PHASE_KERNELS.get((kind, function, n_slots))
+    if launcher is None:
+        if kind == "element":
+            template, compiled = loop_for(PHASE_TEMPLATES, function, n_slots), {"RULE": _with_clipping(function)}
+        else:
+            template, compiled = loop_for(TENSOR_TEMPLATES, function, n_slots), {"FUNCTION": _with_clipping(function)}
+        copy = specialise(template, function, compiled, depends_on=(_clip_gradient, *helpers(function)), variant=kind)
+        launcher = _PHASE_KERNELS[kind, function, n_slots] = PhaseLauncher(kind, cuda.jit(cache=True)(copy))
+    return launcher

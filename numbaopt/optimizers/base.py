@@ -25,7 +25,9 @@ import numpy.typing as npt
 from numbaopt import devices, keras_config, keras_weights, registry
 from numbaopt.clipping import clip_arguments
 from numbaopt.schedules import decayed_lr
+from numbaopt.phases import ElementPass, Phase, TensorPass
 from numbaopt.slots import Layout, SlotStore
+from numbaopt.state import OptimizerState, Slot, check_slots
 from numbaopt.step_checks import checked_arrays, checked_names, listed_pairs, names_tuple, split_pairs
 
 _O = TypeVar("_O", bound="Optimizer")
@@ -78,20 +80,6 @@ DEVICE = (Hyperparameter("device", None, "device"),)
 ALIASES = {"learning_rate": "lr"}
 
 
-class OptimizerState(NamedTuple):
-    """A copy of an optimizer's whole state; ``get_weights`` is its list view.
-
-    ``scalars`` holds the extra scalar state by name (Nadam's ``m_schedule``); ``slots``
-    maps each slot kind to one array per parameter, in parameter order (empty before the
-    first step); ``names`` is the tuple of parameter names, or None when none were given.
-    """
-
-    iterations: int
-    scalars: dict[str, float]
-    slots: dict[str, list[npt.NDArray[Any]]]
-    names: tuple[str, ...] | None = None
-
-
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -106,6 +94,17 @@ def _locked(method: Callable[Concatenate[Optimizer, _P], _R]) -> Callable[Concat
             return method(self, *args, **kwargs)
 
     return locked
+
+
+def _check_phases(cls: type[Optimizer]) -> None:
+    """Raise unless ``cls.phases`` is a non-empty tuple of phases whose slots the kernels
+    have loops for."""
+    if not isinstance(cls.phases, tuple) or not cls.phases or not all(isinstance(p, (ElementPass, TensorPass)) for p in cls.phases):
+        raise TypeError(f"{cls.__name__}.phases must be a non-empty tuple of ElementPass and TensorPass")
+    if not 1 <= len(cls.slots) <= 4:
+        raise TypeError(f"{cls.__name__}: a phased optimizer keeps 1 to 4 kinds of slots, got {len(cls.slots)}")
+    if sum(slot.shape == "element" for slot in cls.slots) > 3:
+        raise TypeError(f"{cls.__name__}: an element pass reads at most 3 element-shaped slots")
 
 
 def _hyperparameter(name: str) -> property:
@@ -124,20 +123,24 @@ def _hyperparameter(name: str) -> property:
 class Optimizer(metaclass=abc.ABCMeta):
     """Base class of the Keras 2.0 optimizers.
 
-    Subclasses declare ``hyperparameters`` (in Keras 2.0's positional order), ``slot_names``
-    (the slot kinds, in ``get_weights`` order), ``scalar_state`` (extra scalar state and its
+    Subclasses declare ``hyperparameters`` (in Keras 2.0's positional order), ``slots``
+    (``numbaopt.state.Slot``: name, shape, storage, in ``get_weights`` order; or
+    ``slot_names`` alone for slots shaped like their parameters), ``scalar_state`` (extra scalar state and its
     initial value), ``keras2_iterations`` (whether Keras 2.0's ``get_weights`` lists
     ``iterations``) and ``rule`` (the per-element update, a plain function of the parameter,
     the gradient, the slots and the step scalars that returns the new parameter and slots),
-    and implement ``step_scalars``. A class that defines its own ``rule`` is registered
-    (``numbaopt.registry``) under its class name.
+    and implement ``step_scalars``; or, for state of other shapes, ``phases`` instead of
+    ``rule`` (``numbaopt.phases``). A class that defines its own ``rule`` or ``phases`` is
+    registered (``numbaopt.registry``) under its class name.
 
     ``TFOptimizer`` is registered as a virtual subclass: it has the same public API but
     composes the shared step checks (``numbaopt.step_checks``) rather than inheriting.
     """
 
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
-    slot_names: ClassVar[tuple[str, ...]] = ()
+    slots: ClassVar[tuple[Slot, ...]] = ()
+    slot_names: ClassVar[tuple[str, ...]] = ()  # the names of ``slots``; declaring names alone means element slots
+    phases: ClassVar[tuple[Phase, ...]] = ()
     scalar_state: ClassVar[tuple[tuple[str, float], ...]] = ()
     keras2_iterations: ClassVar[bool] = True
     rule: ClassVar[Callable[..., tuple[float, ...]] | None] = None
@@ -147,7 +150,18 @@ class Optimizer(metaclass=abc.ABCMeta):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "rule" in cls.__dict__:
+        # State declared as ``slots`` (any shape and storage), or as ``slot_names`` alone:
+        # slots shaped and typed like their parameters, the common case.
+        if "slots" in cls.__dict__:
+            cls.slot_names = tuple(slot.name for slot in cls.slots)
+        elif "slot_names" in cls.__dict__:
+            cls.slots = tuple(Slot(name) for name in cls.slot_names)
+        check_slots(cls.__name__, cls.slots)
+        if "rule" in cls.__dict__ and "phases" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} declares both a rule and phases; a rule is the one-phase step")
+        if "phases" in cls.__dict__:
+            _check_phases(cls)
+        if "rule" in cls.__dict__ or "phases" in cls.__dict__:
             registry.register(cls)
         # The signature help() and IDEs show: the declared arguments in Keras 2.0's order,
         # then the keyword-only ones every optimizer takes; ``learning_rate`` comes in kwargs.
@@ -455,36 +469,32 @@ class Optimizer(metaclass=abc.ABCMeta):
         gradients (their ``addresses``): ``parts`` None, every parameter with the optimizer's
         own hyperparameters; else the parameters at ``stepped``, part by part. Everything
         is checked, and every scalar computed, before any kernel runs."""
-        for hyper in [None] if parts is None else [hyper for hyper, _ in parts]:
+        every_part: list[tuple[Mapping[str, Any] | None, npt.NDArray[np.intp] | None]] = (
+            [(None, None)] if parts is None else list(parts)
+        )
+        for hyper, _ in every_part:
             for dtype in layout.distinct_dtypes:
                 self._check_fits(dtype, hyper)
         layout.check_gradients(addresses)
         store = self._slots if self._slots is not None else self._create_slots(layout)
         grad_at = store.split(addresses)
-        rule = type(self).rule
-        if parts is None:
-            norm = global_norm
-            if norm is None and self._hyper.get("clipnorm"):
-                norm = store.global_norm(grad_at)
-            arguments = self._step_arguments(store, norm)
-            for group, param_at, group_grad_at, (clip, scalars) in zip(
-                store.groups, store.parameter_addresses(), grad_at, arguments
+        norm = global_norm
+        if norm is None and any((self._hyper if hyper is None else hyper).get("clipnorm") for hyper, _ in every_part):
+            norm = store.global_norm(grad_at, None if stepped is None else store.chunks_of(stepped))
+        arguments = [self._step_arguments(store, norm, hyper) for hyper, _ in every_part]
+        parameter_at = store.parameter_addresses()
+        for (_, at), part_arguments in zip(every_part, arguments):
+            for group, group_param_at, group_grad_at, (clip, scalars), chunks in zip(
+                store.groups, parameter_at, grad_at, part_arguments, store.chunks_of(at)
             ):
-                store.run(rule, group, param_at, group_grad_at, clip, scalars)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
+                if self.phases:
+                    store.run_phases(self.phases, group, group_param_at, group_grad_at, clip, scalars,
+                                     None if at is None else chunks)
+                else:
+                    store.run(type(self).rule, group, group_param_at, group_grad_at, clip, scalars,  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
+                              None if at is None else chunks)
+        with self._swapped(every_part[0][0] or self._hyper):
             self.advance_scalar_state()
-        else:
-            norm = global_norm
-            if norm is None and any(hyper.get("clipnorm") for hyper, _ in parts):
-                norm = store.global_norm(grad_at, store.chunks_of(stepped))
-            every_part = [self._step_arguments(store, norm, hyper) for hyper, _ in parts]
-            parameter_at = store.parameter_addresses()
-            for (_, at), arguments in zip(parts, every_part):
-                for group, group_param_at, group_grad_at, (clip, scalars), chunks in zip(
-                    store.groups, parameter_at, grad_at, arguments, store.chunks_of(at)
-                ):
-                    store.run(rule, group, group_param_at, group_grad_at, clip, scalars, chunks)  # type: ignore[arg-type]  # as above
-            with self._swapped(parts[0][0]):
-                self.advance_scalar_state()
         self._iterations += 1
 
     @contextlib.contextmanager
@@ -544,7 +554,7 @@ class Optimizer(metaclass=abc.ABCMeta):
     def _create_slots(self, layout: Layout) -> SlotStore:
         """The slots for a first step's parameters: zeros, or the state given before it."""
         store = SlotStore.create(
-            layout, self.slot_names, initial=self._pending_slots,
+            layout, self.slots, initial=self._pending_slots,
             origin=f"the first step after {self._pending_origin}",
         )
         self._slots, self._pending_slots = store, None

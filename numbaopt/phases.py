@@ -1,0 +1,39 @@
+"""The passes an optimizer's step is made of, declared on its class as ``phases``.
+
+Most optimizers are one element rule over slots shaped like their parameters: they
+declare ``rule`` and nothing here. An optimizer with state of other shapes (factored
+second moments, a per-tensor trust ratio) declares its step as a short list of phases,
+run in order over every tensor of the step, each compiled for the CPU and for CUDA:
+
+* ``ElementPass(rule)``: ``rule(p, g, *element slots, t, *scalars)`` for every element,
+  returning ``(p, *element slots)``, like a one-pass rule; ``t`` holds the tensor's
+  per-tensor slots (``Slot(..., shape="tensor")``), in declaration order, to read.
+* ``TensorPass(function)``: ``function(p, g, *slots, n, last, second_last, clip, *scalars)``
+  once per tensor, with a 1-d view of each declared slot of that tensor (every slot, in
+  declaration order), the tensor's element count and its last two axes (0, 0 for fewer
+  than two axes). It computes reductions (sums over rows, columns or the tensor) into
+  slots that later phases read, and may update anything it is given. It reads a gradient
+  as ``clip_gradient(g[i], *clip)`` (``numbaopt.clipping``), as element passes do.
+
+Every phase gets the same step scalars (``step_scalars``); every sum is a loop of the
+phase's own over one tensor, so a result never depends on the number of threads.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+
+class ElementPass(NamedTuple):
+    """An element rule that also reads the tensor's per-tensor slots (``t``)."""
+
+    rule: Callable[..., tuple[Any, ...]]
+
+
+class TensorPass(NamedTuple):
+    """A function run once per tensor over views of all its slots."""
+
+    function: Callable[..., None]
+
+
+Phase = ElementPass | TensorPass

@@ -1,0 +1,100 @@
+"""An optimizer's state as data: what each slot is, and the one object that carries it all.
+
+A slot is declared once, on the optimizer's class, as a ``Slot``: its name, the shape it
+takes from its parameter (one value per element, per row, per column or per tensor) and
+the dtype it is stored in. Everything that holds or moves state (the slot storage, the
+kernels, checkpoints, the Keras weights list, ``numbaopt.torch``, ``ShardedOptimizer``,
+Keras files) reads these declarations; none assumes a slot is shaped like its parameter.
+
+``OptimizerState`` is the state's one interchange form: ``Optimizer.state()`` gives it and
+``Optimizer.load_state()`` takes it; the Keras weights list is a view of it.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+#: The shapes a slot may take from its parameter of shape ``s``:
+#: ``element`` ``s``; ``rows`` ``s[:-1]`` and ``columns`` ``s[:-2] + s[-1:]`` (a factored
+#: second moment, as Keras 3's and optax's Adafactor keep it; a parameter of fewer than two
+#: dimensions has no rows or columns, and gets one value, shape ``()``); ``tensor`` ``()``.
+SHAPES = ("element", "rows", "columns", "tensor")
+
+#: The storage a slot may declare besides its parameter's dtype (``None``).
+STORAGE = ("float32",)
+
+
+class Slot(NamedTuple):
+    """One kind of optimizer state, kept per parameter.
+
+    ``shape`` is one of ``SHAPES``; ``dtype`` is None (the parameter's dtype) or one of
+    ``STORAGE``. How it shards over ranks follows from its shape (``shards``).
+    """
+
+    name: str
+    shape: str = "element"
+    dtype: str | None = None
+
+    def shape_of(self, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The slot's shape for a parameter of ``param_shape``."""
+        if self.shape == "element":
+            return tuple(param_shape)
+        if self.shape == "tensor" or len(param_shape) < 2:
+            return ()
+        if self.shape == "rows":
+            return tuple(param_shape[:-1])
+        return tuple(param_shape[:-2]) + tuple(param_shape[-1:])
+
+    def dtype_of(self, param_dtype: npt.DTypeLike) -> np.dtype[Any]:
+        """The dtype the slot is stored in for a parameter of ``param_dtype``."""
+        return np.dtype(param_dtype if self.dtype is None else self.dtype)
+
+    @property
+    def shards(self) -> str:
+        """``"elements"``: any range of elements can live on a rank of its own, as today's
+        element-wise state does; ``"tensors"``: a parameter's slot lives whole on one rank."""
+        return "elements" if self.shape == "element" else "tensors"
+
+    def describe(self) -> dict[str, Any]:
+        """The declaration as JSON types (what checkpoints of format 3 record)."""
+        return {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+
+
+def check_slots(owner: str, slots: tuple[Slot, ...]) -> None:
+    """Raise unless ``slots`` is a valid declaration: distinct names, known shapes and
+    storage, one storage for all (a parameter group keeps its slots in one buffer)."""
+    names = [slot.name for slot in slots]
+    if len(set(names)) != len(names):
+        raise TypeError(f"{owner} declares a slot name twice: {names}")
+    for slot in slots:
+        if not isinstance(slot, Slot):
+            raise TypeError(f"{owner}.slots must hold numbaopt.state.Slot declarations, got {slot!r}")
+        if slot.shape not in SHAPES:
+            raise TypeError(f"{owner}: slot {slot.name!r} has shape {slot.shape!r}; a slot's shape is one of {SHAPES}")
+        if slot.dtype is not None and slot.dtype not in STORAGE:
+            raise TypeError(f"{owner}: slot {slot.name!r} has dtype {slot.dtype!r}; a slot is stored as its parameter's dtype (None) or {STORAGE}")
+    if len({slot.dtype for slot in slots}) > 1:
+        raise TypeError(f"{owner}: every slot must declare the same dtype (a parameter group keeps its slots in one buffer)")
+
+
+def shards_by_tensor(slots: tuple[Slot, ...]) -> bool:
+    """Whether state of these slots must keep each parameter's slots whole on one rank."""
+    return any(slot.shards == "tensors" for slot in slots)
+
+
+class OptimizerState(NamedTuple):
+    """A copy of an optimizer's whole state: what ``Optimizer.state()`` gives and
+    ``Optimizer.load_state()`` takes; ``get_weights`` is its Keras list view.
+
+    ``scalars`` holds the extra scalar state by name (Nadam's ``m_schedule``); ``slots``
+    maps each slot name to one array per parameter, in parameter order, each of the
+    shape and dtype its ``Slot`` declares (empty before the first step); ``names`` is the
+    tuple of parameter names, or None when none were given.
+    """
+
+    iterations: int
+    scalars: dict[str, float]
+    slots: dict[str, list[npt.NDArray[Any]]]
+    names: tuple[str, ...] | None = None
