@@ -43,6 +43,7 @@ import numpy.typing as npt
 import numbaopt
 from numbaopt.optimizers import Optimizer  # imports every optimizer: the registry is complete
 from numbaopt.registry import optimizer_class
+from numbaopt.state import OptimizerState, Slot, check_slots
 
 if TYPE_CHECKING:
     from numbaopt.optimizers.tf_optimizer import TFOptimizer
@@ -52,8 +53,11 @@ if TYPE_CHECKING:
 #: The value of the root ``format`` attribute: what marks an HDF5 file as a numbaopt checkpoint.
 FORMAT = "numbaopt optimizer checkpoint"
 
-#: The format this version writes; it reads every version up to this one.
-FORMAT_VERSION = 2
+#: The format this version writes; it reads every version up to this one. Format 3 records
+#: each slot's declaration (``slots``: name, shape kind, storage), so a slot's dataset has
+#: the shape and dtype its declaration gives; formats 1 and 2 hold slots shaped and typed
+#: like their parameters, which is what the declarations of their optimizers give.
+FORMAT_VERSION = 3
 
 #: The ending of temporary files; the next save to the same path sweeps those of dead writers.
 TEMPORARY_SUFFIX = ".numbaopt-tmp"
@@ -132,9 +136,11 @@ def save_optimizer(optimizer: Optimizer | TFOptimizer, path: str | os.PathLike[s
     slots = {kind: [np.asarray(a, order="C") for a in state.slots.get(kind, [])] for kind in cls.slot_names}
     n_params = len(next(iter(slots.values()), []))
     names = state.names or (None,) * n_params
-    first = slots[cls.slot_names[0]] if cls.slot_names else []
-    parameters = tuple(Parameter(names[i], tuple(first[i].shape), first[i].dtype.name) for i in range(n_params))
-    header = _header(cls.__name__, config_text, state.iterations, state.scalars, cls.slot_names, list(arrays))
+    if n_params and state.parameters is None:
+        raise ValueError(f"{cls.__name__}'s state does not say its parameters' shapes (slots given before a step, "
+                         "none shaped like its parameters); take a step first")
+    parameters = tuple(Parameter(names[i], tuple(shape), dtype) for i, (shape, dtype) in enumerate(state.parameters or ()))
+    header = _header(cls.__name__, config_text, state.iterations, state.scalars, cls.slots, list(arrays))
     digests = [{kind: _array_digest(slots[kind][i]) for kind in cls.slot_names} for i in range(n_params)]
     records = [_array_record(name, array.shape, array.dtype.name, _array_digest(array)) for name, array in arrays.items()]
 
@@ -195,7 +201,7 @@ def _header(
     config_text: str,
     iterations: int,
     scalars: Mapping[str, float],
-    slot_names: Iterable[str],
+    declared: Iterable[Slot],
     array_names: Iterable[str],
 ) -> dict[str, Any]:
     """The root attributes, as they are written (and read back for the digest)."""
@@ -208,7 +214,8 @@ def _header(
         "iterations": int(iterations),
         # JSON keeps a float64 exactly: Python writes the shortest repr that reads back the same.
         "scalar_state": json.dumps({k: float(v) for k, v in scalars.items()}, sort_keys=True),
-        "slot_names": json.dumps(list(slot_names)),
+        "slot_names": json.dumps([slot.name for slot in declared]),
+        "slots": json.dumps([slot.describe() for slot in declared]),
         "array_names": json.dumps(list(array_names)),
     }
 
@@ -408,14 +415,13 @@ def optimizer_from_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[st
     """A new optimizer with the state of ``checkpoint``, read from ``path`` (named in errors);
     ``load_optimizer`` after the read, and the sharded checkpoints' loader after theirs."""
     cls = optimizer_class(checkpoint.class_name)
-    weights = [np.array(checkpoint.iterations, np.int64)]
-    weights += [np.array(checkpoint.scalars[name], np.float64) for name, _ in cls.scalar_state]
-    for kind in cls.slot_names:
-        weights += checkpoint.slots[kind]
     names = [p.name for p in checkpoint.parameters]
     try:
         optimizer: Optimizer | TFOptimizer = cls.from_checkpoint_config(checkpoint.config, **options)
-        optimizer.set_weights(weights)
+        optimizer.load_state(OptimizerState(
+            checkpoint.iterations, dict(checkpoint.scalars), {kind: list(checkpoint.slots[kind]) for kind in cls.slot_names},
+            parameters=tuple((p.shape, p.dtype) for p in checkpoint.parameters) if checkpoint.slots else None,
+        ))
         optimizer.load_checkpoint_arrays(dict(checkpoint.arrays))
         optimizer.set_state_origin(f"loading the checkpoint {path}")
         if names and names[0] is not None:
@@ -480,11 +486,14 @@ def _read(f: Any) -> Checkpoint:
         "slot_names": _attribute(f, "slot_names", str),
     }
     records: list[dict[str, Any]] | None = None  # format 1 has no /arrays
+    if version >= 3:
+        header["slots"] = _attribute(f, "slots", str)
     if version >= 2:
         header["array_names"] = _attribute(f, "array_names", str)
         records = _read_array_records(f, _json(header, "array_names", list))
+    declared = _declared_slots(header)
     n_params = _attribute(f, "n_parameters", int)
-    parameters, digests = _read_parameters(f, n_params, _json(header, "slot_names", list))
+    parameters, digests = _read_parameters(f, n_params, declared)
     if _attribute(f, "sha256", str) != _manifest_digest(header, parameters, digests, records):
         raise CheckpointError("the header is corrupted: the attributes of /, /parameters and /arrays do not match / sha256")
 
@@ -499,9 +508,12 @@ def _read(f: Any) -> Checkpoint:
             f"a checkpoint is device-free (choose the device after loading, e.g. opt.device = 'cuda')"
         )
     scalars = _json(header, "scalar_state", dict)
-    slot_names = _json(header, "slot_names", list)
+    slot_names = [slot.name for slot in declared]
     if tuple(slot_names) != cls.slot_names:
         raise CheckpointError(f"attribute slot_names on / is {slot_names}, but {cls.__name__} has slots {list(cls.slot_names)}")
+    if version >= 3 and tuple(declared) != tuple(cls.slots):
+        raise CheckpointError(f"attribute slots on / declares {[s.describe() for s in declared]}, "
+                              f"but {cls.__name__} declares {[s.describe() for s in cls.slots]}")
     expected_scalars = sorted(name for name, _ in cls.scalar_state)
     if sorted(scalars) != expected_scalars:
         raise CheckpointError(f"attribute scalar_state on / has {sorted(scalars)}, but {cls.__name__} has {expected_scalars}")
@@ -522,11 +534,12 @@ def _read(f: Any) -> Checkpoint:
 
     slots: dict[str, list[npt.NDArray[Any]]] = {kind: [] for kind in slot_names}
     for i, parameter in enumerate(parameters):
-        for kind in slot_names:
+        for slot in declared:
+            kind = slot.name
             where = f"/parameters/{i}/{kind}"
             with _reading(where):
                 array = f["parameters"][str(i)][kind][()]
-            array = np.asarray(array, dtype=parameter.dtype)
+            array = np.asarray(array, dtype=slot.dtype_of(parameter.dtype))
             if _array_digest(array) != digests[i][kind]:
                 raise CheckpointError(f"{where} is corrupted: its data does not match its sha256 attribute")
             slots[kind].append(array)
@@ -567,7 +580,36 @@ def _read_array_records(f: Any, names: list[str]) -> list[dict[str, Any]]:
     return records
 
 
-def _read_parameters(f: Any, n_params: int, slot_names: list[str]) -> tuple[list[Parameter], list[dict[str, str]]]:
+def _declared_slots(header: Mapping[str, Any]) -> list[Slot]:
+    """The slot declarations a checkpoint records (format 3), or those its slot names mean
+    (formats 1 and 2: slots shaped and typed like their parameters)."""
+    names = _json(header, "slot_names", list)
+    if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
+        raise CheckpointError(f"attribute slot_names on / is not a list of distinct names: {_preview(names)}")
+    if "slots" not in header:
+        return [Slot(name) for name in names]
+    with _reading("attribute slots on /"):
+        recorded = json.loads(header["slots"])
+    if not isinstance(recorded, list):
+        raise CheckpointError(f"attribute slots on / should hold a JSON list of slot declarations, got {header['slots']!r:.80}")
+    declared = []
+    for record in recorded:
+        if (not isinstance(record, dict) or sorted(record) != ["dtype", "name", "shape"]
+                or not all(isinstance(record[key], str) for key in ("name", "shape"))
+                or not isinstance(record["dtype"], (str, type(None)))):
+            raise CheckpointError(f"attribute slots on / holds {record!r:.80}, not a slot declaration")
+        slot = Slot(record["name"], record["shape"], record["dtype"])
+        try:
+            check_slots("the checkpoint", (slot,))
+        except TypeError as error:
+            raise CheckpointError(f"attribute slots on /: {error}") from None
+        declared.append(slot)
+    if [slot.name for slot in declared] != names:
+        raise CheckpointError(f"attribute slots on / names {[s.name for s in declared]}, but slot_names is {names}")
+    return declared
+
+
+def _read_parameters(f: Any, n_params: int, declared: Sequence[Slot]) -> tuple[list[Parameter], list[dict[str, str]]]:
     """Each parameter's record and slot digests, with every dataset checked before it is read."""
     if n_params < 0:
         raise CheckpointError(f"attribute n_parameters on / is negative: {n_params}")
@@ -592,12 +634,14 @@ def _read_parameters(f: Any, n_params: int, slot_names: list[str]) -> tuple[list
             raise CheckpointError(f"attribute dtype on {where} is {dtype!r}, expected float32 or float64")
         with _reading(where):
             kinds = sorted(g.keys())
+        slot_names = [slot.name for slot in declared]
         if kinds != sorted(slot_names):
             raise CheckpointError(f"{where} holds datasets {_preview(kinds)}, expected the slots {sorted(slot_names)}")
         slot_digests = {}
-        for kind in slot_names:
+        for slot in declared:
+            kind = slot.name
             dataset = _member(g, kind, f"{where}/{kind}", group=False)
-            _check_dataset(dataset, tuple(shape), np.dtype(dtype), f"{where}/{kind}")
+            _check_dataset(dataset, slot.shape_of(tuple(shape)), slot.dtype_of(dtype), f"{where}/{kind}")
             slot_digests[kind] = _attribute(dataset, "sha256", str, where=f"{where}/{kind}")
         parameters.append(Parameter(name, tuple(shape), dtype))
         digests.append(slot_digests)
@@ -622,7 +666,8 @@ def _member(parent: Any, key: str, where: str, group: bool) -> Any:
 
 
 def _check_dataset(dataset: Any, shape: tuple[int, ...], dtype: np.dtype[Any], where: str) -> None:
-    """The slot's shape and dtype are its parameter's, and its bytes lie plainly in this file."""
+    """The slot's shape and dtype are what its declaration gives for its parameter, and its
+    bytes lie plainly in this file."""
     with _reading(where):
         if dataset.shape != shape:
             raise CheckpointError(f"{where} has shape {dataset.shape}, but its parameter has shape {shape}")

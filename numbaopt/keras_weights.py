@@ -124,18 +124,26 @@ def check_scalars(scalars: Mapping[str, npt.NDArray[Any]]) -> tuple[int | None, 
     return iterations, values
 
 
-def check_unbound_slots(slot_lists: Mapping[str, Sequence[npt.NDArray[Any]]]) -> None:
-    """Slot lists given before the first step: float arrays, the same shapes for every kind."""
+def check_unbound_slots(cls: type[Any], slot_lists: Mapping[str, Sequence[npt.NDArray[Any]]]) -> None:
+    """Slot lists given before the first step: float arrays, one count for every kind, and
+    the same shape and dtype for the kinds that ``cls`` declares alike (its ``slots``)."""
+    declared = {slot.name: slot for slot in cls.slots}
     lists = list(slot_lists.items())
     if not lists:
         return
     first_kind, first = lists[0]
     for kind, arrays in lists:
+        if len(arrays) != len(first):
+            raise ValueError(f"set_weights: {len(arrays)} arrays of {kind}, but {len(first)} of {first_kind}")
         for i, a in enumerate(arrays):
             if a.dtype not in (np.float32, np.float64):
                 raise TypeError(f"set_weights: {kind}[{i}] must be float32 or float64, got {a.dtype}")
-            if a.shape != first[i].shape or a.dtype != first[i].dtype:
+    alike = [(kind, arrays) for kind, arrays in lists if declared[kind][1:] == declared[first_kind][1:]]
+    for kind, arrays in alike:
+        for i, a in enumerate(arrays):
+            reference = alike[0][1][i]
+            if a.shape != reference.shape or a.dtype != reference.dtype:
                 raise ValueError(
                     f"set_weights: {kind}[{i}] has shape {a.shape} {a.dtype}, "
-                    f"but {first_kind}[{i}] has {first[i].shape} {first[i].dtype}"
+                    f"but {alike[0][0]}[{i}] has {reference.shape} {reference.dtype}"
                 )

@@ -91,10 +91,13 @@ class OptimizerState(NamedTuple):
     ``scalars`` holds the extra scalar state by name (Nadam's ``m_schedule``); ``slots``
     maps each slot name to one array per parameter, in parameter order, each of the
     shape and dtype its ``Slot`` declares (empty before the first step); ``names`` is the
-    tuple of parameter names, or None when none were given.
+    tuple of parameter names, or None when none were given; ``parameters`` the
+    ``(shape, dtype name)`` of each parameter the slots belong to, or None where unknown
+    (no step yet, or state given without them).
     """
 
     iterations: int
     scalars: dict[str, float]
     slots: dict[str, list[npt.NDArray[Any]]]
     names: tuple[str, ...] | None = None
+    parameters: tuple[tuple[tuple[int, ...], str], ...] | None = None

@@ -346,7 +346,7 @@ BAD_FILES = {
     "truncated": (lambda path: path.write_bytes(good_checkpoint_bytes()[: len(good_checkpoint_bytes()) // 2]), "truncated"),
     "flipped-slot-byte": (flip_slot_byte, "/parameters/0/ms is corrupted"),
     "foreign-hdf5": (foreign_hdf5, "not a numbaopt checkpoint"),
-    "future-version": (edit(lambda f: f.attrs.modify("format_version", 3)), "format version 3.*reads versions 1 to 2"),
+    "future-version": (edit(lambda f: f.attrs.modify("format_version", 4)), "format version 4.*reads versions 1 to 3"),
     "edited-header": (edit(lambda f: f.attrs.modify("iterations", 99), digest=False), "header is corrupted"),
     "wrong-slot-shape": (edit(replace_dataset(np.zeros((4, 3)))), r"/parameters/0/vs has shape \(4, 3\).*\(3, 4\)"),
     "wrong-slot-dtype": (edit(replace_dataset(np.zeros((3, 4), np.int64))), "/parameters/0/vs has dtype int64"),
@@ -605,7 +605,8 @@ def test_format_records_what_the_documentation_promises(tmp_path):
     path = tmp_path / "good.h5"
     path.write_bytes(good_checkpoint_bytes())
     with h5py.File(path) as f:
-        assert f.attrs["format"] == checkpoint.FORMAT and f.attrs["format_version"] == 2
+        assert f.attrs["format"] == checkpoint.FORMAT and f.attrs["format_version"] == 3
+        assert json.loads(f.attrs["slots"]) == [{"name": n, "shape": "element", "dtype": None} for n in ("ms", "vs")]
         assert f.attrs["array_names"] == "[]" and len(f["arrays"]) == 0
         assert f.attrs["numbaopt_version"] == numbaopt.__version__
         assert f.attrs["class_name"] == "Nadam" and int(f.attrs["iterations"]) == 2

@@ -26,7 +26,7 @@ from numbaopt import devices, keras_config, keras_weights, registry
 from numbaopt.clipping import clip_arguments
 from numbaopt.schedules import decayed_lr
 from numbaopt.phases import ElementPass, Phase, TensorPass
-from numbaopt.slots import Layout, SlotStore
+from numbaopt.slots import Layout, SlotStore, check_slots_match
 from numbaopt.state import OptimizerState, Slot, check_slots
 from numbaopt.step_checks import checked_arrays, checked_names, listed_pairs, names_tuple, split_pairs
 
@@ -189,6 +189,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         self._slots: SlotStore | None = None  # SlotStore once bound to parameters
         self._pending_slots: dict[str, list[npt.NDArray[Any]]] | None = None  # host arrays from set_weights before the first step
         self._pending_origin = "set_weights"  # where they came from, for error messages
+        self._pending_parameters: tuple[tuple[tuple[int, ...], str], ...] | None = None  # their parameters, when known
         self._names: tuple[str, ...] | None = None  # parameter names, from a named step, set_parameter_names or a checkpoint
 
     # ----------------------------------------------------------------- arguments
@@ -557,7 +558,7 @@ class Optimizer(metaclass=abc.ABCMeta):
             layout, self.slots, initial=self._pending_slots,
             origin=f"the first step after {self._pending_origin}",
         )
-        self._slots, self._pending_slots = store, None
+        self._slots, self._pending_slots, self._pending_parameters = store, None, None
         return store
 
     # ------------------------------------------------------------------- weights
@@ -565,13 +566,40 @@ class Optimizer(metaclass=abc.ABCMeta):
     @_locked
     def state(self) -> OptimizerState:
         """A copy of the whole state as an ``OptimizerState``."""
+        parameters = self._pending_parameters
         if self._slots is not None:
             slots = self._slots.host_slots()
+            parameters = tuple(zip(self._slots.shapes, (d.name for d in self._slots.dtypes)))
         elif self._pending_slots is not None:
             slots = {k: [a.copy() for a in v] for k, v in self._pending_slots.items()}
+            like = next((slot for slot in self.slots if slot.shape == "element" and slot.dtype is None), None)
+            if parameters is None and like is not None:  # element slots of the parameters' dtype tell
+                parameters = tuple((a.shape, a.dtype.name) for a in slots[like.name])
         else:
             slots = {}
-        return OptimizerState(self._iterations, dict(self._scalars), slots, self._names)
+        return OptimizerState(self._iterations, dict(self._scalars), slots, self._names, parameters)
+
+    @_locked
+    def load_state(self, state: OptimizerState) -> None:
+        """Take a whole ``OptimizerState`` (``state()``'s, a checkpoint's, a framework's).
+
+        Every slot array is checked against its declaration and, once the optimizer is
+        bound, against the parameters (their shapes, with ``state.parameters`` before the
+        first step) before anything changes; the slots bind at the next step otherwise.
+        """
+        weights = [np.array(state.iterations, np.int64)]
+        weights += [np.array(state.scalars[name], np.float64) for name, _ in self.scalar_state]
+        for kind in self.slot_names:
+            weights += list(state.slots.get(kind, []))
+        if state.parameters is not None and state.slots and self._slots is None:
+            shapes = tuple(tuple(shape) for shape, _ in state.parameters)
+            dtypes = tuple(np.dtype(dtype) for _, dtype in state.parameters)
+            check_slots_match(self.slots, state.slots, shapes, dtypes, "load_state")
+        self.set_weights(weights)
+        if state.parameters is not None and self._slots is None and state.slots:
+            self._pending_parameters = tuple((tuple(shape), str(dtype)) for shape, dtype in state.parameters)
+        if state.names is not None:
+            self.set_parameter_names(state.names)
 
     @_locked
     def set_parameter_names(self, names: Sequence[str]) -> None:
@@ -610,7 +638,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         if self._slots is not None:
             self._slots.check_host_slots(slot_lists)
         else:
-            keras_weights.check_unbound_slots(slot_lists)
+            keras_weights.check_unbound_slots(type(self), slot_lists)
         # Nothing below can fail.
         if iterations is not None:
             self._iterations = iterations
@@ -619,7 +647,7 @@ class Optimizer(metaclass=abc.ABCMeta):
             self._slots.load_host_slots(slot_lists)
         elif slot_lists and len(next(iter(slot_lists.values()))):
             self._pending_slots = {k: [np.array(a, copy=True) for a in v] for k, v in slot_lists.items()}
-            self._pending_origin = "set_weights"
+            self._pending_origin, self._pending_parameters = "set_weights", None
 
     def set_state_origin(self, origin: object) -> None:
         """Name where the state loaded before the first step came from (``load_optimizer``
