@@ -38,8 +38,10 @@ import numpy.typing as npt
 from numbaopt import devices, keras_weights, sharded_checkpoint, slots, tuning
 from numbaopt.checkpoint import CheckpointError, Parameter, read_checkpoint, save_optimizer
 from numbaopt.extras import install_command
-from numbaopt.optimizers import Optimizer, OptimizerState, registered, rule_based
+from numbaopt.optimizers import Optimizer, registered, rule_based
 from numbaopt.optimizers.base import ALIASES
+from numbaopt.phases import whole_tensors
+from numbaopt.state import OptimizerState, Slot
 from numbaopt.registry import optimizer_class
 from numbaopt.step_checks import checked_arrays, checked_names, listed_pairs, names_tuple, split_pairs
 
@@ -67,13 +69,25 @@ def partition(sizes: Sequence[int], n_ranks: int, chunk: int) -> list[_Ranges]:
     return _ranges(sizes, slots.chunk_table(sizes, chunk), _first_chunks(slots.chunk_table(sizes, chunk), n_ranks))
 
 
-def _first_chunks(table: npt.NDArray[np.int64], n_ranks: int) -> npt.NDArray[np.int64]:
+def _first_chunks(table: npt.NDArray[np.int64], n_ranks: int, whole_tensors: bool = False) -> npt.NDArray[np.int64]:
     """The first chunk (row of ``table``) of each rank, and the row count: a chunk goes to the
-    rank its middle element falls to when the elements are split evenly."""
+    rank its middle element falls to when the elements are split evenly; with
+    ``whole_tensors``, every chunk of a tensor goes where the tensor's middle element falls."""
     lengths = table[:, 2] - table[:, 1]
     middles = np.cumsum(lengths) - lengths / 2
+    if whole_tensors and len(table):
+        ends = np.cumsum(lengths)
+        tensors = table[:, 0]
+        first_of = np.searchsorted(tensors, tensors, side="left")
+        last_of = np.searchsorted(tensors, tensors, side="right") - 1
+        middles = ((ends[first_of] - lengths[first_of]) + ends[last_of]) / 2
     owners = np.minimum((middles * n_ranks / max(int(lengths.sum()), 1)).astype(np.int64), n_ranks - 1)
     return np.searchsorted(owners, np.arange(n_ranks + 1), side="left").astype(np.int64)
+
+
+def _owned(whole: bool, size: int, a: int, b: int) -> bool:
+    """Whether a rank holds the parameter whole (in its shape) rather than a flat piece."""
+    return whole and b - a == size
 
 
 def _ranges(sizes: Sequence[int], table: npt.NDArray[np.int64], firsts: npt.NDArray[np.int64]) -> list[_Ranges]:
@@ -90,12 +104,14 @@ def _ranges(sizes: Sequence[int], table: npt.NDArray[np.int64], firsts: npt.NDAr
 class _Plan:
     """Where every element goes in a step, for one layout of parameters and one communicator."""
 
-    def __init__(self, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype[Any]], n_ranks: int, rank: int) -> None:
+    def __init__(self, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype[Any]], n_ranks: int, rank: int,
+                 whole: bool = False) -> None:
         self.shapes, self.dtypes = tuple(shapes), tuple(dtypes)
         self.sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         self.chunk = tuning.CHUNK_ELEMENTS
+        self.whole = whole  # each tensor on one rank, in its shape (state that shards by tensor)
         table = slots.chunk_table(self.sizes, self.chunk)
-        firsts = _first_chunks(table, n_ranks)
+        firsts = _first_chunks(table, n_ranks, whole)
         self.ranges = _ranges(self.sizes, table, firsts)
         self.mine = self.ranges[rank]
         self.rank, self.n_ranks = rank, n_ranks
@@ -130,6 +146,17 @@ class _Plan:
                                    np.array([r[3] for r in rows], np.int64)))
         self.n_my_chunks = len(mine)
 
+    def owned(self, i: int, ranges: Sequence[tuple[int, int]] | None = None) -> bool:
+        """Whether parameter ``i`` lives whole, in its shape, in a shard of ``ranges`` (this rank's)."""
+        a, b = (self.mine if ranges is None else ranges)[i]
+        return _owned(self.whole, self.sizes[i], a, b)
+
+    def pieces_of(self, arrays: Sequence[npt.NDArray[Any]], ranges: Sequence[tuple[int, int]] | None = None) -> list[npt.NDArray[Any]]:
+        """The pieces of ``arrays`` (the parameters, or anything of their shapes) in a shard of
+        ``ranges``: flat element ranges, or the whole array for a tensor owned whole."""
+        ranges = self.mine if ranges is None else ranges
+        return [a if self.owned(i, ranges) else a.reshape(-1)[s:e] for i, (a, (s, e)) in enumerate(zip(arrays, ranges))]
+
 
 class ShardedOptimizer:
     """A numbaopt optimizer whose state is sharded over the ranks of ``comm`` (ZeRO stage 1).
@@ -154,18 +181,18 @@ class ShardedOptimizer:
             raise ValueError("ShardedOptimizer steps NumPy parameters on the CPU; the optimizer has device='cuda'")
         state = optimizer.state()
         shapes = dtypes = None
-        if state.slots:
-            first = next(iter(state.slots.values()))
-            shapes, dtypes = [a.shape for a in first], [a.dtype for a in first]
-        self._setup(type(optimizer), optimizer.checkpoint_config(), comm, timeout, state.iterations, state.scalars,
+        if state.slots and state.parameters is not None:
+            shapes, dtypes = [shape for shape, _ in state.parameters], [np.dtype(d) for _, d in state.parameters]
+        cls = type(optimizer)
+        self._setup(cls, optimizer.checkpoint_config(), comm, timeout, state.iterations, state.scalars,
                     shapes, dtypes, state.names,
-                    lambda ranges: {k: [a.reshape(-1)[s:e] for a, (s, e) in zip(v, ranges)] for k, v in state.slots.items()})
+                    lambda plan: {slot.name: _slot_pieces(plan, slot, state.slots[slot.name]) for slot in cls.slots})
 
     def _setup(self, cls: type[Optimizer], config: dict[str, Any], comm: Any, timeout: float | None,
                iterations: int, scalars: dict[str, float],
                shapes: Sequence[tuple[int, ...]] | None, dtypes: Sequence[np.dtype[Any]] | None,
-               names: Sequence[str] | None, pieces: Callable[[_Ranges], Mapping[str, Sequence[npt.NDArray[Any]]]]) -> None:
-        """Bind to ``comm`` with this state; ``pieces(ranges)`` gives the slots' pieces of this rank."""
+               names: Sequence[str] | None, pieces: Callable[[_Plan], Mapping[str, Sequence[npt.NDArray[Any]]]]) -> None:
+        """Bind to ``comm`` with this state; ``pieces(plan)`` gives the slots' pieces of this rank."""
         self._comm = comm
         self._timeout = timeout
         self._lock = threading.RLock()
@@ -173,12 +200,14 @@ class ShardedOptimizer:
         self._names = tuple(names) if names is not None else None
         self._plan: _Plan | None = None
         self._buffers: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] | None = None
-        weights: list[Any] = [np.array(iterations, np.int64)] + [np.array(scalars[n], np.float64) for n, _ in cls.scalar_state]
+        own: Mapping[str, Sequence[npt.NDArray[Any]]] = {}
+        parameters = None
         if shapes is not None and dtypes is not None:
-            self._plan = _Plan(shapes, [np.dtype(d) for d in dtypes], comm.Get_size(), comm.Get_rank())
-            own = pieces(self._plan.mine)
-            weights += [a for kind in cls.slot_names for a in own[kind]]
-        self._inner.set_weights(weights)
+            plan = self._plan = _Plan(shapes, [np.dtype(d) for d in dtypes], comm.Get_size(), comm.Get_rank(), whole_tensors(cls))
+            own = pieces(plan)
+            parameters = tuple((tuple(shape) if plan.owned(i) else (b - a,), plan.dtypes[i].name)
+                               for i, (shape, (a, b)) in enumerate(zip(plan.shapes, plan.mine)))
+        self._inner.load_state(OptimizerState(iterations, dict(scalars), {k: list(v) for k, v in own.items()}, None, parameters))
 
     # ------------------------------------------------------------------ the public face
 
@@ -210,7 +239,7 @@ class ShardedOptimizer:
     def __getattr__(self, name: str) -> Any:
         # Hyperparameters read as on the optimizer (opt.lr, opt.clipnorm).
         inner = self.__dict__.get("_inner")
-        if inner is not None and (name in type(inner)._settable or name in ALIASES):
+        if inner is not None and (name in type(inner).settable or name in ALIASES):
             return getattr(inner, name)
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
@@ -253,8 +282,9 @@ class ShardedOptimizer:
             averaged = self._reduce_scatter(plan, grads)
             norm = self._global_norm(plan, averaged) if self._inner.get_config().get("clipnorm") else None
             flat_params = [p.reshape(-1) for p in params]
-            own_pieces = [flat[a:b] for flat, (a, b) in zip(flat_params, plan.mine)]
-            self._inner._apply_gradients(zip(averaged, own_pieces), None, norm)
+            own_pieces = plan.pieces_of(params)
+            averaged = [g.reshape(p.shape) for g, p in zip(averaged, own_pieces)]
+            self._inner.apply_shard(zip(averaged, own_pieces), norm)
             self._all_gather(plan, flat_params)
             if names is not None:
                 self._names = names
@@ -324,7 +354,7 @@ class ShardedOptimizer:
         # Every rank holds the same description now, so the checks below end alike on all.
         shapes, dtypes = tuple(p.shape for p in params), tuple(p.dtype for p in params)
         if self._plan is None:
-            self._plan = _Plan(shapes, dtypes, self._comm.Get_size(), self._comm.Get_rank())
+            self._plan = _Plan(shapes, dtypes, self._comm.Get_size(), self._comm.Get_rank(), whole_tensors(type(self._inner)))
         else:
             _check_layout(self._plan, shapes, dtypes)
         if self._buffers is None:  # the first step: the buffers may not fit on some rank
@@ -386,12 +416,15 @@ class ShardedOptimizer:
             plan = self._plan
             if plan is None:
                 return OptimizerState(local.iterations, local.scalars, {}, self._names)
+            owners = [next((r for r in range(plan.n_ranks) if plan.owned(i, plan.ranges[r])), 0) for i in range(len(plan.shapes))]
             whole = {
-                kind: [np.concatenate([shard[kind][i] for shard in every]).reshape(shape)
-                       for i, shape in enumerate(plan.shapes)]
-                for kind in type(self._inner).slot_names
+                slot.name: [every[owners[i]][slot.name][i] if plan.whole
+                            else np.concatenate([shard[slot.name][i] for shard in every]).reshape(shape)
+                            for i, shape in enumerate(plan.shapes)]
+                for slot in type(self._inner).slots
             }
-            return OptimizerState(local.iterations, local.scalars, whole, self._names)
+            parameters = tuple((shape, dtype.name) for shape, dtype in zip(plan.shapes, plan.dtypes))
+            return OptimizerState(local.iterations, local.scalars, whole, self._names, parameters)
 
     def get_weights(self) -> list[npt.NDArray[Any]]:
         """The whole state as ``Optimizer.get_weights`` lists it (collective: ``gathered_state``)."""
@@ -497,9 +530,17 @@ class ShardedOptimizer:
         try:
             self._setup(cls, source.config, comm, timeout, source.iterations, source.scalars,
                         shapes if source.parameters else None, dtypes, names if names and names[0] is not None else None,
-                        lambda ranges: sharded_checkpoint.slot_pieces(source, ranges, stored, read))
+                        lambda plan: sharded_checkpoint.slot_pieces(source, plan.mine, stored, read, plan.whole))
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{path}: cannot rebuild {source.class_name} from the checkpoint: {error}") from error
+
+
+def _slot_pieces(plan: _Plan, slot: Slot, arrays: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+    """This rank's pieces of one slot, from the whole slot arrays: element ranges, or the
+    whole array of a tensor owned whole (and an empty stand-in for one owned elsewhere)."""
+    if not plan.whole:
+        return plan.pieces_of(arrays)
+    return [a if plan.owned(i) else np.zeros(slot.shape_of((0,)), a.dtype) for i, a in enumerate(arrays)]
 
 
 def _check_comm_and_timeout(comm: Any, timeout: float | None) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from numbaopt.state import shards_by_tensor
+
 
 class ElementPass(NamedTuple):
     """An element rule that also reads the tensor's per-tensor slots (``t``)."""
@@ -37,3 +39,9 @@ class TensorPass(NamedTuple):
 
 
 Phase = ElementPass | TensorPass
+
+
+def whole_tensors(cls: type[Any]) -> bool:
+    """Whether optimizer class ``cls`` needs each parameter whole where it steps (sharded
+    over ranks): a slot not shaped like its parameter (``Slot.shards``), or a tensor pass."""
+    return shards_by_tensor(cls.slots) or any(isinstance(phase, TensorPass) for phase in cls.phases)

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 import numbaopt
 from numbaopt import registry
+from numbaopt.phases import whole_tensors
 from numbaopt.checkpoint import (
     _INT64_LIMIT,
     Checkpoint,
@@ -175,8 +176,10 @@ def read_whole(path: str | os.PathLike[str]) -> Checkpoint:
     index = read_index(path)
     shards = [read_shard(index, k) for k in range(len(index.shards))]  # every one checked, even empty ones
     whole = [(0, _size(p.shape)) for p in index.parameters]
-    slots = slot_pieces(index, whole, [s.ranges for s in index.shards], lambda k: shards[k].slots)
-    slots = {kind: [a.reshape(p.shape) for a, p in zip(arrays, index.parameters)] for kind, arrays in slots.items()}
+    by_tensor = whole_tensors(registry.optimizer_class(index.class_name))
+    slots = slot_pieces(index, whole, [s.ranges for s in index.shards], lambda k: shards[k].slots, by_tensor)
+    if not by_tensor:
+        slots = {kind: [a.reshape(p.shape) for a, p in zip(arrays, index.parameters)] for kind, arrays in slots.items()}
     version = min(shard.format_version for shard in shards)  # the index lists at least one
     return Checkpoint(version, index.numbaopt_version, index.class_name, index.config, index.iterations, index.scalars,
                       index.parameters, slots, {})
@@ -309,7 +312,8 @@ def read_shard(index: ShardedIndex, k: int) -> Checkpoint:
     if len(shard.parameters) != len(index.parameters):
         raise CheckpointError(f"{path}: {len(shard.parameters)} parameters, but the index has {len(index.parameters)}")
     for i, (piece, whole, (a, b)) in enumerate(zip(shard.parameters, index.parameters, record.ranges)):
-        if piece.shape != (b - a,) or piece.dtype != whole.dtype:
+        # A flat piece of the elements, or the whole parameter in its shape (state that shards by tensor).
+        if piece.shape not in ((b - a,), whole.shape if b - a == _size(whole.shape) else (b - a,)) or piece.dtype != whole.dtype:
             raise CheckpointError(f"{path}: parameter {i} holds {piece.shape} {piece.dtype}, but the index "
                                   f"gives it elements {a} to {b} of a {whole.dtype} parameter")
     return shard
@@ -320,11 +324,18 @@ def slot_pieces(
     wanted: Sequence[tuple[int, int]],
     stored: Sequence[Sequence[tuple[int, int]]],
     read: Callable[[int], Mapping[str, Sequence[npt.NDArray[Any]]]],
+    whole: bool = False,
 ) -> dict[str, list[npt.NDArray[Any]]]:
     """Every slot's flat elements ``wanted[i]`` of each parameter, cut from the stored pieces:
     source ``k`` holds elements ``stored[k][i]`` of parameter ``i``, and ``read(k)`` gives its
-    slots. Only the sources that hold wanted elements are read."""
+    slots. Only the sources that hold wanted elements are read.
+
+    With ``whole`` (state that shards by tensor), a parameter is wanted whole or not at all:
+    its slots come whole, in their declared shapes, from a source that holds it whole, and a
+    parameter not wanted gets the slots of an empty one."""
     cls = registry.optimizer_class(index.class_name)
+    if whole:
+        return _whole_slot_pieces(cls, index, wanted, stored, read)
     overlapping = {}
     for k, ranges in enumerate(stored):
         overlaps = [(i, max(a, c), min(b, d)) for i, ((a, b), (c, d)) in enumerate(zip(wanted, ranges)) if max(a, c) < min(b, d)]
@@ -339,6 +350,32 @@ def slot_pieces(
             for i, start, stop in overlaps:
                 source = np.asarray(sources[k][kind][i]).reshape(-1)
                 out[kind][i][start - wanted[i][0]: stop - wanted[i][0]] = source[start - stored[k][i][0]: stop - stored[k][i][0]]
+    return out
+
+
+def _whole_slot_pieces(
+    cls: type[Any],
+    index: ShardedIndex | Checkpoint,
+    wanted: Sequence[tuple[int, int]],
+    stored: Sequence[Sequence[tuple[int, int]]],
+    read: Callable[[int], Mapping[str, Sequence[npt.NDArray[Any]]]],
+) -> dict[str, list[npt.NDArray[Any]]]:
+    sizes = [_size(p.shape) for p in index.parameters]
+    sources: dict[int, list[int]] = {}
+    for i, (a, b) in enumerate(wanted):
+        if b - a == sizes[i]:
+            k = next((k for k, ranges in enumerate(stored) if ranges[i][1] - ranges[i][0] == sizes[i]), None)
+            if k is None:
+                raise CheckpointError(f"no shard holds parameter {i} whole")
+            sources.setdefault(k, []).append(i)
+    read_sources = {k: read(k) for k in sources}
+    out: dict[str, list[npt.NDArray[Any]]] = {
+        slot.name: [np.zeros(slot.shape_of((0,)), slot.dtype_of(p.dtype)) for p in index.parameters] for slot in cls.slots
+    }
+    for k, members in sources.items():
+        for slot in cls.slots:
+            for i in members:
+                out[slot.name][i] = np.asarray(read_sources[k][slot.name][i])
     return out
 
 

@@ -425,12 +425,10 @@ def check_slots_match(
             raise ValueError(f"{where}: {len(listed)} arrays for slot {slot.name!r}, expected {len(shapes)} (one per parameter)")
         for i, a in enumerate(listed):
             if a.shape != slot.shape_of(shapes[i]):
-                raise ValueError(
-                    f"{where}: {slot.name}[{i}] has shape {a.shape}, but parameter {i} of shape {shapes[i]} "
-                    f"has {slot.shape} slots of shape {slot.shape_of(shapes[i])}"
-                )
+                expected = "" if slot.shape == "element" else f", so its {slot.shape} slot has shape {slot.shape_of(shapes[i])}"
+                raise ValueError(f"{where}: {slot.name}[{i}] has shape {a.shape}, but parameter {i} has shape {shapes[i]}{expected}")
     for slot, listed in arrays.items():
         for i, a in enumerate(listed):
             if a.dtype != slot.dtype_of(dtypes[i]):
-                raise TypeError(f"{where}: {slot.name}[{i}] has dtype {a.dtype}, but parameter {i} of dtype {dtypes[i]} "
-                                f"keeps it as {slot.dtype_of(dtypes[i])}")
+                kept = "" if slot.dtype is None else f", and keeps {slot.name} as {slot.dtype}"
+                raise TypeError(f"{where}: {slot.name}[{i}] has dtype {a.dtype}, but parameter {i} has dtype {dtypes[i]}{kept}")

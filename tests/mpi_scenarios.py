@@ -253,6 +253,36 @@ def load(folder):
             raise AssertionError(f"{name} on {R} ranks: {error}") from error
 
 
+def shaped(folder):
+    """State of other shapes (``tests/extending_shapes.py``: factored, per-tensor) shards by
+    whole tensors: bitwise equal to one optimizer, gathered, saved on R ranks, loaded on R
+    ranks and whole, and continued."""
+    import extending_shapes  # beside this file, as the tests package is not on the path here
+
+    tuning.CHUNK_ELEMENTS = 7
+    shapes = SHAPES + [(0, 3), (2, 3, 4)]
+    for cls in extending_shapes.declare():
+        for dtype in (np.float32, np.float64):
+            dtypes = [dtype] * len(shapes)
+            params, reference = parameters(shapes, dtypes), parameters(shapes, dtypes)
+            sharded, single = ShardedOptimizer(cls(clipnorm=1.0), COMM), cls(clipnorm=1.0)
+            what = f"{cls.__name__} {np.dtype(dtype).name}"
+            try:
+                run_both(sharded, single, params, reference, shapes, dtypes, steps=3)
+                path = os.path.join(folder, f"{cls.__name__}-{np.dtype(dtype).name}-{R}.h5")
+                numbaopt.save_optimizer(sharded, path)
+                resumed, whole = numbaopt.load_optimizer(path, comm=COMM), numbaopt.load_optimizer(path)
+                copies, whole_params = [p.copy() for p in params], [p.copy() for p in params]
+                run_both(sharded, single, params, reference, shapes, dtypes, steps=2, first=3)
+                for step in (3, 4):
+                    resumed.apply_gradients(zip(gradients(step, RANK, shapes, dtypes), copies))
+                    whole.apply_gradients(zip(averaged(step, shapes, dtypes), whole_params))
+                assert_same(resumed, single, copies, reference, "resumed")
+                assert all(a.tobytes() == b.tobytes() for a, b in zip(whole_params, reference)), "loaded whole"
+            except AssertionError as error:
+                raise AssertionError(f"{what}: {error}") from error
+
+
 def crash(folder):
     """A save that fails after the shard files are written, before the index is replaced,
     leaves the previous set loadable and no new files behind; a damaged set is refused."""

@@ -45,6 +45,12 @@ def test_bitwise_equal_to_one_optimizer_fed_the_averaged_gradients(ranks, tmp_pa
     run("parity", ranks, tmp_path)
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_state_of_other_shapes_shards_by_whole_tensors(ranks, tmp_path):
+    """The factored and per-tensor optimizers of ``tests/extending_shapes.py``, unedited."""
+    run("shaped", ranks, tmp_path)
+
+
 @pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_a_rank_that_differs_makes_every_rank_raise_the_same_error(ranks, tmp_path):
     run("faults", ranks, tmp_path)

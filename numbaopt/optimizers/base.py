@@ -145,7 +145,7 @@ class Optimizer(metaclass=abc.ABCMeta):
     keras2_iterations: ClassVar[bool] = True
     rule: ClassVar[Callable[..., tuple[float, ...]] | None] = None
     # name -> Hyperparameter of what assignment may change; set per subclass
-    _settable: ClassVar[dict[str, Hyperparameter]] = {}
+    settable: ClassVar[dict[str, Hyperparameter]] = {}
     __signature__: ClassVar[inspect.Signature]  # set per subclass (declared only: the base keeps its own)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -172,12 +172,12 @@ class Optimizer(metaclass=abc.ABCMeta):
         parameters += [inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY, default=None) for h in CLIPPING + DEVICE]
         parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         cls.__signature__ = inspect.Signature(parameters)
-        cls._settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE}
+        cls.settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE}
         # Hyperparameters read as attributes, as in Keras (opt.lr, opt.beta_1, opt.clipnorm):
         # a property per name is read in a tenth of the time ``__getattr__`` takes (every
         # step reads several), which stays for the names a class does not declare.
-        for attribute, name in [(name, name) for name in cls._settable] + list(ALIASES.items()):
-            if name in cls._settable and attribute not in cls.__dict__:
+        for attribute, name in [(name, name) for name in cls.settable] + list(ALIASES.items()):
+            if name in cls.settable and attribute not in cls.__dict__:
                 setattr(cls, attribute, _hyperparameter(name))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -234,7 +234,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         # A new public attribute on one of numbaopt's optimizers, or one named like a
         # hyperparameter on a user's subclass, is a typo (opt.lrr = 0.5) that would do nothing.
         key = ALIASES.get(name, name)
-        declared = type(self)._settable
+        declared = type(self).settable
         if key in declared and "_hyper" in self.__dict__:
             checked = declared[key].check(value)
             with self._lock:  # never in the middle of another thread's step
@@ -254,7 +254,7 @@ class Optimizer(metaclass=abc.ABCMeta):
         have no other public attributes; a subclass may, unless named like a hyperparameter."""
         if cls.__module__.startswith("numbaopt."):
             return True
-        return bool(difflib.get_close_matches(name, cls._settable, n=1, cutoff=0.8))
+        return bool(difflib.get_close_matches(name, cls.settable, n=1, cutoff=0.8))
 
     def __getstate__(self) -> dict[str, Any]:
         """What ``pickle`` and ``copy.deepcopy`` keep: the whole state, with the slots as host
@@ -385,6 +385,12 @@ class Optimizer(metaclass=abc.ABCMeta):
             self._step(grads, params, global_norm=global_norm)
         if names is not None:
             self._names = names
+
+    def apply_shard(self, grads_and_vars: Iterable[tuple[npt.ArrayLike, Any]], global_norm: float | None) -> None:
+        """``apply_gradients`` over a shard of a larger step (``numbaopt.distributed``): its
+        clipnorm uses ``global_norm``, the norm of the whole step's gradients, instead of
+        these gradients' own."""
+        self._apply_gradients(grads_and_vars, None, global_norm)
 
     @_locked
     def apply_gradient_parts(

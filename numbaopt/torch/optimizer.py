@@ -22,6 +22,7 @@ import torch
 
 from numbaopt import devices
 from numbaopt.optimizers.base import CLIPPING, Hyperparameter
+from numbaopt.state import OptimizerState, Slot
 from numbaopt.optimizers.base import Optimizer as CoreOptimizer
 
 #: Keys of a state dict's own entry: what torch's layout (``state``, ``param_groups``) lacks.
@@ -121,15 +122,12 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def _extend_slots(self, added: list[Any]) -> None:
         """Zero slots for ``added`` parameters after those the core holds (a group added after a step)."""
-        weights = self._core.get_weights()
-        n_scalars = 1 + len(self.core.scalar_state)
-        n_old = (len(weights) - n_scalars) // len(self.core.slot_names)
-        zeros = [np.zeros(tuple(p.shape), devices.torch_dtype_name(p)) for p in added]
-        extended = weights[:n_scalars]
-        for k in range(len(self.core.slot_names)):
-            extended += weights[n_scalars + k * n_old : n_scalars + (k + 1) * n_old] + zeros
+        state = self._core.state()
+        new = [(tuple(p.shape), devices.torch_dtype_name(p)) for p in added]
+        slots = {slot.name: state.slots[slot.name] + [np.zeros(slot.shape_of(shape), slot.dtype_of(dtype)) for shape, dtype in new]
+                 for slot in self.core.slots}
         core = self.core(**self._core.get_config())
-        core.set_weights(extended)
+        core.load_state(state._replace(slots=slots, names=None, parameters=(state.parameters or ()) + tuple(new)))
         self._core = core
 
     def _parts(self) -> list[tuple[dict[str, Any], list[int]]]:
@@ -238,16 +236,16 @@ class TorchOptimizer(torch.optim.Optimizer):
         """Resume from ``state_dict()``'s output, bitwise. Everything is checked first (the
         class, the number of groups and parameters, every slot's shape and dtype, every
         hyperparameter, ``iterations``); a mismatch raises and changes nothing."""
-        groups, weights = self._checked_state(state_dict)
+        groups, state = self._checked_state(state_dict)
         core = self.core(**self._core.get_config())
-        core.set_weights(weights)
+        core.load_state(state)
         for group, saved in zip(self.param_groups, groups):
             group.update(saved)
         self._core = core
         self._checked.clear()
 
-    def _checked_state(self, state_dict: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[npt.NDArray[Any]]]:
-        """The param groups' new values and the core's weights list, from a checked ``state_dict``."""
+    def _checked_state(self, state_dict: Mapping[str, Any]) -> tuple[list[dict[str, Any]], OptimizerState]:
+        """The param groups' new values and the core's state, from a checked ``state_dict``."""
         name = type(self).__name__
         if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
             raise ValueError(f"{name}.load_state_dict takes a state dict with 'state' and 'param_groups'")
@@ -301,12 +299,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             entry = state[i]
             if not isinstance(entry, Mapping) or sorted(entry) != sorted(self.core.slot_names):
                 raise ValueError(f"{name}.load_state_dict: state {i} must hold {list(self.core.slot_names)}")
-            for kind in self.core.slot_names:
-                slots[kind].append(_slot_array(entry[kind], p, f"{name}.load_state_dict: state {i} {kind}"))
-        weights = [np.array(iterations, np.int64)] + [np.array(float(scalars[s]), np.float64) for s in expected]
-        for kind in self.core.slot_names:
-            weights += slots[kind]
-        return groups, weights
+            for slot in self.core.slots:
+                slots[slot.name].append(_slot_array(entry[slot.name], p, slot, f"{name}.load_state_dict: state {i} {slot.name}"))
+        parameters = tuple((tuple(p.shape), devices.torch_dtype_name(p)) for p in params) if state else None
+        return groups, OptimizerState(iterations, {s: float(scalars[s]) for s in expected}, slots if state else {},
+                                      parameters=parameters)
 
     def shared_config(self) -> dict[str, Any]:
         """The core's config for every group: a numbaopt checkpoint holds one config, so
@@ -324,7 +321,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         """A core optimizer (NumPy API) with this one's config and a copy of its state: what
         a numbaopt checkpoint saves, and where a run can go on without torch."""
         core = self.core(**self.shared_config())
-        core.set_weights(self._core.get_weights())
+        core.load_state(self._core.state()._replace(names=None))
         return core
 
     def save_numbaopt_checkpoint(self, path: Any) -> None:
@@ -334,8 +331,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         save_optimizer(self.core_optimizer(), path)
 
 
-def _slot_array(value: object, param: Any, where: str) -> npt.NDArray[Any]:
-    """A saved slot as a host array of its parameter's shape and exactly its dtype."""
+def _slot_array(value: object, param: Any, slot: Slot, where: str) -> npt.NDArray[Any]:
+    """A saved slot as a host array of the shape and exactly the dtype ``slot`` declares for ``param``."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
         dtype = devices.torch_dtype_name(tensor)
@@ -343,8 +340,11 @@ def _slot_array(value: object, param: Any, where: str) -> npt.NDArray[Any]:
             raise TypeError(f"{where} has dtype {dtype}; slots are float32 or float64")
         value = tensor.numpy()
     array = np.asarray(value)
-    if array.shape != tuple(param.shape):
-        raise ValueError(f"{where} has shape {array.shape}, but its parameter has shape {tuple(param.shape)}")
-    if array.dtype.name != devices.torch_dtype_name(param):
-        raise TypeError(f"{where} has dtype {array.dtype}, but its parameter has dtype {devices.torch_dtype_name(param)}")
+    shape, dtype = slot.shape_of(tuple(param.shape)), slot.dtype_of(devices.torch_dtype_name(param))
+    if array.shape != shape:
+        owned = "its parameter has shape" if slot.shape == "element" else f"its parameter of shape {tuple(param.shape)} keeps one of shape"
+        raise ValueError(f"{where} has shape {array.shape}, but {owned} {shape}")
+    if array.dtype != dtype:
+        owned = "its parameter has dtype" if slot.dtype is None else "it is kept as"
+        raise TypeError(f"{where} has dtype {array.dtype}, but {owned} {dtype.name}")
     return np.array(array, copy=True)
