@@ -372,7 +372,7 @@ def _group(parent: Any, key: str) -> Any:
     with _reading(key):
         if key not in parent:
             return None
-    return checkpoint._member(parent, key, key, group=True)
+    return checkpoint.stored_member(parent, key, key, group=True)
 
 
 def _names_attribute(group: Any, key: str, where: str) -> list[str]:
@@ -415,7 +415,7 @@ def _dataset(parent: Any, key: str, where: str) -> npt.NDArray[Any]:
             raise CheckpointError(f"{where} is not a dataset")
         if dataset.dtype.kind not in "fiu" or dataset.dtype.itemsize > 8:
             raise CheckpointError(f"{where} has dtype {dataset.dtype}, not a number")
-    checkpoint._check_stored_plainly(dataset, where)  # contiguous, unfiltered: no more bytes than the file holds
+    checkpoint.check_stored_plainly(dataset, where)  # contiguous, unfiltered: no more bytes than the file holds
     with _reading(where):
         return np.asarray(dataset[()])
 
@@ -908,7 +908,7 @@ def _replace_atomically(
 
     checkpoint.replace_file(target, write)
     with contextlib.suppress(OSError):
-        checkpoint._fsync_directory(os.path.dirname(target))
+        checkpoint.fsync_directory(os.path.dirname(target))
 
 
 #: tf-keras splits a list attribute into numbered parts above this many bytes (HDF5's object header limit).
