@@ -724,10 +724,10 @@ def export_keras_optimizer(
 
     The file keeps its layout and optimizer generation (legacy or new-style), so
     ``tf_keras.models.load_model(path)`` resumes training with exactly this state: the
-    iteration count, the scalar state (``scalar_state``), every slot (matched to the file's variables by
-    name when the optimizer has parameter names, else by position), the optimizer's
-    settings in ``training_config``, and each ``{name: array}`` of ``parameters`` into the
-    model weight of that name. Everything is checked before anything is written
+    iteration count, the scalar state (``scalar_state``), every slot (matched to the file's
+    variables by name when the optimizer has parameter names, else by position), the
+    optimizer's settings in ``training_config``, and each ``{name: array}`` of
+    ``parameters`` into the model weight of that name. Everything is checked before anything is written
     (ValueError naming what does not match), and the file is replaced atomically.
     """
     if not isinstance(optimizer, Optimizer) or getattr(type(optimizer), "rule", None) is None:
@@ -859,7 +859,9 @@ def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[st
         if key == "lr":
             config["learning_rate"] = value
         elif key in renamed.values():
-            config.update({other: value for other, setting in renamed.items() if setting == key}, **{key: value})
+            for other in (other for other, setting in renamed.items() if setting == key):
+                config[other] = value
+            config[key] = value
         elif key == "clipnorm":
             config["global_clipnorm"] = value
         elif key == "decay" and "decay" not in config:
