@@ -2,15 +2,17 @@
 
 ``from numbaopt import optimizers`` gives SGD, RMSprop, Adagrad, Adadelta, Adam, Adamax,
 Nadam and TFOptimizer with Keras 2.0's names, defaults and arithmetic. Importing
-numbaopt compiles nothing and does not import Numba: kernels are compiled (or loaded from
-the on-disk cache) on first use.
+numbaopt imports only its version (``numbaopt.version``), compiles nothing and does not
+import Numba: kernels are compiled (or loaded from the on-disk cache) on first use.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from numbaopt.version import VERSION
+
+__version__ = VERSION
 
 _LAZY = {
     "optimizers": ("numbaopt.optimizers", None),

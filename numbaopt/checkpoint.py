@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-import numbaopt
 from numbaopt.optimizers import Optimizer  # imports every optimizer: the registry is complete
 from numbaopt.registry import optimizer_class
 from numbaopt.state import OptimizerState, Slot, check_slots
+from numbaopt.version import VERSION
 
 if TYPE_CHECKING:
     from numbaopt.optimizers.tf_optimizer import TFOptimizer
@@ -67,7 +67,7 @@ TEMPORARY_SUFFIX = ".numbaopt-tmp"
 _TEMPORARY_TAIL = 10 + 1 + 12 + len(TEMPORARY_SUFFIX)
 
 #: Integers in a checkpoint's JSON and its ``iterations`` are below this (int64's range).
-_INT64_LIMIT = 2**63
+INT64_LIMIT = 2**63
 
 _FLOAT_DTYPES = ("float32", "float64")
 
@@ -208,7 +208,7 @@ def _header(
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "numbaopt_version": numbaopt.__version__,
+        "numbaopt_version": VERSION,
         "class_name": class_name,
         "config": config_text,
         "iterations": int(iterations),
@@ -386,7 +386,7 @@ def _fsync(filename: str) -> None:
         os.close(fd)
 
 
-def _fsync_directory(folder: str) -> None:
+def fsync_directory(folder: str) -> None:
     """Make the rename itself durable (POSIX); Windows cannot open a folder for fsync."""
     if os.name != "posix":
         return
@@ -395,6 +395,11 @@ def _fsync_directory(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: The sync ``save_optimizer`` calls: a name of this module's own, so that a checkpoint's
+#: folder sync can fail (in a test) while the other writers' does not.
+_fsync_directory = fsync_directory
 
 
 # --------------------------------------------------------------------- loading
@@ -442,11 +447,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         size = os.path.getsize(path)
         if size == 0:
             raise CheckpointError("the file is empty (0 bytes)")
-        with _reading("the file"):
+        with reading("the file"):
             is_hdf5 = h5py.is_hdf5(path)
         if not is_hdf5:
             raise CheckpointError(f"not an HDF5 file ({size} bytes without an HDF5 signature)")
-        with _reading("the file"):
+        with reading("the file"):
             f = h5py.File(path, "r")
         with f:
             return _read(f)
@@ -455,7 +460,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 @contextlib.contextmanager
-def _reading(where: str) -> Iterator[None]:
+def reading(where: str) -> Iterator[None]:
     """Turn whatever h5py, JSON or NumPy raise on a damaged file into a CheckpointError naming ``where``."""
     try:
         yield
@@ -466,35 +471,35 @@ def _reading(where: str) -> Iterator[None]:
 
 
 def _read(f: Any) -> Checkpoint:
-    format_name = _attribute(f, "format", str, required=False)
+    format_name = read_attribute(f, "format", str, required=False)
     if format_name != FORMAT:
         raise CheckpointError(f"an HDF5 file but not a numbaopt checkpoint (/ has no attribute format={FORMAT!r})")
-    version = _attribute(f, "format_version", int)
+    version = read_attribute(f, "format_version", int)
     if version > FORMAT_VERSION or version < 1:
         raise CheckpointError(
-            f"format version {version} (attribute format_version on /); numbaopt {numbaopt.__version__} "
+            f"format version {version} (attribute format_version on /); numbaopt {VERSION} "
             f"reads versions 1 to {FORMAT_VERSION}: a newer numbaopt wrote this file"
         )
     header = {
         "format": format_name,
         "format_version": version,
-        "numbaopt_version": _attribute(f, "numbaopt_version", str),
-        "class_name": _attribute(f, "class_name", str),
-        "config": _attribute(f, "config", str),
-        "iterations": _attribute(f, "iterations", int),
-        "scalar_state": _attribute(f, "scalar_state", str),
-        "slot_names": _attribute(f, "slot_names", str),
+        "numbaopt_version": read_attribute(f, "numbaopt_version", str),
+        "class_name": read_attribute(f, "class_name", str),
+        "config": read_attribute(f, "config", str),
+        "iterations": read_attribute(f, "iterations", int),
+        "scalar_state": read_attribute(f, "scalar_state", str),
+        "slot_names": read_attribute(f, "slot_names", str),
     }
     records: list[dict[str, Any]] | None = None  # format 1 has no /arrays
     if version >= 3:
-        header["slots"] = _attribute(f, "slots", str)
+        header["slots"] = read_attribute(f, "slots", str)
     if version >= 2:
-        header["array_names"] = _attribute(f, "array_names", str)
+        header["array_names"] = read_attribute(f, "array_names", str)
         records = _read_array_records(f, _json(header, "array_names", list))
     declared = _declared_slots(header)
-    n_params = _attribute(f, "n_parameters", int)
+    n_params = read_attribute(f, "n_parameters", int)
     parameters, digests = _read_parameters(f, n_params, declared)
-    if _attribute(f, "sha256", str) != _manifest_digest(header, parameters, digests, records):
+    if read_attribute(f, "sha256", str) != _manifest_digest(header, parameters, digests, records):
         raise CheckpointError("the header is corrupted: the attributes of /, /parameters and /arrays do not match / sha256")
 
     try:
@@ -521,7 +526,7 @@ def _read(f: Any) -> Checkpoint:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise CheckpointError(f"scalar state {name} in attribute scalar_state on / is not a finite number: {value!r}")
     iterations = header["iterations"]
-    if not 0 <= iterations < _INT64_LIMIT:
+    if not 0 <= iterations < INT64_LIMIT:
         raise CheckpointError(
             f"attribute iterations on / is {'negative' if iterations < 0 else 'too large'}: {iterations} "
             f"(a step count is 0 to 2**63 - 1)"
@@ -537,7 +542,7 @@ def _read(f: Any) -> Checkpoint:
         for slot in declared:
             kind = slot.name
             where = f"/parameters/{i}/{kind}"
-            with _reading(where):
+            with reading(where):
                 array = f["parameters"][str(i)][kind][()]
             array = np.asarray(array, dtype=slot.dtype_of(parameter.dtype))
             if _array_digest(array) != digests[i][kind]:
@@ -546,7 +551,7 @@ def _read(f: Any) -> Checkpoint:
     arrays: dict[str, npt.NDArray[Any]] = {}
     for record in records or []:
         where = f"/arrays/{record['name']}"
-        with _reading(where):
+        with reading(where):
             array = f["arrays"][record["name"]][()]
         array = np.asarray(array, dtype=record["dtype"])
         if _array_digest(array) != record["sha256"]:
@@ -562,21 +567,21 @@ def _read_array_records(f: Any, names: list[str]) -> list[dict[str, Any]]:
         _check_array_name(name, CheckpointError, "attribute array_names on /")
     if len(set(names)) != len(names):
         raise CheckpointError(f"attribute array_names on / lists a name twice: {_preview(names)}")
-    group = _member(f, "arrays", "/arrays", group=True)
-    with _reading("/arrays"):
+    group = stored_member(f, "arrays", "/arrays", group=True)
+    with reading("/arrays"):
         members = sorted(group.keys())
     if members != sorted(names):
         raise CheckpointError(f"/arrays holds datasets {_preview(members)}, expected array_names {_preview(sorted(names))}")
     records = []
     for name in names:
         where = f"/arrays/{name}"
-        dataset = _member(group, name, where, group=False)
-        with _reading(where):
+        dataset = stored_member(group, name, where, group=False)
+        with reading(where):
             dtype = dataset.dtype
         if dtype.name not in ARRAY_DTYPES:
             raise CheckpointError(f"{where} has dtype {dtype}; a checkpoint's arrays are {', '.join(ARRAY_DTYPES)}")
-        _check_stored_plainly(dataset, where)
-        records.append(_array_record(name, dataset.shape, dtype.name, _attribute(dataset, "sha256", str, where=where)))
+        check_stored_plainly(dataset, where)
+        records.append(_array_record(name, dataset.shape, dtype.name, read_attribute(dataset, "sha256", str, where=where)))
     return records
 
 
@@ -588,7 +593,7 @@ def _declared_slots(header: Mapping[str, Any]) -> list[Slot]:
         raise CheckpointError(f"attribute slot_names on / is not a list of distinct names: {_preview(names)}")
     if "slots" not in header:
         return [Slot(name) for name in names]
-    with _reading("attribute slots on /"):
+    with reading("attribute slots on /"):
         recorded = json.loads(header["slots"])
     if not isinstance(recorded, list):
         raise CheckpointError(f"attribute slots on / should hold a JSON list of slot declarations, got {header['slots']!r:.80}")
@@ -613,8 +618,8 @@ def _read_parameters(f: Any, n_params: int, declared: Sequence[Slot]) -> tuple[l
     """Each parameter's record and slot digests, with every dataset checked before it is read."""
     if n_params < 0:
         raise CheckpointError(f"attribute n_parameters on / is negative: {n_params}")
-    group = _member(f, "parameters", "/parameters", group=True)
-    with _reading("/parameters"):
+    group = stored_member(f, "parameters", "/parameters", group=True)
+    with reading("/parameters"):
         members = sorted(group.keys())
     # The count first: n_parameters is only a number in the file, the members are what it holds.
     if len(members) != n_params or members != sorted(str(i) for i in range(n_params)):
@@ -622,17 +627,17 @@ def _read_parameters(f: Any, n_params: int, declared: Sequence[Slot]) -> tuple[l
     parameters, digests = [], []
     for i in range(n_params):
         where = f"/parameters/{i}"
-        g = _member(group, str(i), where, group=True)
-        name = _attribute(g, "name", str, required=False, where=where)
-        shape_text = _attribute(g, "shape", str, where=where)
-        with _reading(f"attribute shape on {where}"):
+        g = stored_member(group, str(i), where, group=True)
+        name = read_attribute(g, "name", str, required=False, where=where)
+        shape_text = read_attribute(g, "shape", str, where=where)
+        with reading(f"attribute shape on {where}"):
             shape = json.loads(shape_text)
         if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
             raise CheckpointError(f"attribute shape on {where} is not a list of sizes: {shape_text!r}")
-        dtype = _attribute(g, "dtype", str, where=where)
+        dtype = read_attribute(g, "dtype", str, where=where)
         if dtype not in _FLOAT_DTYPES:
             raise CheckpointError(f"attribute dtype on {where} is {dtype!r}, expected float32 or float64")
-        with _reading(where):
+        with reading(where):
             kinds = sorted(g.keys())
         slot_names = [slot.name for slot in declared]
         if kinds != sorted(slot_names):
@@ -640,19 +645,19 @@ def _read_parameters(f: Any, n_params: int, declared: Sequence[Slot]) -> tuple[l
         slot_digests = {}
         for slot in declared:
             kind = slot.name
-            dataset = _member(g, kind, f"{where}/{kind}", group=False)
+            dataset = stored_member(g, kind, f"{where}/{kind}", group=False)
             _check_dataset(dataset, slot.shape_of(tuple(shape)), slot.dtype_of(dtype), f"{where}/{kind}")
-            slot_digests[kind] = _attribute(dataset, "sha256", str, where=f"{where}/{kind}")
+            slot_digests[kind] = read_attribute(dataset, "sha256", str, where=f"{where}/{kind}")
         parameters.append(Parameter(name, tuple(shape), dtype))
         digests.append(slot_digests)
     return parameters, digests
 
 
-def _member(parent: Any, key: str, where: str, group: bool) -> Any:
+def stored_member(parent: Any, key: str, where: str, group: bool) -> Any:
     """A group or dataset stored in this file: hard links only, so nothing points elsewhere."""
     import h5py
 
-    with _reading(where):
+    with reading(where):
         link = parent.get(key, getlink=True)
         if link is None:
             raise CheckpointError(f"{where} is missing")
@@ -668,18 +673,18 @@ def _member(parent: Any, key: str, where: str, group: bool) -> Any:
 def _check_dataset(dataset: Any, shape: tuple[int, ...], dtype: np.dtype[Any], where: str) -> None:
     """The slot's shape and dtype are what its declaration gives for its parameter, and its
     bytes lie plainly in this file."""
-    with _reading(where):
+    with reading(where):
         if dataset.shape != shape:
             raise CheckpointError(f"{where} has shape {dataset.shape}, but its parameter has shape {shape}")
         if dataset.dtype.kind != "f" or dataset.dtype.itemsize != dtype.itemsize:
             raise CheckpointError(f"{where} has dtype {dataset.dtype}, but its parameter has dtype {dtype}")
-    _check_stored_plainly(dataset, where)
+    check_stored_plainly(dataset, where)
 
 
-def _check_stored_plainly(dataset: Any, where: str) -> None:
+def check_stored_plainly(dataset: Any, where: str) -> None:
     """The dataset's bytes lie contiguously in this file and are exactly as many as its shape needs,
     so reading it touches no other file and allocates no more than the file holds."""
-    with _reading(where):
+    with reading(where):
         if dataset.is_virtual or dataset.external or dataset.chunks is not None:
             raise CheckpointError(f"{where} is not stored contiguously in this file (virtual, external or chunked)")
         shape, dtype = dataset.shape, dataset.dtype
@@ -689,9 +694,9 @@ def _check_stored_plainly(dataset: Any, where: str) -> None:
             raise CheckpointError(f"{where} stores {stored} bytes, but shape {shape} {dtype} needs {expected}")
 
 
-def _attribute(obj: Any, key: str, kind: type[str] | type[int], required: bool = True, where: str = "/") -> Any:
+def read_attribute(obj: Any, key: str, kind: type[str] | type[int], required: bool = True, where: str = "/") -> Any:
     """An attribute of ``obj`` of Python type ``kind`` (str or int), or a CheckpointError naming it."""
-    with _reading(f"attribute {key} on {where}"):
+    with reading(f"attribute {key} on {where}"):
         if key not in obj.attrs:
             if required:
                 raise CheckpointError(f"attribute {key} on {where} is missing")
@@ -705,16 +710,16 @@ def _attribute(obj: Any, key: str, kind: type[str] | type[int], required: bool =
 
 
 def _json(header: Mapping[str, Any], key: str, kind: type[dict[str, Any]] | type[list[str]]) -> Any:
-    with _reading(f"attribute {key} on /"):
+    with reading(f"attribute {key} on /"):
         value = json.loads(header[key])
     if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):
         what = "object" if kind is dict else "list of strings"
         raise CheckpointError(f"attribute {key} on / should hold a JSON {what}, got {header[key]!r:.80}")
-    _check_numbers(key, value)
+    check_json_numbers(key, value)
     return value
 
 
-def _check_numbers(key: str, value: object) -> None:
+def check_json_numbers(key: str, value: object) -> None:
     """Every number in the JSON of attribute ``key`` is finite, and every integer fits in 64 bits.
 
     As ``save_optimizer`` writes them: a 10**400 or a 1e400 (inf) would otherwise pass the
@@ -727,7 +732,7 @@ def _check_numbers(key: str, value: object) -> None:
             items = value.items() if isinstance(value, dict) else enumerate(value)
             pending += [(item, (place, index)) for index, item in items]
         elif (isinstance(value, float) and not math.isfinite(value)) or (
-            isinstance(value, int) and not isinstance(value, bool) and not -_INT64_LIMIT <= value < _INT64_LIMIT
+            isinstance(value, int) and not isinstance(value, bool) and not -INT64_LIMIT <= value < INT64_LIMIT
         ):
             where = ""
             while place:

@@ -3,11 +3,14 @@
 Their configs carry more keys than Keras 2.0's. ``keras2_arguments`` maps them: a key that
 names a Keras 2.0 setting is renamed, a key with no effect at its recorded value is dropped,
 and a setting numbaopt cannot honour is refused with a ValueError that says why. It reads
-only the class's name and declared hyperparameters, so it sits below the optimizers.
+only the class's name, declared hyperparameters and ``keras`` declaration (its own inert
+keys and renamed settings, ``numbaopt.declarations``), so it sits below the optimizers.
 """
 from __future__ import annotations
 
 from typing import Any
+
+from numbaopt.declarations import keras_description
 
 _ANY = object()
 
@@ -28,13 +31,6 @@ _INERT_KEYS: dict[str, Any] = {
     "clipvalue": (None,),
 }
 
-#: Per optimizer: keys of later Keras with no effect at the listed values.
-_INERT_BY_CLASS: dict[str, dict[str, Any]] = {
-    "Adam": {"amsgrad": (False,)},
-    "RMSprop": {"momentum": (0, 0.0), "centered": (False,)},
-    "Adagrad": {"initial_accumulator_value": (0, 0.0)},
-}
-
 #: Keys that mark a config as written by a later Keras rather than Keras 2.0.
 _LATER_KERAS_KEYS = ("name", "learning_rate", "is_legacy_optimizer", "global_clipnorm")
 
@@ -45,7 +41,8 @@ def keras2_arguments(cls: type[Any], config: dict[str, Any]) -> dict[str, Any]:
         raise TypeError(f"an optimizer config must be a dict, got {type(config).__name__}")
     later_keras = any(key in config for key in _LATER_KERAS_KEYS)
     declared = {h.name for h in cls.hyperparameters} | {"clipnorm", "clipvalue", "learning_rate"}
-    inert_keys = {**_INERT_KEYS, **_INERT_BY_CLASS.get(cls.__name__, {})}
+    keras = keras_description(cls)  # the class's own inert keys, and settings stored under other keys
+    inert_keys = {**_INERT_KEYS, **keras.inert}
     arguments: dict[str, Any] = {}
     for key, value in config.items():
         if key in ("clipnorm", "clipvalue", "global_clipnorm") and value is None:
@@ -58,9 +55,8 @@ def keras2_arguments(cls: type[Any], config: dict[str, Any]) -> dict[str, Any]:
             )
         if key == "global_clipnorm":
             arguments["clipnorm"] = value
-        elif later_keras and key == "decay" and "schedule_decay" in declared and "schedule_decay" not in config:
-            # tf-keras's legacy Nadam stores Keras 2.0's schedule_decay under "decay".
-            arguments["schedule_decay"] = value
+        elif later_keras and key in keras.renamed and keras.renamed[key] not in config:
+            arguments[keras.renamed[key]] = value  # a setting a later Keras stores under another key
         elif key in declared or key not in inert_keys:
             arguments[key] = value  # an unknown key reaches the constructor, which refuses it
         elif inert_keys[key] is not _ANY and value not in inert_keys[key]:

@@ -9,9 +9,10 @@ state back into a tf-keras ``.h5``. The page ``docs/keras-files.md`` says what i
 Two promises, as for checkpoints:
 
 * **Only what numbaopt reproduces exactly.** A Keras class is imported only when its update
-  is Keras 2.0's (``_KERAS_CLASSES``); a setting or a class whose arithmetic differs is
-  refused with a ValueError that names it, never turned into a silently different optimizer.
-* **A file is data.** Class names are looked up in this module's own table, nothing named
+  is Keras 2.0's (as the optimizer of its name declares: its ``keras`` attribute,
+  ``numbaopt.declarations``); a setting or a class whose arithmetic differs is refused
+  with a ValueError that names it, never turned into a silently different optimizer.
+* **A file is data.** Class names are looked up in numbaopt's registry, nothing named
   in a file is imported or run, every dataset is checked before it is read, and every
   damaged, truncated or foreign file raises ``CheckpointError``.
 """
@@ -40,50 +41,11 @@ import numpy.typing as npt
 
 from numbaopt import checkpoint
 from numbaopt.checkpoint import CheckpointError
-from numbaopt.optimizers import Optimizer
+from numbaopt.declarations import KerasClass, keras_description
+from numbaopt.optimizers import Optimizer, rule_based
 from numbaopt.registry import optimizer_class
 
-#: Per file generation, the Keras classes whose update is Keras 2.0's, and per numbaopt slot
-#: kind the name Keras gives the slot. "legacy": tf-keras's ``optimizers.legacy`` (OptimizerV2);
-#: "new": tf-keras's ``optimizers`` (its new-style Optimizer); "keras3": Keras 3.
-_KERAS_CLASSES: dict[str, dict[str, dict[str, str]]] = {
-    "legacy": {
-        "SGD": {"moments": "momentum"},
-        "RMSprop": {"accumulators": "rms"},
-        "Adagrad": {"accumulators": "accumulator"},
-        "Adadelta": {"accumulators": "accum_grad", "delta_accumulators": "accum_var"},
-        "Adam": {"ms": "m", "vs": "v"},
-        "Adamax": {"ms": "m", "us": "v"},
-        "Nadam": {"ms": "m", "vs": "v"},
-    },
-    "new": {
-        "SGD": {"moments": "m"},
-        "Adadelta": {"accumulators": "accumulated_grad", "delta_accumulators": "accumulated_delta_var"},
-        "Adam": {"ms": "m", "vs": "v"},
-        "Adamax": {"ms": "m", "us": "u"},
-    },
-    "keras3": {
-        "SGD": {"moments": "momentum"},
-        "Adadelta": {"accumulators": "accumulated_grad", "delta_accumulators": "accumulated_delta_var"},
-        "Adam": {"ms": "momentum", "vs": "velocity"},
-        "Adamax": {"ms": "momentum", "us": "norm"},
-    },
-}
-
-#: Keras classes whose update is not Keras 2.0's, and why (the rest are refused as unknown).
-_DIFFERENT: dict[str, dict[str, str]] = {
-    "new": {
-        "RMSprop": "its epsilon sits inside the square root (rsqrt(v + epsilon))",
-        "Adagrad": "its epsilon sits inside the square root (sqrt(accumulator + epsilon))",
-        "Nadam": "its momentum schedule is 0.96**t without schedule_decay, and the file does not hold its running product",
-    },
-    "keras3": {
-        "RMSprop": "its epsilon sits inside the square root (sqrt(velocity + epsilon))",
-        "Adagrad": "its epsilon sits inside the square root (sqrt(accumulator + epsilon))",
-        "Nadam": "its momentum schedule is 0.96**t without schedule_decay",
-    },
-}
-
+#: The file generations (``numbaopt.declarations.GENERATIONS``) in words.
 _GENERATION_NAMES = {
     "legacy": "tf-keras legacy optimizer (tf_keras.optimizers.legacy)",
     "new": "tf-keras new-style optimizer (tf_keras.optimizers)",
@@ -116,7 +78,7 @@ class KerasOptimizerFile(NamedTuple):
     keras_config: dict[str, Any]  # the optimizer's config as Keras wrote it
     arguments: dict[str, Any]  # numbaopt constructor arguments
     iterations: _Stored | None  # None when the file holds no optimizer weights
-    scalars: dict[str, _Stored]  # numbaopt scalar state (Nadam's m_schedule) by name
+    scalars: dict[str, _Stored]  # numbaopt scalar state (``scalar_state``) by name
     names: tuple[str, ...]  # the parameters, in slot order
     weights: dict[str, _Stored]  # the parameters' values by name
     slots: dict[str, list[_Stored]]  # numbaopt slot kind -> one per parameter (empty kinds: not in the file)
@@ -125,6 +87,11 @@ class KerasOptimizerFile(NamedTuple):
     def optimizer_class(self) -> type[Optimizer]:
         cls: type[Optimizer] = optimizer_class(self.keras_class)
         return cls
+
+    @property
+    def keras(self) -> KerasClass:
+        """What the optimizer declares about the Keras class of the file's generation."""
+        return keras_description(self.optimizer_class).imported[self.generation]
 
 
 # ----------------------------------------------------------------------- import
@@ -153,7 +120,7 @@ def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer, dic
         slots = found.slots.get(kind)
         if slots:
             weights += [np.array(s.value, copy=True) for s in slots]
-        else:  # a slot Keras does not keep at these settings (SGD without momentum), or no step yet
+        else:  # a slot Keras does not keep at these settings (``unused_slots``), or no step yet
             weights += [np.zeros_like(found.weights[n].value) for n in found.names]
     params = {name: np.array(found.weights[name].value, order="C", copy=True) for name in found.names}
     try:
@@ -309,7 +276,7 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         class_name, config = _class_and_config(optimizer_config, "training_config's optimizer_config")
         generation = "new" if config.get("is_legacy_optimizer") is False else "legacy"
         keras_class = class_name.removeprefix("Custom>") if generation == "new" else class_name
-        slot_names = _supported(generation, keras_class, class_name)
+        keras = _supported(generation, keras_class, class_name)
         model_weights = _model_weights(f)
         opt_name = config.get("name", keras_class)
         if not isinstance(opt_name, str):
@@ -320,7 +287,7 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         names: tuple[str, ...] = ()
         slots: dict[str, list[_Stored]] = {}
         if group is not None:
-            iterations, scalars, names, slots = _optimizer_weights(group, generation, opt_name, slot_names)
+            iterations, scalars, names, slots = _optimizer_weights(group, generation, opt_name, keras)
             if not names and iterations is not None and int(iterations.value) == 0:
                 iterations = None  # new-style tf-keras saves its iteration count alone before the first step
         if not names:  # no slots name the trainable variables: Keras records no trainability per weight
@@ -332,7 +299,7 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         _check_slot_shapes(names, weights, slots)
     arguments = _arguments(keras_class, generation, config, bool(slots), _is_float64(weights))
     if iterations is not None:
-        _check_every_slot(keras_class, arguments, slot_names, slots, scalars)
+        _check_every_slot(keras_class, arguments, keras, slots, scalars)
     return KerasOptimizerFile(path, generation, keras_class, config, arguments, iterations, scalars, names, weights, slots)
 
 
@@ -383,17 +350,21 @@ def _check_finite(value: object, where: str) -> None:
             pending += [(v, place) for v in item]
 
 
-def _supported(generation: str, keras_class: str, class_name: str) -> dict[str, str]:
-    """The numbaopt slot kind -> Keras slot name table of a supported class, or a ValueError saying why not."""
-    table = _KERAS_CLASSES[generation]
-    if keras_class in table:
-        return table[keras_class]
-    what = _GENERATION_NAMES[generation]
-    if keras_class in _DIFFERENT.get(generation, {}):
-        raise _Refused(f"cannot import the {what} {keras_class}: {_DIFFERENT[generation][keras_class]}, "
-                         f"so its update is not Keras 2.0's")
-    raise _Refused(f"cannot import the optimizer class {class_name!r} ({what}): numbaopt imports only "
-                     f"{', '.join(table)}, whose update is Keras 2.0's; a custom or other class is not imported")
+def _supported(generation: str, keras_class: str, class_name: str) -> KerasClass:
+    """What the optimizer of the class's name declares about the class (its slot names...), or a
+    ValueError saying why it is not imported."""
+    imported = []
+    for cls in rule_based():
+        keras = keras_description(cls)
+        if cls.__name__ == keras_class and generation in keras.imported:
+            return keras.imported[generation]
+        if cls.__name__ == keras_class and generation in keras.refused:
+            raise _Refused(f"cannot import the {_GENERATION_NAMES[generation]} {keras_class}: "
+                           f"{keras.refused[generation]}, so its update is not Keras 2.0's")
+        if generation in keras.imported:
+            imported.append(cls.__name__)
+    raise _Refused(f"cannot import the optimizer class {class_name!r} ({_GENERATION_NAMES[generation]}): numbaopt "
+                   f"imports only {', '.join(imported)}, whose update is Keras 2.0's; a custom or other class is not imported")
 
 
 def _group(parent: Any, key: str) -> Any:
@@ -401,7 +372,7 @@ def _group(parent: Any, key: str) -> Any:
     with _reading(key):
         if key not in parent:
             return None
-    return checkpoint._member(parent, key, key, group=True)
+    return checkpoint.stored_member(parent, key, key, group=True)
 
 
 def _names_attribute(group: Any, key: str, where: str) -> list[str]:
@@ -444,7 +415,7 @@ def _dataset(parent: Any, key: str, where: str) -> npt.NDArray[Any]:
             raise CheckpointError(f"{where} is not a dataset")
         if dataset.dtype.kind not in "fiu" or dataset.dtype.itemsize > 8:
             raise CheckpointError(f"{where} has dtype {dataset.dtype}, not a number")
-    checkpoint._check_stored_plainly(dataset, where)  # contiguous, unfiltered: no more bytes than the file holds
+    checkpoint.check_stored_plainly(dataset, where)  # contiguous, unfiltered: no more bytes than the file holds
     with _reading(where):
         return np.asarray(dataset[()])
 
@@ -469,10 +440,12 @@ def _model_weights(f: Any) -> dict[str, _Stored]:
 
 
 def _optimizer_weights(
-    group: Any, generation: str, opt_name: str, slot_names: Mapping[str, str]
+    group: Any, generation: str, opt_name: str, keras: KerasClass
 ) -> tuple[_Stored | None, dict[str, _Stored], tuple[str, ...], dict[str, list[_Stored]]]:
     """iterations, scalar state, parameter names and slots from ``optimizer_weights``."""
-    by_keras_name = {keras: kind for kind, keras in slot_names.items()}
+    slot_names = keras.slots
+    by_keras_name = {keras_name: kind for kind, keras_name in slot_names.items()}
+    scalar_names = {f"{opt_name}/{keras_name}:0": (name, keras_name) for name, keras_name in keras.scalars.items()}
     iterations: _Stored | None = None
     scalars: dict[str, _Stored] = {}
     found: dict[str, dict[str, _Stored]] = {kind: {} for kind in slot_names}
@@ -485,10 +458,11 @@ def _optimizer_weights(
                 raise CheckpointError(f"{where} is not an iteration count: {value!r:.60}")
             iterations = _Stored(where, value)
             continue
-        if generation == "legacy" and weight == f"{opt_name}/momentum_cache:0":
+        if generation == "legacy" and weight in scalar_names:  # only tf-keras's legacy optimizers keep scalar state
+            name, keras_name = scalar_names[weight]
             if value.shape != () or value.dtype.kind != "f" or not math.isfinite(float(value)):
-                raise CheckpointError(f"{where} is not Nadam's momentum cache: {value!r:.60}")
-            scalars["m_schedule"] = _Stored(where, value)
+                raise CheckpointError(f"{where} is not a {keras_name} (the scalar {name}): {value!r:.60}")
+            scalars[name] = _Stored(where, value)
             continue
         kind, variable = _slot_of(weight, generation, opt_name, by_keras_name)
         if kind is None:
@@ -528,17 +502,19 @@ def _slot_of(weight: str, generation: str, opt_name: str, by_keras_name: Mapping
 
 
 def _check_every_slot(
-    keras_class: str, arguments: Mapping[str, Any], slot_names: Mapping[str, str], slots: Mapping[str, Any],
+    keras_class: str, arguments: Mapping[str, Any], keras: KerasClass, slots: Mapping[str, Any],
     scalars: Mapping[str, Any],
 ) -> None:
-    """A file with optimizer weights holds every slot kind and scalar, but SGD's moments without
-    momentum (tf-keras's legacy SGD keeps none then, and they have no effect)."""
-    for kind, keras_name in slot_names.items():
-        if kind not in slots and not (keras_class == "SGD" and arguments.get("momentum") == 0):
+    """A file with optimizer weights holds every slot kind and scalar, but the slots Keras does
+    not keep at its settings (``unused_slots``: they have no effect then)."""
+    cls = optimizer_class(keras_class)
+    unused = keras_description(cls).unused_slots
+    for kind, keras_name in keras.slots.items():
+        if kind not in slots and not (kind in unused and arguments.get(unused[kind]) == 0):
             raise CheckpointError(f"optimizer_weights holds no {keras_name} slots, which {keras_class} keeps")
-    for name, _ in optimizer_class(keras_class).scalar_state:
+    for name, _ in cls.scalar_state:
         if name not in scalars:
-            raise CheckpointError(f"optimizer_weights holds no momentum_cache, {keras_class}'s {name}")
+            raise CheckpointError(f"optimizer_weights holds no {keras.scalars.get(name, name)}, {keras_class}'s {name}")
 
 
 def _is_float64(weights: Mapping[str, _Stored]) -> bool:
@@ -577,7 +553,7 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
     if module != "keras.optimizers" or registered not in (None, class_name):
         raise _Refused(f"cannot import the optimizer class {class_name!r} from module {module!r}: "
                          f"a custom optimizer class is not imported")
-    slot_names = _supported("keras3", class_name, class_name)
+    keras = _supported("keras3", class_name, class_name)
     layer_names = _layer_order(model_config)
     with _reading("model.weights.h5"):
         f = h5py.File(io.BytesIO(weights_bytes), "r")
@@ -595,7 +571,8 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
     iterations, slot_values = values[0], values[2:]
     if not 0 <= int(iterations.value) < 2**63:
         raise CheckpointError(f"optimizer/vars/0 is not an iteration count: {iterations.value!r}")
-    kinds = [kind for kind in slot_names if kind != "moments" or _momentum(config) != 0]
+    unused = keras_description(optimizer_class(class_name)).unused_slots  # slots Keras 3 builds only when they act
+    kinds = [kind for kind in keras.slots if kind not in unused or _setting(config, unused[kind]) != 0]
     if not slot_values:  # saved before the first step: Keras 3 builds the slots then
         kinds = []
     if len(slot_values) != len(kinds) * len(variables):
@@ -623,9 +600,10 @@ def _zip_member(archive: zipfile.ZipFile, name: str) -> bytes:
     return archive.read(info)
 
 
-def _momentum(config: Mapping[str, Any]) -> float:
-    momentum = config.get("momentum", 1.0)
-    return float(momentum) if isinstance(momentum, (int, float)) else 1.0
+def _setting(config: Mapping[str, Any], key: str) -> float:
+    """A numeric setting of a Keras config; 1.0 where it is missing or not a number."""
+    value = config.get(key, 1.0)
+    return float(value) if isinstance(value, (int, float)) else 1.0
 
 
 def _layer_order(model_config: Mapping[str, Any]) -> list[str]:
@@ -692,29 +670,33 @@ def _arguments(
 
     config = dict(config)
     where = f"the {_GENERATION_NAMES[generation]} {keras_class}"
+    cls = optimizer_class(keras_class)
+    description = keras_description(cls)
+    keras = description.imported.get(generation, KerasClass({}))
     if float64:
-        for key in _FLOAT32_IN_FLOAT64.get((generation, keras_class), ()):
+        for key in keras.float32_settings:
             if isinstance(config.get(key), float):
                 config[key] = float(np.float32(config[key]))
-        for key in _MIXED_IN_FLOAT64.get((generation, keras_class), ()):
-            value = config.get(key)
-            if key == "*" or (isinstance(value, float) and float(np.float32(value)) != value):
-                raise ValueError(
-                    f"{where} in a float64 model uses {'its schedule constant 0.96' if key == '*' else f'{key}={value!r}'} "
-                    f"rounded to float32 in one place and not in another; numbaopt cannot reproduce that exactly"
-                )
+        mixed = [keras.mixed_constant] if keras.mixed_constant else []
+        mixed += [f"{key}={config[key]!r}" for key in keras.mixed_settings
+                  if isinstance(config.get(key), float) and float(np.float32(config[key])) != config[key]]
+        if mixed:
+            raise ValueError(
+                f"{where} in a float64 model uses {mixed[0]} "
+                f"rounded to float32 in one place and not in another; numbaopt cannot reproduce that exactly"
+            )
     if isinstance(config.get("learning_rate"), dict):
         raise ValueError(f"{where} uses a learning-rate schedule ({config['learning_rate'].get('class_name')!r}); "
                          f"numbaopt has Keras 2.0's decay only")
     if config.get("global_clipnorm") is not None and config.get("clipvalue") is not None:
         raise ValueError(f"{where} sets both global_clipnorm and clipvalue: Keras clips by value first, "
                          f"Keras 2.0 (numbaopt) by norm first, and the two do not commute")
-    if generation == "legacy" and keras_class == "Nadam" and "schedule_decay" in config:
-        config.pop("decay", None)  # tf-keras builds it from schedule_decay then (written by export_keras_optimizer)
-    if keras_class == "Adagrad" and "initial_accumulator_value" in config:
-        if has_slots:  # the accumulators in the file already hold it
-            del config["initial_accumulator_value"]
-    cls = optimizer_class(keras_class)
+    for key, setting in description.renamed.items():
+        if setting in config:  # Keras builds it from the setting's own key then (written by export_keras_optimizer)
+            config.pop(key, None)
+    for key in description.in_slots:
+        if key in config and has_slots:  # the slots in the file already hold it
+            del config[key]
     arguments = keras_config.keras2_arguments(cls, config)
     if "learning_rate" in arguments:
         arguments["lr"] = arguments.pop("learning_rate")
@@ -732,29 +714,6 @@ def _arguments(
     return arguments
 
 
-#: Settings tf-keras reads only through ``tf.cast(python_float, dtype)``, which rounds them to
-#: float32 first: in a float64 model the arithmetic uses float32(value).
-_FLOAT32_IN_FLOAT64: dict[tuple[str, str], tuple[str, ...]] = {
-    ("legacy", "SGD"): ("decay",),
-    ("legacy", "RMSprop"): ("decay",),
-    ("legacy", "Adagrad"): ("decay",),
-    ("legacy", "Adadelta"): ("decay",),
-    ("legacy", "Adam"): ("decay",),
-    ("legacy", "Adamax"): ("decay",),
-    ("new", "SGD"): ("momentum",),
-    ("keras3", "SGD"): ("momentum",),
-}
-
-#: Settings a float64 model uses both float32-rounded and exactly ("*": the class as a whole).
-_MIXED_IN_FLOAT64: dict[tuple[str, str], tuple[str, ...]] = {
-    ("legacy", "Nadam"): ("*",),
-    ("new", "Adam"): ("beta_1", "beta_2"),
-    ("new", "Adamax"): ("beta_1",),
-    ("keras3", "Adam"): ("beta_1", "beta_2"),
-    ("keras3", "Adamax"): ("beta_1",),
-}
-
-
 # ----------------------------------------------------------------------- export
 
 
@@ -765,10 +724,10 @@ def export_keras_optimizer(
 
     The file keeps its layout and optimizer generation (legacy or new-style), so
     ``tf_keras.models.load_model(path)`` resumes training with exactly this state: the
-    iteration count, Nadam's momentum cache, every slot (matched to the file's variables by
-    name when the optimizer has parameter names, else by position), the optimizer's
-    settings in ``training_config``, and each ``{name: array}`` of ``parameters`` into the
-    model weight of that name. Everything is checked before anything is written
+    iteration count, the scalar state (``scalar_state``), every slot (matched to the file's
+    variables by name when the optimizer has parameter names, else by position), the
+    optimizer's settings in ``training_config``, and each ``{name: array}`` of
+    ``parameters`` into the model weight of that name. Everything is checked before anything is written
     (ValueError naming what does not match), and the file is replaced atomically.
     """
     if not isinstance(optimizer, Optimizer) or getattr(type(optimizer), "rule", None) is None:
@@ -821,7 +780,7 @@ def _laid_out(
         raise ValueError(f"the optimizer's parameters {unknown} are no weights of {found.path}")
     variables = tuple(n for n in found.weights if n in names)
     opt_name = str(found.keras_config.get("name", found.keras_class))
-    keras_slots = _KERAS_CLASSES[found.generation][found.keras_class]
+    keras_slots = found.keras.slots
     kinds = [k for k in keras_slots if found.generation != "legacy" or not _unused_slot(optimizer, k)]
     legacy = found.generation == "legacy"
 
@@ -838,8 +797,8 @@ def _laid_out(
     weight_names = [f"{opt_name}/iter:0" if legacy else "iteration:0"]
     iterations = _Stored(f"optimizer_weights/{weight_names[0]}", np.zeros((), np.int64))
     scalars = {}
-    for name, _ in optimizer.scalar_state:  # legacy Nadam's momentum cache, in the first variable's dtype
-        weight_names.append(f"{opt_name}/momentum_cache:0")
+    for name, _ in optimizer.scalar_state:  # in the first variable's dtype, as tf-keras keeps it
+        weight_names.append(f"{opt_name}/{found.keras.scalars.get(name, name)}:0")
         scalars[name] = _Stored(f"optimizer_weights/{weight_names[-1]}", np.zeros((), found.weights[variables[0]].value.dtype))
     if legacy:
         weight_names += [slot_path(kind, v) for kind in kinds for v in variables]
@@ -867,8 +826,9 @@ def _parameter_order(
 
 
 def _unused_slot(optimizer: Optimizer, kind: str) -> bool:
-    """Whether the slot ``kind`` has no effect at the optimizer's settings (SGD's moments without momentum)."""
-    return kind == "moments" and optimizer.get_config().get("momentum") == 0
+    """Whether the slot ``kind`` has no effect at the optimizer's settings (its ``unused_slots``)."""
+    setting = keras_description(type(optimizer)).unused_slots.get(kind)
+    return setting is not None and optimizer.get_config().get(setting) == 0
 
 
 def _fitting(value: npt.ArrayLike, slot: _Stored, what: str) -> npt.NDArray[Any]:
@@ -889,17 +849,19 @@ def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[st
         arguments = _arguments(found.keras_class, found.generation, config, bool(found.slots), float64)
         return found.optimizer_class(**arguments).checkpoint_config()
 
-    # tf-keras's legacy Nadam builds itself from a config with schedule_decay=0.004 unless the
-    # config says schedule_decay: its own "decay" is overwritten (docs/parity.md, difference 11).
-    legacy_nadam = found.generation == "legacy" and found.keras_class == "Nadam"
-    if settings(found.keras_config) == wanted and not (legacy_nadam and "schedule_decay" not in found.keras_config):
+    # A setting Keras stores under another key (``renamed``) is written under both: Keras builds
+    # itself from the setting's own key, with a default of its own where the config lacks it.
+    renamed = keras_description(found.optimizer_class).renamed
+    if settings(found.keras_config) == wanted and all(s in found.keras_config for s in renamed.values()):
         return None
     config = dict(found.keras_config)
     for key, value in wanted.items():
         if key == "lr":
             config["learning_rate"] = value
-        elif key == "schedule_decay" and legacy_nadam:
-            config["decay"] = config["schedule_decay"] = value
+        elif key in renamed.values():
+            for other in (other for other, setting in renamed.items() if setting == key):
+                config[other] = value
+            config[key] = value
         elif key == "clipnorm":
             config["global_clipnorm"] = value
         elif key == "decay" and "decay" not in config:
@@ -948,7 +910,7 @@ def _replace_atomically(
 
     checkpoint.replace_file(target, write)
     with contextlib.suppress(OSError):
-        checkpoint._fsync_directory(os.path.dirname(target))
+        checkpoint.fsync_directory(os.path.dirname(target))
 
 
 #: tf-keras splits a list attribute into numbered parts above this many bytes (HDF5's object header limit).

@@ -41,7 +41,7 @@ def registered() -> tuple[type[Any], ...]:
 def rule_based() -> tuple[type[Any], ...]:
     """The registered optimizers whose update numbaopt's kernels run: an element rule, or
     phases (``numbaopt.phases``); not ``TFOptimizer``."""
-    return tuple(cls for cls in _CLASSES.values() if getattr(cls, "rule", None) is not None or getattr(cls, "phases", ()))
+    return tuple(cls for cls in _CLASSES.values() if getattr(cls, "rule", None) is not None or bool(getattr(cls, "phases", ())))
 
 
 def optimizer_class(name: str, custom_objects: Mapping[str, type[Any]] | None = None) -> type[Any]:

@@ -29,21 +29,21 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-import numbaopt
 from numbaopt import registry
 from numbaopt.phases import whole_tensors
 from numbaopt.checkpoint import (
-    _INT64_LIMIT,
+    INT64_LIMIT,
     Checkpoint,
     CheckpointError,
     Parameter,
-    _attribute,
-    _check_numbers,
-    _fsync_directory,
-    _reading,
+    check_json_numbers,
+    fsync_directory,
+    read_attribute,
     read_checkpoint,
+    reading,
     replace_file,
 )
+from numbaopt.version import VERSION
 
 #: The root ``format`` attribute of an index file.
 FORMAT = "numbaopt sharded optimizer checkpoint"
@@ -88,8 +88,8 @@ def shard_digest(path: str) -> str:
     """The manifest digest of the shard file just written at ``path`` (its root sha256 attribute)."""
     import h5py
 
-    with _reading("the shard file"), h5py.File(path, "r") as f:
-        return str(_attribute(f, "sha256", str))
+    with reading("the shard file"), h5py.File(path, "r") as f:
+        return str(read_attribute(f, "sha256", str))
 
 
 def write_index(path: str, header: Mapping[str, Any], parameters: Sequence[Parameter], shards: Sequence[ShardRecord]) -> None:
@@ -112,7 +112,7 @@ def write_index(path: str, header: Mapping[str, Any], parameters: Sequence[Param
     # The new set is in place: nothing below may fail the save, whose shard files the
     # ranks would otherwise remove from under the new index.
     try:
-        _fsync_directory(folder)
+        fsync_directory(folder)
     except OSError as error:
         # The previous set stays too: a power loss might still show the previous index.
         warnings.warn(f"{path}: the index was written, but its folder could not be synced ({error}); "
@@ -136,7 +136,7 @@ def _index_attributes(header: Mapping[str, Any], parameters: Sequence[Parameter]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "numbaopt_version": numbaopt.__version__,
+        "numbaopt_version": VERSION,
         "class_name": header["class_name"],
         "config": header["config"],
         "iterations": int(header["iterations"]),
@@ -191,22 +191,22 @@ def read_index(path: str | os.PathLike[str]) -> ShardedIndex:
 
     path = os.fspath(path)
     try:
-        with _reading("the index file"), h5py.File(path, "r") as f:
+        with reading("the index file"), h5py.File(path, "r") as f:
             return _read_index(path, f)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from error.__cause__
 
 
 def _read_index(path: str, f: Any) -> ShardedIndex:
-    if _attribute(f, "format", str, required=False) != FORMAT:
+    if read_attribute(f, "format", str, required=False) != FORMAT:
         raise CheckpointError(f"not a sharded numbaopt checkpoint (/ has no attribute format={FORMAT!r})")
-    version = _attribute(f, "format_version", int)
+    version = read_attribute(f, "format_version", int)
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"sharded format version {version}; numbaopt {numbaopt.__version__} reads version {FORMAT_VERSION}")
+        raise CheckpointError(f"sharded format version {version}; numbaopt {VERSION} reads version {FORMAT_VERSION}")
     keys = ("numbaopt_version", "class_name", "config", "scalar_state", "parameters", "shards")
-    attributes: dict[str, Any] = {key: _attribute(f, key, str) for key in keys}
-    attributes.update(format=FORMAT, format_version=version, iterations=_attribute(f, "iterations", int))
-    if _attribute(f, "sha256", str) != _index_digest(attributes):
+    attributes: dict[str, Any] = {key: read_attribute(f, key, str) for key in keys}
+    attributes.update(format=FORMAT, format_version=version, iterations=read_attribute(f, "iterations", int))
+    if read_attribute(f, "sha256", str) != _index_digest(attributes):
         raise CheckpointError("the index is corrupted: its attributes do not match / sha256")
     try:
         cls = registry.optimizer_class(attributes["class_name"])
@@ -220,7 +220,7 @@ def _read_index(path: str, f: Any) -> ShardedIndex:
     ):
         raise CheckpointError(f"attribute scalar_state on / is {scalars!r:.80}, but {cls.__name__} has {[n for n, _ in cls.scalar_state]}")
     iterations = attributes["iterations"]
-    if not 0 <= iterations < _INT64_LIMIT:
+    if not 0 <= iterations < INT64_LIMIT:
         raise CheckpointError(f"attribute iterations on / is out of range: {iterations}")
     parameters = _parameters(_parsed(attributes, "parameters", list))
     shards = _shards(_parsed(attributes, "shards", list), parameters)
@@ -229,11 +229,11 @@ def _read_index(path: str, f: Any) -> ShardedIndex:
 
 
 def _parsed(attributes: Mapping[str, Any], key: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
-    with _reading(f"attribute {key} on /"):
+    with reading(f"attribute {key} on /"):
         value = json.loads(attributes[key])
     if not isinstance(value, kind):
         raise CheckpointError(f"attribute {key} on / should hold a JSON {'object' if kind is dict else 'list'}")
-    _check_numbers(key, value)
+    check_json_numbers(key, value)
     return value
 
 

@@ -427,6 +427,7 @@ def phase_kernel(kind: str, function: Callable[..., Any], n_slots: int, parallel
     key = (kind, function, n_slots, parallel)
     kernel = _PHASE_KERNELS.get(key)
     if kernel is None:
+        template: Callable[..., None]
         if kind == "element":
             compiled = {"RULE": _with_clipping(function), "ELEMENTS": loop_for(PHASE_LOOPS, function, n_slots)}
             template = _element_pass

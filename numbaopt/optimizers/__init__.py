@@ -9,7 +9,8 @@ is imported). None of this imports Numba or TensorFlow.
 import importlib
 import pkgutil
 
-from numbaopt.optimizers.base import Optimizer, OptimizerState
+from numbaopt.optimizers.base import Optimizer
+from numbaopt.state import OptimizerState
 from numbaopt.registry import deserialize, get, registered, rule_based, serialize
 
 for _module in pkgutil.iter_modules(__path__):

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from numbaopt.declarations import KerasClass, KerasDescription
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
@@ -42,6 +43,16 @@ class Adadelta(Optimizer):
     slot_names = ("accumulators", "delta_accumulators")
     keras2_iterations = False
     rule = staticmethod(adadelta_rule)
+
+    # What later Kerases make of it (numbaopt.declarations).
+    keras = KerasDescription(
+        imported={
+            "legacy": KerasClass({"accumulators": "accum_grad", "delta_accumulators": "accum_var"},
+                                 float32_settings=("decay",)),
+            "new": KerasClass({"accumulators": "accumulated_grad", "delta_accumulators": "accumulated_delta_var"}),
+            "keras3": KerasClass({"accumulators": "accumulated_grad", "delta_accumulators": "accumulated_delta_var"}),
+        },
+    )
 
     def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         rho = dtype(self.rho)

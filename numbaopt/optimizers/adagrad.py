@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from numbaopt.declarations import KerasClass, KerasDescription
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
@@ -36,6 +37,18 @@ class Adagrad(Optimizer):
     slot_names = ("accumulators",)
     keras2_iterations = False
     rule = staticmethod(adagrad_rule)
+
+    # What later Kerases make of it (numbaopt.declarations). Their initial_accumulator_value
+    # is the accumulators' first value: a file with the accumulators holds it already.
+    keras = KerasDescription(
+        imported={"legacy": KerasClass({"accumulators": "accumulator"}, float32_settings=("decay",))},
+        refused={
+            "new": "its epsilon sits inside the square root (sqrt(accumulator + epsilon))",
+            "keras3": "its epsilon sits inside the square root (sqrt(accumulator + epsilon))",
+        },
+        inert={"initial_accumulator_value": (0, 0.0)},
+        in_slots=("initial_accumulator_value",),
+    )
 
     def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         return self._decayed_lr(dtype), dtype(self.epsilon)

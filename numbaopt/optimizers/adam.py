@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from numbaopt.declarations import KerasClass, KerasDescription
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
@@ -42,6 +43,17 @@ class Adam(Optimizer):
     )
     slot_names = ("ms", "vs")
     rule = staticmethod(adam_rule)
+
+    # What later Kerases make of it (numbaopt.declarations). New-style tf-keras and Keras 3
+    # cast the betas to float32 for the bias correction but not for the moment updates.
+    keras = KerasDescription(
+        imported={
+            "legacy": KerasClass({"ms": "m", "vs": "v"}, float32_settings=("decay",)),
+            "new": KerasClass({"ms": "m", "vs": "v"}, mixed_settings=("beta_1", "beta_2")),
+            "keras3": KerasClass({"ms": "momentum", "vs": "velocity"}, mixed_settings=("beta_1", "beta_2")),
+        },
+        inert={"amsgrad": (False,)},
+    )
 
     def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         one, t = dtype(1), dtype(self.iterations + 1)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from numbaopt.declarations import KerasClass, KerasDescription
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
@@ -46,6 +47,15 @@ class Adamax(Optimizer):
     )
     slot_names = ("ms", "us")
     rule = staticmethod(adamax_rule)
+
+    # What later Kerases make of it (numbaopt.declarations).
+    keras = KerasDescription(
+        imported={
+            "legacy": KerasClass({"ms": "m", "us": "v"}, float32_settings=("decay",)),
+            "new": KerasClass({"ms": "m", "us": "u"}, mixed_settings=("beta_1",)),
+            "keras3": KerasClass({"ms": "momentum", "us": "norm"}, mixed_settings=("beta_1",)),
+        },
+    )
 
     def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         one, t = dtype(1), dtype(self.iterations + 1)

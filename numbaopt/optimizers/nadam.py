@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from numbaopt.declarations import KerasClass, KerasDescription
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 #: A scalar of the parameters' dtype, or a Python float (``advance_scalar_state``).
@@ -59,6 +60,25 @@ class Nadam(Optimizer):
     slot_names = ("ms", "vs")
     scalar_state = (("m_schedule", 1.0),)
     rule = staticmethod(nadam_rule)
+
+    # What later Kerases make of it (numbaopt.declarations). tf-keras's legacy Nadam keeps
+    # m_schedule as the weight momentum_cache, uses 0.96 rounded to float32 in a float64
+    # model (docs/parity.md, difference 10), and stores schedule_decay under "decay"; it
+    # builds itself with schedule_decay=0.004 unless its config says schedule_decay, which
+    # then overwrites its "decay" (difference 11). The newer Nadams follow another schedule.
+    keras = KerasDescription(
+        imported={
+            "legacy": KerasClass({"ms": "m", "vs": "v"}, scalars={"m_schedule": "momentum_cache"},
+                                 mixed_constant="its schedule constant 0.96"),
+        },
+        refused={
+            "new": "its momentum schedule is 0.96**t without schedule_decay, and the file does not hold its running product",
+            "keras3": "its momentum schedule is 0.96**t without schedule_decay",
+        },
+        renamed={"decay": "schedule_decay"},
+    )
+    # m_schedule is shared by every parameter and advances with these: one value for all.
+    scalar_state_advances_with = {"m_schedule": ("beta_1", "schedule_decay")}
 
     def _momentum_cache(self, dtype: Callable[[float], _F]) -> tuple[_F, _F]:
         """``(mc_t, mc_t1)`` for the current call."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from numbaopt.declarations import KerasClass, KerasDescription
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
@@ -39,6 +40,16 @@ class RMSprop(Optimizer):
     slot_names = ("accumulators",)
     keras2_iterations = False
     rule = staticmethod(rmsprop_rule)
+
+    # What later Kerases make of it (numbaopt.declarations).
+    keras = KerasDescription(
+        imported={"legacy": KerasClass({"accumulators": "rms"}, float32_settings=("decay",))},
+        refused={
+            "new": "its epsilon sits inside the square root (rsqrt(v + epsilon))",
+            "keras3": "its epsilon sits inside the square root (sqrt(velocity + epsilon))",
+        },
+        inert={"momentum": (0, 0.0), "centered": (False,)},
+    )
 
     def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         rho = dtype(self.rho)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from numbaopt.declarations import KerasClass, KerasDescription
 from numbaopt.optimizers.base import Hyperparameter, Optimizer
 
 
@@ -40,6 +41,17 @@ class SGD(Optimizer):
     )
     slot_names = ("moments",)
     rule = staticmethod(sgd_rule)
+
+    # What later Kerases make of it (numbaopt.declarations). Without momentum the moments have
+    # no effect, and Keras keeps none.
+    keras = KerasDescription(
+        imported={
+            "legacy": KerasClass({"moments": "momentum"}, float32_settings=("decay",)),
+            "new": KerasClass({"moments": "m"}, float32_settings=("momentum",)),
+            "keras3": KerasClass({"moments": "momentum"}, float32_settings=("momentum",)),
+        },
+        unused_slots={"moments": "momentum"},
+    )
 
     def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         return self._decayed_lr(dtype), dtype(self.momentum), self.nesterov

@@ -28,7 +28,8 @@ import numpy.typing as npt
 
 from numbaopt import devices, keras_weights, registry
 from numbaopt.extras import install_command
-from numbaopt.optimizers.base import Optimizer, OptimizerState
+from numbaopt.optimizers.base import Optimizer
+from numbaopt.state import OptimizerState
 from numbaopt.slots import Layout
 from numbaopt.step_checks import checked_arrays, checked_names, listed_pairs, names_tuple, split_pairs
 
@@ -460,6 +461,15 @@ class TFOptimizer:
             self._pending = [np.array(w, copy=True) for w in rest]
             self._pending_origin = "set_weights"
         self._iterations = iterations  # type: ignore[assignment]  # never None: "iterations" was checked
+
+    def load_state(self, state: OptimizerState) -> None:
+        """Take ``iterations`` and the names of an ``OptimizerState``; the wrapped optimizer's
+        variables come with ``set_weights`` or ``load_checkpoint_arrays``."""
+        if state.slots or state.scalars:
+            raise ValueError("TFOptimizer keeps no numbaopt slots or scalar state")
+        self.set_weights([np.array(state.iterations, np.int64)])
+        if state.names is not None:
+            self.set_parameter_names(state.names)
 
     def state(self) -> OptimizerState:
         """``iterations`` and the parameter names; the wrapped optimizer's variables are not

@@ -4,6 +4,10 @@
 whose step is numbaopt's kernels on the tensors' own memory, bitwise the step of
 ``numbaopt.optimizers.Adam`` on the same data (see ``docs/torch.md``). Needs torch
 (``pip install 'numbaopt[torch]'``).
+
+There is one class here per registered rule-based optimizer (``numbaopt.registry.rule_based()``),
+made from the registry when it is first asked for: a ``TorchOptimizer`` subclass of the same
+name whose ``core`` is that optimizer, so a newly registered optimizer is here with no edit.
 """
 from __future__ import annotations
 
@@ -13,39 +17,52 @@ from typing import Any
 
 import torch
 
-from numbaopt.optimizers import adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd
+from numbaopt import optimizers
 from numbaopt.checkpoint import CheckpointError, read_checkpoint
 from numbaopt.torch.optimizer import STATE_KEY, TorchOptimizer
 
-__all__ = ["SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "Nadam", "TorchOptimizer", "load_optimizer"]
+#: What this module defines itself; the optimizer classes come from the registry.
+_OWN = ["TorchOptimizer", "load_optimizer"]
+
+#: The torch class made for each core class (by the core class itself: a class registered
+#: again under the same name gets a class of its own).
+_MADE: dict[type[optimizers.Optimizer], type[TorchOptimizer]] = {}
 
 
-class SGD(TorchOptimizer, core=sgd.SGD):
-    """Keras 2.0's SGD (momentum, Nesterov, decay) as a torch optimizer."""
+def _cores() -> dict[str, type[optimizers.Optimizer]]:
+    """The registered rule-based optimizers by class name."""
+    return {cls.__name__: cls for cls in optimizers.rule_based()}
 
 
-class RMSprop(TorchOptimizer, core=rmsprop.RMSprop):
-    """Keras 2.0's RMSprop as a torch optimizer."""
+def _torch_class(core: type[optimizers.Optimizer]) -> type[TorchOptimizer]:
+    """The ``numbaopt.torch`` class whose ``core`` is ``core`` (made on the first call).
+
+    It has ``core``'s name and lives in this module (``numbaopt.torch.<name>``), where
+    ``pickle`` finds it while ``core`` is registered.
+    """
+    made = _MADE.get(core)
+    if made is None:
+        summary = (core.__doc__ or "").strip().split("\n")[0]
+        namespace = {
+            "__module__": __name__,
+            "__qualname__": core.__name__,
+            "__doc__": f"numbaopt's {core.__name__} as a torch optimizer. {summary}".strip(),
+        }
+        made = _MADE[core] = type(core.__name__, (TorchOptimizer,), namespace, core=core)
+    return made
 
 
-class Adagrad(TorchOptimizer, core=adagrad.Adagrad):
-    """Keras 2.0's Adagrad as a torch optimizer."""
+def __getattr__(name: str) -> Any:
+    if name == "__all__":
+        return [*_cores(), *_OWN]
+    core = _cores().get(name)
+    if core is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _torch_class(core)
 
 
-class Adadelta(TorchOptimizer, core=adadelta.Adadelta):
-    """Keras 2.0's Adadelta as a torch optimizer."""
-
-
-class Adam(TorchOptimizer, core=adam.Adam):
-    """Keras 2.0's Adam as a torch optimizer."""
-
-
-class Adamax(TorchOptimizer, core=adamax.Adamax):
-    """Keras 2.0's Adamax as a torch optimizer."""
-
-
-class Nadam(TorchOptimizer, core=nadam.Nadam):
-    """Keras 2.0's Nadam as a torch optimizer."""
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_cores()})
 
 
 def load_optimizer(path: str | os.PathLike[str], params: Iterable[Any]) -> TorchOptimizer:
@@ -56,9 +73,10 @@ def load_optimizer(path: str | os.PathLike[str], params: Iterable[Any]) -> Torch
     checkpoint's (CheckpointError otherwise).
     """
     checkpoint = read_checkpoint(path)
-    cls = next((c for c in TorchOptimizer.__subclasses__() if c.core.__name__ == checkpoint.class_name), None)
-    if cls is None:
+    core = _cores().get(checkpoint.class_name)
+    if core is None:
         raise CheckpointError(f"{path}: holds a {checkpoint.class_name}, which has no numbaopt.torch counterpart")
+    cls = _torch_class(core)
     try:
         opt: TorchOptimizer = cls(params, **checkpoint.config)
         n_params = sum(len(group["params"]) for group in opt.param_groups)

@@ -21,16 +21,13 @@ import numpy.typing as npt
 import torch
 
 from numbaopt import devices
+from numbaopt.declarations import scalar_state_advances_with
 from numbaopt.optimizers.base import CLIPPING, Hyperparameter
 from numbaopt.state import OptimizerState, Slot
 from numbaopt.optimizers.base import Optimizer as CoreOptimizer
 
 #: Keys of a state dict's own entry: what torch's layout (``state``, ``param_groups``) lacks.
 STATE_KEY = "numbaopt"
-
-#: Scalar state that every parameter shares, and the hyperparameters it advances with: a
-#: param group may not set those apart from the others (Nadam's momentum schedule).
-SHARED_BY_SCALAR_STATE = {"m_schedule": ("beta_1", "schedule_decay")}
 
 #: The layout of a dense tensor.
 _STRIDED = torch.strided
@@ -110,9 +107,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         return [p for group in self.param_groups for p in group["params"]]
 
     def _check_shared_state(self) -> None:
-        """Refuse groups that differ in a hyperparameter the shared scalar state advances with."""
+        """Refuse groups that differ in a hyperparameter the shared scalar state advances with
+        (the core class's ``scalar_state_advances_with``)."""
+        advances_with = scalar_state_advances_with(self.core)
         for state, _ in self.core.scalar_state:
-            for name in SHARED_BY_SCALAR_STATE.get(state, ()):
+            for name in advances_with.get(state, ()):
                 values = {group[name] for group in self.param_groups}
                 if len(values) > 1:
                     raise ValueError(
@@ -340,11 +339,11 @@ def _slot_array(value: object, param: Any, slot: Slot, where: str) -> npt.NDArra
             raise TypeError(f"{where} has dtype {dtype}; slots are float32 or float64")
         value = tensor.numpy()
     array = np.asarray(value)
-    shape, dtype = slot.shape_of(tuple(param.shape)), slot.dtype_of(devices.torch_dtype_name(param))
+    shape, kept = slot.shape_of(tuple(param.shape)), slot.dtype_of(devices.torch_dtype_name(param))
     if array.shape != shape:
         owned = "its parameter has shape" if slot.shape == "element" else f"its parameter of shape {tuple(param.shape)} keeps one of shape"
         raise ValueError(f"{where} has shape {array.shape}, but {owned} {shape}")
-    if array.dtype != dtype:
+    if array.dtype != kept:
         owned = "its parameter has dtype" if slot.dtype is None else "it is kept as"
-        raise TypeError(f"{where} has dtype {array.dtype}, but {owned} {dtype.name}")
+        raise TypeError(f"{where} has dtype {array.dtype}, but {owned} {kept.name}")
     return np.array(array, copy=True)
