@@ -160,7 +160,7 @@ def _size(shape: Sequence[int]) -> int:
 def _group(layout: Layout, declared: tuple[Slot, ...], dtype: np.dtype[Any]) -> ParamGroup:
     """The zeroed storage of the parameters of ``dtype`` for the ``declared`` slots."""
     positions = np.array([i for i, d in enumerate(layout.dtypes) if d == dtype], np.intp)
-    shapes = [layout.shapes[i] for i in positions]
+    shapes = [tuple(layout.shapes[i]) for i in positions]
     sizes = [_size(shape) for shape in shapes]
     total = int(sum(sizes))
     offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
@@ -204,6 +204,7 @@ class SlotStore:
         self.shapes, self.dtypes, self.n_params = layout.shapes, layout.dtypes, layout.n_params
         self.elements = sum(_size(shape) for shape in layout.shapes)  # of every tensor together
         self._chunks_of: dict[bytes, list[npt.NDArray[np.int64]]] = {}  # see chunks_of
+        self._tensors_of: dict[bytes, list[npt.NDArray[np.int64]]] = {}  # see tensors_of
 
     @classmethod
     def create(
@@ -280,8 +281,18 @@ class SlotStore:
             tables = [group.chunks[wanted[group.positions[group.chunks[:, 0]]]] for group in self.groups]
             if len(self._chunks_of) >= 64:  # subsets come and go; a few recur every step
                 self._chunks_of.clear()
+                self._tensors_of.clear()
             self._chunks_of[key] = tables
+            self._tensors_of[key] = [np.flatnonzero(wanted[group.positions]).astype(np.int64) for group in self.groups]
         return tables
+
+    def tensors_of(self, positions: npt.NDArray[np.intp] | None) -> list[npt.NDArray[np.int64]]:
+        """Each group's tensors (their indices within it) among the parameters at
+        ``positions`` (all when None): what a tensor pass steps."""
+        if positions is None:
+            return [np.arange(len(group.positions), dtype=np.int64) for group in self.groups]
+        self.chunks_of(positions)
+        return self._tensors_of[positions.tobytes()]
 
     def global_norm(
         self, grad_addresses: Sequence[npt.NDArray[np.int64]], chunks: Sequence[npt.NDArray[np.int64]] | None = None
@@ -329,14 +340,11 @@ class SlotStore:
         grad_addresses: npt.NDArray[np.int64],
         clip: tuple[Any, Any, Any],
         scalars: tuple[Any, ...],
-        chunks: npt.NDArray[np.int64] | None = None,
+        chunks: npt.NDArray[np.int64],
+        tensors: npt.NDArray[np.int64],
     ) -> None:
-        """One step of ``phases`` over every tensor of ``group`` (or over the tensors of
-        its ``chunks``, a table from ``chunks_of``), phase after phase."""
-        if chunks is None:
-            chunks, tensors = group.chunks, np.arange(len(group.positions), dtype=np.int64)
-        else:
-            tensors = self._tensors_of(group, chunks)
+        """One step of ``phases`` over the ``tensors`` of ``group`` (from ``tensors_of``)
+        and their ``chunks`` (from ``chunks_of``), phase after phase."""
         if not len(tensors):
             return
         parallel = self.parallel()
@@ -358,11 +366,6 @@ class SlotStore:
                 kernel(*arguments)
             _LAUNCH.launched(self.backend, parallel)
 
-    @staticmethod
-    def _tensors_of(group: ParamGroup, chunks: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """The tensors (within ``group``) a cut chunk table steps (an empty tensor has no
-        chunks, and nothing for a phase to do)."""
-        return np.unique(chunks[:, 0]).astype(np.int64)
 
 
 def chunk_sums(backend: Backend, addresses: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: Any,

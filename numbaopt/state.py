@@ -39,6 +39,7 @@ class Slot(NamedTuple):
 
     def shape_of(self, param_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The slot's shape for a parameter of ``param_shape``."""
+        param_shape = tuple(param_shape)
         if self.shape == "element":
             return tuple(param_shape)
         if self.shape == "tensor" or len(param_shape) < 2:

@@ -85,3 +85,28 @@ def test_reduction_and_fill_kernels_compile(kernels, dtype):
         ptx = compile_ptx(kernels.HELPER_KERNELS[kernel_name], signature)
         assert ".entry" in ptx, kernel_name
     assert set(kernels.HELPER_KERNELS) == set(signatures)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_phase_kernels_compile(kernels, dtype, monkeypatch):
+    """The element and tensor passes of optimizers whose state has other shapes
+    (``tests/extending_shapes.py``), as ``SlotStore.run_phases`` launches them."""
+    from numbaopt import registry
+    from numbaopt.phases import ElementPass
+    from tests import extending_shapes
+
+    monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))
+    dt = numba.from_dtype(np.dtype(dtype))
+    clip = numba.typeof(clip_arguments(1.0, 0.5, 2.0, dtype))
+    i64, i64_2d = numba.int64[::1], numba.int64[:, ::1]
+    for cls in extending_shapes.declare():
+        scalars = numba.typeof(cls().step_scalars(dtype))
+        n_element = sum(slot.shape == "element" for slot in cls.slots)
+        for phase in cls.phases:
+            if isinstance(phase, ElementPass):
+                launcher = kernels.phase_kernel("element", phase.rule, n_element)
+                signature = (i64, i64, dt[:, ::1], i64, i64_2d, clip, scalars, dt[::1], dt[::1], i64, numba.int64)
+            else:
+                launcher = kernels.phase_kernel("tensor", phase.function, len(cls.slots))
+                signature = (i64, i64, dt[::1], i64_2d, i64_2d, i64_2d, i64, clip, scalars, dt[::1])
+            assert ".entry" in compile_ptx(launcher.kernel, signature), (cls.__name__, phase)

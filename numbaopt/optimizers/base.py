@@ -491,12 +491,11 @@ class Optimizer(metaclass=abc.ABCMeta):
         arguments = [self._step_arguments(store, norm, hyper) for hyper, _ in every_part]
         parameter_at = store.parameter_addresses()
         for (_, at), part_arguments in zip(every_part, arguments):
-            for group, group_param_at, group_grad_at, (clip, scalars), chunks in zip(
-                store.groups, parameter_at, grad_at, part_arguments, store.chunks_of(at)
+            for group, group_param_at, group_grad_at, (clip, scalars), chunks, tensors in zip(
+                store.groups, parameter_at, grad_at, part_arguments, store.chunks_of(at), store.tensors_of(at)
             ):
                 if self.phases:
-                    store.run_phases(self.phases, group, group_param_at, group_grad_at, clip, scalars,
-                                     None if at is None else chunks)
+                    store.run_phases(self.phases, group, group_param_at, group_grad_at, clip, scalars, chunks, tensors)
                 else:
                     store.run(type(self).rule, group, group_param_at, group_grad_at, clip, scalars,  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
                               None if at is None else chunks)
