@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from numbaopt import optimizers
+from numbaopt.optimizers.base import StepInputs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -220,6 +221,8 @@ def _numpy(name, params, grads, clipnorm):
     scratch = [(np.empty_like(p), np.empty_like(p)) for p in params]
     clipped = [np.empty_like(g) for g in grads] if clipnorm else grads
 
+    progress = {"iterations": 0, "scalars": opt.state().scalars}  # the step count and scalar state, kept here
+
     def step():
         dtype = params[0].dtype.type
         if clipnorm:
@@ -227,11 +230,12 @@ def _numpy(name, params, grads, clipnorm):
             factor = dtype(clipnorm / norm) if norm >= clipnorm else dtype(1)
             for g, c in zip(grads, clipped):
                 np.multiply(g, factor, out=c)
-        scalars = opt.step_scalars(dtype)
+        inputs = StepInputs(opt.get_config(), progress["iterations"], progress["scalars"])
+        scalars = opt.step_scalars(inputs, dtype)
         for p, g, s, t in zip(params, clipped, slots, scratch):
             rule(p, g, *s, *t, *scalars)
-        opt.advance_scalar_state()
-        opt._iterations += 1
+        progress["scalars"] = {**progress["scalars"], **opt.advance_scalar_state(inputs)}
+        progress["iterations"] += 1
 
     return step
 

@@ -112,9 +112,10 @@ def declare():
         slots = (Slot("r", "rows"), Slot("c", "columns"), Slot("v"))
         phases = (TensorPass(factored_step),)
 
-        def step_scalars(self, dtype):
-            rho = 1.0 - (self.iterations + 1.0) ** -self.decay_rate
-            return (dtype(self.lr), dtype(rho), dtype(self.epsilon_1), dtype(self.epsilon_2), dtype(self.clip_threshold))
+        @staticmethod
+        def step_scalars(h, dtype):
+            rho = 1.0 - (h.iterations + 1.0) ** -h.decay_rate
+            return (dtype(h.lr), dtype(rho), dtype(h.epsilon_1), dtype(h.epsilon_2), dtype(h.clip_threshold))
 
     class TrustRatio(Optimizer):
         hyperparameters = (
@@ -127,10 +128,11 @@ def declare():
         slots = (Slot("m"), Slot("v"), Slot("trust", "tensor"))
         phases = (ElementPass(trust_moments), TensorPass(trust_ratio), ElementPass(trust_apply))
 
-        def step_scalars(self, dtype):
-            t = self.iterations + 1
-            return tuple(dtype(x) for x in (self.lr, self.beta_1, self.beta_2, self.epsilon, self.weight_decay,
-                                            1 - self.beta_1**t, 1 - self.beta_2**t))
+        @staticmethod
+        def step_scalars(h, dtype):
+            t = h.iterations + 1
+            return tuple(dtype(x) for x in (h.lr, h.beta_1, h.beta_2, h.epsilon, h.weight_decay,
+                                            1 - h.beta_1**t, 1 - h.beta_2**t))
 
     return Factored, TrustRatio
 

@@ -37,11 +37,12 @@ def _declare():
         slot_names = ("ms", "vs", "v_maxes")
         rule = staticmethod(amsgrad_rule)
 
-        def step_scalars(self, dtype):
-            one, t = dtype(1), dtype(self.iterations + 1)
-            beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
-            lr_t = dtype(self.lr) * (np.sqrt(one - beta_2**t) / (one - beta_1**t))
-            return lr_t, beta_1, one - beta_1, beta_2, one - beta_2, dtype(self.epsilon)
+        @staticmethod
+        def step_scalars(h, dtype):
+            one, t = dtype(1), dtype(h.iterations + 1)
+            beta_1, beta_2 = dtype(h.beta_1), dtype(h.beta_2)
+            lr_t = dtype(h.lr) * (np.sqrt(one - beta_2**t) / (one - beta_1**t))
+            return lr_t, beta_1, one - beta_1, beta_2, one - beta_2, dtype(h.epsilon)
 
     return AMSGrad
 
@@ -128,8 +129,9 @@ def test_a_rule_with_more_slots_than_any_loop_is_refused_clearly(monkeypatch):
         slot_names = ("a", "b", "c", "d")
         rule = staticmethod(four_slot_rule)
 
-        def step_scalars(self, dtype):
-            return (dtype(self.lr),)
+        @staticmethod
+        def step_scalars(h, dtype):
+            return (dtype(h.lr),)
 
     param = np.zeros(3)
     with pytest.raises(ValueError, match="keeps 4 slots per element"):

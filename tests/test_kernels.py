@@ -37,7 +37,7 @@ def _step_arguments(name, dtype, n=100):
     one = dtype(1)
     return (
         devices.CPU.addresses([p]), devices.CPU.addresses([g]), slots, np.zeros(1, np.int64),
-        np.array([[0, 0, n]], np.int64), (one, one, dtype(np.inf)), opt.step_scalars(dtype), np.empty(0, dtype),
+        np.array([[0, 0, n]], np.int64), (one, one, dtype(np.inf)), opt.step_scalars(opt.step_inputs(), dtype), np.empty(0, dtype),
     ), (p, g)
 
 

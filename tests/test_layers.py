@@ -17,11 +17,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "numbaopt"
 #: the list, and any module of a lower layer.
 LAYERS = (
     ("numbaopt.version", "numbaopt.tuning", "numbaopt.extras", "numbaopt.clipping", "numbaopt.schedules",
-     "numbaopt.registry", "numbaopt.state", "numbaopt.phases", "numbaopt.declarations", "numbaopt.keras_config",
+     "numbaopt.hyperparameters", "numbaopt.registry", "numbaopt.state", "numbaopt.phases", "numbaopt.declarations", "numbaopt.keras_config",
      "numbaopt.keras_weights", "numbaopt.step_checks"),
     ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda"),
     ("numbaopt.devices", "numbaopt.slots"),
-    ("numbaopt.optimizers.base",),
+    ("numbaopt.optimizers.step", "numbaopt.optimizers.base"),
     ("numbaopt.optimizers.adadelta", "numbaopt.optimizers.adagrad", "numbaopt.optimizers.adam",
      "numbaopt.optimizers.adamax", "numbaopt.optimizers.nadam", "numbaopt.optimizers.rmsprop",
      "numbaopt.optimizers.sgd", "numbaopt.optimizers.tf_optimizer", "numbaopt.optimizers"),

@@ -54,7 +54,7 @@ def update_signature(name, dtype):
     dt = numba.from_dtype(np.dtype(dtype))
     opt = getattr(optimizers, name)()
     clip = numba.typeof(clip_arguments(1.0, 0.5, 2.0, dtype))
-    scalars = numba.typeof(opt.step_scalars(dtype))
+    scalars = numba.typeof(opt.step_scalars(opt.step_inputs(), dtype))
     return (numba.int64[::1], numba.int64[::1], dt[:, ::1], numba.int64[::1], numba.int64[:, ::1], clip, scalars, dt[::1])
 
 
@@ -100,7 +100,7 @@ def test_phase_kernels_compile(kernels, dtype, monkeypatch):
     clip = numba.typeof(clip_arguments(1.0, 0.5, 2.0, dtype))
     i64, i64_2d = numba.int64[::1], numba.int64[:, ::1]
     for cls in extending_shapes.declare():
-        scalars = numba.typeof(cls().step_scalars(dtype))
+        scalars = numba.typeof(cls.step_scalars(cls().step_inputs(), dtype))
         n_element = sum(slot.shape == "element" for slot in cls.slots)
         for phase in cls.phases:
             if isinstance(phase, ElementPass):

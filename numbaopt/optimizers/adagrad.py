@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
 
 
 def adagrad_rule(p: float, g: float, a: float, lr: float, epsilon: float) -> tuple[float, float]:
@@ -50,5 +50,6 @@ class Adagrad(Optimizer):
         in_slots=("initial_accumulator_value",),
     )
 
-    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
-        return self._decayed_lr(dtype), dtype(self.epsilon)
+    @staticmethod
+    def step_scalars(h: StepInputs, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
+        return h.decayed_lr(dtype), dtype(h.epsilon)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
 
 
 def adam_rule(
@@ -55,8 +55,9 @@ class Adam(Optimizer):
         inert={"amsgrad": (False,)},
     )
 
-    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
-        one, t = dtype(1), dtype(self.iterations + 1)
-        beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
-        lr_t = self._decayed_lr(dtype) * (np.sqrt(one - beta_2**t) / (one - beta_1**t))
-        return lr_t, beta_1, one - beta_1, beta_2, one - beta_2, dtype(self.epsilon)
+    @staticmethod
+    def step_scalars(h: StepInputs, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
+        one, t = dtype(1), dtype(h.iterations + 1)
+        beta_1, beta_2 = dtype(h.beta_1), dtype(h.beta_2)
+        lr_t = h.decayed_lr(dtype) * (np.sqrt(one - beta_2**t) / (one - beta_1**t))
+        return lr_t, beta_1, one - beta_1, beta_2, one - beta_2, dtype(h.epsilon)

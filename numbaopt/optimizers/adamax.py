@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
 
 
 def adamax_rule(
@@ -57,8 +57,9 @@ class Adamax(Optimizer):
         },
     )
 
-    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
-        one, t = dtype(1), dtype(self.iterations + 1)
-        beta_1 = dtype(self.beta_1)
-        lr_t = self._decayed_lr(dtype) / (one - beta_1**t)
-        return lr_t, beta_1, one - beta_1, dtype(self.beta_2), dtype(self.epsilon)
+    @staticmethod
+    def step_scalars(h: StepInputs, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
+        one, t = dtype(1), dtype(h.iterations + 1)
+        beta_1 = dtype(h.beta_1)
+        lr_t = h.decayed_lr(dtype) / (one - beta_1**t)
+        return lr_t, beta_1, one - beta_1, dtype(h.beta_2), dtype(h.epsilon)

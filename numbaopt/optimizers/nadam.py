@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
 
 #: A scalar of the parameters' dtype, or a Python float (``advance_scalar_state``).
 _F = TypeVar("_F", float, np.floating[Any])
@@ -80,26 +80,29 @@ class Nadam(Optimizer):
     # m_schedule is shared by every parameter and advances with these: one value for all.
     scalar_state_advances_with = {"m_schedule": ("beta_1", "schedule_decay")}
 
-    def _momentum_cache(self, dtype: Callable[[float], _F]) -> tuple[_F, _F]:
-        """``(mc_t, mc_t1)`` for the current call."""
+    @staticmethod
+    def _momentum_cache(h: StepInputs, dtype: Callable[[float], _F]) -> tuple[_F, _F]:
+        """``(mc_t, mc_t1)`` for the step of ``h``."""
         one, half, base = dtype(1), dtype(0.5), dtype(0.96)
-        t, decay, beta_1 = dtype(self.iterations + 1), dtype(self.schedule_decay), dtype(self.beta_1)
+        t, decay, beta_1 = dtype(h.iterations + 1), dtype(h.schedule_decay), dtype(h.beta_1)
         mc_t = beta_1 * (one - half * base ** (t * decay))
         mc_t1 = beta_1 * (one - half * base ** ((t + one) * decay))
         return mc_t, mc_t1
 
-    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
-        one, t = dtype(1), dtype(self.iterations + 1)
-        beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
-        mc_t, mc_t1 = self._momentum_cache(dtype)
-        ms_new = dtype(self._scalars["m_schedule"]) * mc_t
+    @staticmethod
+    def step_scalars(h: StepInputs, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
+        one, t = dtype(1), dtype(h.iterations + 1)
+        beta_1, beta_2 = dtype(h.beta_1), dtype(h.beta_2)
+        mc_t, mc_t1 = Nadam._momentum_cache(h, dtype)
+        ms_new = dtype(h.scalars["m_schedule"]) * mc_t
         ms_next = ms_new * mc_t1
         return (
-            dtype(self.lr), beta_1, one - beta_1, beta_2, one - beta_2, dtype(self.epsilon),
+            dtype(h.lr), beta_1, one - beta_1, beta_2, one - beta_2, dtype(h.epsilon),
             one - ms_new, one - ms_next, one - beta_2**t, one - mc_t, mc_t1,
         )
 
-    def advance_scalar_state(self) -> None:
+    @staticmethod
+    def advance_scalar_state(h: StepInputs) -> dict[str, float]:
         # Kept in float64 whatever the parameters' dtypes: it is shared by all of them.
-        mc_t, _ = self._momentum_cache(float)
-        self._scalars["m_schedule"] *= mc_t
+        mc_t, _ = Nadam._momentum_cache(h, float)
+        return {"m_schedule": h.scalars["m_schedule"] * mc_t}

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
 
 
 def rmsprop_rule(
@@ -51,6 +51,7 @@ class RMSprop(Optimizer):
         inert={"momentum": (0, 0.0), "centered": (False,)},
     )
 
-    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
-        rho = dtype(self.rho)
-        return self._decayed_lr(dtype), rho, dtype(1) - rho, dtype(self.epsilon)
+    @staticmethod
+    def step_scalars(h: StepInputs, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
+        rho = dtype(h.rho)
+        return h.decayed_lr(dtype), rho, dtype(1) - rho, dtype(h.epsilon)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
 
 
 def sgd_rule(p: float, g: float, m: float, lr: float, momentum: float, nesterov: bool) -> tuple[float, float]:
@@ -53,5 +53,6 @@ class SGD(Optimizer):
         unused_slots={"moments": "momentum"},
     )
 
-    def step_scalars(self, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
-        return self._decayed_lr(dtype), dtype(self.momentum), self.nesterov
+    @staticmethod
+    def step_scalars(h: StepInputs, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
+        return h.decayed_lr(dtype), dtype(h.momentum), h.nesterov
