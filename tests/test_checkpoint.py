@@ -637,6 +637,16 @@ def test_checkpoint_format_2_still_loads():
     assert_same_arrays(loaded.extra, expected.extra)
 
 
+def test_checkpoint_format_3_still_loads():
+    """The compatibility promise for format 3, the first with slot declarations:
+    ``good_optimizer()`` saved by numbaopt 0.1.0 (``tests/data/checkpoint-v3.h5``)."""
+    path = ROOT / "tests" / "data" / "checkpoint-v3.h5"
+    assert checkpoint.read_checkpoint(path).format_version == 3
+    loaded = load_optimizer(path)
+    assert loaded.get_config() == good_optimizer().get_config()
+    assert_same_state(loaded.state(), good_optimizer().state())
+
+
 # ----------------------------------------------------------------- inspect
 
 
