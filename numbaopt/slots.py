@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import tuning
+from numbaopt import threads, tuning
 
 if TYPE_CHECKING:
     from numbaopt.devices import Backend
@@ -267,11 +267,11 @@ class SlotStore:
         chunks = group.chunks if chunks is None else chunks
         if not len(chunks):
             return
-        parallel = self.parallel()
-        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), parallel)
-        with _LAUNCH(self.backend, parallel):
+        launch = threads.plan(self.backend.name, self.parallel(), rule, group.slots.dtype, len(chunks))
+        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel)
+        with _LAUNCH(self.backend, launch.parallel), launch:
             step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars)
-        _LAUNCH.launched(self.backend, parallel)
+        _LAUNCH.launched(self.backend, launch.parallel)
 
 
 def chunk_sums(backend: Backend, addresses: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: Any,
@@ -280,11 +280,12 @@ def chunk_sums(backend: Backend, addresses: npt.NDArray[np.int64], chunks: npt.N
     ``addresses``, of ``like``'s dtype: the global norm's partial sums, on ``backend``.
     ``numbaopt.distributed`` sums a shard's chunks with it and adds them up across ranks."""
     kernels = backend.kernels
-    kernel = kernels.sum_of_squares if parallel else kernels.serial_sum_of_squares
+    launch = threads.plan(backend.name, parallel, "norm", like.dtype, len(chunks))
+    kernel = kernels.sum_of_squares if launch.parallel else kernels.serial_sum_of_squares
     partial_sums = backend.zeros(len(chunks), np.float64)
-    with _LAUNCH(backend, parallel):
+    with _LAUNCH(backend, launch.parallel), launch:
         kernel(addresses, chunks, like, partial_sums)
-    _LAUNCH.launched(backend, parallel)
+    _LAUNCH.launched(backend, launch.parallel)
     return partial_sums
 
 

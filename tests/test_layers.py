@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "numbaopt"
 LAYERS = (
     ("numbaopt.tuning", "numbaopt.extras", "numbaopt.clipping", "numbaopt.schedules", "numbaopt.registry",
      "numbaopt.keras_config", "numbaopt.keras_weights", "numbaopt.step_checks"),
-    ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda"),
+    ("numbaopt.threads", "numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda"),
     ("numbaopt.devices", "numbaopt.slots"),
     ("numbaopt.optimizers.base",),
     ("numbaopt.optimizers.adadelta", "numbaopt.optimizers.adagrad", "numbaopt.optimizers.adam",
