@@ -38,9 +38,8 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from types import TracebackType
 from typing import Any
 
@@ -87,56 +86,65 @@ class Chooser:
         self.tried_at = [-math.inf] * n
         self.loss = [0.0] * n  # seconds its last try lost against the chosen count
         self.steps = 0
-        self.lock = threading.Lock()
+        # No count is due for a try before this step and this time (the usual step
+        # returns after two comparisons). Steps from several Python threads may race on
+        # these statistics; a race perturbs a measurement, never a result.
+        self.due_step = 0
+        self.due_at = -math.inf
 
-    def _others(self) -> range:
+    def _schedule(self) -> None:
+        budget = tuning.THREADS_PROBE_BUDGET / max(1, len(self.ladder) - 1)
+        others = [i for i in range(len(self.ladder)) if i != self.current]
         # Every other count, not only the neighbours: a slow plateau (8 and 16 threads
         # where 4 cores are free) would hide the better count beyond it.
-        return range(len(self.ladder))
+        self.due_step = min((self.tried_step[i] + self.interval[i] for i in others), default=1 << 62)
+        self.due_at = min((self.tried_at[i] + self.loss[i] / budget for i in others), default=math.inf)
 
     def pick(self, now: float) -> int:
-        with self.lock:
-            self.steps += 1
-            if not self.times[self.current]:  # nothing to compare a try with yet
-                return self.current
-            budget = tuning.THREADS_PROBE_BUDGET / max(1, len(self.ladder) - 1)
-            for i in self._others():
-                if (i != self.current and self.steps - self.tried_step[i] >= self.interval[i]
-                        and now - self.tried_at[i] >= self.loss[i] / budget):
-                    self.tried_step[i], self.tried_at[i] = self.steps, now
-                    return i
+        self.steps += 1
+        if self.steps < self.due_step or now < self.due_at or not self.times[self.current]:
             return self.current
+        budget = tuning.THREADS_PROBE_BUDGET / max(1, len(self.ladder) - 1)
+        for i in range(len(self.ladder)):
+            if (i != self.current and self.steps - self.tried_step[i] >= self.interval[i]
+                    and now - self.tried_at[i] >= self.loss[i] / budget):
+                self.tried_step[i], self.tried_at[i] = self.steps, now
+                self._schedule()
+                return i
+        return self.current
 
     def record(self, index: int, seconds: float, chunks: int, now: float) -> None:
         per_chunk = seconds / max(chunks, 1)
-        with self.lock:
-            if not self.seen[index]:
-                self.seen[index] = True
-                return
-            if index == self.current:
-                recent = self.times[index]
-                recent.append(per_chunk)
-                del recent[:-_SAMPLES]
-                self.best = min(self.best, per_chunk)
-                typical = _median(recent)
-                if len(recent) == _SAMPLES and typical > tuning.THREADS_SLOWDOWN * self.best:
-                    # Conditions changed: try the other counts soon, within the budget.
-                    for i in self._others():
-                        self.interval[i] = 1
-                    self.best = typical
-                return
-            recent = self.times[self.current]
-            typical = _median(recent) if recent else math.inf
-            if per_chunk < _MARGIN * typical:
-                previous, self.current = self.current, index
-                self.times[index] = [per_chunk]
+        if not self.seen[index]:
+            self.seen[index] = True
+            return
+        if index == self.current:
+            recent = self.times[index]
+            recent.append(per_chunk)
+            if len(recent) > _SAMPLES:
+                del recent[0]
+            if per_chunk < self.best:
                 self.best = per_chunk
-                for i in self._others():
-                    self.interval[i], self.loss[i] = 1, 0.0
-                self.tried_step[previous] = self.steps
-            else:
-                self.interval[index] = min(2 * self.interval[index], tuning.THREADS_PROBE_MAX_STEPS)
-                self.loss[index] = max(0.0, seconds - typical * chunks)
+            if len(recent) == _SAMPLES:
+                typical = _median(recent)
+                if typical > tuning.THREADS_SLOWDOWN * self.best:
+                    # Conditions changed: try the other counts soon, within the budget.
+                    self.interval = [1] * len(self.ladder)
+                    self.best = typical
+                    self._schedule()
+            return
+        recent = self.times[self.current]
+        typical = _median(recent) if recent else math.inf
+        if per_chunk < _MARGIN * typical:
+            previous, self.current = self.current, index
+            self.times[index] = [per_chunk]
+            self.best = per_chunk
+            self.interval, self.loss = [1] * len(self.ladder), [0.0] * len(self.ladder)
+            self.tried_step[previous] = self.steps
+        else:
+            self.interval[index] = min(2 * self.interval[index], tuning.THREADS_PROBE_MAX_STEPS)
+            self.loss[index] = max(0.0, seconds - typical * chunks)
+        self._schedule()
 
     @property
     def threads(self) -> int:
@@ -182,7 +190,7 @@ SERIAL = Launch(False)
 UNCHOSEN = Launch(True)
 
 _CHOOSERS: dict[Hashable, Chooser] = {}
-_CPU_LIMIT: list[int] = []  # available_cpus() // local_processes(), computed once
+_CPU_LIMIT: list[int] = []  # available_cpus() // local_processes(), or none; computed once
 
 
 def plan(device: str, parallel: bool, kind: Hashable, dtype: Any, chunks: int) -> Launch:
@@ -193,15 +201,13 @@ def plan(device: str, parallel: bool, kind: Hashable, dtype: Any, chunks: int) -
         return SERIAL
     if device != "cpu":
         return UNCHOSEN
-    import numba
-
-    own = numba.get_num_threads()
+    own = _num_threads()
     top = max(1, min(max_threads(own), chunks))
     if top == 1:
         return SERIAL
     if not tuning.ADAPTIVE_THREADS:
         return Launch(True, top, restore=own)
-    key = (kind, str(dtype), chunks.bit_length(), top)
+    key = (kind, dtype, chunks.bit_length(), top)
     chooser = _CHOOSERS.get(key)
     if chooser is None:
         if len(_CHOOSERS) >= 256:  # kinds and sizes come and go; a few recur every step
@@ -212,12 +218,28 @@ def plan(device: str, parallel: bool, kind: Hashable, dtype: Any, chunks: int) -
     return Launch(threads > 1, threads, chooser, index, chunks, restore=own)
 
 
+_NUM_THREADS: list[Callable[[], int]] = []
+
+
+def _num_threads() -> int:
+    """``numba.get_num_threads()``: the calling thread's Numba thread count. Once the pool
+    has started, the threading layer's own function, without the public one's check that
+    the pool is started (a microsecond per launch); the public one where Numba has none."""
+    if not _NUM_THREADS:
+        import numba
+        from numba.np.ufunc import parallel
+
+        numba.get_num_threads()  # starts the pool
+        direct = getattr(parallel, "_get_num_threads", None)
+        _NUM_THREADS.append(direct if callable(direct) else numba.get_num_threads)
+    return int(_NUM_THREADS[0]())
+
+
 def max_threads(own: int) -> int:
     """The most threads a step may use, given the calling thread's Numba thread count ``own``."""
-    if os.environ.get("NUMBA_NUM_THREADS", "").strip():
-        return own  # set explicitly: the user's number
-    if not _CPU_LIMIT:
-        _CPU_LIMIT.append(max(1, available_cpus() // local_processes()))
+    if not _CPU_LIMIT:  # read once: Numba reads NUMBA_NUM_THREADS once too
+        explicit = bool(os.environ.get("NUMBA_NUM_THREADS", "").strip())  # the user's number
+        _CPU_LIMIT.append(1 << 30 if explicit else max(1, available_cpus() // local_processes()))
     return min(own, _CPU_LIMIT[0])
 
 
