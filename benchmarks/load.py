@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import numbaopt.torch as nt
-from numbaopt import optimizers
+from numbaopt import optimizers, threads
 from torch_step import MLP
 
 CASES = {"1e6": [(1_000_000,)], "1e7": [(10_000_000,)], "MLP": MLP}
@@ -114,17 +114,20 @@ def summary(times):
 def run(busy=2, quick=False, seconds=None, n_rounds=3, limit=300.0):
     seconds = seconds or (0.05 if quick else 0.7)
     warmup = 0.05 if quick else 0.5
-    results = {"busy_processes": busy, "load_before": os.getloadavg()[0], "cases": {}}
+    results = {"busy_processes": busy, "load_before": os.getloadavg()[0], "cases": {}, "busy_pids": []}
     for case, shapes in (QUICK_CASES if quick else CASES).items():
         steps = contenders(shapes)
         quiet = rounds(steps, seconds, n_rounds, warmup)
-        with busy_processes(busy, limit):
+        with busy_processes(busy, limit) as processes:
+            results["busy_pids"] += [p.pid for p in processes]
             loaded = rounds(steps, seconds, n_rounds, warmup)
         results["cases"][case] = {
             name: {"quiet": summary(quiet[name]), "busy": summary(loaded[name])} for name in steps
         }
         print(f"{case}: done, load {os.getloadavg()[0]:.2f}", file=sys.stderr)
     results["load_after"] = os.getloadavg()[0]
+    results["threads_chosen"] = {f"{getattr(k[0], '__name__', k[0])} {k[1]} ~2^{k[2] - 1} chunks": c.threads
+                                 for k, c in threads.choosers().items()}
     return results
 
 

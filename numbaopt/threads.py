@@ -201,12 +201,12 @@ def plan(device: str, parallel: bool, kind: Hashable, dtype: Any, chunks: int) -
         return SERIAL
     if device != "cpu":
         return UNCHOSEN
-    own = _num_threads()
-    top = max(1, min(max_threads(own), chunks))
-    if top == 1:
+    own = _NUM_THREADS[0]() if _NUM_THREADS else _num_threads()
+    top = min(own, _CPU_LIMIT[0] if _CPU_LIMIT else max_threads(own), chunks)
+    if top <= 1:
         return SERIAL
     if not tuning.ADAPTIVE_THREADS:
-        return Launch(True, top, restore=own)
+        return Launch(True, top, None, 0, 0, own)
     key = (kind, dtype, chunks.bit_length(), top)
     chooser = _CHOOSERS.get(key)
     if chooser is None:
@@ -215,7 +215,7 @@ def plan(device: str, parallel: bool, kind: Hashable, dtype: Any, chunks: int) -
         chooser = _CHOOSERS[key] = Chooser(ladder(top))
     index = chooser.pick(time.perf_counter())
     threads = chooser.ladder[index]
-    return Launch(threads > 1, threads, chooser, index, chunks, restore=own)
+    return Launch(threads > 1, threads, chooser, index, chunks, own)
 
 
 _NUM_THREADS: list[Callable[[], int]] = []
