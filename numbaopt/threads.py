@@ -17,7 +17,7 @@ times per chunk of each thread count on a ladder ``1, 2, 4, ..., cap`` and runs 
 fastest. It starts at the top (every thread, the quiet-machine choice) and now and then
 tries the other counts on the ladder: at once after a switch or when the
 chosen count gets ``tuning.THREADS_SLOWDOWN`` times slower than its best, otherwise after
-a doubling number of steps, and never more often than lets the time the tries lose stay
+a doubling number of steps (a count that wins two tries in a row becomes the choice), and never more often than lets the time the tries lose stay
 under ``tuning.THREADS_PROBE_BUDGET`` of the time that passes. One thread is the serial
 kernel (no parallel region at all); more is the parallel kernel with
 ``numba.set_num_threads`` for the launch, restored afterwards.
@@ -47,8 +47,10 @@ from numbaopt import tuning
 
 #: Recent samples kept per thread count; the estimate is their median.
 _SAMPLES = 3
-#: A tried count replaces the chosen one only when it is this much faster (noise).
+#: A tried count replaces the chosen one only when it is this much faster, this many
+#: tries in a row (a lone fast step on a busy machine is often luck).
 _MARGIN = 0.9
+_WINS = 2
 
 
 def _median(values: list[float]) -> float:
@@ -85,6 +87,7 @@ class Chooser:
         self.tried_step = [0] * n
         self.tried_at = [-math.inf] * n
         self.loss = [0.0] * n  # seconds its last try lost against the chosen count
+        self.wins = [0] * n  # tries in a row that beat the chosen count
         self.steps = 0
         # No count is due for a try before this step and this time (the usual step
         # returns after two comparisons). Steps from several Python threads may race on
@@ -136,12 +139,18 @@ class Chooser:
         recent = self.times[self.current]
         typical = _median(recent) if recent else math.inf
         if per_chunk < _MARGIN * typical:
-            previous, self.current = self.current, index
-            self.times[index] = [per_chunk]
-            self.best = per_chunk
-            self.interval, self.loss = [1] * len(self.ladder), [0.0] * len(self.ladder)
-            self.tried_step[previous] = self.steps
+            self.wins[index] += 1
+            if self.wins[index] < _WINS:  # one fast step may be luck: try it again at once
+                self.interval[index], self.tried_step[index] = 1, self.steps
+            else:
+                previous, self.current = self.current, index
+                self.times[index] = [per_chunk]
+                self.best = per_chunk
+                self.interval, self.loss = [1] * len(self.ladder), [0.0] * len(self.ladder)
+                self.wins = [0] * len(self.ladder)
+                self.tried_step[previous] = self.steps
         else:
+            self.wins[index] = 0
             self.interval[index] = min(2 * self.interval[index], tuning.THREADS_PROBE_MAX_STEPS)
             self.loss[index] = max(0.0, seconds - typical * chunks)
         self._schedule()
