@@ -8,7 +8,8 @@ Adam, float32, three cases: one tensor of 1e6, one of 1e7, and the 20 tensors of
 (``torch_step.MLP``, 528,746 parameters). Contenders, measured in one process in
 alternating rounds so that load from elsewhere hits them alike: numbaopt's NumPy API,
 ``numbaopt.torch.Adam``, and ``torch.optim.Adam(fused=True)`` on 1 and on 2 torch threads
-(the faster of the two is "torch fused"). Each contender is timed step by step, first on
+(the faster of the two is "torch fused"), and numbaopt with ``tuning.ADAPTIVE_THREADS``
+off, every parallel step on all threads as before issue 24. Each contender is timed step by step, first on
 the machine as it is ("quiet"), then with ``--busy`` processes spinning in a Python loop
 ("busy"); the table gives medians and 90th percentiles of single steps, and the goals of
 issue 24: busy median <= 3x quiet median, busy median <= torch fused's, busy p90 <= 1.5x
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 import numbaopt.torch as nt
-from numbaopt import optimizers, threads
+from numbaopt import optimizers, threads, tuning
 from torch_step import MLP
 
 CASES = {"1e6": [(1_000_000,)], "1e7": [(10_000_000,)], "MLP": MLP}
@@ -75,8 +76,19 @@ def contenders(shapes):
     core = optimizers.Adam()
     pairs = [(p.grad.numpy(), p.detach().numpy()) for p in params]
     fused = torch.optim.Adam(tensors(shapes), fused=True)
+    fixed = optimizers.Adam()
+    fixed_pairs = [(p.grad.numpy(), p.detach().numpy()) for p in tensors(shapes)]
+
+    def every_thread():  # numbaopt before issue 24: every parallel step on all threads
+        tuning.ADAPTIVE_THREADS = False
+        try:
+            fixed.apply_gradients(fixed_pairs)
+        finally:
+            tuning.ADAPTIVE_THREADS = True
+
     return {
         "numbaopt": (lambda: core.apply_gradients(pairs), None),
+        "numbaopt, every thread": (every_thread, None),
         "numbaopt.torch": (nt.Adam(tensors(shapes)).step, None),
         "torch fused, 1 thread": (fused.step, 1),
         "torch fused, 2 threads": (fused.step, 2),
@@ -111,8 +123,8 @@ def summary(times):
             "steps": len(ordered)}
 
 
-def run(busy=2, quick=False, seconds=None, n_rounds=3, limit=300.0):
-    seconds = seconds or (0.05 if quick else 0.7)
+def run(busy=2, quick=False, seconds=None, n_rounds=4, limit=300.0):
+    seconds = seconds or (0.05 if quick else 0.5)
     warmup = 0.05 if quick else 0.5
     results = {"busy_processes": busy, "load_before": os.getloadavg()[0], "cases": {}, "busy_pids": []}
     for case, shapes in (QUICK_CASES if quick else CASES).items():
@@ -168,7 +180,7 @@ def main():
     parser.add_argument("--busy", type=int, default=2, help="busy processes (default 2)")
     parser.add_argument("--quick", action="store_true", help="small sizes, short rounds")
     parser.add_argument("--seconds", type=float, help="seconds per contender and round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--limit", type=float, default=300.0, help="the busy processes stop after this (s)")
     args = parser.parse_args()
     results = run(args.busy, args.quick, args.seconds, args.rounds, args.limit)
