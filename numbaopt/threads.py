@@ -1,26 +1,28 @@
 """How many threads a CPU step runs on: chosen from the measured times of the choices.
 
-Why. A parallel region of Numba's threading layers (OpenMP, TBB's arena barrier aside,
-the workqueue) ends when every thread of its team has done its share. When the machine
-has more runnable threads than cores (other processes, data-loading workers, torch's own
-OpenMP pool in the same process, MPI ranks sharing a node), one of those threads is often
-off its core, and the whole step waits for its next time slice: measured on a 2-core
-machine with two busy processes beside it, a step of 1e6 float32 went from 0.3 ms to
-16 ms, while the same step on the calling thread alone took 0.5 ms (issue 24,
-``benchmarks/load.py``). On a quiet machine the parallel step is the faster one. Neither
-choice is right everywhere, and nothing cheap predicts which is (the load average lags by
-a minute and sees the whole host from inside a container), so each step measures it.
+Why. A parallel region of Numba's threading layers ends when every thread of its team
+has done its share. When the machine has more runnable threads than cores (other
+processes, data-loading workers, torch's own OpenMP pool in the same process, MPI ranks
+sharing a node), one of those threads is often off its core, and the whole step waits for
+its next time slice: measured on a 2-core machine with two busy processes beside it, a
+step of 1e6 float32 went from 0.3 ms to 16 ms, while the same step on the calling thread
+alone took 0.5 ms (issue 24, ``benchmarks/load.py``). On a quiet machine the parallel
+step is the faster one. Neither choice is right everywhere, and nothing cheap predicts
+which is (the load average lags by a minute and sees the whole host from inside a
+container), so each step measures it.
 
 What. Per kind of launch (an update rule, or the global norm's sums), dtype and size class
 (the number of chunks, rounded down to a power of two), a ``Chooser`` keeps the last few
 times per chunk of each thread count on a ladder ``1, 2, 4, ..., cap`` and runs the
 fastest. It starts at the top (every thread, the quiet-machine choice) and now and then
-tries the other counts on the ladder: at once after a switch or when the
-chosen count gets ``tuning.THREADS_SLOWDOWN`` times slower than its best, otherwise after
-a doubling number of steps (a count that wins two tries in a row becomes the choice), and never more often than lets the time the tries lose stay
-under ``tuning.THREADS_PROBE_BUDGET`` of the time that passes. One thread is the serial
-kernel (no parallel region at all); more is the parallel kernel with
-``numba.set_num_threads`` for the launch, restored afterwards.
+tries the other counts on the ladder: at once after a switch or when the chosen count
+gets ``tuning.THREADS_SLOWDOWN`` times slower than its best, otherwise after a doubling
+number of steps, and never more often than lets the time the tries lose stay under
+``tuning.THREADS_PROBE_BUDGET`` of the time that passes. A count that wins two tries in a
+row becomes the choice. A step that waits a time slice now and then loses to one that
+never waits, so on a machine that is busy at all most steps run on the calling thread.
+One thread is the serial kernel (no parallel region at all); more is the parallel kernel
+with ``numba.set_num_threads`` for the launch, restored afterwards.
 
 Results never depend on the choice: every chunk is updated by one thread with the same
 code, and the global norm adds per-chunk sums in a fixed order (``tests/test_threads.py``).

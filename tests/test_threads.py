@@ -317,3 +317,28 @@ def test_numbaopt_sets_no_environment_variable_and_imports_numba_only_to_step():
         "assert dict(os.environ) == before, 'changed the environment'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+_LAYER_RUN = (
+    "import hashlib, numpy as np, numba\n"
+    "from numbaopt import optimizers, threads\n"
+    "size = 200_000\n"
+    "grad, param, opt = np.linspace(-1, 1, size), np.zeros(size), optimizers.Adam(clipnorm=1.0)\n"
+    "for _ in range(5):\n"
+    "    opt.apply_gradients([(grad, param)])\n"
+    "print(numba.threading_layer(), hashlib.sha256(param.tobytes()).hexdigest())\n"
+)
+
+
+def test_the_users_threading_layer_is_kept_and_gives_the_same_step():
+    import hashlib
+    import os
+
+    size = 200_000
+    grad, param, opt = np.linspace(-1, 1, size), np.zeros(size), optimizers.Adam(clipnorm=1.0)
+    for _ in range(5):
+        opt.apply_gradients([(grad, param)])
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    out = subprocess.run([sys.executable, "-c", _LAYER_RUN], check=True, timeout=300, env=env,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["workqueue", hashlib.sha256(param.tobytes()).hexdigest()]
