@@ -53,6 +53,9 @@ _SAMPLES = 3
 #: tries in a row (a lone fast step on a busy machine is often luck).
 _MARGIN = 0.9
 _WINS = 2
+#: Seconds between two tries of a count at most, whatever its last try lost (one try that
+#: met a pause of the whole machine must not pin the choice for minutes).
+_MAX_WAIT = 10.0
 
 
 def _median(values: list[float]) -> float:
@@ -103,7 +106,7 @@ class Chooser:
         # Every other count, not only the neighbours: a slow plateau (8 and 16 threads
         # where 4 cores are free) would hide the better count beyond it.
         self.due_step = min((self.tried_step[i] + self.interval[i] for i in others), default=1 << 62)
-        self.due_at = min((self.tried_at[i] + self.loss[i] / budget for i in others), default=math.inf)
+        self.due_at = min((self.tried_at[i] + min(self.loss[i] / budget, _MAX_WAIT) for i in others), default=math.inf)
 
     def pick(self, now: float) -> int:
         self.steps += 1
@@ -112,7 +115,7 @@ class Chooser:
         budget = tuning.THREADS_PROBE_BUDGET / max(1, len(self.ladder) - 1)
         for i in range(len(self.ladder)):
             if (i != self.current and self.steps - self.tried_step[i] >= self.interval[i]
-                    and now - self.tried_at[i] >= self.loss[i] / budget):
+                    and now - self.tried_at[i] >= min(self.loss[i] / budget, _MAX_WAIT)):
                 self.tried_step[i], self.tried_at[i] = self.steps, now
                 self._schedule()
                 return i

@@ -379,3 +379,18 @@ def test_the_torch_optimizers_choose_their_thread_count_the_same_way(monkeypatch
     for _ in range(3):
         serial_opt.step()
     assert torch.equal(param, serial)
+
+
+def test_one_try_that_met_a_pause_does_not_pin_the_choice():
+    chooser, clock = threads.Chooser((1, 2)), _Clock()
+    _drive(chooser, clock, _busy, 300)
+    assert chooser.threads == 1
+    index = chooser.pick(clock.now)
+    while chooser.ladder[index] != 2:  # run serial steps until the next try of two threads
+        chooser.record(index, 0.5e-3, 32, clock.now)
+        clock.now += 1.5e-3
+        index = chooser.pick(clock.now)
+    clock.now += 5.0
+    chooser.record(index, 5.0, 32, clock.now)  # that try met a five-second pause
+    _drive(chooser, clock, _quiet, 12_000)  # 12,000 quiet steps: about 17 s
+    assert chooser.threads == 2
