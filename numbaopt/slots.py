@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import tuning
+from numbaopt import threads, tuning
 from numbaopt.phases import ElementPass, Phase
 from numbaopt.state import Slot
 
@@ -326,11 +326,11 @@ class SlotStore:
         chunks = group.chunks if chunks is None else chunks
         if not len(chunks):
             return
-        parallel = self.parallel()
-        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), parallel)
-        with _LAUNCH(self.backend, parallel):
+        launch = threads.plan(self.backend.name, self.parallel(), rule, group.dtype, len(chunks))
+        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel)
+        with _LAUNCH(self.backend, launch.parallel), launch:
             step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like)
-        _LAUNCH.launched(self.backend, parallel)
+        _LAUNCH.launched(self.backend, launch.parallel)
 
     def run_phases(
         self,
@@ -347,7 +347,6 @@ class SlotStore:
         and their ``chunks`` (from ``chunks_of``), phase after phase."""
         if not len(tensors):
             return
-        parallel = self.parallel()
         kernels = self.backend.kernels
         n_element = sum(slot.shape == "element" for slot in self.declared)
         n_tensor = sum(slot.shape == "tensor" for slot in self.declared)
@@ -355,16 +354,18 @@ class SlotStore:
             if isinstance(phase, ElementPass):
                 if not len(chunks):
                     continue
-                kernel = kernels.phase_kernel("element", phase.rule, n_element, parallel)
+                launch = threads.plan(self.backend.name, self.parallel(), phase.rule, group.dtype, len(chunks))
+                kernel = kernels.phase_kernel("element", phase.rule, n_element, launch.parallel)
                 arguments: tuple[Any, ...] = (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip,
                                               scalars, group.like, group.buffer, group.tensor_base, n_tensor)
-            else:
-                kernel = kernels.phase_kernel("tensor", phase.function, len(self.declared), parallel)
+            else:  # the threads share the tensors out
+                launch = threads.plan(self.backend.name, self.parallel(), phase.function, group.dtype, len(tensors))
+                kernel = kernels.phase_kernel("tensor", phase.function, len(self.declared), launch.parallel)
                 arguments = (param_addresses, grad_addresses, group.buffer, group.slot_offsets, group.slot_sizes,
                              group.dims, tensors, clip, scalars, group.like)
-            with _LAUNCH(self.backend, parallel):
+            with _LAUNCH(self.backend, launch.parallel), launch:
                 kernel(*arguments)
-            _LAUNCH.launched(self.backend, parallel)
+            _LAUNCH.launched(self.backend, launch.parallel)
 
 
 
@@ -374,11 +375,12 @@ def chunk_sums(backend: Backend, addresses: npt.NDArray[np.int64], chunks: npt.N
     ``addresses``, of ``like``'s dtype: the global norm's partial sums, on ``backend``.
     ``numbaopt.distributed`` sums a shard's chunks with it and adds them up across ranks."""
     kernels = backend.kernels
-    kernel = kernels.sum_of_squares if parallel else kernels.serial_sum_of_squares
+    launch = threads.plan(backend.name, parallel, "norm", like.dtype, len(chunks))
+    kernel = kernels.sum_of_squares if launch.parallel else kernels.serial_sum_of_squares
     partial_sums = backend.zeros(len(chunks), np.float64)
-    with _LAUNCH(backend, parallel):
+    with _LAUNCH(backend, launch.parallel), launch:
         kernel(addresses, chunks, like, partial_sums)
-    _LAUNCH.launched(backend, parallel)
+    _LAUNCH.launched(backend, launch.parallel)
     return partial_sums
 
 

@@ -27,3 +27,22 @@ CUDA_BLOCKS_PER_SM = 32
 #: 50,000 float32 elements (``benchmarks/serial_threshold.py``). Results are bitwise the
 #: same either way. Read at every step.
 PARALLEL_MIN_ELEMENTS = 1 << 16
+
+#: Whether a parallel CPU step chooses its thread count from measured step times
+#: (``numbaopt.threads``): all threads on a quiet machine, fewer or one when other work
+#: holds the cores and a parallel region would wait for a descheduled thread. False runs
+#: every parallel step on all the threads it may use (the cap of ``numbaopt.threads``).
+#: Results are bitwise the same either way. Read at every step.
+ADAPTIVE_THREADS = True
+
+#: The share of the time that passes which tries of a thread count other than the chosen
+#: one may lose (a parallel try on a busy machine can cost 30 times a serial step).
+THREADS_PROBE_BUDGET = 0.02
+
+#: At most this many steps between two tries of each neighbouring thread count: how long a
+#: machine that became quiet may wait before its steps use every thread again.
+THREADS_PROBE_MAX_STEPS = 512
+
+#: When the chosen thread count's recent steps get this many times slower than its best,
+#: the other counts are tried again at once (within the budget).
+THREADS_SLOWDOWN = 2.0

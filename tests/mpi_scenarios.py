@@ -365,6 +365,24 @@ def hangs(folder):
     sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
 
 
+def shares(folder):
+    """Without NUMBA_NUM_THREADS, a rank's steps use at most its share of the machine's CPUs
+    (the launcher says how many ranks it started here), and a step with the global norm on
+    that many threads is bitwise the reference's."""
+    import numba
+
+    from numbaopt import threads
+
+    assert "NUMBA_NUM_THREADS" not in os.environ
+    assert threads.local_processes() == R
+    share = max(1, threads.available_cpus() // R)
+    assert threads.max_threads(numba.config.NUMBA_NUM_THREADS) == min(numba.config.NUMBA_NUM_THREADS, share)
+    shapes, dtypes = [(70_000,), (3, 30)], [np.float32, np.float32]
+    params, reference = parameters(shapes, dtypes), parameters(shapes, dtypes)
+    sharded, single = ShardedOptimizer(optimizers.Adam(clipnorm=1.0), COMM), optimizers.Adam(clipnorm=1.0)
+    run_both(sharded, single, params, reference, shapes, dtypes, steps=3)
+
+
 if __name__ == "__main__":
     scenario, folder = sys.argv[1], sys.argv[2]
     globals()[scenario](folder)

@@ -4,9 +4,12 @@ No timing is asserted: this machine's speed is not what the test is about. Peers
 not installed (the test environment has none) must be reported as missing, not fail.
 """
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "suite.py"
 
@@ -36,3 +39,19 @@ def test_quick_suite_runs_and_reports(tmp_path):
     assert set(startup) == {"import_numbaopt_s", "import_numba_s", "first_step_cold_cache_s", "first_step_warm_cache_s"}
     page = (tmp_path / "benchmarks.md").read_text()
     assert "<!-- results:begin -->" in page and "### Targets" in page and "| Adam |" in page
+
+
+@pytest.mark.torch
+def test_the_load_benchmark_runs_reports_and_stops_its_busy_processes():
+    pytest.importorskip("torch")
+    script = SUITE.parent / "load.py"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--busy", "1", "--seconds", "0.02", "--rounds", "1",
+                          "--limit", "120"], capture_output=True, text=True, timeout=600, cwd=script.parent)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(results["cases"]) == {"1e6", "1e7", "MLP"}
+    assert "| 1e6 | numbaopt |" in run.stdout and "busy / quiet median" in run.stdout
+    assert len(results["busy_pids"]) == 3
+    for pid in results["busy_pids"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

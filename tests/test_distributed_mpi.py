@@ -28,14 +28,16 @@ def mpiexec():
     return found
 
 
-def launch(scenario, ranks, folder, timeout=TIMEOUT):
+def launch(scenario, ranks, folder, timeout=TIMEOUT, pinned=True):
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    if not pinned:  # the ranks find their share of the CPUs themselves
+        env.pop("NUMBA_NUM_THREADS")
     command = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(SCENARIOS), scenario, str(folder)]
     return command, subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=folder)
 
 
-def run(scenario, ranks, folder):
-    command, result = launch(scenario, ranks, folder)
+def run(scenario, ranks, folder, pinned=True):
+    command, result = launch(scenario, ranks, folder, pinned=pinned)
     assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert f'"scenario": "{scenario}", "ranks": {ranks}, "ok": true' in result.stdout, result.stdout
 
@@ -49,6 +51,11 @@ def test_bitwise_equal_to_one_optimizer_fed_the_averaged_gradients(ranks, tmp_pa
 def test_state_of_other_shapes_shards_by_whole_tensors(ranks, tmp_path):
     """The factored and per-tensor optimizers of ``tests/extending_shapes.py``, unedited."""
     run("shaped", ranks, tmp_path)
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_ranks_on_one_machine_share_its_cpus_and_stay_bitwise(ranks, tmp_path):
+    run("shares", ranks, tmp_path, pinned=False)
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4])

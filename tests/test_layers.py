@@ -17,9 +17,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "numbaopt"
 #: the list, and any module of a lower layer.
 LAYERS = (
     ("numbaopt.version", "numbaopt.tuning", "numbaopt.extras", "numbaopt.clipping", "numbaopt.schedules",
-     "numbaopt.hyperparameters", "numbaopt.registry", "numbaopt.state", "numbaopt.phases", "numbaopt.declarations", "numbaopt.keras_config",
-     "numbaopt.keras_weights", "numbaopt.step_checks"),
-    ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda"),
+     "numbaopt.hyperparameters", "numbaopt.registry", "numbaopt.state", "numbaopt.phases", "numbaopt.declarations",
+     "numbaopt.keras_config", "numbaopt.keras_weights", "numbaopt.step_checks"),
+    ("numbaopt.threads", "numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda"),
     ("numbaopt.devices", "numbaopt.slots"),
     ("numbaopt.optimizers.step", "numbaopt.optimizers.base"),
     ("numbaopt.optimizers.adadelta", "numbaopt.optimizers.adagrad", "numbaopt.optimizers.adam",

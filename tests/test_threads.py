@@ -1,10 +1,12 @@
 """Small steps on the calling thread, and one optimizer shared by several threads."""
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 
-from numbaopt import optimizers, tuning
+from numbaopt import optimizers, threads, tuning
 from tests.cases import DTYPES, NAMES, gradient_steps, make_params
 
 SHAPES = [(), (7,), (3, 50), (40_000,)]  # 40,158 elements: several chunks of 8,192
@@ -34,6 +36,7 @@ def test_the_serial_and_the_parallel_path_give_bitwise_the_same_step(name, dtype
 def test_a_small_step_takes_the_serial_kernel_and_a_large_one_the_parallel(monkeypatch):
     from numbaopt.kernels import cpu
 
+    threads.reset()  # a fresh chooser starts on every thread
     calls = []
     real = cpu.update_kernel
     monkeypatch.setattr(cpu, "update_kernel", lambda rule, n, parallel=True: calls.append(parallel) or real(rule, n, parallel))
@@ -41,7 +44,10 @@ def test_a_small_step_takes_the_serial_kernel_and_a_large_one_the_parallel(monke
     opt.apply_gradients([(np.ones(10), np.zeros(10))])
     big = np.zeros(tuning.PARALLEL_MIN_ELEMENTS)
     optimizers.SGD().apply_gradients([(np.ones_like(big), big)])
-    assert calls == [False, True]
+    import numba
+
+    several = threads.max_threads(numba.get_num_threads()) > 1  # with one thread, serial is the parallel
+    assert calls == [False, several]
 
 
 @pytest.mark.parametrize("size", [100, 200_000], ids=["serial", "parallel"])
@@ -94,3 +100,297 @@ def test_a_save_while_another_thread_steps_holds_a_step_boundary(tmp_path):
                 assert a.tobytes() == b.tobytes(), k
     finally:
         worker.join()
+
+
+# ---------------------------------------------------------------- the thread count (issue 24)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+
+def _drive(chooser, clock, cost, steps, chunks=32):
+    """``steps`` steps of ``chooser``; ``cost(threads)`` is a step's time. Returns the counts run."""
+    ran = []
+    for _ in range(steps):
+        index = chooser.pick(clock.now)
+        seconds = cost(chooser.ladder[index])
+        clock.now += seconds + 1e-3  # the rest of a training step
+        chooser.record(index, seconds, chunks, clock.now)
+        ran.append(chooser.ladder[index])
+    return ran
+
+
+def _quiet(threads):
+    return 0.4e-3 if threads > 1 else 0.8e-3
+
+
+def _busy(threads):
+    return 16e-3 if threads > 1 else 0.5e-3
+
+
+def test_the_ladder_of_thread_counts():
+    assert threads.ladder(1) == (1,)
+    assert threads.ladder(2) == (1, 2)
+    assert threads.ladder(6) == (1, 2, 4, 6)
+    assert threads.ladder(8) == (1, 2, 4, 8)
+
+
+def test_a_chooser_keeps_every_thread_on_a_quiet_machine():
+    chooser, clock = threads.Chooser((1, 2)), _Clock()
+    ran = _drive(chooser, clock, _quiet, 2000)
+    assert chooser.threads == 2
+    assert ran[-1000:].count(1) <= 5  # rare tries of one thread
+
+
+def test_a_chooser_goes_serial_under_load_and_back_when_it_ends():
+    chooser, clock = threads.Chooser((1, 2)), _Clock()
+    _drive(chooser, clock, _quiet, 300)
+    ran = _drive(chooser, clock, _busy, 2000)
+    assert chooser.threads == 1
+    assert ran[:10].count(2) <= 6 and ran[8:10] == [1, 1]  # it notices within a few steps
+    tries = ran[100:].count(2)
+    assert tries * 16e-3 <= 2 * tuning.THREADS_PROBE_BUDGET * clock.now  # tries lose little time
+    assert tries <= 0.05 * len(ran[100:])  # so the 90th percentile never sees them
+    ran = _drive(chooser, clock, _quiet, 2 * tuning.THREADS_PROBE_MAX_STEPS + 50)
+    assert chooser.threads == 2
+    assert ran[-50:].count(2) >= 45
+
+
+def test_a_chooser_climbs_a_longer_ladder_to_the_best_count():
+    def cost(n):  # four cores free: more threads help up to four, then wait for time slices
+        return 8e-3 / n if n <= 4 else 20e-3
+
+    chooser, clock = threads.Chooser(threads.ladder(16)), _Clock()
+    _drive(chooser, clock, cost, 200)
+    assert chooser.threads == 4
+
+
+def _forced(count, monkeypatch):
+    """Every chooser picks ``count`` threads (or the nearest on its ladder)."""
+    monkeypatch.setattr(threads.Chooser, "pick",
+                        lambda self, now: max(i for i, n in enumerate(self.ladder) if n <= count))
+
+
+@pytest.mark.parametrize("clip", [{}, {"clipnorm": 1.0}], ids=["no-clip", "clipnorm"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", ["Adam", "Nadam", "SGD"])
+def test_every_thread_count_gives_bitwise_the_same_step(name, dtype, clip, monkeypatch):
+    import numba
+
+    results = []
+    for count in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
+        threads.reset()
+        _forced(count, monkeypatch)
+        results.append(_run(name, dtype, clip, threshold=0, monkeypatch=monkeypatch))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_a_step_that_slows_down_under_load_moves_to_the_serial_kernel_with_the_same_results(monkeypatch):
+    """Simulated load: the clock the policy reads runs 20 ms during every parallel launch."""
+    import numba
+
+    from numbaopt.kernels import cpu
+
+    threads.reset()
+    if threads.max_threads(numba.get_num_threads()) < 2:
+        pytest.skip("one CPU: every step is serial already")
+
+    clock = _Clock()
+    real_kernel = cpu.update_kernel
+    launched = []
+
+    def update_kernel(rule, n, parallel=True):
+        kernel = real_kernel(rule, n, parallel)
+
+        def timed(*args):
+            kernel(*args)
+            clock.now += 20e-3 if parallel else 0.5e-3
+            launched.append(parallel)
+        return timed
+
+    monkeypatch.setattr(cpu, "update_kernel", update_kernel)
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock.now)
+    threads.reset()
+    size = 4 * tuning.CHUNK_ELEMENTS
+    grad, param, opt = np.linspace(-1, 1, size), np.zeros(size), optimizers.Adam()
+    for _ in range(60):
+        opt.apply_gradients([(grad, param)])
+        clock.now += 1e-3
+    assert launched[:2] == [True, True]  # every thread at first
+    assert launched[-40:].count(True) <= 2  # then the calling thread alone
+    monkeypatch.undo()
+    threads.reset()
+    alone, alone_param = optimizers.Adam(), np.zeros(size)
+    for _ in range(60):
+        alone.apply_gradients([(grad, alone_param)])
+    assert param.tobytes() == alone_param.tobytes()
+    for a, b in zip(opt.get_weights(), alone.get_weights(), strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_a_launch_on_fewer_threads_sets_numba_for_it_and_restores_the_callers_count():
+    import numba
+
+    before = numba.get_num_threads()
+    if before < 2:
+        pytest.skip("one Numba thread: nothing fewer to run on")
+    with threads.Launch(True, 1, None, 0, 0, before) as launch:
+        assert launch.parallel and numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with pytest.raises(RuntimeError), threads.Launch(True, 1, None, 0, 0, before):
+        raise RuntimeError("a kernel that fails")
+    assert numba.get_num_threads() == before
+
+
+def test_the_callers_numba_thread_count_is_the_most_a_step_uses(monkeypatch):
+    import numba
+
+    threads.reset()
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert threads.plan("cpu", True, "norm", np.float64, 64) is threads.SERIAL
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_small_steps_and_cuda_launches_choose_nothing():
+    assert threads.plan("cpu", False, "norm", np.float64, 64) is threads.SERIAL
+    assert threads.plan("cuda", True, "norm", np.float64, 64) is threads.UNCHOSEN
+
+
+def test_without_adaptation_a_step_uses_every_thread_it_may(monkeypatch):
+    import numba
+
+    monkeypatch.setattr(tuning, "ADAPTIVE_THREADS", False)
+    launch = threads.plan("cpu", True, "norm", np.float64, 1024)
+    assert launch.threads == threads.max_threads(numba.get_num_threads())
+    assert not threads.choosers() or all(key[0] != "norm" or key[2] != 11 for key in threads.choosers())
+
+
+def test_the_cap_is_the_cpus_shared_by_the_ranks_on_this_machine(monkeypatch):
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cpus", lambda: 8)
+    for name in threads.LOCAL_RANKS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    threads.reset()
+    assert threads.max_threads(64) == 8
+    assert threads.max_threads(4) == 4
+    monkeypatch.setenv("MPI_LOCALNRANKS", "4")
+    threads.reset()
+    assert threads.max_threads(64) == 2
+    monkeypatch.setenv("MPI_LOCALNRANKS", "16")
+    threads.reset()
+    assert threads.max_threads(64) == 1
+    threads.reset()
+
+
+def test_an_explicit_numba_num_threads_is_the_users_number(monkeypatch):
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "6")
+    monkeypatch.setenv("MPI_LOCALNRANKS", "4")
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    threads.reset()
+    assert threads.max_threads(6) == 6
+    threads.reset()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_cgroup_cpu_quota(version, tmp_path):
+    if version == "v2":
+        (tmp_path / "cpu.max").write_text("max 100000\n")
+        assert threads.cgroup_cpu_quota(str(tmp_path)) is None
+        (tmp_path / "cpu.max").write_text("150000 100000\n")
+    else:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+        assert threads.cgroup_cpu_quota(str(tmp_path)) is None
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    assert threads.cgroup_cpu_quota(str(tmp_path)) == 1.5
+    assert threads.cgroup_cpu_quota(str(tmp_path / "absent")) is None
+
+
+def test_numbaopt_sets_no_environment_variable_and_imports_numba_only_to_step():
+    code = (
+        "import os, sys\n"
+        "before = dict(os.environ)\n"
+        "import numbaopt, numbaopt.threads, numbaopt.slots\n"
+        "from numbaopt import optimizers\n"
+        "assert 'numba' not in sys.modules, 'imported numba'\n"
+        "import numpy as np\n"
+        "p = np.zeros(1 << 17, np.float32)\n"
+        "optimizers.Adam().apply_gradients([(np.ones_like(p), p)])\n"
+        "assert 'numba' in sys.modules\n"
+        "assert dict(os.environ) == before, 'changed the environment'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+_LAYER_RUN = (
+    "import hashlib, numpy as np, numba\n"
+    "from numbaopt import optimizers, threads\n"
+    "size = 200_000\n"
+    "grad, param, opt = np.linspace(-1, 1, size), np.zeros(size), optimizers.Adam(clipnorm=1.0)\n"
+    "for _ in range(5):\n"
+    "    opt.apply_gradients([(grad, param)])\n"
+    "print(numba.threading_layer(), hashlib.sha256(param.tobytes()).hexdigest())\n"
+)
+
+
+def test_the_users_threading_layer_is_kept_and_gives_the_same_step():
+    import hashlib
+    import os
+
+    size = 200_000
+    grad, param, opt = np.linspace(-1, 1, size), np.zeros(size), optimizers.Adam(clipnorm=1.0)
+    for _ in range(5):
+        opt.apply_gradients([(grad, param)])
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    out = subprocess.run([sys.executable, "-c", _LAYER_RUN], check=True, timeout=300, env=env,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["workqueue", hashlib.sha256(param.tobytes()).hexdigest()]
+
+
+@pytest.mark.torch
+def test_the_torch_optimizers_choose_their_thread_count_the_same_way(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import numbaopt.torch as nt
+    from numbaopt.optimizers.adam import adam_rule
+
+    threads.reset()
+    param = torch.nn.Parameter(torch.zeros(4 * tuning.CHUNK_ELEMENTS))
+    param.grad = torch.ones_like(param)
+    opt = nt.Adam([param])
+    for _ in range(3):
+        opt.step()
+    import numba
+
+    if threads.max_threads(numba.get_num_threads()) > 1:  # else every step is serial, nothing to choose
+        assert [key[:3] for key in threads.choosers()] == [(adam_rule, np.dtype(np.float32), 3)]
+    _forced(1, monkeypatch)
+    threads.reset()
+    serial = torch.nn.Parameter(torch.zeros(4 * tuning.CHUNK_ELEMENTS))
+    serial.grad = torch.ones_like(serial)
+    serial_opt = nt.Adam([serial])
+    for _ in range(3):
+        serial_opt.step()
+    assert torch.equal(param, serial)
+
+
+def test_one_try_that_met_a_pause_does_not_pin_the_choice():
+    chooser, clock = threads.Chooser((1, 2)), _Clock()
+    _drive(chooser, clock, _busy, 300)
+    assert chooser.threads == 1
+    index = chooser.pick(clock.now)
+    while chooser.ladder[index] != 2:  # run serial steps until the next try of two threads
+        chooser.record(index, 0.5e-3, 32, clock.now)
+        clock.now += 1.5e-3
+        index = chooser.pick(clock.now)
+    clock.now += 5.0
+    chooser.record(index, 5.0, 32, clock.now)  # that try met a five-second pause
+    _drive(chooser, clock, _quiet, 12_000)  # 12,000 quiet steps: about 17 s
+    assert chooser.threads == 2

@@ -1,0 +1,317 @@
+"""How many threads a CPU step runs on: chosen from the measured times of the choices.
+
+Why. A parallel region of Numba's threading layers ends when every thread of its team
+has done its share. When the machine has more runnable threads than cores (other
+processes, data-loading workers, torch's own OpenMP pool in the same process, MPI ranks
+sharing a node), one of those threads is often off its core, and the whole step waits for
+its next time slice: measured on a 2-core machine with two busy processes beside it, a
+step of 1e6 float32 went from 0.3 ms to 16 ms, while the same step on the calling thread
+alone took 0.5 ms (issue 24, ``benchmarks/load.py``). On a quiet machine the parallel
+step is the faster one. Neither choice is right everywhere, and nothing cheap predicts
+which is (the load average lags by a minute and sees the whole host from inside a
+container), so each step measures it.
+
+What. Per kind of launch (an update rule, or the global norm's sums), dtype and size class
+(the number of chunks, rounded down to a power of two), a ``Chooser`` keeps the last few
+times per chunk of each thread count on a ladder ``1, 2, 4, ..., cap`` and runs the
+fastest. It starts at the top (every thread, the quiet-machine choice) and now and then
+tries the other counts on the ladder: at once after a switch or when the chosen count
+gets ``tuning.THREADS_SLOWDOWN`` times slower than its best, otherwise after a doubling
+number of steps, and never more often than lets the time the tries lose stay under
+``tuning.THREADS_PROBE_BUDGET`` of the time that passes. A count that wins two tries in a
+row becomes the choice. A step that waits a time slice now and then loses to one that
+never waits, so on a machine that is busy at all most steps run on the calling thread.
+One thread is the serial kernel (no parallel region at all); more is the parallel kernel
+with ``numba.set_num_threads`` for the launch, restored afterwards.
+
+Results never depend on the choice: every chunk is updated by one thread with the same
+code, and the global norm adds per-chunk sums in a fixed order (``tests/test_threads.py``).
+
+The cap is the most threads a step may use: the calling thread's ``numba.get_num_threads()``
+(``NUMBA_NUM_THREADS``, or what the program set with ``numba.set_num_threads``), and,
+unless ``NUMBA_NUM_THREADS`` is set explicitly, no more than the CPUs this process may run
+on (its affinity mask and its cgroup's CPU quota) shared by the processes an MPI launcher
+started on this machine. numbaopt sets no environment variable: the threading layer and
+OpenMP's wait policy stay what Numba and the user chose.
+
+Imports Numba only when a parallel step is planned (``import numbaopt`` does not).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Hashable
+from types import TracebackType
+from typing import Any
+
+from numbaopt import tuning
+
+#: Recent samples kept per thread count; the estimate is their median.
+_SAMPLES = 3
+#: A tried count replaces the chosen one only when it is this much faster, this many
+#: tries in a row (a lone fast step on a busy machine is often luck).
+_MARGIN = 0.9
+_WINS = 2
+#: Seconds between two tries of a count at most, whatever its last try lost (one try that
+#: met a pause of the whole machine must not pin the choice for minutes).
+_MAX_WAIT = 10.0
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def ladder(cap: int) -> tuple[int, ...]:
+    """The thread counts a chooser picks from: powers of two below ``cap``, and ``cap``."""
+    counts = [1]
+    while counts[-1] * 2 < cap:
+        counts.append(counts[-1] * 2)
+    if cap > 1:
+        counts.append(cap)
+    return tuple(counts)
+
+
+class Chooser:
+    """The thread count for one kind of launch, from measured times (see the module's doc).
+
+    ``pick(now)`` gives the index on ``ladder`` to run; ``record(index, seconds, chunks,
+    now)`` tells how long that launch took. ``now`` is ``time.perf_counter()``; tests pass
+    their own clock.
+    """
+
+    def __init__(self, counts: tuple[int, ...]) -> None:
+        self.ladder = counts
+        n = len(counts)
+        self.current = n - 1
+        self.times: list[list[float]] = [[] for _ in range(n)]  # recent seconds per chunk
+        self.seen = [False] * n  # the first launch of each count compiles or starts the pool
+        self.best = math.inf  # the chosen count's best time per chunk since it was chosen
+        self.interval = [1] * n  # steps between tries of each count, doubling while it loses
+        self.tried_step = [0] * n
+        self.tried_at = [-math.inf] * n
+        self.loss = [0.0] * n  # seconds its last try lost against the chosen count
+        self.wins = [0] * n  # tries in a row that beat the chosen count
+        self.steps = 0
+        # No count is due for a try before this step and this time (the usual step
+        # returns after two comparisons). Steps from several Python threads may race on
+        # these statistics; a race perturbs a measurement, never a result.
+        self.due_step = 0
+        self.due_at = -math.inf
+
+    def _schedule(self) -> None:
+        budget = tuning.THREADS_PROBE_BUDGET / max(1, len(self.ladder) - 1)
+        others = [i for i in range(len(self.ladder)) if i != self.current]
+        # Every other count, not only the neighbours: a slow plateau (8 and 16 threads
+        # where 4 cores are free) would hide the better count beyond it.
+        self.due_step = min((self.tried_step[i] + self.interval[i] for i in others), default=1 << 62)
+        self.due_at = min((self.tried_at[i] + min(self.loss[i] / budget, _MAX_WAIT) for i in others), default=math.inf)
+
+    def pick(self, now: float) -> int:
+        self.steps += 1
+        if self.steps < self.due_step or now < self.due_at or not self.times[self.current]:
+            return self.current
+        budget = tuning.THREADS_PROBE_BUDGET / max(1, len(self.ladder) - 1)
+        for i in range(len(self.ladder)):
+            if (i != self.current and self.steps - self.tried_step[i] >= self.interval[i]
+                    and now - self.tried_at[i] >= min(self.loss[i] / budget, _MAX_WAIT)):
+                self.tried_step[i], self.tried_at[i] = self.steps, now
+                self._schedule()
+                return i
+        return self.current
+
+    def record(self, index: int, seconds: float, chunks: int, now: float) -> None:
+        per_chunk = seconds / max(chunks, 1)
+        if not self.seen[index]:
+            self.seen[index] = True
+            return
+        if index == self.current:
+            recent = self.times[index]
+            recent.append(per_chunk)
+            if len(recent) > _SAMPLES:
+                del recent[0]
+            if per_chunk < self.best:
+                self.best = per_chunk
+            if len(recent) == _SAMPLES:
+                typical = _median(recent)
+                if typical > tuning.THREADS_SLOWDOWN * self.best:
+                    # Conditions changed: try the other counts soon, within the budget.
+                    self.interval = [1] * len(self.ladder)
+                    self.best = typical
+                    self._schedule()
+            return
+        recent = self.times[self.current]
+        typical = _median(recent) if recent else math.inf
+        if per_chunk < _MARGIN * typical:
+            self.wins[index] += 1
+            if self.wins[index] < _WINS:  # one fast step may be luck: try it again at once
+                self.interval[index], self.tried_step[index] = 1, self.steps
+            else:
+                previous, self.current = self.current, index
+                self.times[index] = [per_chunk]
+                self.best = per_chunk
+                self.interval, self.loss = [1] * len(self.ladder), [0.0] * len(self.ladder)
+                self.wins = [0] * len(self.ladder)
+                self.tried_step[previous] = self.steps
+        else:
+            self.wins[index] = 0
+            self.interval[index] = min(2 * self.interval[index], tuning.THREADS_PROBE_MAX_STEPS)
+            self.loss[index] = max(0.0, seconds - typical * chunks)
+        self._schedule()
+
+    @property
+    def threads(self) -> int:
+        """The thread count chosen now."""
+        return self.ladder[self.current]
+
+
+class Launch:
+    """One CPU kernel launch: ``parallel`` says which kernel to call; as a context manager
+    around the call it sets Numba's thread count for it and reports the time it took."""
+
+    __slots__ = ("parallel", "threads", "_chooser", "_index", "_chunks", "_set", "_restore", "_began")
+
+    def __init__(self, parallel: bool, threads: int = 1, chooser: Chooser | None = None, index: int = 0,
+                 chunks: int = 0, restore: int = 0) -> None:
+        self.parallel = parallel
+        self.threads = threads
+        self._chooser, self._index, self._chunks = chooser, index, chunks
+        self._set = parallel and 0 < restore != threads
+        self._restore = restore
+        self._began = 0.0
+
+    def __enter__(self) -> Launch:
+        if self._set:
+            import numba
+
+            numba.set_num_threads(self.threads)
+        self._began = time.perf_counter()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        now = time.perf_counter()
+        if self._set:
+            import numba
+
+            numba.set_num_threads(self._restore)
+        if kind is None and self._chooser is not None:
+            self._chooser.record(self._index, now - self._began, self._chunks, now)
+
+
+#: The launches that choose nothing: a serial step, a CUDA launch, a parallel one left as it is.
+SERIAL = Launch(False)
+UNCHOSEN = Launch(True)
+
+_CHOOSERS: dict[Hashable, Chooser] = {}
+_CPU_LIMIT: list[int] = []  # available_cpus() // local_processes(), or none; computed once
+
+
+def plan(device: str, parallel: bool, kind: Hashable, dtype: Any, chunks: int) -> Launch:
+    """How to launch a kernel of ``kind`` (an update rule, ``"norm"``) over ``chunks`` chunks
+    of ``dtype`` on ``device``, whose caller would run it ``parallel``-ly: the serial kernel,
+    or the parallel one on some number of threads. Only parallel CPU launches choose."""
+    if not parallel:
+        return SERIAL
+    if device != "cpu":
+        return UNCHOSEN
+    own = _NUM_THREADS[0]() if _NUM_THREADS else _num_threads()
+    top = min(own, _CPU_LIMIT[0] if _CPU_LIMIT else max_threads(own), chunks)
+    if top <= 1:
+        return SERIAL
+    if not tuning.ADAPTIVE_THREADS:
+        return Launch(True, top, None, 0, 0, own)
+    key = (kind, dtype, chunks.bit_length(), top)
+    chooser = _CHOOSERS.get(key)
+    if chooser is None:
+        if len(_CHOOSERS) >= 256:  # kinds and sizes come and go; a few recur every step
+            _CHOOSERS.clear()
+        chooser = _CHOOSERS[key] = Chooser(ladder(top))
+    index = chooser.pick(time.perf_counter())
+    threads = chooser.ladder[index]
+    return Launch(threads > 1, threads, chooser, index, chunks, own)
+
+
+_NUM_THREADS: list[Callable[[], int]] = []
+
+
+def _num_threads() -> int:
+    """``numba.get_num_threads()``: the calling thread's Numba thread count. Once the pool
+    has started, the threading layer's own function, without the public one's check that
+    the pool is started (a microsecond per launch); the public one where Numba has none."""
+    if not _NUM_THREADS:
+        import numba
+        from numba.np.ufunc import parallel
+
+        numba.get_num_threads()  # starts the pool
+        direct = getattr(parallel, "_get_num_threads", None)
+        _NUM_THREADS.append(direct if callable(direct) else numba.get_num_threads)
+    return int(_NUM_THREADS[0]())
+
+
+def max_threads(own: int) -> int:
+    """The most threads a step may use, given the calling thread's Numba thread count ``own``."""
+    if not _CPU_LIMIT:  # read once: Numba reads NUMBA_NUM_THREADS once too
+        explicit = bool(os.environ.get("NUMBA_NUM_THREADS", "").strip())  # the user's number
+        _CPU_LIMIT.append(1 << 30 if explicit else max(1, available_cpus() // local_processes()))
+    return min(own, _CPU_LIMIT[0])
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, and its cgroup's CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (``docker --cpus``, a Kubernetes
+    limit), or None when there is none or it cannot be read. cgroup v2 (``cpu.max``) and v1
+    (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), read at the root of the mounted
+    hierarchy, which is the container's own."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota_us = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period_us = int(f.read())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+#: Environment variables in which MPI launchers tell a process how many ranks they started
+#: on its machine: MPICH's Hydra, Open MPI, MVAPICH.
+LOCAL_RANKS_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+
+
+def local_processes() -> int:
+    """The processes an MPI launcher started on this machine (1 outside one): ranks that
+    share a machine share its CPUs, so each starts from its share."""
+    for name in LOCAL_RANKS_VARIABLES:
+        try:
+            return max(1, int(os.environ[name]))
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
+def reset() -> None:
+    """Forget every measurement and the CPU limit (tests; a process whose CPUs changed)."""
+    _CHOOSERS.clear()
+    _CPU_LIMIT.clear()
+
+
+def choosers() -> dict[Hashable, Chooser]:
+    """The choosers by key ``(kind, dtype, size class, cap)``: what a step would run now."""
+    return dict(_CHOOSERS)
