@@ -296,3 +296,41 @@ def test_state_of_other_shapes_runs_through_the_torch_adapter(shaped, tmp_path):
     for resumed in (again, loaded):
         for ours, theirs in zip(resumed.core_optimizer().get_weights(), core.get_weights()):
             assert ours.tobytes() == theirs.tobytes()
+
+
+def test_slots_may_be_stored_in_another_dtype_than_their_parameters(monkeypatch, tmp_path):
+    """float64 parameters with float32 slots: the rule computes in float64, each slot is
+    rounded to float32 when stored; checkpoints and get_weights keep the declared dtype."""
+    from numbaopt.optimizers.adam import Adam, adam_rule
+    from numbaopt.state import Slot
+
+    monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))
+
+    class LeanAdam(Optimizer):
+        hyperparameters = Adam.hyperparameters
+        slots = (Slot("ms", dtype="float32"), Slot("vs", dtype="float32"))
+        rule = staticmethod(adam_rule)
+        step_scalars = staticmethod(Adam.step_scalars)
+
+    params = make_params(np.float64, SHAPES)
+    expected = [p.copy() for p in params]
+    m = [np.zeros(p.shape, np.float32) for p in params]
+    v = [np.zeros(p.shape, np.float32) for p in params]
+    opt = LeanAdam()
+    for t, grads in enumerate(gradient_steps(SHAPES, steps=5), start=1):
+        opt.apply_gradients(zip(grads, params))
+        lr_t = 0.001 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+        for i, g in enumerate(grads):
+            m64 = 0.9 * m[i].astype(np.float64) + (1 - 0.9) * g
+            v64 = 0.999 * v[i].astype(np.float64) + (1 - 0.999) * (g * g)
+            expected[i] = expected[i] - lr_t * m64 / (np.sqrt(v64) + 1e-8)
+            m[i], v[i] = m64.astype(np.float32), v64.astype(np.float32)
+    for p, r in zip(params, expected):
+        assert relative_error(p, r) <= 1e-12
+    state = opt.state()
+    assert all(a.dtype == np.float32 for arrays in state.slots.values() for a in arrays)
+    for ours, theirs in zip(state.slots["ms"], m):
+        assert relative_error(ours, theirs) <= 1e-6
+    checkpoint.save_optimizer(opt, tmp_path / "lean.h5")
+    loaded = checkpoint.load_optimizer(tmp_path / "lean.h5")
+    assert [w.tobytes() for w in loaded.get_weights()] == [w.tobytes() for w in opt.get_weights()]
