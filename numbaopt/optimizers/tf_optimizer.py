@@ -29,7 +29,7 @@ import numpy.typing as npt
 from numbaopt import devices, keras_weights, registry
 from numbaopt.extras import install_command
 from numbaopt.optimizers.base import Optimizer
-from numbaopt.state import OptimizerState
+from numbaopt.state import OptimizerState, Slot
 from numbaopt.slots import Layout
 from numbaopt.step_checks import checked_arrays, checked_names, listed_pairs, names_tuple, split_pairs
 
@@ -292,6 +292,8 @@ class TFOptimizer:
     """
 
     slot_names: ClassVar[tuple[str, ...]] = ()
+    slots: ClassVar[tuple[Slot, ...]] = ()  # its state is the wrapped optimizer's variables
+    phases: ClassVar[tuple[Any, ...]] = ()
     scalar_state: ClassVar[tuple[tuple[str, float], ...]] = ()
 
     def __init__(self, optimizer: Any) -> None:
