@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "numbaopt"
 LAYERS = (
     ("numbaopt.tuning", "numbaopt.extras", "numbaopt.clipping", "numbaopt.schedules", "numbaopt.registry",
      "numbaopt.keras_config", "numbaopt.keras_weights", "numbaopt.step_checks"),
-    ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda"),
+    ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda", "numbaopt.kernels.object_layout"),
     ("numbaopt.devices", "numbaopt.slots"),
     ("numbaopt.optimizers.base",),
     ("numbaopt.optimizers.adadelta", "numbaopt.optimizers.adagrad", "numbaopt.optimizers.adam",
@@ -79,5 +79,5 @@ def test_imports_point_down(module):
 
 def test_kernels_never_import_an_optimizer():
     """The rules come down to the kernels as arguments: adding an optimizer touches no kernel code."""
-    for module in ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda"):
+    for module in ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda", "numbaopt.kernels.object_layout"):
         assert not {m for m in imports(module) if m.startswith("numbaopt.optimizers")}

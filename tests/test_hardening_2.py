@@ -1,0 +1,222 @@
+"""Hardening II (issue 21): each defect of the second adversarial review, kept fixed by its
+reproducer. Steps that could crash the interpreter before the fix run in a child process,
+so that a crash fails the test instead of ending the run.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numbaopt import devices, optimizers
+from numbaopt.kernels import object_layout
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_child(code, *args, timeout=120):
+    """Run ``code`` in a fresh interpreter; its last stdout line, parsed as JSON."""
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, f"exit status {run.returncode}\n{run.stderr[-3000:]}"
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+# ------------------------------------------------ items 1-3: the fast path's memory safety
+
+
+PROXIES = """
+import json, sys, weakref
+import numpy as np
+from numbaopt import optimizers
+
+class Liar:
+    '''Says it is an ndarray (``__class__``), and forwards everything to one.'''
+    def __init__(self, array):
+        object.__setattr__(self, "_array", array)
+    @property
+    def __class__(self):
+        return np.ndarray
+    def __getattr__(self, name):
+        return getattr(object.__getattribute__(self, "_array"), name)
+
+def wrap(kind, array):
+    if kind == "weakref.proxy":
+        return weakref.proxy(array)
+    if kind == "wrapt.ObjectProxy":
+        import wrapt
+        return wrapt.ObjectProxy(array)
+    return Liar(array)
+
+kind, bound = sys.argv[1], sys.argv[2] == "bound"
+params = [np.zeros(1000), np.zeros(3)]
+grads = [np.ones(1000), np.ones(3)]
+opt = optimizers.SGD(momentum=0.5)
+if bound:
+    opt.apply_gradients(zip(grads, params))
+before = [p.copy() for p in params], [w.copy() for w in opt.get_weights()]
+outcome = []
+for _ in range(2):
+    try:
+        opt.apply_gradients([(grads[0], params[0]), (grads[1], wrap(kind, params[1]))])
+        outcome.append("stepped")
+    except TypeError as error:
+        outcome.append(str(error))
+unchanged = all((a == b).all() for a, b in zip(before[0], params)) and (
+    all((a == b).all() for a, b in zip(before[1], opt.get_weights())))
+# a proxy as a gradient is read once, into a copy: the step is the plain one's
+plain, proxied = [np.zeros(1000), np.zeros(3)], [np.zeros(1000), np.zeros(3)]
+optimizers.SGD().apply_gradients(zip(grads, plain))
+optimizers.SGD().apply_gradients([(grads[0], proxied[0]), (wrap(kind, grads[1]), proxied[1])])
+same = all(a.tobytes() == b.tobytes() for a, b in zip(plain, proxied))
+print(json.dumps([outcome, unchanged, same]))
+"""
+
+
+def _proxy_kinds():
+    kinds = ["weakref.proxy", "__class__ liar"]
+    try:
+        import wrapt  # noqa: F401  # comes with TensorFlow; in the test extra
+        kinds.append("wrapt.ObjectProxy")
+    except ImportError:
+        kinds.append(pytest.param("wrapt.ObjectProxy", marks=pytest.mark.skip(reason="wrapt is not installed")))
+    return kinds
+
+
+@pytest.mark.parametrize("bound", ["unbound", "bound"])
+@pytest.mark.parametrize("kind", _proxy_kinds())
+def test_an_object_that_passes_isinstance_ndarray_is_refused_not_read(kind, bound):
+    """Item 1: the step read the proxy object's memory as an ndarray's and wrote where it
+    pointed (a segfault, or an update that went elsewhere). Now a TypeError names it, and
+    nothing changes; as a gradient, it is read through NumPy into a copy."""
+    outcome, unchanged, same = run_child(PROXIES, kind, bound)
+    assert len(outcome) == 2 and all("parameter 1 is a " in o and "isinstance" in o for o in outcome), outcome
+    assert unchanged and same
+
+
+RACE = """
+import json, threading, time, sys
+import numpy as np
+from numbaopt import optimizers
+
+n, mode = int(sys.argv[1]), sys.argv[2]
+params = [np.zeros(n, np.float32), np.zeros(7, np.float32)]
+pairs = [(np.ones(n, np.float32), params[0]), (np.ones(7, np.float32), params[1])]
+opt = optimizers.SGD(lr=1.0)
+opt.apply_gradients(pairs)  # binds the slots: every later step takes the fast path
+stop = time.monotonic() + 1.5
+
+def mutate():
+    while time.monotonic() < stop:
+        if mode == "clear":
+            pairs.clear()
+            pairs.extend([(np.ones(n, np.float32), params[0]), (np.ones(7, np.float32), params[1])])
+            time.sleep(0)  # the step runs while the list is full, mostly
+        else:
+            pairs[0] = (np.ones(n, np.float32), params[0])  # the old gradient is freed
+            pairs[1] = (np.ones(7, np.float32), params[1])
+
+thread = threading.Thread(target=mutate)
+thread.start()
+steps = refused = 0
+while time.monotonic() < stop:
+    try:
+        opt.apply_gradients(pairs)
+        steps += 1
+    except ValueError:  # a cleared or half-refilled list: the checks name it
+        refused += 1
+thread.join()
+# every element of every gradient is one, with lr 1: each parameter is -(its steps), exactly
+exact = all(np.isfinite(p).all() and (p == p[0]).all() for p in params) and float(params[1][0]) == -(steps + 1)
+print(json.dumps([steps, refused, exact]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["replace", "clear"])
+@pytest.mark.parametrize("n", [4096, 10**6])
+def test_a_pairs_list_changed_by_another_thread_during_steps_is_safe(n, mode):
+    """Item 2: only raw addresses were kept, and the user's list was read in place: a
+    gradient replaced or cleared by another thread was read from freed memory (NaN) or
+    the process crashed. The step now reads a list of its own, which holds every array."""
+    steps, refused, exact = run_child(RACE, n, mode)
+    assert steps > 0 and exact, (steps, refused)
+
+
+LYING_SHAPE = """
+import json
+import numpy as np
+from numbaopt import optimizers
+
+class Liar(np.ndarray):
+    shape = property(lambda self: (1000,))  # the truth is 3 elements
+
+opt = optimizers.Adam()
+params, grads = [np.zeros(1000)], [np.ones(1000)]
+opt.apply_gradients(zip(grads, params))
+small = np.zeros(3)
+guard = np.zeros(10**6)  # memory an out-of-bounds write would land in, maybe
+outcome = []
+try:
+    opt.apply_gradients([(np.ones(1000), small.view(Liar))])
+    outcome.append("stepped")
+except ValueError as error:
+    outcome.append(str(error))
+fresh = np.zeros(3)
+optimizers.SGD().apply_gradients([(np.ones(3), fresh.view(Liar))])  # unbound: its true shape
+print(json.dumps([outcome, small.tolist(), fresh.tolist(), bool((guard == 0).all())]))
+"""
+
+
+def test_an_ndarray_subclass_whose_shape_lies_is_taken_by_its_true_shape():
+    """Item 3: the slow path believed a subclass's Python ``shape`` and wrote 1000 elements
+    into 3. A subclass is now viewed as an exact ndarray, its shape read by NumPy."""
+    outcome, small, fresh, guard_untouched = run_child(LYING_SHAPE)
+    assert outcome == ["gradient 0 has shape (1000,), but its parameter has shape (3,)"]
+    assert small == [0.0] * 3 and fresh == [-0.01] * 3 and guard_untouched
+
+
+def test_data_addresses_refuse_everything_but_exact_ndarrays():
+    """The fast path's address reader reads an object only when its type is np.ndarray."""
+
+    class Subclass(np.ndarray):
+        pass
+
+    import weakref
+
+    a = np.zeros(3)
+    assert devices.CPU.addresses([a, a[1:]]).tolist() == [a.ctypes.data, a[1:].ctypes.data]
+    for other in (a.view(Subclass), weakref.proxy(a), [1.0], None):
+        with pytest.raises(TypeError, match="array 1 is a .*not exactly a NumPy array"):
+            devices.CPU.addresses([a, other])
+
+
+def test_a_free_threaded_python_takes_the_checked_path(monkeypatch):
+    """Without the GIL nothing keeps an object still while the fast path reads it."""
+    assert object_layout.object_fields() is not None
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    assert object_layout.object_fields() is None
+    assert devices.CPU.pair_reader([(3,)], [np.dtype(np.float64)]) is None
+    a = np.zeros(3)
+    assert devices.CPU.addresses([a]).tolist() == [a.ctypes.data]
+    with pytest.raises(TypeError, match="not exactly a NumPy array"):
+        devices.CPU.addresses([a.view(np.matrix)])
+    opt, params = optimizers.Adam(), [np.zeros(3), np.zeros(2)]
+    for _ in range(2):
+        opt.apply_gradients(zip([np.ones(3), np.ones(2)], params))
+    assert opt._slots.layout._read_pairs is None
+    reference, same = optimizers.Adam(), [np.zeros(3), np.zeros(2)]
+    monkeypatch.undo()
+    for _ in range(2):
+        reference.apply_gradients(zip([np.ones(3), np.ones(2)], same))
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params, same))
+
+
+def test_the_caller_list_is_never_the_one_the_step_reads():
+    from numbaopt.step_checks import listed_pairs
+
+    pairs = [(np.ones(3), np.zeros(3))]
+    assert listed_pairs(pairs) == pairs and listed_pairs(pairs) is not pairs
