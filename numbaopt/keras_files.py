@@ -182,9 +182,13 @@ def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile:
 
 
 def is_keras_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` looks like a Keras model file (a zip, or an HDF5 file with Keras's attributes)."""
+    """Whether ``path`` looks like a Keras model file (a zip, or an HDF5 file with Keras's
+    attributes). Only a regular file is opened: a FIFO would block the reading forever,
+    and ``/dev/zero`` would never end."""
     path = os.fspath(path)
-    with contextlib.suppress(OSError, ValueError, TypeError, RuntimeError, CheckpointError):
+    with contextlib.suppress(OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeError, CheckpointError):
+        if not os.path.isfile(path):
+            return False
         return zipfile.is_zipfile(path) or _isolated(_has_keras_attributes, path)
     return False
 
@@ -253,19 +257,37 @@ def _isolated(read: Callable[[str], _T], path: str) -> _T:
         finally:
             os._exit(status)
     os.close(writable)
-    data = _read_until_done(readable, pid, _patience(path))
-    _, status = os.waitpid(pid, 0)
     try:
-        if os.waitstatus_to_exitcode(status) != 0:
+        data = _read_until_done(readable, pid, _patience(path))
+    except BaseException:  # interrupted (KeyboardInterrupt, say): no child left running, no zombie
+        _reaped(pid, kill=True)
+        raise
+    code = _reaped(pid)
+    try:
+        if code not in (0, None):
             raise ValueError("no outcome")
         succeeded, value = pickle.loads(data)  # written by the child above: arrays, strings, our exceptions
     except Exception:  # noqa: BLE001  (the child died before it could say)
-        code = os.waitstatus_to_exitcode(status)
-        how = f"signal {-code}" if code < 0 else f"status {code}"
+        how = "unknown status" if code is None else f"signal {-code}" if code < 0 else f"status {code}"
         raise CheckpointError(f"the HDF5 library crashed or hung reading the file ({how}): it is damaged") from None
     if not succeeded:
         raise value
     return value  # type: ignore[no-any-return]  # pickle gives Any; the child returned read's _T
+
+
+def _reaped(pid: int, kill: bool = False) -> int | None:
+    """Wait for the child ``pid`` (killed first with ``kill``: a read that was interrupted)
+    and return its exit code as ``os.waitstatus_to_exitcode`` gives it, or None where the
+    process reaps its own children (``SIGCHLD`` ignored, or a handler that waits for them,
+    as servers and job runners have): then the status is gone, and the child's outcome is
+    what it wrote to the pipe."""
+    try:
+        if kill:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    except (ChildProcessError, ProcessLookupError):
+        return None
+    return os.waitstatus_to_exitcode(status)
 
 
 class _Refused(ValueError):

@@ -161,8 +161,8 @@ def is_sharded(path: str | os.PathLike[str]) -> bool:
             return False
         with h5py.File(path, "r") as f:
             return bool(f.attrs.get("format") == FORMAT)
-    except (OSError, ValueError, TypeError, RuntimeError):
-        return False
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeError):
+        return False  # a damaged root group (h5py raises KeyError): the ordinary load names it
 
 
 def read_any(path: str | os.PathLike[str]) -> Checkpoint:

@@ -220,3 +220,114 @@ def test_the_caller_list_is_never_the_one_the_step_reads():
 
     pairs = [(np.ones(3), np.zeros(3))]
     assert listed_pairs(pairs) == pairs and listed_pairs(pairs) is not pairs
+
+
+# ------------------------------------------------------ item 4: damaged root groups
+
+
+def _flipped_checkpoint(tmp_path, position=100, bit=0):
+    """A checkpoint with one bit flipped in its root group's object header: h5py raises
+    KeyError ("incorrect metadata checksum") when its attributes are read."""
+    import numbaopt
+
+    opt = optimizers.Adam()
+    params = [np.zeros(3), np.zeros((2, 2))]
+    opt.apply_gradients(zip([np.ones(3), np.ones((2, 2))], params))
+    path = tmp_path / "damaged.h5"
+    numbaopt.save_optimizer(opt, path)
+    data = bytearray(path.read_bytes())
+    data[position] ^= 1 << bit
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("position", [100, 104, 109])
+def test_a_damaged_root_group_is_a_checkpoint_error_everywhere(tmp_path, position, capsys):
+    """Item 4: ``numbaopt.load_optimizer`` let h5py's KeyError escape (the sharded-or-not
+    check did not catch it), and ``numbaopt inspect`` printed a traceback."""
+    import numbaopt
+    from numbaopt import checkpoint
+    from numbaopt.checkpoint_report import main as inspect_main
+
+    path = _flipped_checkpoint(tmp_path, position)
+    with pytest.raises(numbaopt.CheckpointError) as direct:
+        checkpoint.load_optimizer(path)
+    with pytest.raises(numbaopt.CheckpointError) as facade:
+        numbaopt.load_optimizer(path)
+    assert str(facade.value) == str(direct.value) and str(path) in str(facade.value)
+    assert inspect_main(path) == 1
+    assert capsys.readouterr().err.strip() == f"numbaopt inspect: {facade.value}"
+
+
+# ------------------------------------------------ item 5: inspect opens only regular files
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_inspect_refuses_what_is_not_a_regular_file_at_once(tmp_path, kind):
+    """Item 5: ``numbaopt inspect`` asked zipfile first: it blocked forever on a FIFO and read
+    ``/dev/zero`` until the memory was gone."""
+    if kind == "fifo":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+        if not path.exists():
+            pytest.skip("no /dev/zero")
+    run = subprocess.run([sys.executable, "-m", "numbaopt", "inspect", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.strip() == f"numbaopt inspect: {path}: not a regular file"
+
+
+# ------------------------------------------- item 6: processes that reap their own children
+
+
+SIGCHLD_CHILD = """
+import json, os, signal, sys
+import numbaopt
+from numbaopt import keras_files
+
+path, mode = sys.argv[1], sys.argv[2]
+if mode == "ignored":
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+elif mode == "reaping handler":
+    def reap(signum, frame):
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+    signal.signal(signal.SIGCHLD, reap)
+results = []
+for _ in range(5):
+    try:
+        optimizer, params = numbaopt.import_keras_optimizer(path)
+        results.append(type(optimizer).__name__)
+    except Exception as error:
+        results.append(f"{type(error).__name__}: {error}")
+# an interrupted read kills and reaps its child: no zombie, nothing left running
+signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+def interrupted(fd, pid, seconds):
+    raise KeyboardInterrupt
+keras_files._read_until_done = interrupted
+try:
+    numbaopt.import_keras_optimizer(path)
+except KeyboardInterrupt:
+    pass
+try:
+    left = os.waitpid(-1, os.WNOHANG)
+except ChildProcessError:
+    left = None
+print(json.dumps([results, left]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the isolated read forks")
+@pytest.mark.parametrize("mode", ["default", "ignored", "reaping handler"])
+def test_importing_a_keras_file_works_whoever_reaps_children(mode):
+    """Item 6: with SIGCHLD ignored or a reaping handler, ``import_keras_optimizer`` raised
+    ChildProcessError on a good file (20 of 20); an interrupted read left a zombie."""
+    results, left = run_child(SIGCHLD_CHILD, ROOT / "fixtures" / "keras_files" / "legacy_adam.h5", mode)
+    assert results == ["Adam"] * 5
+    assert left is None, f"a child was left: {left}"
