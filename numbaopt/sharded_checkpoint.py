@@ -33,6 +33,7 @@ import numbaopt
 from numbaopt import registry
 from numbaopt.checkpoint import (
     _INT64_LIMIT,
+    TEMPORARY_SUFFIX,
     Checkpoint,
     CheckpointError,
     Parameter,
@@ -40,6 +41,8 @@ from numbaopt.checkpoint import (
     _check_numbers,
     _fsync_directory,
     _reading,
+    _sweep_dead_temporaries,
+    _temporary_lead,
     read_checkpoint,
     replace_file,
 )
@@ -52,6 +55,7 @@ FORMAT_VERSION = 1
 
 #: What a shard file's name adds to its index's name: the save's token, the rank and the rank count.
 _SHARD_TAIL = re.compile(r"\.[0-9a-f]{12}\.rank\d+-of-\d+\.h5")
+_SHARD_TEMPORARY = re.compile(r"\.[0-9a-f]{12}\.rank\d+-of-\d+\.h5(?=\.)")
 
 
 class ShardRecord(NamedTuple):
@@ -129,6 +133,23 @@ def remove_unlisted_shards(path: str, keep: set[str]) -> None:
             if entry not in keep and entry.startswith(name) and _SHARD_TAIL.fullmatch(entry[len(name):]):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, entry))
+    sweep_dead_shard_temporaries(path)
+
+
+def sweep_dead_shard_temporaries(path: str) -> None:
+    """Remove the temporaries of shard files of saves to ``path`` whose writers on this host
+    died: a rank killed while writing its shard leaves one, named after its save's token,
+    which no later save's own sweep (``replace_file``'s, for its new names) would find."""
+    folder, name = os.path.split(path)
+    leads = set()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            if entry.startswith(f".{name}.") and entry.endswith(TEMPORARY_SUFFIX):
+                shard = _SHARD_TEMPORARY.match(entry[len(name) + 1:])
+                if shard is not None:
+                    leads.add(_temporary_lead(os.path.join(folder, name + shard.group(0))))
+    for lead in leads:
+        _sweep_dead_temporaries(folder, lead)
 
 
 def _index_attributes(header: Mapping[str, Any], parameters: Sequence[Parameter], shards: Sequence[ShardRecord]) -> dict[str, Any]:
@@ -170,9 +191,37 @@ def read_any(path: str | os.PathLike[str]) -> Checkpoint:
     return read_whole(path) if is_sharded(path) else read_checkpoint(path)
 
 
+#: How many times a load starts again when a save replaced the index while it read the set.
+_SAVED_MEANWHILE_RETRIES = 20
+
+
 def read_whole(path: str | os.PathLike[str]) -> Checkpoint:
-    """A sharded checkpoint as one ``Checkpoint``: every shard read, checked and joined."""
-    index = read_index(path)
+    """A sharded checkpoint as one ``Checkpoint``: every shard read, checked and joined.
+
+    A save that replaces the index while the set is read removes the shard files the
+    read started from: when a shard is then missing or foreign and the index is no longer
+    the one read, the read starts again from the new index (as an ordinary checkpoint,
+    replaced atomically, never fails this way); a set that is damaged as it stands raises.
+    """
+    for _ in range(_SAVED_MEANWHILE_RETRIES):
+        index = read_index(path)
+        try:
+            return _read_whole(index)
+        except CheckpointError:
+            if _index_unchanged(path, index):
+                raise
+    return _read_whole(read_index(path))
+
+
+def _index_unchanged(path: str | os.PathLike[str], index: ShardedIndex) -> bool:
+    """Whether the index at ``path`` still names ``index``'s set (a damaged one counts as unchanged)."""
+    try:
+        return read_index(path).shards == index.shards
+    except CheckpointError:
+        return True
+
+
+def _read_whole(index: ShardedIndex) -> Checkpoint:
     shards = [read_shard(index, k) for k in range(len(index.shards))]  # every one checked, even empty ones
     whole = [(0, _size(p.shape)) for p in index.parameters]
     slots = slot_pieces(index, whole, [s.ranges for s in index.shards], lambda k: shards[k].slots)
@@ -292,7 +341,8 @@ def _shards(records: list[Any], parameters: Sequence[Parameter]) -> tuple[ShardR
 def read_shard(index: ShardedIndex, k: int) -> Checkpoint:
     """Shard ``k`` of ``index``, read and checked against the index (``CheckpointError`` otherwise)."""
     record = index.shards[k]
-    path = os.path.join(os.path.dirname(index.path), record.file)
+    # Beside the index file itself: a save through a symbolic link writes the set beside its target.
+    path = os.path.join(os.path.dirname(os.path.realpath(index.path)), record.file)
     if not os.path.isfile(path):
         raise CheckpointError(f"{index.path}: shard file {record.file} is missing")
     try:

@@ -331,3 +331,85 @@ def test_importing_a_keras_file_works_whoever_reaps_children(mode):
     results, left = run_child(SIGCHLD_CHILD, ROOT / "fixtures" / "keras_files" / "legacy_adam.h5", mode)
     assert results == ["Adam"] * 5
     assert left is None, f"a child was left: {left}"
+
+
+# ------------------------------------------------ items 7, 8, 12: sharded checkpoints
+
+
+def _sharded_set(folder):
+    from tests.test_sharded_checkpoint import CUTS, stepped, write_set
+
+    opt = stepped("Adam", np.float32)
+    path = folder / "ck.h5"
+    write_set(path, opt, CUTS)
+    return opt, path
+
+
+def test_a_sharded_checkpoint_saved_through_a_link_loads_through_it(tmp_path):
+    """Item 7: the shards are written beside the link's target (the save resolves it) but
+    were looked up beside the link."""
+    import numbaopt
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    opt, path = _sharded_set(tmp_path / "real")
+    link = tmp_path / "links" / "latest.h5"
+    link.symlink_to(path)
+    loaded = numbaopt.load_optimizer(link)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(loaded.get_weights(), opt.get_weights()))
+
+
+def test_a_dead_ranks_shard_temporary_is_swept_by_the_next_save(tmp_path):
+    """Item 8: a rank killed while writing its shard left a shard-sized temporary named
+    after its save's token, which no later save swept."""
+    from numbaopt import checkpoint, sharded_checkpoint
+    from tests.test_sharded_checkpoint import CUTS, write_set
+
+    opt, path = _sharded_set(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    alive = os.getpid()
+    shard = sharded_checkpoint.shard_file_name(str(path), "fedcba987654", 1, 4)
+    lead = checkpoint._temporary_lead(str(tmp_path / shard))
+    left = [tmp_path / f"{lead}{pid}.0123456789ab{checkpoint.TEMPORARY_SUFFIX}" for pid in (dead.pid, alive)]
+    for file in left:
+        file.write_bytes(b"\0" * 4096)
+    write_set(path, opt, CUTS)  # the next save
+    assert not left[0].exists(), "the dead writer's temporary was left"
+    assert left[1].exists(), "a live writer's temporary must be left alone"
+
+
+def test_loading_a_sharded_checkpoint_while_it_is_saved_never_fails(tmp_path):
+    """Item 12: a load that read the index just before a save replaced it found the old
+    shard files gone ("shard file ... missing") in 7 of 32 loads."""
+    import threading
+    import time
+
+    import numbaopt
+    from tests.test_sharded_checkpoint import CUTS, write_set
+
+    opt, path = _sharded_set(tmp_path)
+    stop = time.monotonic() + 3.0
+    failures = []
+
+    def save_again():
+        from numbaopt import sharded_checkpoint
+
+        while time.monotonic() < stop:  # each save a new token, as ShardedOptimizer's
+            token = os.urandom(6).hex()
+            write_set(path, opt, CUTS, files={k: sharded_checkpoint.shard_file_name(str(path), token, k, 4)
+                                              for k in range(4)})
+
+    saver = threading.Thread(target=save_again)
+    saver.start()
+    loads = 0
+    try:
+        while time.monotonic() < stop:
+            try:
+                numbaopt.load_optimizer(path)
+                loads += 1
+            except numbaopt.CheckpointError as error:
+                failures.append(str(error))
+    finally:
+        saver.join()
+    assert loads > 0 and not failures, failures[:3]
