@@ -240,6 +240,14 @@ def torch_parameter_view(param: Any, index: int) -> Any:
     """A NumPy view of a CPU tensor's memory (``detach`` shares it), or the reason it cannot be updated in place."""
     if str(param.dtype) not in _TORCH_FLOATS:
         raise TypeError(f"parameter {index} has dtype {param.dtype}; only float32 and float64 are supported")
+    if param.device.type != "cpu":  # a meta tensor, say: no memory to update
+        raise TypeError(f"parameter {index} is a torch tensor on the {param.device.type} device, which has no "
+                        "memory numbaopt can update; pass a CPU or CUDA tensor")
+    if param.is_neg():
+        raise ValueError(
+            f"parameter {index} is a negative view (its negation bit is set): its memory holds the negated "
+            "values; pass the tensor itself (.resolve_neg() makes a copy, which would not be updated in place)"
+        )
     if not param.is_contiguous():
         raise ValueError(
             f"parameter {index} is not C-contiguous; pass a contiguous tensor "
@@ -262,7 +270,11 @@ def _torch_host_array(grad: Any, dtype: np.dtype[Any], index: int) -> npt.NDArra
     check_cast(torch_dtype_name(grad), dtype, index)
     if str(grad.layout) != "torch.strided":
         raise TypeError(f"gradient {index} is a {grad.layout} tensor; pass a dense gradient (.to_dense())")
-    grad = grad.detach()
+    if grad.device.type not in ("cpu", "cuda"):  # meta: no values to read
+        raise TypeError(f"gradient {index} is a torch tensor on the {grad.device.type} device, which has no values")
+    # A negative view's memory holds the negated values: they are read resolved (a copy),
+    # as torch's own operations read them.
+    grad = grad.detach().resolve_neg()
     if str(grad.dtype) != f"torch.{dtype.name}":
         grad = grad.to(getattr(sys.modules["torch"], dtype.name))  # a safe cast: exact
     try:

@@ -413,3 +413,61 @@ def test_loading_a_sharded_checkpoint_while_it_is_saved_never_fails(tmp_path):
     finally:
         saver.join()
     assert loads > 0 and not failures, failures[:3]
+
+
+# ------------------------------------------------ item 9: torch's negation bit, meta tensors
+
+
+@pytest.mark.torch
+def test_a_negative_view_gradient_steps_with_its_true_sign():
+    """Item 9: ``numbaopt.torch`` read a negative view's memory as it is (the update had the
+    wrong sign), where the core API refused the same gradient. Both read it resolved now."""
+    torch = pytest.importorskip("torch")
+    import numbaopt.torch as nt
+
+    results = []
+    for negative_view in (False, True):
+        p = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+        opt = nt.SGD([p], lr=0.1)
+        g = torch.tensor([1.0, -2.0, 3.0, -4.0], dtype=torch.float64)
+        p.grad = torch._neg_view(-g) if negative_view else g
+        opt.step()
+        core = np.zeros(4)
+        optimizers.SGD(lr=0.1).apply_gradients([(torch._neg_view(-g) if negative_view else g, core)])
+        results.append((p.detach().numpy().tolist(), core.tolist()))
+    expected = (0.0 - 0.1 * np.array([1.0, -2.0, 3.0, -4.0])).tolist()
+    assert results[0] == results[1] == (expected, expected)
+
+
+@pytest.mark.torch
+def test_meta_and_negative_view_parameters_raise_the_documented_errors():
+    """Item 9: they raised torch's RuntimeError from ``.numpy()``."""
+    torch = pytest.importorskip("torch")
+    import numbaopt.torch as nt
+
+    meta = torch.zeros(3, device="meta")
+    with pytest.raises(TypeError, match="parameter 0 is a torch tensor on the meta device"):
+        optimizers.SGD().apply_gradients([(np.ones(3), meta)])
+    base = torch.zeros(3, dtype=torch.float64)
+    negative = torch._neg_view(base)
+    with pytest.raises(ValueError, match="parameter 0 is a negative view"):
+        optimizers.SGD().apply_gradients([(np.ones(3), negative)])
+    p = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    p.grad = torch.ones(3, device="meta")
+    with pytest.raises(TypeError, match="on the meta device"):
+        nt.SGD([p]).step()
+    assert (base == 0).all()
+
+
+# ------------------------------------------------ item 17: a closed pipe ends quietly
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a POSIX pipe")
+def test_numbaopt_parity_into_a_closed_pipe_ends_quietly():
+    """Item 17: ``numbaopt parity --json | head`` ended in a BrokenPipeError traceback, status 1."""
+    child = subprocess.Popen([sys.executable, "-m", "numbaopt", "parity", "--json"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader goes before the table comes, as ``head`` goes after its lines
+    _, err = child.communicate(timeout=600)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-2000:]
+    assert child.returncode == 141  # what a shell shows for a tool that SIGPIPE ended
