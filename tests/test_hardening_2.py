@@ -471,3 +471,74 @@ def test_numbaopt_parity_into_a_closed_pipe_ends_quietly():
     _, err = child.communicate(timeout=600)
     assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-2000:]
     assert child.returncode == 141  # what a shell shows for a tool that SIGPIPE ended
+
+
+# ------------------------------------------- items 15, 16, 18: as a new user finds them
+
+
+def _doc(name):
+    return (ROOT / name).read_text()
+
+
+def test_the_keras_porting_example_runs_on_current_tf_keras():
+    """Item 15: ``keras.optimizers.Adam(lr=..., decay=...)`` is the new-style optimizer on
+    tf-keras 2.11+, which refuses ``decay``; Keras 2's is the legacy one."""
+    section = _doc("docs/torch.md").split("## Porting a Keras model")[1].split("\n## ")[0]
+    assert "keras.optimizers.Adam(" not in section.replace("legacy.Adam(", "")
+    assert "tf_keras.optimizers.legacy.Adam(learning_rate=1e-3, decay=1e-4" in section
+
+
+def test_the_distributed_example_makes_its_folder():
+    """Item 15: ``save_optimizer(opt, "ckpt/opt.h5")`` failed unless ``ckpt/`` existed."""
+    text = _doc("docs/distributed.md")
+    example = text.split("```python", 1)[1].split("```", 1)[0]
+    assert example.index('os.makedirs("ckpt", exist_ok=True)') < example.index('save_optimizer(opt, "ckpt/opt.h5")')
+
+
+def test_the_site_home_page_has_the_virtual_environment_and_every_page():
+    """Item 15: docs/index.md showed the two commands without the virtual environment, and
+    its contents left out PyTorch and MPI."""
+    text = _doc("docs/index.md")
+    assert text.count("python3 -m venv .venv && . .venv/bin/activate") == 2
+    assert "(torch.md)" in text and "(distributed.md)" in text
+    for page in sorted(p.name for p in (ROOT / "docs").glob("*.md")):
+        if page != "index.md":
+            assert f"({page})" in text, f"docs/index.md does not list {page}"
+
+
+def test_mkdocs_yml_is_at_the_root():
+    """Item 16: ``mkdocs build`` / ``mkdocs serve`` from the root failed: the config was in
+    docs/mkdocs/. Everything that names it names the root one."""
+    config = _doc("mkdocs.yml")
+    assert "\ndocs_dir: docs\n" in config and "paths: [.]" in config
+    assert not (ROOT / "docs" / "mkdocs").exists()
+    for name in ("tox.ini", "README.md", "docs/index.md", "docs/architecture.md"):
+        assert "docs/mkdocs" not in _doc(name), name
+    assert "-f {toxinidir}/mkdocs.yml" in _doc("tox.ini")
+
+
+def test_install_hints_never_name_an_index_numbaopt_is_not_on():
+    """Item 18: the hints said ``pip install "numbaopt[mpi]"``, which cannot work while
+    numbaopt is on no package index."""
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        assert 'install "numbaopt[' not in page.read_text(), page.name
+    from numbaopt import extras
+
+    assert "numbaopt[" not in extras.install_command("mpi")
+
+
+NO_TORCH = """
+import json, sys
+sys.modules["torch"] = None  # as if PyTorch were not installed
+try:
+    import numbaopt.torch
+except ImportError as error:
+    print(json.dumps([type(error).__name__, str(error), error.name]))
+"""
+
+
+def test_importing_numbaopt_torch_without_torch_names_the_extra():
+    """Item 18: the error said only "No module named 'torch'"."""
+    kind, message, name = run_child(NO_TORCH)
+    assert kind == "ModuleNotFoundError" and name == "torch"
+    assert "numbaopt.torch needs PyTorch (the torch extra)" in message and "pip install" in message and "[torch]" in message
