@@ -586,7 +586,7 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
 
     with _reading("the zip"):
         with zipfile.ZipFile(path) as archive:
-            config_text = _zip_member(archive, "config.json")
+            config_text = _zip_member(archive, "config.json", _LARGEST_JSON)
             weights_bytes = _zip_member(archive, "model.weights.h5")
     model_config = _json_text(config_text, "config.json")
     compile_config = model_config.get("compile_config")
@@ -635,14 +635,25 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
     return KerasOptimizerFile(path, "keras3", class_name, config, arguments, iterations, {}, names, variables, slots)
 
 
-def _zip_member(archive: zipfile.ZipFile, name: str) -> bytes:
+def _zip_member(archive: zipfile.ZipFile, name: str, limit: int | None = None) -> bytes:
+    """The member ``name``, decompressed; a CheckpointError as soon as it is larger than
+    ``limit`` bytes (as its header declares it, or as it decompresses: a header can lie)."""
     try:
         info = archive.getinfo(name)
     except KeyError:
         raise CheckpointError(f"the zip has no {name}: not a Keras 3 .keras file") from None
     if info.file_size > _LARGEST_ZIP_RATIO * info.compress_size + 2**20:
         raise CheckpointError(f"{name} claims {info.file_size} bytes from {info.compress_size}: not a real zip member")
-    return archive.read(info)
+    if limit is None:
+        return archive.read(info)
+    too_large = CheckpointError(f"{name} is larger than {limit} bytes: not a model's config")
+    if info.file_size > limit:
+        raise too_large
+    with archive.open(info) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    return data
 
 
 def _momentum(config: Mapping[str, Any]) -> float:

@@ -542,3 +542,30 @@ def test_importing_numbaopt_torch_without_torch_names_the_extra():
     kind, message, name = run_child(NO_TORCH)
     assert kind == "ModuleNotFoundError" and name == "torch"
     assert "numbaopt.torch needs PyTorch (the torch extra)" in message and "pip install" in message and "[torch]" in message
+
+
+# ------------------------------------------------ item 13: a .keras config's size limit
+
+
+def test_a_huge_keras_config_is_refused_before_it_is_decompressed(tmp_path):
+    """Item 13: a 0.31 MB .keras file took the reader to 937 MB: the 16 MB limit on
+    config.json applied after decompressing all of it."""
+    import tracemalloc
+    import zipfile
+
+    from numbaopt import keras_files
+
+    good = ROOT / "fixtures" / "keras_files" / "keras3_adam.keras"
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bomb:
+        bomb.writestr("model.weights.h5", source.read("model.weights.h5"))
+        bomb.writestr("config.json", b'{"pad": "' + b" " * (200 * 2**20) + b'"}')
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(keras_files.CheckpointError, match="config.json is larger than 16777216 bytes"):
+            keras_files._read_keras3(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, peak
