@@ -809,6 +809,7 @@ def export_keras_optimizer(
     if parameters is not None and not isinstance(parameters, Mapping):
         raise TypeError(f"parameters must be a dict of variable name -> array (as import_keras_optimizer "
                         f"returns), got {type(parameters).__name__}")
+    read_from = _identity(path)  # the file this export reads, and must copy (another export may replace it)
     found = read_keras_file(path)
     if found.generation == "keras3":
         raise ValueError(f"{found.path}: export writes tf-keras .h5 model files; a Keras 3 .keras file is import-only")
@@ -836,7 +837,36 @@ def export_keras_optimizer(
             raise ValueError(f"parameters: {name!r} is no weight of {found.path} (it has {', '.join(found.weights)})")
         writes[found.weights[name].path] = _fitting(value, found.weights[name], f"parameters[{name!r}]")
     training_config = _training_config(optimizer, found)
-    _replace_atomically(found.path, writes, training_config, created)
+    try:
+        _replace_atomically(found.path, writes, training_config, created, read_from)
+    except _ReplacedMeanwhile:
+        # Another export replaced the file after this one read it: start again from that
+        # file, so that no file holds one export's settings with another's slots.
+        _EXPORTS.depth = getattr(_EXPORTS, "depth", 0) + 1
+        try:
+            if _EXPORTS.depth > _EXPORT_ATTEMPTS:
+                raise CheckpointError(f"{found.path}: other exports kept replacing the file; nothing was written") from None
+            export_keras_optimizer(optimizer, path, parameters)
+        finally:
+            _EXPORTS.depth -= 1
+
+
+#: How many times an export starts again while other exports replace the file under it.
+_EXPORT_ATTEMPTS = 20
+_EXPORTS = threading.local()
+
+
+class _ReplacedMeanwhile(Exception):
+    """The file an export read was replaced before the export copied it."""
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """What tells one version of a file from the next (each replacement is a new file), or None."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _laid_out(
@@ -951,18 +981,25 @@ def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[st
 
 def _replace_atomically(
     path: str, writes: Mapping[str, npt.NDArray[Any]], optimizer_config: dict[str, Any] | None,
-    created: list[str] | None,
+    created: list[str] | None, read_from: tuple[int, int, int, int] | None = None,
 ) -> None:
     """Copy the file, write ``writes`` (dataset path -> value) into the copy, fsync, move it over ``path``.
 
     ``created``: the names of the optimizer weights to list in a new group ``optimizer_weights``.
+    ``read_from``: the ``_identity`` of the file ``writes`` were computed from; the copy is
+    made from that very file, or ``_ReplacedMeanwhile`` is raised and nothing is written.
     """
     import h5py
 
     target = os.path.realpath(path)
 
     def write(temporary: str) -> None:
-        shutil.copyfile(target, temporary)
+        with open(target, "rb") as source:
+            info = os.fstat(source.fileno())
+            if read_from is not None and (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != read_from:
+                raise _ReplacedMeanwhile
+            with open(temporary, "wb") as copy:
+                shutil.copyfileobj(source, copy)
         shutil.copymode(target, temporary)
         with h5py.File(temporary, "r+") as f:
             if created is not None:

@@ -569,3 +569,52 @@ def test_a_huge_keras_config_is_refused_before_it_is_decompressed(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 40 * 2**20, peak
+
+
+# ------------------------------------------------ item 10: concurrent exports into one file
+
+
+def test_concurrent_exports_into_one_file_never_mix(tmp_path):
+    """Item 10: two concurrent ``export_keras_optimizer`` calls into one .h5 could leave a
+    file holding one export's learning rate with the other's slots and iterations."""
+    import shutil
+    import threading
+    import time
+
+    import numbaopt
+
+    path = tmp_path / "model.h5"
+    shutil.copyfile(ROOT / "fixtures" / "keras_files" / "legacy_adam.h5", path)
+    base, _ = numbaopt.import_keras_optimizer(path)
+    exports = {}
+    for label, lr, fill, iterations in (("same lr", base.lr, 1.0, 11), ("new lr", base.lr * 2, 2.0, 22)):
+        opt, _ = numbaopt.import_keras_optimizer(path)
+        weights = opt.get_weights()
+        opt.set_weights([np.array(iterations, weights[0].dtype)] + [np.full_like(w, fill) for w in weights[1:]])
+        opt.lr = lr
+        exports[label] = opt
+    expected = {(float(o.lr), o.iterations, float(o.get_weights()[1].reshape(-1)[0])) for o in exports.values()}
+    stop = time.monotonic() + 3.0
+    errors = []
+
+    def export(opt):
+        while time.monotonic() < stop:
+            try:
+                numbaopt.export_keras_optimizer(opt, path)
+            except Exception as error:  # noqa: BLE001  (reported below)
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=export, args=(opt,)) for opt in exports.values()]
+    for thread in threads:
+        thread.start()
+    seen = []
+    try:
+        while time.monotonic() < stop:
+            opt, _ = numbaopt.import_keras_optimizer(path)
+            if opt.iterations != base.iterations:
+                seen.append((float(opt.lr), opt.iterations, float(opt.get_weights()[1].reshape(-1)[0])))
+    finally:
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[:3]
+    assert seen and set(seen) <= expected, sorted(set(seen) - expected)[:3]
