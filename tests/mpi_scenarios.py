@@ -324,6 +324,23 @@ def dies(folder):
     sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
 
 
+def exits_cleanly(folder):
+    """The last rank leaves with status 0 while the others are inside a step (issue 21 item 14):
+    with MPICH the job ends, mpiexec exits 0, and the completion marker is what tells."""
+    params = parameters(SHAPES, [np.float32] * len(SHAPES))
+    sharded = ShardedOptimizer(optimizers.Adam(), COMM, timeout=60)
+    if RANK == R - 1:
+        import time
+
+        time.sleep(0.5)  # the others are inside apply_gradients, waiting for this rank
+        os._exit(0)
+    sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
+    COMM.Barrier()
+    if RANK == 0:
+        with open(os.path.join(folder, "run-complete"), "w") as marker:
+            marker.write("ok\n")
+
+
 def hangs(folder):
     """The last rank never joins the step: with a timeout the others abort the job."""
     import time

@@ -618,3 +618,13 @@ def test_concurrent_exports_into_one_file_never_mix(tmp_path):
             thread.join()
     assert not errors, errors[:3]
     assert seen and set(seen) <= expected, sorted(set(seen) - expected)[:3]
+
+
+def test_the_faults_section_says_what_a_rank_leaving_with_status_0_does():
+    """Item 14: a half-finished step must never look like success. MPI cannot tell (the
+    ranks are killed where no code of theirs runs), so the docs say precisely what happens
+    and what to do; ``tests/test_distributed_mpi.py`` checks that MPICH still does it."""
+    section = _doc("docs/distributed.md").split("### A rank that exits with status 0")[1].split("\n## ")[0]
+    for words in ("os._exit(0)", "`mpiexec` itself\nexits with status 0", "with or without `timeout=`",
+                  "numbaopt cannot tell", "atomic as a set", "comm.Barrier()", "run-complete"):
+        assert words in section, words
