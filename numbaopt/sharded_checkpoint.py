@@ -204,21 +204,23 @@ def read_whole(path: str | os.PathLike[str]) -> Checkpoint:
     replaced atomically, never fails this way); a set that is damaged as it stands raises.
     """
     for _ in range(_SAVED_MEANWHILE_RETRIES):
+        before = _identity(path)
         index = read_index(path)
         try:
             return _read_whole(index)
         except CheckpointError:
-            if _index_unchanged(path, index):
+            if _identity(path) == before:  # the index read is still the one there: the set is bad
                 raise
     return _read_whole(read_index(path))
 
 
-def _index_unchanged(path: str | os.PathLike[str], index: ShardedIndex) -> bool:
-    """Whether the index at ``path`` still names ``index``'s set (a damaged one counts as unchanged)."""
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """What tells one index file from the next: a save replaces it with a new file."""
     try:
-        return read_index(path).shards == index.shards
-    except CheckpointError:
-        return True
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _read_whole(index: ShardedIndex) -> Checkpoint:
