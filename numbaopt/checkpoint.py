@@ -289,8 +289,8 @@ def replace_file(target: str, write: Callable[[str], None]) -> None:
     while writing are swept first. Syncing the folder is the caller's (what a failed sync
     means differs: checkpoints, index files, Keras model files)."""
     folder = os.path.dirname(target)
-    lead = _temporary_lead(target)
-    _sweep_dead_temporaries(folder, lead)
+    lead = temporary_lead(target)
+    sweep_dead_temporaries(folder, lead)
     temporary = _create_temporary(folder, lead)
     try:
         write(temporary)
@@ -302,7 +302,7 @@ def replace_file(target: str, write: Callable[[str], None]) -> None:
         raise
 
 
-def _temporary_lead(target: str) -> str:
+def temporary_lead(target: str) -> str:
     """How the name of every temporary file for ``target`` begins: ``.<file name>.<host>.``.
 
     Where a name that long could pass the file system's limit on a name's length, the first
@@ -340,7 +340,7 @@ def _create_temporary(folder: str, lead: str) -> str:
         return temporary
 
 
-def _sweep_dead_temporaries(folder: str, lead: str) -> None:
+def sweep_dead_temporaries(folder: str, lead: str) -> None:
     """Remove the temporary files in ``folder`` named ``<lead><pid>...`` whose writers on this host died.
 
     Only on POSIX, where ``os.kill(pid, 0)`` asks whether a process exists (on Windows it

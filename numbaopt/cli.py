@@ -54,10 +54,35 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+#: The exit status of a command whose reader closed its output (``numbaopt parity --json | head``):
+#: what a shell reports for a Unix tool that SIGPIPE ended, 128 + 13.
+CLOSED_PIPE_STATUS = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``numbaopt COMMAND ...``; returns the exit status."""
+    """Run ``numbaopt COMMAND ...``; returns the exit status.
+
+    A reader that closes the output early (``| head``) ends the command quietly, as it ends
+    a Unix tool: no traceback, status 141."""
     args = parser().parse_args(argv)
-    return args.func(args)  # type: ignore[no-any-return]  # argparse.Namespace attributes are Any
+    try:
+        status: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+        return CLOSED_PIPE_STATUS
+    return status
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at the null device, so that the flush at exit finds no closed pipe to complain of."""
+    import os
+
+    with open(os.devnull, "wb") as null:
+        try:
+            os.dup2(null.fileno(), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout replaced by an object without a descriptor
+            pass
 
 
 if __name__ == "__main__":

@@ -39,10 +39,24 @@ class CPUBackend:
     @staticmethod
     def check_parameter(param: object, index: int) -> npt.NDArray[Any]:
         """``param`` itself (a CPU torch tensor: a NumPy view of its memory), once it is
-        known to be updatable in place by a kernel."""
-        if not isinstance(param, np.ndarray):
+        known to be updatable in place by a kernel; an ndarray subclass as an exact
+        ndarray view of its memory (its C shape and dtype, never its Python attributes).
+
+        Only what is truly an array is taken, by its type (``type(param)``), not by
+        ``isinstance``, which a ``weakref.proxy``, a ``wrapt.ObjectProxy`` or a class that
+        lies through ``__class__`` pass: numbaopt writes where the object's own memory
+        says, so it must be an array's memory, held alive by the array.
+        """
+        if type(param) is not np.ndarray:
+            if issubclass(type(param), np.ndarray):
+                return CPUBackend.check_parameter(np.ndarray.view(param, np.ndarray), index)  # type: ignore[call-overload]  # a subclass instance
             if is_torch_tensor(param):
                 return CPUBackend.check_parameter(torch_parameter_view(param, index), index)
+            if isinstance(param, np.ndarray):  # it says it is one: a proxy, a __class__ that lies
+                raise TypeError(
+                    f"parameter {index} is a {_type_name(param)} that passes isinstance(..., np.ndarray) "
+                    "without being a NumPy array; pass the array itself (a proxy's wrapped array)"
+                )
             raise TypeError(
                 f"parameter {index} is a {type(param).__name__}; parameters must be arrays "
                 "that can be updated in place (NumPy arrays, or CUDA arrays with the cuda extra)"
@@ -74,6 +88,10 @@ class CPUBackend:
             )
         if is_torch_tensor(grad):
             grad = _torch_host_array(grad, param.dtype, index)
+        elif isinstance(grad, np.ndarray) and not issubclass(type(grad), np.ndarray):
+            # a proxy or a __class__ that lies: NumPy's view of it would not keep the
+            # wrapped memory alive through the step, so it is read once, into a copy
+            grad = np.array(grad, copy=True)
         if isinstance(grad, (np.ndarray, np.generic)) or hasattr(grad, "__array_interface__") or hasattr(grad, "dtype"):
             grad = cast_gradient(np.asarray(grad), param.dtype, index)
         else:
@@ -108,18 +126,12 @@ class CPUBackend:
 
     @staticmethod
     def addresses(arrays: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.int64]:
-        """The data addresses of NumPy arrays, as an int64 array for the kernels.
-
-        Read from the array objects by a compiled loop when its reading of NumPy's
-        object layout checked out (``_object_fields``): a step over many small tensors would
-        otherwise spend more time in ``__array_interface__`` than in the kernel.
-        """
-        fields = _object_fields()
-        if fields is None:
-            return np.fromiter((a.__array_interface__["data"][0] for a in arrays), np.int64, len(arrays))
-        out = np.empty(len(arrays), np.int64)
-        CPU.kernels.data_addresses(np.fromiter(map(id, arrays), np.int64, len(arrays)), int(fields[_DATA]), out)
-        return out
+        """The data addresses of exact NumPy arrays (``check_parameter`` and
+        ``check_gradient`` make them), as an int64 array for the kernels; a TypeError for
+        any other object. Read by a compiled loop (``numbaopt.kernels.object_layout``): a
+        step over many small tensors would otherwise spend more time in
+        ``__array_interface__`` than in the kernel."""
+        return CPU.object_layout.data_addresses(arrays)  # type: ignore[no-any-return]  # a lazily imported module
 
     @staticmethod
     def pair_reader(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype[Any]]) -> PairReader | None:
@@ -128,113 +140,15 @@ class CPUBackend:
         parameter and gradient addresses, or None when a pair needs the full checks.
 
         Every step of a bound optimizer asks: with a thousand small tensors, checking each
-        array in Python costs more than the kernel. The pass accepts only what the full
-        checks accept unchanged (exact NumPy arrays of the bound dtype and shape,
-        C-contiguous, parameters writeable); everything else goes to them, so every error
-        is still theirs. None where the object layout could not be checked.
+        array in Python costs more than the kernel. None where the object layout cannot
+        be trusted, on a free-threaded Python among others (``numbaopt.kernels.object_layout``).
         """
-        fields = _object_fields()
-        if fields is None:
-            return None
-        layout = _pair_layout(shapes, dtypes)
-        read_pairs = CPU.kernels.read_pairs
+        return CPU.object_layout.pair_reader(shapes, dtypes)  # type: ignore[no-any-return]  # a lazily imported module
 
-        def read(pairs: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
-            if type(pairs) is not list or len(pairs) != len(shapes):
-                return None
-            param_at, grad_at = np.empty(len(pairs), np.int64), np.empty(len(pairs), np.int64)
-            # ``pairs`` holds the tuples, which hold the arrays: every object read is alive,
-            # and the GIL, held through the compiled call, keeps them as they are.
-            if read_pairs(id(pairs), fields, *layout, param_at, grad_at) >= 0:
-                return None
-            return param_at, grad_at
-
-        return read
-
-
-#: NumPy's array flags that ``read_pairs`` asks for (``NPY_ARRAY_C_CONTIGUOUS``, ``NPY_ARRAY_WRITEABLE``).
-_C_CONTIGUOUS, _WRITEABLE = 0x0001, 0x0400
-_DATA = 6  # ``numbaopt.kernels.cpu.DATA``, known here without importing Numba
-
-
-def _pair_layout(
-    shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype[Any]]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """``read_pairs``'s description of bound parameters: canonical dtype descriptors (by
-    address), where each shape starts in the flat dimensions, and the flat dimensions."""
-    descrs = np.array([id(np.dtype(d.name)) for d in dtypes], np.int64)
-    shape_starts = np.cumsum([0] + [len(shape) for shape in shapes], dtype=np.int64)
-    dims = np.array([n for shape in shapes for n in shape], np.int64)
-    return descrs, shape_starts, dims
-
-
-@functools.cache
-def _object_fields() -> npt.NDArray[np.int64] | None:
-    """Where CPython and NumPy keep what ``kernels.cpu.read_pairs`` reads, or None if that
-    cannot be trusted.
-
-    The object header is ``object.__basicsize__`` bytes (larger on free-threaded Python),
-    its type pointer last; a list's pointer to its items follows its header and size, a
-    tuple's items follow its header and size; NumPy's
-    ``PyArrayObject`` has ``data``, ``nd``, ``dimensions``, ``strides``, ``base``,
-    ``descr`` and ``flags`` after the header (its C ABI, which every compiled extension
-    reads through ``PyArray_DATA`` and friends). Checked once, on probes whose answers
-    Python knows, before any step trusts it.
-    """
-    kernels = CPU.kernels
-    word = np.dtype(np.intp).itemsize
-    header = object.__basicsize__
-    fields = np.zeros(13, np.int64)
-    fields[kernels.TUPLE_TYPE], fields[kernels.NDARRAY_TYPE] = id(tuple), id(np.ndarray)
-    fields[kernels.OB_TYPE] = header - word
-    fields[kernels.LIST_ITEMS] = header + word  # after the header and the list's size
-    fields[kernels.TUPLE_SIZE], fields[kernels.TUPLE_ITEMS] = tuple.__basicsize__ - word, tuple.__basicsize__
-    fields[kernels.DATA], fields[kernels.NDIM], fields[kernels.DIMENSIONS] = header, header + word, header + 2 * word
-    fields[kernels.DESCR], fields[kernels.FLAGS] = header + 5 * word, header + 6 * word
-    fields[kernels.GRADIENT_FLAGS], fields[kernels.PARAMETER_FLAGS] = _C_CONTIGUOUS, _C_CONTIGUOUS | _WRITEABLE
-    return fields if kernels.DATA == _DATA and _object_fields_hold(fields) else None
-
-
-def _object_fields_hold(fields: npt.NDArray[np.int64]) -> bool:
-    """Whether ``read_pairs`` with ``fields`` accepts good probe pairs, with their true
-    addresses, and stops at every kind of pair the full checks would judge."""
-    base = np.zeros((3, 4), np.float32)
-    good: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = [
-        (base[1:], base[1:].copy()), (np.ones(()), np.zeros(())), (np.empty(0), np.empty(0)),
-        (np.ones((2, 3)), np.zeros((2, 3))),
-    ]
-    read_only = np.zeros(3)
-    read_only.flags.writeable = False
-
-    class Subclass(np.ndarray):
-        pass
-
-    unfit: list[Any] = [
-        [np.zeros(3), np.zeros(3)],  # a list, not a tuple
-        (np.zeros(3), np.zeros(3), None),
-        ([0.0, 0.0, 0.0], np.zeros(3)),
-        (np.zeros(3), read_only),
-        (np.zeros(6)[::2], np.zeros(3)),  # a gradient that is not C-contiguous
-        (np.zeros(3), np.zeros(6)[::2]),
-        (np.zeros(3, np.float32), np.zeros(3)),
-        (np.zeros(3), np.zeros(3, np.float32)),
-        (np.zeros(4), np.zeros(3)),
-        (np.zeros((3, 1)), np.zeros((3, 1))),
-        (np.zeros(3), np.zeros(3).view(Subclass)),
-    ]
-
-    def read(pairs: list[Any], shapes: list[tuple[int, ...]], dtypes: list[np.dtype[Any]]) -> tuple[int, list[int], list[int]]:
-        param_at, grad_at = np.zeros(len(pairs), np.int64), np.zeros(len(pairs), np.int64)
-        found = CPU.kernels.read_pairs(id(pairs), fields, *_pair_layout(shapes, dtypes), param_at, grad_at)
-        return int(found), param_at.tolist(), grad_at.tolist()
-
-    addresses = [p.__array_interface__["data"][0] for _, p in good], [g.__array_interface__["data"][0] for g, _ in good]
-    if read(good, [p.shape for _, p in good], [p.dtype for _, p in good]) != (-1, *addresses):
-        return False
-    first = good[0]
-    return all(
-        read([first, pair], [first[1].shape, (3,)], [first[1].dtype, np.dtype(np.float64)])[0] == 1 for pair in unfit
-    )
+    @functools.cached_property
+    def object_layout(self) -> types.ModuleType:
+        """The fast path's quarantined reader of object layouts, imported (with Numba) on first use."""
+        return importlib.import_module("numbaopt.kernels.object_layout")
 
 
 def _refuse_overlaps(starts: npt.NDArray[np.int64], nbytes: Sequence[int]) -> None:
@@ -307,10 +221,16 @@ def _weak_gradient(grad: object, dtype: np.dtype[Any], index: int) -> npt.NDArra
 
 
 def is_torch_tensor(array: object) -> bool:
-    """Whether ``array`` is a ``torch.Tensor``; never imports torch (if torch is not
-    imported, nothing can be a tensor)."""
+    """Whether ``array`` is a ``torch.Tensor`` (by its type: a proxy of one is not); never
+    imports torch (if torch is not imported, nothing can be a tensor)."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(array, torch.Tensor)
+    return torch is not None and issubclass(type(array), torch.Tensor)
+
+
+def _type_name(value: object) -> str:
+    """The true type of ``value``, as its module and name (``weakref.ProxyType``)."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 _TORCH_FLOATS = ("torch.float32", "torch.float64")
@@ -320,6 +240,14 @@ def torch_parameter_view(param: Any, index: int) -> Any:
     """A NumPy view of a CPU tensor's memory (``detach`` shares it), or the reason it cannot be updated in place."""
     if str(param.dtype) not in _TORCH_FLOATS:
         raise TypeError(f"parameter {index} has dtype {param.dtype}; only float32 and float64 are supported")
+    if param.device.type != "cpu":  # a meta tensor, say: no memory to update
+        raise TypeError(f"parameter {index} is a torch tensor on the {param.device.type} device, which has no "
+                        "memory numbaopt can update; pass a CPU or CUDA tensor")
+    if param.is_neg():
+        raise ValueError(
+            f"parameter {index} is a negative view (its negation bit is set): its memory holds the negated "
+            "values; pass the tensor itself (.resolve_neg() makes a copy, which would not be updated in place)"
+        )
     if not param.is_contiguous():
         raise ValueError(
             f"parameter {index} is not C-contiguous; pass a contiguous tensor "
@@ -342,7 +270,11 @@ def _torch_host_array(grad: Any, dtype: np.dtype[Any], index: int) -> npt.NDArra
     check_cast(torch_dtype_name(grad), dtype, index)
     if str(grad.layout) != "torch.strided":
         raise TypeError(f"gradient {index} is a {grad.layout} tensor; pass a dense gradient (.to_dense())")
-    grad = grad.detach()
+    if grad.device.type not in ("cpu", "cuda"):  # meta: no values to read
+        raise TypeError(f"gradient {index} is a torch tensor on the {grad.device.type} device, which has no values")
+    # A negative view's memory holds the negated values: they are read resolved (a copy),
+    # as torch's own operations read them.
+    grad = grad.detach().resolve_neg()
     if str(grad.dtype) != f"torch.{dtype.name}":
         grad = grad.to(getattr(sys.modules["torch"], dtype.name))  # a safe cast: exact
     try:

@@ -500,21 +500,31 @@ class ShardedOptimizer:
         _check_comm_and_timeout(comm, timeout)
         self = cls.__new__(cls)
         problem = None
+        checked: dict[int, Any] = {}
         try:
-            self._load(os.fspath(path), comm, timeout)
+            _check_shards(os.fspath(path), comm, checked)
+        except CheckpointError as error:
+            problem = ("CheckpointError", str(error))
+        # Every shard is checked by some rank, and every rank knows the outcome, before any
+        # rank allocates for the sizes the index declares: it is only a number in a file.
+        with _watchdog(comm, timeout, "loading a checkpoint"):
+            _raise_first_problem(comm.allgather((problem, None)))
+        try:
+            self._load(os.fspath(path), comm, timeout, checked)
         except CheckpointError as error:
             problem = ("CheckpointError", str(error))
         with _watchdog(comm, timeout, "loading a checkpoint"):
             _raise_first_problem(comm.allgather((problem, None)))
         return self
 
-    def _load(self, path: str, comm: Any, timeout: float | None) -> None:
+    def _load(self, path: str, comm: Any, timeout: float | None, checked: dict[int, Any] | None = None) -> None:
         if sharded_checkpoint.is_sharded(path):
             index = sharded_checkpoint.read_index(path)
             source: Any = index
             stored: list[Sequence[tuple[int, int]]] = [s.ranges for s in index.shards]
             def read(k: int) -> Any:
-                return sharded_checkpoint.read_shard(index, k).slots
+                found = (checked or {}).pop(k, None)  # read and checked by ``_check_shards``
+                return found if found is not None else sharded_checkpoint.read_shard(index, k).slots
         else:
             whole = read_checkpoint(path)
             source = whole
@@ -541,6 +551,17 @@ def _slot_pieces(plan: _Plan, slot: Slot, arrays: Sequence[npt.NDArray[Any]]) ->
     if not plan.whole:
         return plan.pieces_of(arrays)
     return [a if plan.owned(i) else np.zeros(slot.shape_of((0,)), a.dtype) for i, a in enumerate(arrays)]
+
+
+def _check_shards(path: str, comm: Any, checked: dict[int, Any]) -> None:
+    """Check this rank's share of a sharded checkpoint's shard files (shard ``k`` on rank
+    ``k % size``: every one of them on some rank, as a whole load checks them all), keeping
+    their slots in ``checked``; nothing for an ordinary checkpoint."""
+    if not sharded_checkpoint.is_sharded(path):
+        return
+    index = sharded_checkpoint.read_index(path)
+    for k in range(comm.Get_rank(), len(index.shards), comm.Get_size()):
+        checked[k] = sharded_checkpoint.read_shard(index, k).slots
 
 
 def _check_comm_and_timeout(comm: Any, timeout: float | None) -> None:

@@ -4,6 +4,7 @@ how this numbaopt was installed: from an index, from a folder, or as a source tr
 from __future__ import annotations
 
 import json
+import re
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -19,7 +20,21 @@ def install_command(extra: str) -> str:
     folder = _installed_from()
     if folder is not None:
         return f'pip install "{folder}[{extra}]"'
-    return f'pip install "numbaopt[{extra}]"'
+    # Installed from a wheel: numbaopt is on no package index, so "numbaopt[extra]" cannot
+    # work. The extra's own packages can, as can the extra from a checkout.
+    packages = " ".join(f'"{r}"' for r in _extra_requirements(extra))
+    checkout = f'from a numbaopt checkout: pip install ".[{extra}]"'
+    return f"pip install {packages} (or, {checkout})" if packages else checkout
+
+
+def _extra_requirements(extra: str) -> list[str]:
+    """The requirements of ``extra`` as the installed numbaopt's metadata lists them."""
+    try:
+        requires = metadata.requires("numbaopt") or []
+    except metadata.PackageNotFoundError:
+        return []
+    marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
+    return [r.split(";", 1)[0].strip() for r in requires if ";" in r and marker.search(r.split(";", 1)[1])]
 
 
 def _installed_from() -> Path | None:

@@ -149,9 +149,13 @@ def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile:
 
 
 def is_keras_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` looks like a Keras model file (a zip, or an HDF5 file with Keras's attributes)."""
+    """Whether ``path`` looks like a Keras model file (a zip, or an HDF5 file with Keras's
+    attributes). Only a regular file is opened: a FIFO would block the reading forever,
+    and ``/dev/zero`` would never end."""
     path = os.fspath(path)
-    with contextlib.suppress(OSError, ValueError, TypeError, RuntimeError, CheckpointError):
+    with contextlib.suppress(OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeError, CheckpointError):
+        if not os.path.isfile(path):
+            return False
         return zipfile.is_zipfile(path) or _isolated(_has_keras_attributes, path)
     return False
 
@@ -220,19 +224,37 @@ def _isolated(read: Callable[[str], _T], path: str) -> _T:
         finally:
             os._exit(status)
     os.close(writable)
-    data = _read_until_done(readable, pid, _patience(path))
-    _, status = os.waitpid(pid, 0)
     try:
-        if os.waitstatus_to_exitcode(status) != 0:
+        data = _read_until_done(readable, pid, _patience(path))
+    except BaseException:  # interrupted (KeyboardInterrupt, say): no child left running, no zombie
+        _reaped(pid, kill=True)
+        raise
+    code = _reaped(pid)
+    try:
+        if code not in (0, None):
             raise ValueError("no outcome")
         succeeded, value = pickle.loads(data)  # written by the child above: arrays, strings, our exceptions
     except Exception:  # noqa: BLE001  (the child died before it could say)
-        code = os.waitstatus_to_exitcode(status)
-        how = f"signal {-code}" if code < 0 else f"status {code}"
+        how = "unknown status" if code is None else f"signal {-code}" if code < 0 else f"status {code}"
         raise CheckpointError(f"the HDF5 library crashed or hung reading the file ({how}): it is damaged") from None
     if not succeeded:
         raise value
     return value  # type: ignore[no-any-return]  # pickle gives Any; the child returned read's _T
+
+
+def _reaped(pid: int, kill: bool = False) -> int | None:
+    """Wait for the child ``pid`` (killed first with ``kill``: a read that was interrupted)
+    and return its exit code as ``os.waitstatus_to_exitcode`` gives it, or None where the
+    process reaps its own children (``SIGCHLD`` ignored, or a handler that waits for them,
+    as servers and job runners have): then the status is gone, and the child's outcome is
+    what it wrote to the pipe."""
+    try:
+        if kill:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    except (ChildProcessError, ProcessLookupError):
+        return None
+    return os.waitstatus_to_exitcode(status)
 
 
 class _Refused(ValueError):
@@ -540,7 +562,7 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
 
     with _reading("the zip"):
         with zipfile.ZipFile(path) as archive:
-            config_text = _zip_member(archive, "config.json")
+            config_text = _zip_member(archive, "config.json", _LARGEST_JSON)
             weights_bytes = _zip_member(archive, "model.weights.h5")
     model_config = _json_text(config_text, "config.json")
     compile_config = model_config.get("compile_config")
@@ -590,14 +612,25 @@ def _read_keras3(path: str) -> KerasOptimizerFile:
     return KerasOptimizerFile(path, "keras3", class_name, config, arguments, iterations, {}, names, variables, slots)
 
 
-def _zip_member(archive: zipfile.ZipFile, name: str) -> bytes:
+def _zip_member(archive: zipfile.ZipFile, name: str, limit: int | None = None) -> bytes:
+    """The member ``name``, decompressed; a CheckpointError as soon as it is larger than
+    ``limit`` bytes (as its header declares it, or as it decompresses: a header can lie)."""
     try:
         info = archive.getinfo(name)
     except KeyError:
         raise CheckpointError(f"the zip has no {name}: not a Keras 3 .keras file") from None
     if info.file_size > _LARGEST_ZIP_RATIO * info.compress_size + 2**20:
         raise CheckpointError(f"{name} claims {info.file_size} bytes from {info.compress_size}: not a real zip member")
-    return archive.read(info)
+    if limit is None:
+        return archive.read(info)
+    too_large = CheckpointError(f"{name} is larger than {limit} bytes: not a model's config")
+    if info.file_size > limit:
+        raise too_large
+    with archive.open(info) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    return data
 
 
 def _setting(config: Mapping[str, Any], key: str) -> float:
@@ -735,6 +768,7 @@ def export_keras_optimizer(
     if parameters is not None and not isinstance(parameters, Mapping):
         raise TypeError(f"parameters must be a dict of variable name -> array (as import_keras_optimizer "
                         f"returns), got {type(parameters).__name__}")
+    read_from = _identity(path)  # the file this export reads, and must copy (another export may replace it)
     found = read_keras_file(path)
     if found.generation == "keras3":
         raise ValueError(f"{found.path}: export writes tf-keras .h5 model files; a Keras 3 .keras file is import-only")
@@ -762,7 +796,36 @@ def export_keras_optimizer(
             raise ValueError(f"parameters: {name!r} is no weight of {found.path} (it has {', '.join(found.weights)})")
         writes[found.weights[name].path] = _fitting(value, found.weights[name], f"parameters[{name!r}]")
     training_config = _training_config(optimizer, found)
-    _replace_atomically(found.path, writes, training_config, created)
+    try:
+        _replace_atomically(found.path, writes, training_config, created, read_from)
+    except _ReplacedMeanwhile:
+        # Another export replaced the file after this one read it: start again from that
+        # file, so that no file holds one export's settings with another's slots.
+        _EXPORTS.depth = getattr(_EXPORTS, "depth", 0) + 1
+        try:
+            if _EXPORTS.depth > _EXPORT_ATTEMPTS:
+                raise CheckpointError(f"{found.path}: other exports kept replacing the file; nothing was written") from None
+            export_keras_optimizer(optimizer, path, parameters)
+        finally:
+            _EXPORTS.depth -= 1
+
+
+#: How many times an export starts again while other exports replace the file under it.
+_EXPORT_ATTEMPTS = 20
+_EXPORTS = threading.local()
+
+
+class _ReplacedMeanwhile(Exception):
+    """The file an export read was replaced before the export copied it."""
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """What tells one version of a file from the next (each replacement is a new file), or None."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _laid_out(
@@ -880,18 +943,25 @@ def _training_config(optimizer: Optimizer, found: KerasOptimizerFile) -> dict[st
 
 def _replace_atomically(
     path: str, writes: Mapping[str, npt.NDArray[Any]], optimizer_config: dict[str, Any] | None,
-    created: list[str] | None,
+    created: list[str] | None, read_from: tuple[int, int, int, int] | None = None,
 ) -> None:
     """Copy the file, write ``writes`` (dataset path -> value) into the copy, fsync, move it over ``path``.
 
     ``created``: the names of the optimizer weights to list in a new group ``optimizer_weights``.
+    ``read_from``: the ``_identity`` of the file ``writes`` were computed from; the copy is
+    made from that very file, or ``_ReplacedMeanwhile`` is raised and nothing is written.
     """
     import h5py
 
     target = os.path.realpath(path)
 
     def write(temporary: str) -> None:
-        shutil.copyfile(target, temporary)
+        with open(target, "rb") as source:
+            info = os.fstat(source.fileno())
+            if read_from is not None and (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != read_from:
+                raise _ReplacedMeanwhile
+            with open(temporary, "wb") as copy:
+                shutil.copyfileobj(source, copy)
         shutil.copymode(target, temporary)
         with h5py.File(temporary, "r+") as f:
             if created is not None:

@@ -33,12 +33,15 @@ from numbaopt import registry
 from numbaopt.phases import whole_tensors
 from numbaopt.checkpoint import (
     INT64_LIMIT,
+    TEMPORARY_SUFFIX,
     Checkpoint,
     CheckpointError,
     Parameter,
     check_json_numbers,
     fsync_directory,
     read_attribute,
+    sweep_dead_temporaries,
+    temporary_lead,
     read_checkpoint,
     reading,
     replace_file,
@@ -53,6 +56,7 @@ FORMAT_VERSION = 1
 
 #: What a shard file's name adds to its index's name: the save's token, the rank and the rank count.
 _SHARD_TAIL = re.compile(r"\.[0-9a-f]{12}\.rank\d+-of-\d+\.h5")
+_SHARD_TEMPORARY = re.compile(r"\.[0-9a-f]{12}\.rank\d+-of-\d+\.h5(?=\.)")
 
 
 class ShardRecord(NamedTuple):
@@ -130,6 +134,23 @@ def remove_unlisted_shards(path: str, keep: set[str]) -> None:
             if entry not in keep and entry.startswith(name) and _SHARD_TAIL.fullmatch(entry[len(name):]):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, entry))
+    sweep_dead_shard_temporaries(path)
+
+
+def sweep_dead_shard_temporaries(path: str) -> None:
+    """Remove the temporaries of shard files of saves to ``path`` whose writers on this host
+    died: a rank killed while writing its shard leaves one, named after its save's token,
+    which no later save's own sweep (``replace_file``'s, for its new names) would find."""
+    folder, name = os.path.split(path)
+    leads = set()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            if entry.startswith(f".{name}.") and entry.endswith(TEMPORARY_SUFFIX):
+                shard = _SHARD_TEMPORARY.match(entry[len(name) + 1:])
+                if shard is not None:
+                    leads.add(temporary_lead(os.path.join(folder, name + shard.group(0))))
+    for lead in leads:
+        sweep_dead_temporaries(folder, lead)
 
 
 def _index_attributes(header: Mapping[str, Any], parameters: Sequence[Parameter], shards: Sequence[ShardRecord]) -> dict[str, Any]:
@@ -162,8 +183,8 @@ def is_sharded(path: str | os.PathLike[str]) -> bool:
             return False
         with h5py.File(path, "r") as f:
             return bool(f.attrs.get("format") == FORMAT)
-    except (OSError, ValueError, TypeError, RuntimeError):
-        return False
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeError):
+        return False  # a damaged root group (h5py raises KeyError): the ordinary load names it
 
 
 def read_any(path: str | os.PathLike[str]) -> Checkpoint:
@@ -171,9 +192,39 @@ def read_any(path: str | os.PathLike[str]) -> Checkpoint:
     return read_whole(path) if is_sharded(path) else read_checkpoint(path)
 
 
+#: How many times a load starts again when a save replaced the index while it read the set.
+_SAVED_MEANWHILE_RETRIES = 20
+
+
 def read_whole(path: str | os.PathLike[str]) -> Checkpoint:
-    """A sharded checkpoint as one ``Checkpoint``: every shard read, checked and joined."""
-    index = read_index(path)
+    """A sharded checkpoint as one ``Checkpoint``: every shard read, checked and joined.
+
+    A save that replaces the index while the set is read removes the shard files the
+    read started from: when a shard is then missing or foreign and the index is no longer
+    the one read, the read starts again from the new index (as an ordinary checkpoint,
+    replaced atomically, never fails this way); a set that is damaged as it stands raises.
+    """
+    for _ in range(_SAVED_MEANWHILE_RETRIES):
+        before = _identity(path)
+        index = read_index(path)
+        try:
+            return _read_whole(index)
+        except CheckpointError:
+            if _identity(path) == before:  # the index read is still the one there: the set is bad
+                raise
+    return _read_whole(read_index(path))
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """What tells one index file from the next: a save replaces it with a new file."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _read_whole(index: ShardedIndex) -> Checkpoint:
     shards = [read_shard(index, k) for k in range(len(index.shards))]  # every one checked, even empty ones
     whole = [(0, _size(p.shape)) for p in index.parameters]
     by_tensor = whole_tensors(registry.optimizer_class(index.class_name))
@@ -295,7 +346,8 @@ def _shards(records: list[Any], parameters: Sequence[Parameter]) -> tuple[ShardR
 def read_shard(index: ShardedIndex, k: int) -> Checkpoint:
     """Shard ``k`` of ``index``, read and checked against the index (``CheckpointError`` otherwise)."""
     record = index.shards[k]
-    path = os.path.join(os.path.dirname(index.path), record.file)
+    # Beside the index file itself: a save through a symbolic link writes the set beside its target.
+    path = os.path.join(os.path.dirname(os.path.realpath(index.path)), record.file)
     if not os.path.isfile(path):
         raise CheckpointError(f"{index.path}: shard file {record.file} is missing")
     try:

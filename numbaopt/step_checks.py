@@ -19,9 +19,14 @@ if TYPE_CHECKING:
 
 
 def listed_pairs(grads_and_vars: Iterable[tuple[Any, Any]]) -> list[Any]:
-    """The items of ``grads_and_vars`` (a list, a ``zip``, ...) as a list, read once."""
+    """The items of ``grads_and_vars`` (a list, a ``zip``, ...) as a new list, read once.
+
+    Always a list of the step's own, even from a list: it holds every pair, so every
+    array, until the step ends, and no other thread can clear it or change its length
+    under the step (the kernels use addresses read from the arrays it holds).
+    """
     if type(grads_and_vars) is list:
-        return grads_and_vars
+        return grads_and_vars.copy()  # one C call: atomic under the GIL
     try:
         return list(grads_and_vars)
     except TypeError:

@@ -354,6 +354,58 @@ def dies(folder):
     sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
 
 
+def forged(folder):
+    """Forged index files loaded with ``comm=`` (issue 21 item 11): one declaring a 2**40-element
+    parameter, one listing 20,000 missing shard files (the review's 200,000: the same refusal,
+    in a tenth of the time to parse). Both are refused at once, on every
+    rank, as the whole load refuses them, before any rank allocates for them."""
+    import json
+    import time
+
+    from numbaopt.checkpoint import Parameter
+
+    params = parameters(SHAPES, [np.float32] * len(SHAPES))
+    sharded = ShardedOptimizer(optimizers.Adam(), COMM)
+    sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
+    real = os.path.join(folder, "real.h5")
+    numbaopt.save_optimizer(sharded, real)
+    huge, many = os.path.join(folder, "huge.h5"), os.path.join(folder, "many.h5")
+    if RANK == 0:
+        index = sharded_checkpoint.read_index(real)
+        header = {"class_name": index.class_name, "config": json.dumps(index.config, sort_keys=True),
+                  "iterations": index.iterations, "scalar_state": json.dumps(index.scalars, sort_keys=True)}
+        first = index.shards[0]
+        sharded_checkpoint.write_index(huge, header, [Parameter(None, (2**40,), "float32")],
+                                       [sharded_checkpoint.ShardRecord(first.file, ((0, 2**40),), first.sha256)])
+        ends = [(b, b) for _, b in index.shards[-1].ranges]
+        missing = [sharded_checkpoint.ShardRecord(f"missing{k}.h5", tuple(ends), "0" * 64) for k in range(20_000)]
+        sharded_checkpoint.write_index(many, header, list(index.parameters), list(index.shards) + missing)
+    COMM.Barrier()
+    for path, words in ((huge, "6 parameters, but the index has 1"),
+                        (many, "shard file missing")):
+        start = time.monotonic()
+        expect_everywhere(numbaopt.CheckpointError, lambda: numbaopt.load_optimizer(path, comm=COMM), words)
+        expect_everywhere(numbaopt.CheckpointError, lambda: numbaopt.load_optimizer(path), words)
+        assert time.monotonic() - start < 30, f"{path} took {time.monotonic() - start:.1f} s to refuse"
+
+
+def exits_cleanly(folder):
+    """The last rank leaves with status 0 while the others are inside a step (issue 21 item 14):
+    with MPICH the job ends, mpiexec exits 0, and the completion marker is what tells."""
+    params = parameters(SHAPES, [np.float32] * len(SHAPES))
+    sharded = ShardedOptimizer(optimizers.Adam(), COMM, timeout=60)
+    if RANK == R - 1:
+        import time
+
+        time.sleep(0.5)  # the others are inside apply_gradients, waiting for this rank
+        os._exit(0)
+    sharded.apply_gradients(zip(gradients(0, RANK, SHAPES, [np.float32] * len(SHAPES)), params))
+    COMM.Barrier()
+    if RANK == 0:
+        with open(os.path.join(folder, "run-complete"), "w") as marker:
+            marker.write("ok\n")
+
+
 def hangs(folder):
     """The last rank never joins the step: with a timeout the others abort the job."""
     import time

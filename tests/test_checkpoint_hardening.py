@@ -190,7 +190,7 @@ def test_a_file_name_near_the_limit_saves_and_its_temporaries_are_swept(tmp_path
     save_optimizer(adam_after_one_step(), path)
     assert load_optimizer(path).iterations == 1
     # A writer of this file that died: the next save must find its temporary under the short name.
-    lead = checkpoint._temporary_lead(str(path))
+    lead = checkpoint.temporary_lead(str(path))
     assert len(os.fsencode(lead)) + checkpoint._TEMPORARY_TAIL <= limit and name not in lead
     dead = tmp_path / f"{lead}{dead_pid()}.abcdef012345{TEMPORARY_SUFFIX}"
     dead.write_bytes(b"half a checkpoint")
@@ -199,7 +199,7 @@ def test_a_file_name_near_the_limit_saves_and_its_temporaries_are_swept(tmp_path
 
 
 def test_a_short_file_name_keeps_its_readable_temporary_name(tmp_path):
-    assert checkpoint._temporary_lead(str(tmp_path / "ckpt.h5")) == f".ckpt.h5.{checkpoint.socket.gethostname()}."
+    assert checkpoint.temporary_lead(str(tmp_path / "ckpt.h5")) == f".ckpt.h5.{checkpoint.socket.gethostname()}."
 
 
 # ------------------------------------------------------------- 6. symbolic links

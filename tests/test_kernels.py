@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from numbaopt import devices, optimizers
+from numbaopt.kernels import object_layout
 from tests.cases import DTYPES, NAMES, make_params
 
 cpu = pytest.importorskip("numbaopt.kernels.cpu")  # imports Numba, which the core depends on
@@ -81,7 +82,7 @@ def test_unclipped_loop_equals_clipped_loop_with_nothing_to_clip(name, dtype):
 
 def test_data_addresses_match_the_array_interface():
     """The compiled reading of NumPy's array objects agrees with NumPy's own answer."""
-    assert devices._object_fields() is not None
+    assert object_layout.object_fields() is not None
     base = np.arange(60, dtype=np.float64).reshape(6, 10)
     arrays = [base, base[2:], base[:, 3:], base[1:4, 2:5].copy(), np.empty(0, np.float32), np.ones(()),
               np.zeros(5, np.float32)[1:], np.frombuffer(bytearray(16), np.float32)]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from numbaopt import devices, optimizers
+from numbaopt.kernels import object_layout
 
 
 class Subclass(np.ndarray):
@@ -64,7 +65,7 @@ def test_a_step_ends_as_the_per_array_checks_alone_would_end_it(variation, dtype
 
 def test_the_object_layout_checks_out_here():
     """Where the probe fails, every step takes the per-array checks: correct, but slow."""
-    assert devices._object_fields() is not None
+    assert object_layout.object_fields() is not None
 
 
 def test_the_usual_steps_take_the_one_pass_check(monkeypatch):

@@ -55,5 +55,6 @@ def test_install_commands_fit_how_numbaopt_was_installed(monkeypatch, tmp_path):
     monkeypatch.setattr(extras, "_TREE", tmp_path)  # as if installed in site-packages
     monkeypatch.setattr(extras, "_installed_from", lambda: tmp_path / "checkout")
     assert extras.install_command("cuda") == f'pip install "{tmp_path / "checkout"}[cuda]"'
-    monkeypatch.setattr(extras, "_installed_from", lambda: None)
-    assert extras.install_command("cuda") == 'pip install "numbaopt[cuda]"'
+    monkeypatch.setattr(extras, "_installed_from", lambda: None)  # from a wheel: numbaopt is on no index
+    monkeypatch.setattr(extras, "_extra_requirements", lambda extra: ["mpi4py>=4", "mpich"])
+    assert extras.install_command("mpi") == 'pip install "mpi4py>=4" "mpich" (or, from a numbaopt checkout: pip install ".[mpi]")'

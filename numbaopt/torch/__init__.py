@@ -2,8 +2,8 @@
 
 ``nt.Adam(model.parameters(), lr=1e-3, clipnorm=1.0)`` is a ``torch.optim.Optimizer``
 whose step is numbaopt's kernels on the tensors' own memory, bitwise the step of
-``numbaopt.optimizers.Adam`` on the same data (see ``docs/torch.md``). Needs torch
-(``pip install 'numbaopt[torch]'``).
+``numbaopt.optimizers.Adam`` on the same data (see ``docs/torch.md``). Needs torch (the
+``torch`` extra: from a checkout, ``pip install ".[torch]"``).
 
 There is one class here per registered rule-based optimizer (``numbaopt.registry.rule_based()``),
 made from the registry when it is first asked for: a ``TorchOptimizer`` subclass of the same
@@ -15,7 +15,15 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-import torch
+try:
+    import torch
+except ImportError as error:  # name the extra and how to install it, not only the missing module
+    from numbaopt.extras import install_command
+
+    raise ModuleNotFoundError(
+        f"numbaopt.torch needs PyTorch (the torch extra), which cannot be imported ({error}): "
+        f"{install_command('torch')}", name="torch"
+    ) from error
 
 from numbaopt import optimizers
 from numbaopt.checkpoint import CheckpointError, read_checkpoint

@@ -193,8 +193,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         pointers = self._view_pointers.copy()
         for i, (p, g) in enumerate(zip(params, grads)):
             if g is not None:
-                if not (g.dtype is p.dtype and g.layout is _STRIDED and g.is_cpu and g.shape == p.shape and g.is_contiguous()):
-                    return None
+                if not (type(g) is torch.Tensor and g.dtype is p.dtype and g.layout is _STRIDED and g.is_cpu
+                        and g.shape == p.shape and g.is_contiguous() and not g.is_neg()):
+                    return None  # a negative view's memory holds the negated values: read resolved by the core
                 pointers[i] = g.data_ptr()
         return np.array(pointers, np.int64)
 
