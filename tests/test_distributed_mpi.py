@@ -91,14 +91,15 @@ def test_a_rank_that_never_joins_aborts_the_job_after_the_timeout(tmp_path):
 def test_a_rank_that_exits_with_status_0_mid_step_is_told_by_the_missing_marker(tmp_path):
     """Issue 21 item 14, as docs/distributed.md documents it: with MPICH, ``os._exit(0)`` on
     one rank inside ``apply_gradients`` ends the others and ``mpiexec`` exits 0 (timeout or
-    not); no rank can report it. The completion marker written after a last collective is
-    missing, which is what the documented recipe checks."""
+    not; 9 in the runs where Hydra reports a killed rank first); no rank can report it. The
+    completion marker written after a last collective is missing, which is what the
+    documented recipe checks."""
     start = time.monotonic()
     command, result = launch("exits_cleanly", 3, tmp_path, timeout=120)
     assert time.monotonic() - start < 60, "the job hung instead of ending"
     assert not (tmp_path / "run-complete").exists() and '"ok": true' not in result.stdout
     if "HYDRA" in subprocess.run([mpiexec(), "--version"], capture_output=True, text=True).stdout.upper():  # MPICH's
-        assert result.returncode == 0, "MPICH's behaviour changed: update docs/distributed.md's faults section"
+        assert result.returncode in (0, 9), "MPICH's behaviour changed: update docs/distributed.md's faults section"
 
 
 @pytest.mark.parametrize("ranks", [1, 3])
