@@ -69,19 +69,24 @@ class StepInputs(Mapping[str, Any]):
     (``h.lr``, ``h.beta_1``), ``h.iterations`` (the steps done before this one) and
     ``h.scalars`` (the extra scalar state, by name). A read-only mapping of the hyperparameters."""
 
-    __slots__ = ("_hyper", "iterations", "scalars")
-
     def __init__(self, hyper: Mapping[str, Any], iterations: int, scalars: Mapping[str, float]) -> None:
+        # The hyperparameters become instance attributes: read several times a step, an
+        # attribute is a dict lookup where ``__getattr__`` would be a call.
+        attributes = self.__dict__
+        attributes.update(hyper)
+        for alias, name in ALIASES.items():
+            if name in hyper:
+                attributes[alias] = hyper[name]
         self._hyper, self.iterations, self.scalars = hyper, iterations, scalars
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._hyper[ALIASES.get(name, name)]
-        except KeyError:
-            raise AttributeError(name) from None
+    def __getattr__(self, name: str) -> Any:  # only for names that are not hyperparameters
+        raise AttributeError(f"no hyperparameter {name!r}")
 
     def __getitem__(self, name: str) -> Any:
         return self._hyper[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._hyper.get(name, default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._hyper)
@@ -92,8 +97,6 @@ class StepInputs(Mapping[str, Any]):
     def decayed_lr(self, dtype: type[np.floating[Any]]) -> np.floating[Any]:
         """The learning rate of this step after Keras 2.0's decay, in ``dtype``."""
         return decayed_lr(self._hyper["lr"], self._hyper.get("decay", 0.0), self.iterations, dtype)
-
-
 
 
 def hyperparameter_property(name: str) -> property:

@@ -328,6 +328,9 @@ class SlotStore:
             return
         launch = threads.plan(self.backend.name, self.parallel(), rule, group.dtype, len(chunks))
         step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel)
+        if launch is threads.SERIAL:  # on the calling thread, as chosen by size: nothing to guard or time
+            step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like)
+            return
         with _LAUNCH(self.backend, launch.parallel), launch:
             step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like)
         _LAUNCH.launched(self.backend, launch.parallel)

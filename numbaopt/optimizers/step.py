@@ -199,31 +199,44 @@ class Step:
         gradients (their ``addresses``): ``parts`` None, every parameter with the optimizer's
         own hyperparameters; else the parameters at ``stepped``, part by part. Everything
         is checked, and every scalar computed, before any kernel runs."""
-        every_part: list[tuple[Mapping[str, Any] | None, npt.NDArray[np.intp] | None]] = (
-            [(None, None)] if parts is None else list(parts)
-        )
-        for hyper, _ in every_part:
+        hypers: list[Mapping[str, Any] | None] = [None] if parts is None else [hyper for hyper, _ in parts]
+        for hyper in hypers:
             for dtype in layout.distinct_dtypes:
                 self._check_fits(dtype, hyper)
         layout.check_gradients(addresses)
         store = self._slots if self._slots is not None else self._create_slots(layout)
         grad_at = store.split(addresses)
         norm = global_norm
-        if norm is None and any((self._hyper if hyper is None else hyper).get("clipnorm") for hyper, _ in every_part):
+        clipping = self._hyper.get("clipnorm") if parts is None else any(hyper.get("clipnorm") for hyper, _ in parts)
+        if norm is None and clipping:
             norm = store.global_norm(grad_at, None if stepped is None else store.chunks_of(stepped))
-        arguments = [self._step_arguments(store, norm, hyper) for hyper, _ in every_part]
+        arguments = [self._step_arguments(store, norm, hyper) for hyper in hypers]
         parameter_at = store.parameter_addresses()
-        for (_, at), part_arguments in zip(every_part, arguments):
-            for group, group_param_at, group_grad_at, (clip, scalars), chunks, tensors in zip(
-                store.groups, parameter_at, grad_at, part_arguments, store.chunks_of(at), store.tensors_of(at)
-            ):
-                if self.phases:
-                    store.run_phases(self.phases, group, group_param_at, group_grad_at, clip, scalars, chunks, tensors)
-                else:
-                    store.run(type(self).rule, group, group_param_at, group_grad_at, clip, scalars,  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
-                              None if at is None else chunks)
-        self._scalars.update(self.advance_scalar_state(self.step_inputs(every_part[0][0])))
+        for at, part_arguments in zip([None] if parts is None else [at for _, at in parts], arguments):
+            self._launch(store, parameter_at, grad_at, part_arguments, at)
+        if self._scalars:  # extra scalar state (Nadam's schedule) advances with the first part's settings
+            self._scalars.update(self.advance_scalar_state(self.step_inputs(hypers[0])))
         self._iterations += 1
+
+    def _launch(
+        self,
+        store: SlotStore,
+        parameter_at: list[npt.NDArray[np.int64]],
+        grad_at: list[npt.NDArray[np.int64]],
+        arguments: list[tuple[tuple[Any, ...], tuple[Any, ...]]],
+        at: npt.NDArray[np.intp] | None,
+    ) -> None:
+        """The kernels of one part of a step (every parameter when ``at`` is None), group by group."""
+        chunks = store.chunks_of(at)
+        if self.phases:
+            for group, params, grads, (clip, scalars), table, tensors in zip(
+                store.groups, parameter_at, grad_at, arguments, chunks, store.tensors_of(at)
+            ):
+                store.run_phases(self.phases, group, params, grads, clip, scalars, table, tensors)
+            return
+        rule = type(self).rule
+        for group, params, grads, (clip, scalars), table in zip(store.groups, parameter_at, grad_at, arguments, chunks):
+            store.run(rule, group, params, grads, clip, scalars, None if at is None else table)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
 
     def _step_arguments(
         self, store: SlotStore, norm: float | None, hyper: Mapping[str, Any] | None = None
