@@ -212,8 +212,13 @@ class Step:
             norm = store.global_norm(grad_at, None if stepped is None else store.chunks_of(stepped))
         arguments = [self._step_arguments(store, norm, hyper) for hyper in hypers]
         parameter_at = store.parameter_addresses()
-        for at, part_arguments in zip([None] if parts is None else [at for _, at in parts], arguments):
-            self._launch(store, parameter_at, grad_at, part_arguments, at)
+        if parts is None and not self.phases:  # the usual step, in the fewest calls: it is per step
+            rule = type(self).rule
+            for group, params, grads, (clip, scalars) in zip(store.groups, parameter_at, grad_at, arguments[0]):
+                store.run(rule, group, params, grads, clip, scalars)  # type: ignore[arg-type]  # as in _launch
+        else:
+            for at, part_arguments in zip([None] if parts is None else [at for _, at in parts], arguments):
+                self._launch(store, parameter_at, grad_at, part_arguments, at)
         if self._scalars:  # extra scalar state (Nadam's schedule) advances with the first part's settings
             self._scalars.update(self.advance_scalar_state(self.step_inputs(hypers[0])))
         self._iterations += 1
