@@ -282,6 +282,16 @@ def _manifest_digest(
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """What tells one version of a file from the next (a replacement is a new file), or None
+    where there is none: readers that must not mix two versions compare it before and after."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def replace_file(target: str, write: Callable[[str], None]) -> None:
     """Make a new file beside ``target`` with ``write(temporary)``, flush it to the disk and
     move it over ``target`` (a real path, not a link): a crash at any point leaves the

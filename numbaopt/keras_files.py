@@ -768,7 +768,7 @@ def export_keras_optimizer(
     if parameters is not None and not isinstance(parameters, Mapping):
         raise TypeError(f"parameters must be a dict of variable name -> array (as import_keras_optimizer "
                         f"returns), got {type(parameters).__name__}")
-    read_from = _identity(path)  # the file this export reads, and must copy (another export may replace it)
+    read_from = checkpoint.file_identity(path)  # the file this export reads, and must copy (another export may replace it)
     found = read_keras_file(path)
     if found.generation == "keras3":
         raise ValueError(f"{found.path}: export writes tf-keras .h5 model files; a Keras 3 .keras file is import-only")
@@ -817,15 +817,6 @@ _EXPORTS = threading.local()
 
 class _ReplacedMeanwhile(Exception):
     """The file an export read was replaced before the export copied it."""
-
-
-def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
-    """What tells one version of a file from the next (each replacement is a new file), or None."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _laid_out(
@@ -948,7 +939,7 @@ def _replace_atomically(
     """Copy the file, write ``writes`` (dataset path -> value) into the copy, fsync, move it over ``path``.
 
     ``created``: the names of the optimizer weights to list in a new group ``optimizer_weights``.
-    ``read_from``: the ``_identity`` of the file ``writes`` were computed from; the copy is
+    ``read_from``: the ``checkpoint.file_identity`` of the file ``writes`` were computed from; the copy is
     made from that very file, or ``_ReplacedMeanwhile`` is raised and nothing is written.
     """
     import h5py

@@ -38,6 +38,7 @@ from numbaopt.checkpoint import (
     CheckpointError,
     Parameter,
     check_json_numbers,
+    file_identity,
     fsync_directory,
     read_attribute,
     sweep_dead_temporaries,
@@ -205,23 +206,14 @@ def read_whole(path: str | os.PathLike[str]) -> Checkpoint:
     replaced atomically, never fails this way); a set that is damaged as it stands raises.
     """
     for _ in range(_SAVED_MEANWHILE_RETRIES):
-        before = _identity(path)
+        before = file_identity(path)
         index = read_index(path)
         try:
             return _read_whole(index)
         except CheckpointError:
-            if _identity(path) == before:  # the index read is still the one there: the set is bad
+            if file_identity(path) == before:  # the index read is still the one there: the set is bad
                 raise
     return _read_whole(read_index(path))
-
-
-def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
-    """What tells one index file from the next: a save replaces it with a new file."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _read_whole(index: ShardedIndex) -> Checkpoint:

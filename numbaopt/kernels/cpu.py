@@ -53,7 +53,7 @@ clip_gradient = _element(_clip_gradient)
 
 
 @intrinsic
-def _pointer(typingctx: Any, address: Any, like: Any) -> tuple[Any, Callable[..., Any]]:
+def pointer(typingctx: Any, address: Any, like: Any) -> tuple[Any, Callable[..., Any]]:
     """A typed pointer to the memory at integer ``address``, of ``like``'s element type."""
     pointer_type = types.CPointer(like.dtype)
 
@@ -95,7 +95,7 @@ def sum_of_squares(
     """
     for c in prange(chunks.shape[0]):
         tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        g = _pointer(grads[tensor], like)
+        g = pointer(grads[tensor], like)
         acc = np.zeros(_LANES)
         blocks = (stop - start) // _LANES
         for k in range(blocks):
@@ -130,7 +130,7 @@ def _unclipped(g: float, norm_numerator: float, norm_denominator: float, clipval
 
 # The element loops, one per number of slots: ``rule`` on elements ``start:stop`` of one
 # tensor, its gradient passed through ``gradient`` (``clip_gradient`` or ``_unclipped``).
-# ``p``, ``g`` and the slot rows are typed pointers (``_pointer``, ``_row``), hence ``Any``.
+# ``p``, ``g`` and the slot rows are typed pointers (``pointer``, ``_row``), hence ``Any``.
 
 
 @_template
@@ -182,7 +182,7 @@ def _update_step(
     clipping = _clipping(clip)
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = _pointer(params[j], like), _pointer(grads[j], like)
+        p, g = pointer(params[j], like), pointer(grads[j], like)
         if clipping:
             ELEMENTS(RULE, clip_gradient, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
         else:
@@ -274,7 +274,7 @@ def _element_pass(
     """An element pass of ``RULE`` over every chunk of a group (``ELEMENTS``: its loop)."""
     for c in prange(chunks.shape[0]):
         j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = _pointer(params[j], like), _pointer(grads[j], like)
+        p, g = pointer(params[j], like), pointer(grads[j], like)
         t = buffer[tensor_base[j] : tensor_base[j] + n_tensor_slots]
         ELEMENTS(RULE, p, g, slots, offsets[j], start, stop, clip, t, scalars)  # noqa: F821
 
@@ -327,7 +327,7 @@ def _tensor_pass(
     """A tensor pass of ``FUNCTION`` over the group's ``tensors``, one tensor per thread at a time."""
     for q in prange(tensors.shape[0]):
         j = tensors[q]
-        p, g = _pointer(params[j], like), _pointer(grads[j], like)
+        p, g = pointer(params[j], like), pointer(grads[j], like)
         CALL(FUNCTION, p, g, buffer, offsets, sizes, j, dims, clip, scalars)  # noqa: F821
 
 

@@ -44,8 +44,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
+
+from numbaopt.kernels.cpu import pointer
 
 #: Indices into ``fields``: where CPython and NumPy keep what is read, in bytes from the
 #: start of an object (ids of the type objects for the first three), and which flags must be set.
@@ -54,17 +55,6 @@ from numba.extending import intrinsic
 
 #: NumPy's array flags asked for (``NPY_ARRAY_C_CONTIGUOUS``, ``NPY_ARRAY_WRITEABLE``).
 _C_CONTIGUOUS, _WRITEABLE = 0x0001, 0x0400
-
-
-@intrinsic
-def _pointer(typingctx: Any, address: Any, like: Any) -> tuple[Any, Callable[..., Any]]:
-    """A typed pointer to the memory at integer ``address``, of ``like``'s element type."""
-    pointer_type = types.CPointer(like.dtype)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
-
-    return pointer_type(types.intp, like), codegen
 
 
 def gil_enabled() -> bool:
@@ -78,15 +68,15 @@ def _read_data(objects: int, fields: npt.NDArray[np.int64], out: npt.NDArray[np.
     """``out[k]`` = the data address of item ``k`` of the tuple at address ``objects``;
     -1, or the first item that is not exactly an ``np.ndarray`` (-2: a tuple of another size)."""
     word = np.empty(1, np.int64)
-    if _pointer(objects + fields[OB_TYPE], word)[0] != fields[TUPLE_TYPE]:
+    if pointer(objects + fields[OB_TYPE], word)[0] != fields[TUPLE_TYPE]:
         return -2
-    if _pointer(objects + fields[TUPLE_SIZE], word)[0] != out.shape[0]:
+    if pointer(objects + fields[TUPLE_SIZE], word)[0] != out.shape[0]:
         return -2
     for k in range(out.shape[0]):
-        array = _pointer(objects + fields[TUPLE_ITEMS] + 8 * k, word)[0]
-        if _pointer(array + fields[OB_TYPE], word)[0] != fields[NDARRAY_TYPE]:
+        array = pointer(objects + fields[TUPLE_ITEMS] + 8 * k, word)[0]
+        if pointer(array + fields[OB_TYPE], word)[0] != fields[NDARRAY_TYPE]:
             return k
-        out[k] = _pointer(array + fields[DATA], word)[0]
+        out[k] = pointer(array + fields[DATA], word)[0]
     return -1
 
 
@@ -142,35 +132,35 @@ def _read_pairs(
     """
     word = np.empty(1, np.int64)
     half = np.empty(1, np.int32)
-    if _pointer(pairs + fields[OB_TYPE], word)[0] != fields[LIST_TYPE]:
+    if pointer(pairs + fields[OB_TYPE], word)[0] != fields[LIST_TYPE]:
         return -2
-    if _pointer(pairs + fields[LIST_SIZE], word)[0] != descrs.shape[0]:
+    if pointer(pairs + fields[LIST_SIZE], word)[0] != descrs.shape[0]:
         return -2
-    items = _pointer(_pointer(pairs + fields[LIST_ITEMS], word)[0], word)
+    items = pointer(pointer(pairs + fields[LIST_ITEMS], word)[0], word)
     for k in range(descrs.shape[0]):
         pair = items[k]
-        if _pointer(pair + fields[OB_TYPE], word)[0] != fields[TUPLE_TYPE]:
+        if pointer(pair + fields[OB_TYPE], word)[0] != fields[TUPLE_TYPE]:
             return k
-        if _pointer(pair + fields[TUPLE_SIZE], word)[0] != 2:
+        if pointer(pair + fields[TUPLE_SIZE], word)[0] != 2:
             return k
         for side in range(2):
-            array = _pointer(pair + fields[TUPLE_ITEMS] + 8 * side, word)[0]
-            if _pointer(array + fields[OB_TYPE], word)[0] != fields[NDARRAY_TYPE]:
+            array = pointer(pair + fields[TUPLE_ITEMS] + 8 * side, word)[0]
+            if pointer(array + fields[OB_TYPE], word)[0] != fields[NDARRAY_TYPE]:
                 return k
-            if _pointer(array + fields[DESCR], word)[0] != descrs[k]:
+            if pointer(array + fields[DESCR], word)[0] != descrs[k]:
                 return k
-            flags = _pointer(array + fields[FLAGS], half)[0]
+            flags = pointer(array + fields[FLAGS], half)[0]
             required = fields[PARAMETER_FLAGS] if side == 1 else fields[GRADIENT_FLAGS]
             if flags & required != required:
                 return k
             ndim = shape_starts[k + 1] - shape_starts[k]
-            if _pointer(array + fields[NDIM], half)[0] != ndim:
+            if pointer(array + fields[NDIM], half)[0] != ndim:
                 return k
-            shape = _pointer(_pointer(array + fields[DIMENSIONS], word)[0], word)
+            shape = pointer(pointer(array + fields[DIMENSIONS], word)[0], word)
             for d in range(ndim):
                 if shape[d] != dims[shape_starts[k] + d]:
                     return k
-            address = _pointer(array + fields[DATA], word)[0]
+            address = pointer(array + fields[DATA], word)[0]
             if side == 0:
                 grad_at[k] = address
             else:
