@@ -79,7 +79,8 @@ def report(checkpoint: Checkpoint) -> str:
         for i, parameter in enumerate(checkpoint.parameters):
             label = str(i) if parameter.name is None else f"{i} {parameter.name}"
             for kind, arrays in checkpoint.slots.items():
-                rows.append((label, kind, str(parameter.shape), parameter.dtype, *_statistics(arrays[i])))
+                slot = arrays[i]  # shaped and typed as its declaration gives for the parameter
+                rows.append((label, kind, str(slot.shape), slot.dtype.name, *_statistics(slot)))
         lines += _table(rows)
     if checkpoint.arrays:
         rows = [("array", "shape", "dtype", "min", "max", "mean")]

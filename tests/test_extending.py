@@ -218,6 +218,21 @@ def test_state_of_other_shapes_is_the_same_for_any_thread_count(shaped, monkeypa
     assert results[0] == results[1]
 
 
+def test_inspect_shows_each_slot_as_declared(shaped, tmp_path, capsys):
+    """``numbaopt inspect`` lists each slot with its own shape, not its parameter's."""
+    import re
+
+    from numbaopt.cli import main
+
+    opt = shaped(clipnorm=1.0)
+    shaped_run(opt, np.float64, steps=1)
+    checkpoint.save_optimizer(opt, tmp_path / "shaped.h5")
+    assert main(["inspect", str(tmp_path / "shaped.h5")]) == 0
+    rows = [re.split(r"\s{2,}", line.strip()) for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    shown = {(int(label), slot): shape for label, slot, shape, *_ in rows}
+    assert shown == {(i, slot.name): str(slot.shape_of(shape)) for i, shape in enumerate(SHAPED) for slot in shaped.slots}
+
+
 def test_state_of_other_shapes_loads_in_a_new_process(shaped, tmp_path):
     """Checkpoint format 3 records each slot's shape and dtype; a new process continues bitwise."""
     import subprocess
