@@ -33,7 +33,7 @@ import torch
 
 import numbaopt.torch as nt
 from numbaopt import optimizers, threads, tuning
-from torch_step import MLP
+from torch_step import MLP, tensors
 
 CASES = {"1e6": [(1_000_000,)], "1e7": [(10_000_000,)], "MLP": MLP}
 QUICK_CASES = {"1e6": [(100_000,)], "1e7": [(300_000,)], "MLP": MLP[:4]}
@@ -60,14 +60,6 @@ def busy_processes(count, limit):
     finally:
         stop()
         atexit.unregister(stop)
-
-
-def tensors(shapes, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(*s, generator=generator)) for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=generator) * 1e-3
-    return params
 
 
 def contenders(shapes):

@@ -205,6 +205,9 @@ class SlotStore:
         self.elements = sum(_size(shape) for shape in layout.shapes)  # of every tensor together
         self._chunks_of: dict[bytes, list[npt.NDArray[np.int64]]] = {}  # see chunks_of
         self._tensors_of: dict[bytes, list[npt.NDArray[np.int64]]] = {}  # see tensors_of
+        self._every_tensor = [np.arange(len(group.positions), dtype=np.int64) for group in groups]
+        self._n_element = sum(slot.shape == "element" for slot in declared)  # slots an element pass reads
+        self._n_tensor = sum(slot.shape == "tensor" for slot in declared)
 
     @classmethod
     def create(
@@ -290,7 +293,7 @@ class SlotStore:
         """Each group's tensors (their indices within it) among the parameters at
         ``positions`` (all when None): what a tensor pass steps."""
         if positions is None:
-            return [np.arange(len(group.positions), dtype=np.int64) for group in self.groups]
+            return self._every_tensor
         self.chunks_of(positions)
         return self._tensors_of[positions.tobytes()]
 
@@ -351,8 +354,7 @@ class SlotStore:
         if not len(tensors):
             return
         kernels = self.backend.kernels
-        n_element = sum(slot.shape == "element" for slot in self.declared)
-        n_tensor = sum(slot.shape == "tensor" for slot in self.declared)
+        n_element, n_tensor = self._n_element, self._n_tensor
         for phase in phases:
             if isinstance(phase, ElementPass):
                 if not len(chunks):

@@ -72,14 +72,29 @@ def reference(params, steps, clipnorm, lr=0.01, beta_1=0.9, beta_2=0.999, epsilo
     return params, {"ms": m, "vs": v, "v_maxes": v_max}
 
 
-def run(opt, dtype, to_device=list, to_host=list):
-    params = make_params(dtype, SHAPES)
+def run(opt, dtype, shapes=SHAPES, steps=8, to_device=list, to_host=list):
+    """``steps`` steps of ``opt`` on parameters of ``shapes``: ``(params after, params before, gradients)``."""
+    params = make_params(dtype, shapes)
     initial = [p.copy() for p in params]
-    steps = [[g.astype(dtype) for g in grads] for grads in gradient_steps(SHAPES, steps=8)]
+    grads = [[g.astype(dtype) for g in step] for step in gradient_steps(shapes, steps=steps)]
     on_device = to_device(params)
-    for grads in steps:
-        opt.apply_gradients(zip(to_device(grads), on_device))
-    return to_host(on_device), initial, steps
+    for step in grads:
+        opt.apply_gradients(zip(to_device(step), on_device))
+    return to_host(on_device), initial, grads
+
+
+@pytest.fixture
+def on_cuda(monkeypatch):
+    """``run``'s device arguments for CUDA arrays, with blocks and chunks small enough that
+    tiny tensors span several."""
+    from numba import cuda
+
+    from numbaopt import tuning
+
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 4)
+    monkeypatch.setattr(tuning, "CHUNK_ELEMENTS", 8)
+    return {"to_device": lambda arrays: [cuda.to_device(a) for a in arrays],
+            "to_host": lambda arrays: [a.copy_to_host() for a in arrays]}
 
 
 def assert_matches_reference(opt, params, initial, steps, dtype):
@@ -140,18 +155,9 @@ def test_a_rule_with_more_slots_than_any_loop_is_refused_clearly(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_a_new_three_slot_optimizer_runs_on_cuda(amsgrad, dtype, monkeypatch):
-    from numba import cuda
-
-    from numbaopt import tuning
-
-    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 4)
-    monkeypatch.setattr(tuning, "CHUNK_ELEMENTS", 8)
+def test_a_new_three_slot_optimizer_runs_on_cuda(amsgrad, dtype, on_cuda):
     opt = amsgrad(clipnorm=1.0)
-    params, initial, steps = run(
-        opt, dtype, to_device=lambda arrays: [cuda.to_device(a) for a in arrays],
-        to_host=lambda arrays: [a.copy_to_host() for a in arrays],
-    )
+    params, initial, steps = run(opt, dtype, **on_cuda)
     assert_matches_reference(opt, params, initial, steps, dtype)
 
 
@@ -174,14 +180,8 @@ def shaped(request, monkeypatch):
     return dict(zip(("Factored", "TrustRatio"), extending_shapes.declare()))[request.param]
 
 
-def shaped_run(opt, dtype, steps=6, to_device=list, to_host=list):
-    params = make_params(dtype, SHAPED)
-    initial = [p.copy() for p in params]
-    grads = [[g.astype(dtype) for g in step] for step in gradient_steps(SHAPED, steps=steps)]
-    on_device = to_device(params)
-    for step in grads:
-        opt.apply_gradients(zip(to_device(step), on_device))
-    return to_host(on_device), initial, grads
+def shaped_run(opt, dtype, steps=6, **device):
+    return run(opt, dtype, SHAPED, steps, **device)
 
 
 def assert_shaped_matches(opt, params, initial, steps, dtype, clipnorm=1.0):
@@ -266,18 +266,9 @@ np.savez({str(tmp_path / 'after.npz')!r}, *params)
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_state_of_other_shapes_runs_on_cuda(shaped, dtype, monkeypatch):
-    from numba import cuda
-
-    from numbaopt import tuning
-
-    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 4)
-    monkeypatch.setattr(tuning, "CHUNK_ELEMENTS", 8)
+def test_state_of_other_shapes_runs_on_cuda(shaped, dtype, on_cuda):
     opt = shaped(clipnorm=1.0)
-    params, initial, steps = shaped_run(
-        opt, dtype, steps=3, to_device=lambda arrays: [cuda.to_device(a) for a in arrays],
-        to_host=lambda arrays: [a.copy_to_host() for a in arrays],
-    )
+    params, initial, steps = shaped_run(opt, dtype, steps=3, **on_cuda)
     assert_shaped_matches(opt, params, initial, steps, dtype)
 
 
