@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -193,8 +194,9 @@ def read_any(path: str | os.PathLike[str]) -> Checkpoint:
     return read_whole(path) if is_sharded(path) else read_checkpoint(path)
 
 
-#: How many times a load starts again when a save replaced the index while it read the set.
-_SAVED_MEANWHILE_RETRIES = 20
+#: How long a load keeps starting again while saves replace the index under it (seconds):
+#: a bound on time, not on attempts, so that saves in quick succession cannot exhaust it.
+_SAVED_MEANWHILE_SECONDS = 30.0
 
 
 def read_whole(path: str | os.PathLike[str]) -> Checkpoint:
@@ -205,15 +207,16 @@ def read_whole(path: str | os.PathLike[str]) -> Checkpoint:
     the one read, the read starts again from the new index (as an ordinary checkpoint,
     replaced atomically, never fails this way); a set that is damaged as it stands raises.
     """
-    for _ in range(_SAVED_MEANWHILE_RETRIES):
+    deadline = time.monotonic() + _SAVED_MEANWHILE_SECONDS
+    while True:
         before = file_identity(path)
         index = read_index(path)
         try:
             return _read_whole(index)
         except CheckpointError:
-            if file_identity(path) == before:  # the index read is still the one there: the set is bad
+            # The index read is still the one there: the set is bad as it stands.
+            if file_identity(path) == before or time.monotonic() > deadline:
                 raise
-    return _read_whole(read_index(path))
 
 
 def _read_whole(index: ShardedIndex) -> Checkpoint:
