@@ -6,7 +6,8 @@ Per step, after weight decay ``p <- p - p * weight_decay * lr``::
     p <- p - lr * g / sqrt(a + epsilon)
 
 with ``a`` starting at ``initial_accumulator_value`` (float32-rounded in a float64 model,
-as TensorFlow's constant initializer makes it). Differs from Keras 2.0's Adagrad: epsilon
+as TensorFlow's constant initializer makes it; tf-keras's new-style Adagrad, ``tf_keras=True``,
+starts it at the exact value). Differs from Keras 2.0's Adagrad: epsilon
 inside the square root (1e-7), the accumulator starts at 0.1 rather than 0, no ``decay``.
 """
 import math
@@ -42,7 +43,8 @@ class Adagrad(Keras3Optimizer):
 
     def initial_slots(self, params: Sequence[npt.NDArray[Any]]) -> dict[str, list[npt.NDArray[Any]]]:
         value = self._hyper["initial_accumulator_value"]
-        return {"accumulator": [np.full(p.shape, float32_setting(value, p.dtype.type), p.dtype) for p in params]}
+        start = (lambda kind: kind(value)) if self._hyper.get("tf_keras") else (lambda kind: float32_setting(value, kind))
+        return {"accumulator": [np.full(p.shape, start(p.dtype.type), p.dtype) for p in params]}
 
     @staticmethod
     def step_scalars(h: StepInputs, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:

@@ -13,7 +13,7 @@ Differs from Keras 2.0's Adam: epsilon 1e-7 (not 1e-8), no ``decay``, ``amsgrad`
 slots are named ``momentum`` / ``velocity``.
 """
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def amsgrad_rule(
 class Adam(Keras3Optimizer):
     """Adam: adaptive moment estimation (Keras 3's ``keras.optimizers.Adam``)."""
 
-    arguments = (
+    arguments: ClassVar[tuple[Argument, ...]] = (
         Argument("learning_rate", 0.001, "learning_rate"),
         Argument("beta_1", 0.9, "unit"),
         Argument("beta_2", 0.999, "unit"),

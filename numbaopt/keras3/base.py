@@ -22,6 +22,7 @@ from the GPU for CUDA parameters); a step with none of them is the plain kernel 
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,7 +50,7 @@ class Argument(Hyperparameter):
     ``numbaopt.keras3.schedules``), ``"real"`` (any finite number), ``"unit"`` (in [0, 1]),
     ``"optional"`` (None or a number >= 0), ``"steps"`` (None or an int >= the default's
     floor, see ``check``), ``"count"`` (an int >= 0), ``"name"`` (None or a str),
-    ``"names"`` (a list of str) and ``"coefficients"`` (a tuple of numbers).
+    and ``"names"`` (a list of str).
     """
 
     def check(self, value: object) -> Any:
@@ -66,7 +67,7 @@ class Argument(Hyperparameter):
         if kind == "optional":
             return None if value is None else Hyperparameter(self.name, None).check(value)
         if kind in ("real", "unit"):
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(float(value)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
                 raise ValueError(f"{self.name} must be a finite number, got {value!r}")
             if kind == "unit" and not 0 <= float(value) <= 1:
                 raise ValueError(f"{self.name} must be in [0, 1], got {value!r}")
@@ -83,14 +84,12 @@ class Argument(Hyperparameter):
                 raise TypeError(f"{self.name} must be a str, got {value!r}")
             return value
         if kind == "names":
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):  # type: ignore[attr-defined]
+            if isinstance(value, str) or not isinstance(value, Iterable):
                 raise TypeError(f"{self.name} must be a list of str, got {value!r}")
-            return list(value)  # type: ignore[call-overload]
-        if kind == "coefficients":
-            values = tuple(value)  # type: ignore[call-overload]
-            if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) for v in values):
-                raise ValueError(f"{self.name} must be a tuple of finite numbers, got {value!r}")
-            return tuple(float(v) for v in values)
+            names = list(value)
+            if not all(isinstance(v, str) for v in names):
+                raise TypeError(f"{self.name} must be a list of str, got {value!r}")
+            return names
         return super().check(value)
 
 
@@ -108,11 +107,19 @@ BASE_ARGUMENTS = (
     Argument("name", None, "name"),
 )
 
+#: numbaopt's keyword for tf-keras's new-style optimizers (``tf_keras.optimizers``), which
+#: compute a few things otherwise than Keras 3 (docs/keras3.md lists them): off by default;
+#: a config written by tf-keras turns it on. In the config only when on.
+TF_KERAS = Argument("tf_keras", False, "flag")
+
 #: The base keys of Keras 3's ``get_config``, in its order (``name`` and ``learning_rate`` first).
 _CONFIG_KEYS = (
     "name", "learning_rate", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue", "use_ema",
     "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor", "gradient_accumulation_steps",
 )
+
+#: Keys of tf-keras's new-style configs that Keras 3 has not and that change no number.
+_TF_KERAS_ONLY = ("jit_compile", "is_legacy_optimizer")
 
 #: Checkpoint config key of the weight-decay exclusions (Keras's own saving drops them).
 _EXCLUDED_KEY = "numbaopt_exclude_from_weight_decay"
@@ -129,7 +136,8 @@ class Variant(NamedTuple):
 def float32_setting(value: float | None, dtype: type[np.floating[Any]]) -> np.floating[Any]:
     """``ops.cast(python_float, dtype)`` on TensorFlow: the float rounded to float32 first
     (a float64 model sees float32(value)); None reads as 0."""
-    return dtype(np.float32(0.0 if value is None else value))
+    rounded: np.floating[Any] = dtype(np.float32(0.0 if value is None else value))
+    return rounded
 
 
 class Keras3Optimizer(Optimizer):
@@ -147,13 +155,13 @@ class Keras3Optimizer(Optimizer):
     keras_build: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        own = {a.name for a in cls.arguments}
-        cls.hyperparameters = cls.arguments + tuple(a for a in BASE_ARGUMENTS if a.name not in own)
+        declared = {a.name for a in cls.arguments}
+        cls.hyperparameters = cls.arguments + tuple(a for a in BASE_ARGUMENTS if a.name not in declared)
         super().__init_subclass__(**kwargs)
         parameters = [
             inspect.Parameter(h.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=h.default) for h in cls.hyperparameters
         ]
-        parameters += [inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default=None)]
+        parameters += [inspect.Parameter(extra, inspect.Parameter.KEYWORD_ONLY, default=None) for extra in ("device", "tf_keras")]
         parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         cls.__signature__ = inspect.Signature(parameters)
         cls.settable = {h.name: h for h in cls.hyperparameters + DEVICE if h.name not in cls.structural + ("name",)}
@@ -174,7 +182,7 @@ class Keras3Optimizer(Optimizer):
         for key, value in kwargs.items():
             if key in given:
                 raise TypeError(f"{cls.__name__} got multiple values for argument {key!r}")
-            if key in names or key == "device":
+            if key in names or key in ("device", "tf_keras"):
                 given[key] = value
             elif key == "decay":
                 if value is not None:
@@ -186,6 +194,8 @@ class Keras3Optimizer(Optimizer):
         hyper = {h.name: h.check(given[h.name]) if h.name in given else h.default for h in cls.hyperparameters}
         if "device" in given:
             hyper["device"] = DEVICE[0].check(given["device"])
+        if given.get("tf_keras"):
+            hyper["tf_keras"] = TF_KERAS.check(given["tf_keras"])
         cls.check_settings(hyper)
         if hyper["name"] is None:
             hyper["name"] = naming.auto_name(cls.__name__)
@@ -264,9 +274,8 @@ class Keras3Optimizer(Optimizer):
 
     def _learning_rate_now(self) -> np.float32:
         lr = self._hyper["learning_rate"]
-        if isinstance(lr, schedules.LearningRateSchedule):
-            return np.float32(lr(self._calls))
-        return np.float32(lr)
+        value = lr(self._calls) if isinstance(lr, schedules.LearningRateSchedule) else lr
+        return np.float32(value)  # type: ignore[no-any-return, unused-ignore]  # NumPy's stubs see Any under 3.10
 
     def step_inputs(self, hyper: Mapping[str, Any] | None = None) -> StepInputs:
         """``h.lr`` (and ``h.learning_rate``) is this step's learning rate as a float32, as
@@ -289,8 +298,9 @@ class Keras3Optimizer(Optimizer):
             for key in _CONFIG_KEYS
         }
         config.update({a.name: hyper[a.name] for a in type(self).arguments if a.name not in config})
-        if "device" in hyper:
-            config["device"] = hyper["device"]
+        for extra in ("device", "tf_keras"):
+            if extra in hyper:
+                config[extra] = hyper[extra]
         return config
 
     @classmethod
@@ -309,8 +319,17 @@ class Keras3Optimizer(Optimizer):
 
     @classmethod
     def from_config(cls: type[_O], config: dict[str, Any]) -> _O:
-        """Keras 3's ``from_config``: the optimizer a ``get_config()`` describes (a schedule as a dict)."""
-        arguments = dict(config)
+        """Keras 3's ``from_config``: the optimizer a ``get_config()`` describes (a schedule
+        as a dict), or a config of tf-keras's new-style class of the same name (its
+        ``jit_compile`` and ``is_legacy_optimizer: false`` change no number)."""
+        if config.get("is_legacy_optimizer"):
+            raise ValueError(
+                f"this config is of tf-keras's legacy {cls.__name__} (is_legacy_optimizer: true), whose update is "
+                "Keras 2.0's: build it with numbaopt.optimizers.deserialize"
+            )
+        arguments = {key: value for key, value in config.items() if key not in _TF_KERAS_ONLY}
+        if any(key in config for key in _TF_KERAS_ONLY):
+            arguments["tf_keras"] = True
         if isinstance(arguments.get("learning_rate"), dict):
             arguments["learning_rate"] = schedules.deserialize(arguments["learning_rate"])
         return cls(**arguments)
@@ -338,16 +357,16 @@ class Keras3Optimizer(Optimizer):
         arrays = {"calls": np.array(self._calls, np.int64)}
         for kind, values in (("average", self._averages), ("gradient_accumulator", self._accumulators)):
             for i, value in enumerate(values or ()):
-                arrays[f"{kind}/{i:06d}"] = value
+                arrays[f"{kind}.{i:06d}"] = value
         return arrays
 
     def load_checkpoint_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
-        unknown = [name for name in arrays if name != "calls" and name.split("/")[0] not in ("average", "gradient_accumulator")]
+        unknown = [name for name in arrays if name != "calls" and name.split(".")[0] not in ("average", "gradient_accumulator")]
         if unknown or "calls" not in arrays:
-            raise ValueError(f"{type(self).__name__} keeps the arrays calls, average/* and gradient_accumulator/*, got {sorted(arrays)}")
+            raise ValueError(f"{type(self).__name__} keeps the arrays calls, average.* and gradient_accumulator.*, got {sorted(arrays)}")
         calls = int(np.asarray(arrays["calls"]))
-        averages = [np.array(arrays[k]) for k in sorted(arrays) if k.startswith("average/")]
-        accumulators = [np.array(arrays[k]) for k in sorted(arrays) if k.startswith("gradient_accumulator/")]
+        averages = [np.array(arrays[k]) for k in sorted(arrays) if k.startswith("average.")]
+        accumulators = [np.array(arrays[k]) for k in sorted(arrays) if k.startswith("gradient_accumulator.")]
         if calls < self._iterations:
             raise ValueError(f"calls={calls} is fewer than the {self._iterations} steps taken")
         self._calls = calls
@@ -367,7 +386,7 @@ class Keras3Optimizer(Optimizer):
         self._excluded_ids = {id(v) for v in var_list or ()}
         self._excluded_patterns = names
 
-    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]], names: Sequence[str] | None = None) -> None:  # type: ignore[override]
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]], names: Sequence[str] | None = None) -> None:
         """Keras's ``apply_gradients``: one step over ``(gradient, parameter)`` pairs, the
         parameters updated in place; a None gradient leaves its parameter and slots as they are.
         ``names`` are the parameters' Keras paths (``"dense/kernel"``): weight-decay
@@ -400,14 +419,16 @@ class Keras3Optimizer(Optimizer):
         if self._slots is not None:
             self._slots.layout.check(checked_params, backend)
         self._check_builds(checked_params, names)
-        if self._averages is None and self._hyper["use_ema"]:
-            self._averages = [np.zeros(p.shape, p.dtype) for p in checked_params]
+        if self._averages is None and self._hyper["use_ema"]:  # tf-keras starts them at the parameters
+            start = backend.to_host if self._hyper.get("tf_keras") else (lambda p: np.zeros(p.shape, p.dtype))
+            self._averages = [start(p) for p in checked_params]
         steps = self._hyper["gradient_accumulation_steps"]
         if self._accumulators is None and steps:
             self._accumulators = [np.zeros(p.shape, p.dtype) for p in checked_params]
 
-        if self._slots is None and self._pending_slots is None:
+        if self._slots is None:
             self._first_dtype = checked_params[0].dtype
+        if self._slots is None and self._pending_slots is None:
             initial = self.initial_slots([backend.to_host(p) for p in checked_params])
             if initial:
                 self._pending_slots, self._pending_origin = initial, "the slots' initial values"
@@ -499,7 +520,9 @@ class Keras3Optimizer(Optimizer):
         for i, p in enumerate(params):
             value = backend.to_host(p)
             kind = value.dtype.type
-            momentum = kind(float(keras_iterations != 0)) * kind(self._hyper["ema_momentum"])
+            momentum = kind(self._hyper["ema_momentum"])
+            if not self._hyper.get("tf_keras"):  # Keras 3 takes the parameters as they are at step 0
+                momentum = kind(float(keras_iterations != 0)) * momentum
             self._averages[i] = momentum * self._averages[i] + (kind(1) - momentum) * value
             if overwrite:
                 backend.copy_from_host(p, self._averages[i])

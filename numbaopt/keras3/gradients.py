@@ -45,7 +45,8 @@ def _clip_by_norm(g: npt.NDArray[Any], clip_norm: float) -> npt.NDArray[Any]:
     kind = g.dtype.type
     l2sum = np.sum(g * g, dtype=g.dtype)
     l2norm = np.sqrt(l2sum) if l2sum > 0 else l2sum
-    return (g * kind(clip_norm)) / np.maximum(l2norm, kind(clip_norm))
+    clipped: npt.NDArray[Any] = (g * kind(clip_norm)) / np.maximum(l2norm, kind(clip_norm))
+    return clipped
 
 
 def _clip_by_global_norm(grads: Sequence[npt.NDArray[Any]], clip_norm: float) -> Arrays:

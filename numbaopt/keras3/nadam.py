@@ -13,7 +13,8 @@ then per element, after weight decay ``p <- p - p * weight_decay * lr``::
     p <- p - m_hat * lr / (sqrt(v / (1 - beta_2^t)) + epsilon)
 
 A float64 model on TensorFlow uses 0.96 and the betas rounded to float32 in the update,
-but not in the product. Differs from Keras 2.0's Nadam: no ``schedule_decay`` (the
+but not in the product (tf-keras's new-style Nadam, ``tf_keras=True``, in the product too).
+Differs from Keras 2.0's Nadam: no ``schedule_decay`` (the
 schedule is 0.96^t), epsilon 1e-7, learning rate 0.001.
 """
 import math
@@ -60,6 +61,9 @@ class Nadam(Keras3Optimizer):
         """The product after this step's factor, in the first parameter's dtype (Keras's variable)."""
         kind = h.first_variable_dtype
         t = kind(h.iterations + 1)
+        if h.get("tf_keras"):  # tf-keras multiplies by the update's own u_t, its constants float32-rounded
+            u_t = float32_setting(h.beta_1, kind) * (kind(1.0) - kind(0.5) * float32_setting(0.96, kind) ** t)
+            return kind(h.scalars["u_product"]) * u_t
         return kind(h.scalars["u_product"]) * kind(h.beta_1) * (kind(1.0) - kind(0.5) * kind(0.96) ** t)
 
     @staticmethod

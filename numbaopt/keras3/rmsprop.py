@@ -13,6 +13,7 @@ Differs from Keras 2.0's RMSprop: epsilon inside the square root (1e-7, not 1e-8
 it), no ``decay``, ``momentum`` and ``centered``; the slot is named ``velocity``.
 """
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,8 +82,11 @@ class RMSprop(Keras3Optimizer):
     def variant(cls, hyper: Any) -> Variant:
         momentum, centered = hyper["momentum"] > 0, hyper["centered"]
         slots = (Slot("velocity"),) + ((Slot("momentum"),) if momentum else ()) + ((Slot("average_gradient"),) if centered else ())
-        rule = {(False, False): rmsprop_rule, (True, False): momentum_rule,
-                (False, True): centered_rule, (True, True): centered_momentum_rule}[momentum, centered]
+        rules: dict[tuple[bool, bool], Callable[..., tuple[float, ...]]] = {
+            (False, False): rmsprop_rule, (True, False): momentum_rule,
+            (False, True): centered_rule, (True, True): centered_momentum_rule,
+        }
+        rule = rules[momentum, centered]
         return Variant(slots, rule)
 
     @staticmethod

@@ -69,13 +69,13 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
     """
 
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
-    slots: ClassVar[tuple[Slot, ...]] = ()
-    slot_names: ClassVar[tuple[str, ...]] = ()  # the names of ``slots``; declaring names alone means element slots
-    phases: ClassVar[tuple[Phase, ...]] = ()
+    slots: tuple[Slot, ...] = ()  # a class's declaration; an instance may hold its own (numbaopt.keras3)
+    slot_names: tuple[str, ...] = ()  # the names of ``slots``; declaring names alone means element slots
+    phases: tuple[Phase, ...] = ()
     scalar_state: ClassVar[tuple[tuple[str, float], ...]] = ()
     keras2_iterations: ClassVar[bool] = True
     family: ClassVar[str] = "keras2"  # numbaopt.registry.FAMILIES
-    rule: ClassVar[Callable[..., tuple[float, ...]] | None] = None
+    rule: Callable[..., tuple[float, ...]] | None = None
     # name -> Hyperparameter of what assignment may change; set per subclass
     settable: ClassVar[dict[str, Hyperparameter]] = {}
     __signature__: ClassVar[inspect.Signature]  # set per subclass (declared only: the base keeps its own)

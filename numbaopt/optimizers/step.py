@@ -42,9 +42,9 @@ def locked(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S
 class Step:
     """The step of ``numbaopt.optimizers.base.Optimizer`` (its only subclass here)."""
 
-    slots: ClassVar[tuple[Slot, ...]] = ()
-    phases: ClassVar[tuple[Phase, ...]] = ()
-    rule: ClassVar[Callable[..., tuple[float, ...]] | None] = None
+    slots: tuple[Slot, ...] = ()  # a class's declaration; an instance may hold its own (numbaopt.keras3)
+    phases: tuple[Phase, ...] = ()
+    rule: Callable[..., tuple[float, ...]] | None = None
     #: Whether the kernels clip the gradients (Keras 2.0's clipnorm by the global norm, and
     #: clipvalue); Keras 3's family clips before its kernels run, as Keras 3 does.
     kernel_clipping: ClassVar[bool] = True
