@@ -107,3 +107,17 @@ def test_files_record_their_versions():
 
 def test_keras3_fixtures_are_compact():
     assert sum(p.stat().st_size for p in KERAS3.glob("*.h5")) < 4 * 2**20
+
+
+def test_docs_list_every_case():
+    """docs/parity.md's Keras 3 table names every recorded case, and the dtypes left out."""
+    import re
+
+    text = (FIXTURES.parent / "docs" / "parity.md").read_text().split("## Keras 3 fixtures", 1)[1]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \| \d+ \|$", text, re.M))
+    for fx in ALL:
+        assert f"`{fx.case}`" in rows[fx.optimizer], (fx.optimizer, fx.case)
+    for opt, cases in rows.items():
+        for case, only in re.findall(r"`(\w+)`(?: \((\w+) only\))?", cases):
+            dtypes = {fx.dtype for fx in ALL if (fx.optimizer, fx.case) == (opt, case)}
+            assert dtypes == ({only} if only else {"float32", "float64"}), (opt, case)
