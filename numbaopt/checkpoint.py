@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from numbaopt.optimizers import Optimizer  # imports every optimizer: the registry is complete
-from numbaopt.registry import optimizer_class
+from numbaopt.registry import optimizer_class, qualified_name
 from numbaopt.state import OptimizerState, Slot, check_slots
 from numbaopt.version import VERSION
 
@@ -121,7 +121,7 @@ def save_optimizer(optimizer: Optimizer | TFOptimizer, path: str | os.PathLike[s
         raise TypeError(f"save_optimizer needs a numbaopt optimizer, got {type(optimizer).__name__}")
     cls = type(optimizer)
     try:
-        registered = optimizer_class(cls.__name__)
+        registered = optimizer_class(qualified_name(cls))
     except ValueError:
         registered = None
     if registered is not cls:
@@ -133,15 +133,15 @@ def save_optimizer(optimizer: Optimizer | TFOptimizer, path: str | os.PathLike[s
 
     arrays = _checked_arrays(cls.__name__, optimizer.checkpoint_arrays())
     state = optimizer.state()
-    slots = {kind: [np.asarray(a, order="C") for a in state.slots.get(kind, [])] for kind in cls.slot_names}
+    slots = {kind: [np.asarray(a, order="C") for a in state.slots.get(kind, [])] for kind in optimizer.slot_names}
     n_params = len(next(iter(slots.values()), []))
     names = state.names or (None,) * n_params
     if n_params and state.parameters is None:
         raise ValueError(f"{cls.__name__}'s state does not say its parameters' shapes (slots given before a step, "
                          "none shaped like its parameters); take a step first")
     parameters = tuple(Parameter(names[i], tuple(shape), dtype) for i, (shape, dtype) in enumerate(state.parameters or ()))
-    header = _header(cls.__name__, config_text, state.iterations, state.scalars, cls.slots, list(arrays))
-    digests = [{kind: _array_digest(slots[kind][i]) for kind in cls.slot_names} for i in range(n_params)]
+    header = _header(qualified_name(cls), config_text, state.iterations, state.scalars, optimizer.slots, list(arrays))
+    digests = [{kind: _array_digest(slots[kind][i]) for kind in optimizer.slot_names} for i in range(n_params)]
     records = [_array_record(name, array.shape, array.dtype.name, _array_digest(array)) for name, array in arrays.items()]
 
     path = os.fspath(path)
@@ -434,7 +434,7 @@ def optimizer_from_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[st
     try:
         optimizer: Optimizer | TFOptimizer = cls.from_checkpoint_config(checkpoint.config, **options)
         optimizer.load_state(OptimizerState(
-            checkpoint.iterations, dict(checkpoint.scalars), {kind: list(checkpoint.slots[kind]) for kind in cls.slot_names},
+            checkpoint.iterations, dict(checkpoint.scalars), {kind: list(checkpoint.slots[kind]) for kind in optimizer.slot_names},
             parameters=tuple((p.shape, p.dtype) for p in checkpoint.parameters) if checkpoint.slots else None,
         ))
         optimizer.load_checkpoint_arrays(dict(checkpoint.arrays))
@@ -524,11 +524,12 @@ def _read(f: Any) -> Checkpoint:
         )
     scalars = _json(header, "scalar_state", dict)
     slot_names = [slot.name for slot in declared]
-    if tuple(slot_names) != cls.slot_names:
-        raise CheckpointError(f"attribute slot_names on / is {slot_names}, but {cls.__name__} has slots {list(cls.slot_names)}")
-    if version >= 3 and tuple(declared) != tuple(cls.slots):
+    expected = cls.declared_slots(config) if issubclass(cls, Optimizer) else cls.slots
+    if slot_names != [slot.name for slot in expected]:
+        raise CheckpointError(f"attribute slot_names on / is {slot_names}, but {cls.__name__} has slots {[s.name for s in expected]}")
+    if version >= 3 and tuple(declared) != tuple(expected):
         raise CheckpointError(f"attribute slots on / declares {[s.describe() for s in declared]}, "
-                              f"but {cls.__name__} declares {[s.describe() for s in cls.slots]}")
+                              f"but {cls.__name__} declares {[s.describe() for s in expected]}")
     expected_scalars = sorted(name for name, _ in cls.scalar_state)
     if sorted(scalars) != expected_scalars:
         raise CheckpointError(f"attribute scalar_state on / has {sorted(scalars)}, but {cls.__name__} has {expected_scalars}")
@@ -567,7 +568,7 @@ def _read(f: Any) -> Checkpoint:
         if _array_digest(array) != record["sha256"]:
             raise CheckpointError(f"{where} is corrupted: its data does not match its sha256 attribute")
         arrays[record["name"]] = array
-    return Checkpoint(version, header["numbaopt_version"], cls.__name__, config, header["iterations"],
+    return Checkpoint(version, header["numbaopt_version"], qualified_name(cls), config, header["iterations"],
                       {k: float(v) for k, v in scalars.items()}, tuple(parameters), slots, arrays)
 
 

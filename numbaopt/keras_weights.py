@@ -49,8 +49,14 @@ def as_arrays(weights: Iterable[npt.ArrayLike]) -> list[npt.NDArray[Any]]:
     return arrays
 
 
-def build(cls: type[Any], state: _State) -> list[npt.NDArray[Any]]:
-    """The full weights list of an ``OptimizerState`` of an optimizer of class ``cls``."""
+def _class_name(cls: Any) -> str:
+    """The class name of ``cls``, an optimizer class or an optimizer."""
+    return str(cls.__name__ if isinstance(cls, type) else type(cls).__name__)
+
+
+def build(cls: Any, state: _State) -> list[npt.NDArray[Any]]:
+    """The full weights list of an ``OptimizerState`` of an optimizer ``cls`` (its class, or
+    the optimizer itself where its slots depend on its settings, as in ``numbaopt.keras3``)."""
     weights = [np.array(state.iterations, dtype=np.int64)]
     weights += [np.array(state.scalars[name], dtype=np.float64) for name, _ in cls.scalar_state]
     for kind in cls.slot_names:
@@ -59,7 +65,7 @@ def build(cls: type[Any], state: _State) -> list[npt.NDArray[Any]]:
 
 
 def split(
-    cls: type[Any], weights: list[npt.NDArray[Any]], n_params: int | None
+    cls: Any, weights: list[npt.NDArray[Any]], n_params: int | None
 ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, list[npt.NDArray[Any]]]]:
     """Cut a weights list into ``({scalar name: array}, {slot kind: [arrays]})``.
 
@@ -92,7 +98,7 @@ def split(
         expected = f"{full_scalars} + {n_kinds} x (number of parameters)"
         if n_params is not None:
             expected = f"{full_scalars + n_kinds * n_params} (or the Keras 2.0 list of {keras2_scalars + n_kinds * n_params})"
-        raise ValueError(f"{cls.__name__}.set_weights got {len(weights)} arrays, expected {expected}")
+        raise ValueError(f"{_class_name(cls)}.set_weights got {len(weights)} arrays, expected {expected}")
     n_scalars, names = candidates[0]
     scalars = dict(zip(names, weights[:n_scalars]))
     per_kind = (len(weights) - n_scalars) // n_kinds
@@ -124,7 +130,7 @@ def check_scalars(scalars: Mapping[str, npt.NDArray[Any]]) -> tuple[int | None, 
     return iterations, values
 
 
-def check_unbound_slots(cls: type[Any], slot_lists: Mapping[str, Sequence[npt.NDArray[Any]]]) -> None:
+def check_unbound_slots(cls: Any, slot_lists: Mapping[str, Sequence[npt.NDArray[Any]]]) -> None:
     """Slot lists given before the first step: float arrays, one count for every kind, and
     the same shape and dtype for the kinds that ``cls`` declares alike (its ``slots``)."""
     declared = {slot.name: slot for slot in cls.slots}

@@ -15,17 +15,36 @@ from typing import Any, TypeVar
 # optimizers give the precise types.
 _C = TypeVar("_C", bound=type)
 
-#: Registered optimizers by lower-case class name, in the order their modules were imported.
+#: Registered optimizers by lower-case qualified name (``qualified_name``), in the order
+#: their modules were imported.
 _CLASSES: dict[str, type[Any]] = {}
+
+#: The families of optimizers: Keras 2.0's (``numbaopt.optimizers``) and Keras 3's
+#: (``numbaopt.keras3``). A class says its family in its ``family`` attribute.
+FAMILIES = ("keras2", "keras3")
+
+
+def family_of(cls: type[Any]) -> str:
+    """The family of optimizer class ``cls`` (``"keras2"`` unless it says otherwise)."""
+    family: str = getattr(cls, "family", "keras2")
+    return family
+
+
+def qualified_name(cls: type[Any]) -> str:
+    """The name a class is registered and recorded under (checkpoints, sharded indexes):
+    its class name for Keras 2.0's family, which came first, else ``family.ClassName``
+    (``keras3.Adam``), so that the families' classes of one name stay apart."""
+    family = family_of(cls)
+    return cls.__name__ if family == "keras2" else f"{family}.{cls.__name__}"
 
 
 def register(cls: _C) -> _C:
-    """Add ``cls`` to the registry under its class name (any case); returns ``cls``.
+    """Add ``cls`` to the registry under its qualified name (any case); returns ``cls``.
 
     A second class of the same name is refused, unless it is the same class defined again
     (a reloaded module).
     """
-    key = cls.__name__.lower()
+    key = qualified_name(cls).lower()
     known = _CLASSES.get(key)
     if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
         raise ValueError(f"an optimizer named {cls.__name__} is already registered, from {known.__module__}")
@@ -33,25 +52,34 @@ def register(cls: _C) -> _C:
     return cls
 
 
-def registered() -> tuple[type[Any], ...]:
-    """Every registered optimizer class."""
-    return tuple(_CLASSES.values())
+def registered(family: str = "keras2") -> tuple[type[Any], ...]:
+    """Every registered optimizer class of ``family`` (``FAMILIES``)."""
+    return tuple(cls for cls in _CLASSES.values() if family_of(cls) == family)
 
 
-def rule_based() -> tuple[type[Any], ...]:
-    """The registered optimizers whose update numbaopt's kernels run: an element rule, or
-    phases (``numbaopt.phases``); not ``TFOptimizer``."""
-    return tuple(cls for cls in _CLASSES.values() if getattr(cls, "rule", None) is not None or bool(getattr(cls, "phases", ())))
+def rule_based(family: str = "keras2") -> tuple[type[Any], ...]:
+    """The registered optimizers of ``family`` whose update numbaopt's kernels run: an
+    element rule, or phases (``numbaopt.phases``); not ``TFOptimizer``."""
+    return tuple(
+        cls for cls in registered(family)
+        if getattr(cls, "rule", None) is not None or bool(getattr(cls, "phases", ()))
+    )
 
 
-def optimizer_class(name: str, custom_objects: Mapping[str, type[Any]] | None = None) -> type[Any]:
-    """The optimizer class registered as ``name`` (any case), or a ValueError."""
+def optimizer_class(
+    name: str, custom_objects: Mapping[str, type[Any]] | None = None, family: str = "keras2"
+) -> type[Any]:
+    """The optimizer class registered as ``name`` (any case): a class name of ``family``,
+    or a qualified name (``keras3.AdamW``) of any family; else a ValueError."""
     if custom_objects and name in custom_objects:
         return custom_objects[name]
+    key = str(name).lower()
+    if family != "keras2" and "." not in key:
+        key = f"{family}.{key}"
     try:
-        return _CLASSES[str(name).lower()]
+        return _CLASSES[key]
     except KeyError:
-        known = ", ".join(cls.__name__ for cls in _CLASSES.values())
+        known = ", ".join(cls.__name__ for cls in registered(family))
         raise ValueError(f"Unknown optimizer: {name!r} (known: {known})") from None
 
 

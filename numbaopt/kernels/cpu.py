@@ -134,6 +134,15 @@ def _unclipped(g: float, norm_numerator: float, norm_denominator: float, clipval
 
 
 @_template
+def _no_slot(
+    rule: Callable[..., tuple[float, ...]], gradient: Callable[..., float], p: Any, g: Any, slots: npt.NDArray[Any],
+    offset: int, start: int, stop: int, clip: tuple[float, float, float], scalars: tuple[float, ...],
+) -> None:
+    for i in range(start, stop):
+        (p[i],) = rule(p[i], gradient(g[i], *clip), *scalars)
+
+
+@_template
 def _one_slot(
     rule: Callable[..., tuple[float, ...]], gradient: Callable[..., float], p: Any, g: Any, slots: npt.NDArray[Any],
     offset: int, start: int, stop: int, clip: tuple[float, float, float], scalars: tuple[float, ...],
@@ -164,7 +173,7 @@ def _three_slots(
 
 
 #: The element loop for each number of slots a rule keeps per element.
-ELEMENT_LOOPS: dict[int, Any] = {1: _one_slot, 2: _two_slots, 3: _three_slots}
+ELEMENT_LOOPS: dict[int, Any] = {0: _no_slot, 1: _one_slot, 2: _two_slots, 3: _three_slots}
 
 # The globals of each per-rule copy of ``_update_step`` (declared for the type checker only:
 # this module itself binds neither).

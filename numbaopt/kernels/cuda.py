@@ -90,6 +90,16 @@ def _chunk(params: Any, grads: Any, offsets: Any, chunks: Any, c: int, like: Any
 RULE: Callable[..., tuple[float, ...]]
 
 
+def _no_slot(
+    params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...],
+    like: Any,
+) -> None:
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            (p[i],) = RULE(p[i], clip_gradient(g[i], *clip), *scalars)  # noqa: F821
+
+
 def _one_slot(
     params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: tuple[float, float, float], scalars: tuple[float, ...],
     like: Any,
@@ -126,7 +136,7 @@ def _three_slots(
 
 
 #: The update kernel template for each number of slots a rule keeps per element.
-UPDATE_TEMPLATES: dict[int, Callable[..., None]] = {1: _one_slot, 2: _two_slots, 3: _three_slots}
+UPDATE_TEMPLATES: dict[int, Callable[..., None]] = {0: _no_slot, 1: _one_slot, 2: _two_slots, 3: _three_slots}
 
 
 # The global norm: fixed pieces summed in a fixed order, so it is the same on every run.

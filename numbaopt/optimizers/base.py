@@ -74,6 +74,7 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
     phases: ClassVar[tuple[Phase, ...]] = ()
     scalar_state: ClassVar[tuple[tuple[str, float], ...]] = ()
     keras2_iterations: ClassVar[bool] = True
+    family: ClassVar[str] = "keras2"  # numbaopt.registry.FAMILIES
     rule: ClassVar[Callable[..., tuple[float, ...]] | None] = None
     # name -> Hyperparameter of what assignment may change; set per subclass
     settable: ClassVar[dict[str, Hyperparameter]] = {}
@@ -100,7 +101,10 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
             inspect.Parameter(h.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=h.default)
             for h in cls.hyperparameters
         ]
-        parameters += [inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY, default=None) for h in CLIPPING + DEVICE]
+        declared = {h.name for h in cls.hyperparameters}
+        parameters += [
+            inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY, default=None) for h in CLIPPING + DEVICE if h.name not in declared
+        ]
         parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         cls.__signature__ = inspect.Signature(parameters)
         cls.settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE}
@@ -113,7 +117,7 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock = threading.RLock()  # see _locked; reentrant: get_weights calls state
-        self._hyper = bind_arguments(type(self).__name__, type(self).hyperparameters, args, kwargs)
+        self._hyper = self.bind_arguments(args, kwargs)
         self._fitting: set[np.dtype[Any]] = set()  # dtypes the hyperparameters were found to fit
         self._iterations = 0
         self._scalars = {name: float(value) for name, value in self.scalar_state}
@@ -124,6 +128,12 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
         self._names: tuple[str, ...] | None = None  # parameter names, from a named step, set_parameter_names or a checkpoint
 
     # ----------------------------------------------------------------- arguments
+
+    @classmethod
+    def bind_arguments(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The checked hyperparameters of a constructor call: Keras 2.0's rules here
+        (``numbaopt.hyperparameters.bind_arguments``); another family binds by its own."""
+        return bind_arguments(cls.__name__, cls.hyperparameters, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
         # Hyperparameters a subclass has under a name of its own: read as attributes too.
@@ -213,6 +223,12 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
         return {key: value for key, value in self.get_config().items() if key != "device"}
 
     @classmethod
+    def declared_slots(cls, config: dict[str, Any]) -> tuple[Slot, ...]:
+        """The slots an optimizer built from ``config`` keeps: ``slots``, here; a class
+        whose slots depend on its settings (``numbaopt.keras3``) answers per config."""
+        return cls.slots
+
+    @classmethod
     def from_checkpoint_config(cls: type[_O], config: dict[str, Any], **options: Any) -> _O:
         """The inverse of ``checkpoint_config``; ``options`` come from ``load_optimizer``."""
         if options:
@@ -300,7 +316,7 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
     @locked
     def get_weights(self) -> list[npt.NDArray[Any]]:
         """``[iterations]``, the extra scalar state, then each slot kind for all parameters."""
-        return keras_weights.build(type(self), self.state())
+        return keras_weights.build(self, self.state())
 
     @locked
     def set_weights(self, weights: Iterable[npt.ArrayLike]) -> None:
@@ -314,12 +330,12 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
         n_params = self._slots.n_params if self._slots is not None else None
         if n_params is None and self._pending_slots is not None:
             n_params = len(next(iter(self._pending_slots.values())))
-        scalars, slot_lists = keras_weights.split(type(self), weights, n_params)
+        scalars, slot_lists = keras_weights.split(self, weights, n_params)
         iterations, scalar_values = keras_weights.check_scalars(scalars)
         if self._slots is not None:
             self._slots.check_host_slots(slot_lists)
         else:
-            keras_weights.check_unbound_slots(type(self), slot_lists)
+            keras_weights.check_unbound_slots(self, slot_lists)
         # Nothing below can fail.
         if iterations is not None:
             self._iterations = iterations

@@ -45,6 +45,9 @@ class Step:
     slots: ClassVar[tuple[Slot, ...]] = ()
     phases: ClassVar[tuple[Phase, ...]] = ()
     rule: ClassVar[Callable[..., tuple[float, ...]] | None] = None
+    #: Whether the kernels clip the gradients (Keras 2.0's clipnorm by the global norm, and
+    #: clipvalue); Keras 3's family clips before its kernels run, as Keras 3 does.
+    kernel_clipping: ClassVar[bool] = True
     _lock: threading.RLock
     _hyper: dict[str, Any]
     _fitting: set[np.dtype[Any]]
@@ -207,13 +210,15 @@ class Step:
         store = self._slots if self._slots is not None else self._create_slots(layout)
         grad_at = store.split(addresses)
         norm = global_norm
-        clipping = self._hyper.get("clipnorm") if parts is None else any(hyper.get("clipnorm") for hyper, _ in parts)
+        clipping = self.kernel_clipping and (
+            self._hyper.get("clipnorm") if parts is None else any(hyper.get("clipnorm") for hyper, _ in parts)
+        )
         if norm is None and clipping:
             norm = store.global_norm(grad_at, None if stepped is None else store.chunks_of(stepped))
         arguments = [self._step_arguments(store, norm, hyper) for hyper in hypers]
         parameter_at = store.parameter_addresses()
         if parts is None and not self.phases:  # the usual step, in the fewest calls: it is per step
-            rule = type(self).rule
+            rule = self.rule
             for group, params, grads, (clip, scalars) in zip(store.groups, parameter_at, grad_at, arguments[0]):
                 store.run(rule, group, params, grads, clip, scalars)  # type: ignore[arg-type]  # as in _launch
         else:
@@ -239,7 +244,7 @@ class Step:
             ):
                 store.run_phases(self.phases, group, params, grads, clip, scalars, table, tensors)
             return
-        rule = type(self).rule
+        rule = self.rule
         for group, params, grads, (clip, scalars), table in zip(store.groups, parameter_at, grad_at, arguments, chunks):
             store.run(rule, group, params, grads, clip, scalars, None if at is None else table)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
 
@@ -263,7 +268,7 @@ class Step:
     def _group_arguments(
         self, store: SlotStore, norm: float | None, inputs: StepInputs
     ) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-        clipnorm, clipvalue = inputs.get("clipnorm"), inputs.get("clipvalue")
+        clipnorm, clipvalue = (inputs.get("clipnorm"), inputs.get("clipvalue")) if self.kernel_clipping else (None, None)
         return [
             (clip_arguments(clipnorm, clipvalue, norm, group.dtype.type), self.step_scalars(inputs, group.dtype.type))
             for group in store.groups
