@@ -14,7 +14,8 @@ import numbaopt
 
 PARITY = (
     "Replay the golden fixtures recorded from real Keras (tf-keras legacy optimizers set up "
-    "for Keras 2.0 arithmetic) through numbaopt and compare parameters and slots after every step."
+    "for Keras 2.0 arithmetic; Keras 3 optimizers for numbaopt.keras3) through numbaopt and "
+    "compare parameters and optimizer state after every step."
 )
 INSPECT = ("Show the class, config, iterations and slots of a numbaopt checkpoint (HDF5), "
            "or the optimizer state of a Keras model file (tf-keras .h5, Keras 3 .keras).")
@@ -41,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     subparsers = top.add_subparsers(dest="command", required=True)
 
     parity = subparsers.add_parser("parity", help="check numbaopt against the Keras fixtures", description=PARITY)
-    parity.add_argument("path", nargs="?", default=None, help="a fixture file or folder (default: the shipped fixtures)")
+    parity.add_argument("path", nargs="?", default=None, help="a fixture file or folder, with its keras3/ folder (default: the shipped fixtures)")
     parity.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the parameters live during the replay (default: cpu)")
     parity.add_argument("--json", action="store_true",

@@ -12,7 +12,8 @@ from tests.cases import FIXTURES, NAMES
 
 #: The Keras 2.0 defaults, as the capture script recorded them with each fixture's
 #: ``defaults`` case (it configured real Keras with them).
-KERAS2_DEFAULTS = {fx.optimizer: fx.keras2_config for fx in load_fixtures(FIXTURES) if fx.case == "defaults"}
+KERAS2_DEFAULTS = {fx.optimizer: fx.keras2_config for fx in load_fixtures(FIXTURES)
+                   if fx.family == "keras2" and fx.case == "defaults"}
 
 
 @pytest.mark.parametrize("name", NAMES)

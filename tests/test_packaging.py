@@ -30,4 +30,6 @@ def test_the_installed_package_holds_the_fixtures():
     shipped = {p.name for p in (TREE / "fixtures").glob("*.h5")}
     installed = INSTALLED / "fixtures" if (INSTALLED / "fixtures").is_dir() else TREE / "fixtures"
     assert shipped and shipped <= {p.name for p in installed.glob("*.h5")}
+    keras3 = {p.name for p in (TREE / "fixtures" / "keras3").glob("*.h5")}
+    assert keras3 and keras3 <= {p.name for p in installed.glob("keras3/*.h5")}
     assert not (INSTALLED / "fixtures" / "capture.py").exists()  # the capture script is not a module

@@ -17,15 +17,23 @@ After every step every parameter and every slot is compared with a relative erro
 1e-10 (float64). ``iterations`` must match exactly. HDF5 is read with h5py only;
 TensorFlow is not needed.
 
+The Keras 3 fixtures (``fixtures/keras3/``, recorded from Keras 3.15 on TensorFlow) check
+``numbaopt.keras3``: each is replayed once, route ``keras3``, from Keras's own
+``serialize()`` output; parameters, ``learning_rate`` and ``iterations`` are compared after
+every step and ``keras_variables()`` after the last, with the same tolerances.
+
 One module per job: ``fixtures`` reads them, ``replays`` replays one, ``report`` prints the
 table or JSON; the ``numbaopt parity`` command is in ``numbaopt.cli``.
 """
-from numbaopt.parity.fixtures import FORMAT_VERSION, Fixture, default_fixture_dir, fixture_files, load_fixtures
-from numbaopt.parity.replays import ROUTES, TOLERANCE, Result, build_optimizer, relative_error, replay, run_all
+from numbaopt.parity.fixtures import FORMAT_VERSION, Fixture, Keras3Fixture, default_fixture_dir, fixture_files, load_fixtures
+from numbaopt.parity.replays import (
+    KERAS3_ROUTES, ROUTES, TOLERANCE, Result, build_optimizer, relative_error, replay, replay_keras3, routes_of, run_all,
+)
 from numbaopt.parity.report import format_table, run_parity, summary
 
 __all__ = [
-    "FORMAT_VERSION", "Fixture", "default_fixture_dir", "fixture_files", "load_fixtures",
-    "ROUTES", "TOLERANCE", "Result", "build_optimizer", "relative_error", "replay", "run_all",
+    "FORMAT_VERSION", "Fixture", "Keras3Fixture", "default_fixture_dir", "fixture_files", "load_fixtures",
+    "KERAS3_ROUTES", "ROUTES", "TOLERANCE", "Result", "build_optimizer", "relative_error", "replay",
+    "replay_keras3", "routes_of", "run_all",
     "format_table", "run_parity", "summary",
 ]

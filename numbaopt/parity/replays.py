@@ -1,10 +1,12 @@
 """Replay one fixture through numbaopt and compare, step by step, with what Keras recorded.
 
-A replay rebuilds the optimizer with ``numbaopt.optimizers.deserialize`` and applies the
-recorded gradients, by one of two routes (``ROUTES``, see ``numbaopt.parity``). After every
-step every parameter and every slot is compared with a relative error
-``max|ours - keras| / max|keras|`` per tensor, which must stay within ``TOLERANCE``;
-``iterations`` must match exactly.
+A Keras 2.0 replay rebuilds the optimizer with ``numbaopt.optimizers.deserialize`` and
+applies the recorded gradients, by one of two routes (``ROUTES``, see ``numbaopt.parity``);
+after every step every parameter and every slot is compared. A Keras 3 replay (route
+``keras3``) rebuilds it with ``numbaopt.keras3.deserialize`` from Keras's ``serialize()``
+output, compares the parameters, ``learning_rate`` and ``iterations`` after every step and
+``keras_variables()`` after the last. Errors are relative, ``max|ours - keras| / max|keras|``
+per tensor, within ``TOLERANCE``; ``iterations`` must match exactly.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from numbaopt import optimizers
+from numbaopt.parity.fixtures import Keras3Fixture
 
 if TYPE_CHECKING:
     from numbaopt.parity.fixtures import Fixture
@@ -24,8 +27,16 @@ if TYPE_CHECKING:
 #: Tolerance on the max relative error per tensor, by parameter dtype.
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 
-#: The two ways a case is replayed (see ``numbaopt.parity``).
+#: The two ways a Keras 2.0 case is replayed (see ``numbaopt.parity``).
 ROUTES = ("keras2", "tf-keras")
+
+#: The one way a Keras 3 case is replayed: from Keras 3's ``serialize()`` output.
+KERAS3_ROUTES = ("keras3",)
+
+
+def routes_of(fixture: Fixture | Keras3Fixture) -> tuple[str, ...]:
+    """The routes a fixture is replayed by, by its family."""
+    return KERAS3_ROUTES if isinstance(fixture, Keras3Fixture) else ROUTES
 
 
 @dataclass
@@ -35,7 +46,7 @@ class Result:
     optimizer: str
     case: str
     dtype: str
-    config: str  # a member of ROUTES
+    config: str  # a member of ROUTES or KERAS3_ROUTES
     steps: int
     max_error: float
     tolerance: float
@@ -94,8 +105,11 @@ def build_optimizer(fixture: Fixture, route: str) -> optimizers.Optimizer:
     return optimizers.deserialize({"class_name": fixture.optimizer, "config": dict(config)})  # type: ignore[no-any-return]
 
 
-def replay(fixture: Fixture, route: str = "keras2", device: str = "cpu") -> Result:
-    """Replay ``fixture`` through numbaopt and return a ``Result``."""
+def replay(fixture: Fixture | Keras3Fixture, route: str = "keras2", device: str = "cpu") -> Result:
+    """Replay ``fixture`` through numbaopt and return a ``Result`` (a Keras 3 fixture has one
+    route, ``keras3``, whatever ``route`` says)."""
+    if isinstance(fixture, Keras3Fixture):
+        return replay_keras3(fixture, device)
     tol = TOLERANCE[fixture.dtype]
     result = Result(fixture.optimizer, fixture.case, fixture.dtype, route, fixture.steps,
                     0.0, tol, False, file=fixture.file)
@@ -150,6 +164,65 @@ def replay(fixture: Fixture, route: str = "keras2", device: str = "cpu") -> Resu
     return result
 
 
-def run_all(fixtures: Iterable[Fixture], device: str = "cpu", routes: Iterable[str] = ROUTES) -> list[Result]:
-    """Replay every fixture by every route; a list of ``Result``."""
-    return [replay(fx, route, device) for fx in fixtures for route in routes]
+def replay_keras3(fixture: Keras3Fixture, device: str = "cpu") -> Result:
+    """Replay a Keras 3 ``fixture`` through ``numbaopt.keras3`` and return a ``Result``."""
+    tol = TOLERANCE[fixture.dtype]
+    result = Result(fixture.optimizer, fixture.case, fixture.dtype, "keras3", fixture.steps,
+                    0.0, tol, False, file=fixture.file)
+    worst: tuple[float, int | None, str | None] = (0.0, None, None)
+
+    def check(step: int, label: str, ours: npt.ArrayLike, keras: npt.ArrayLike) -> None:
+        nonlocal worst
+        err = relative_error(ours, keras)
+        if err > worst[0]:
+            worst = (err, step, label)
+
+    def mismatch(step: int, label: str) -> None:
+        nonlocal worst
+        if worst[0] < math.inf:
+            worst = (math.inf, step, label)
+
+    try:
+        from numbaopt import keras3
+
+        opt = keras3.deserialize(fixture.serialized)
+        if fixture.exclude_from_weight_decay is not None:
+            opt.exclude_from_weight_decay(var_names=fixture.exclude_from_weight_decay)
+        names = fixture.param_names
+        params = _to_device(fixture.unflatten(fixture.params[0]), device)
+        for step in range(fixture.steps):
+            grads = _to_device(fixture.unflatten(fixture.grads[step]), device)
+            opt.apply_gradients(zip(grads, params), names=names)
+            expected = fixture.unflatten(fixture.params[step + 1])
+            for name, ours, keras_value in zip(names, params, expected):
+                check(step + 1, f"param {name}", _host(ours), keras_value)
+            check(step + 1, "learning_rate", np.float64(opt.learning_rate), fixture.learning_rate[step])
+            if int(opt.iterations) != int(fixture.iterations[step]):
+                mismatch(step + 1, f"iterations {opt.iterations}, Keras {fixture.iterations[step]}")
+        ours_vars = [(path, _host(value)) for path, value in opt.keras_variables()]
+        ours_paths = [path for path, _ in ours_vars]
+        keras_paths = [path for path, _ in fixture.variables]
+        if ours_paths != keras_paths:
+            mismatch(fixture.steps, f"keras_variables paths {ours_paths}, Keras {keras_paths}")
+        else:
+            for (path, ours), (_, keras_value) in zip(ours_vars, fixture.variables):
+                check(fixture.steps, f"variable {path}", ours, keras_value)
+        if fixture.finalized is not None:
+            host = [_host(p).copy() for p in params]
+            opt.finalize_variable_values(host)
+            for name, ours, keras_value in zip(names, host, fixture.unflatten(fixture.finalized)):
+                check(fixture.steps, f"finalized {name}", ours, keras_value)
+        result.max_error, result.worst_step, result.worst_tensor = worst
+        result.passed = result.max_error <= tol
+    except Exception as exc:  # a replay that cannot run is a failed replay, reported as such
+        result.max_error = math.inf
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.passed = False
+    return result
+
+
+def run_all(fixtures: Iterable[Fixture | Keras3Fixture], device: str = "cpu",
+            routes: Iterable[str] = ROUTES + KERAS3_ROUTES) -> list[Result]:
+    """Replay every fixture by each of ``routes`` it has; a list of ``Result``."""
+    routes = tuple(routes)
+    return [replay(fx, route, device) for fx in fixtures for route in routes_of(fx) if route in routes]

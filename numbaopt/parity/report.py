@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from numbaopt.parity.fixtures import default_fixture_dir, load_fixtures
-from numbaopt.parity.replays import ROUTES, TOLERANCE, replay
+from numbaopt.parity.replays import TOLERANCE, replay, routes_of
 
 if TYPE_CHECKING:
-    from numbaopt.parity.fixtures import Fixture
+    from numbaopt.parity.fixtures import Fixture, Keras3Fixture
     from numbaopt.parity.replays import Result
 
 
@@ -66,7 +66,7 @@ class Progress:
         self.total, self.done, self.stream = total, 0, stream
         self.bar = stream.isatty() if hasattr(stream, "isatty") else False
 
-    def advance(self, fixture: Fixture, results: Sequence[Result]) -> None:
+    def advance(self, fixture: Fixture | Keras3Fixture, results: Sequence[Result]) -> None:
         self.done += 1
         verdict = "ok" if all(r.passed for r in results) else "FAIL"
         if self.bar:
@@ -105,17 +105,19 @@ def run_parity(
     progress = Progress(len(fixtures), err)
     results = []
     for fixture in fixtures:
-        replays = [replay(fixture, route, device) for route in ROUTES]
+        replays = [replay(fixture, route, device) for route in routes_of(fixture)]
         results += replays
         progress.advance(fixture, replays)
     ok = all(r.passed for r in results)
     if as_json:
         versions = fixtures[0].versions if fixtures else {}
+        by_family = {fx.family: fx.versions for fx in reversed(fixtures)}
         doc = {
             "ok": ok,
             "device": device,
             "fixtures": str(Path(path) if path is not None else default_fixture_dir()),
             "reference": versions,
+            "references": by_family,
             "tolerance": TOLERANCE,
             "passed": sum(r.passed for r in results),
             "failed": sum(not r.passed for r in results),
