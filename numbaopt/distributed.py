@@ -42,7 +42,7 @@ from numbaopt.optimizers import Optimizer, registered, rule_based
 from numbaopt.optimizers.base import ALIASES
 from numbaopt.phases import whole_tensors
 from numbaopt.state import OptimizerState, Slot
-from numbaopt.registry import optimizer_class
+from numbaopt.registry import family_of, optimizer_class
 from numbaopt.step_checks import checked_arrays, checked_names, listed_pairs, names_tuple, split_pairs
 
 try:
@@ -171,7 +171,7 @@ class ShardedOptimizer:
     """
 
     def __init__(self, optimizer: Optimizer, comm: Any, *, timeout: float | None = None) -> None:
-        if not isinstance(optimizer, Optimizer) or type(optimizer) not in rule_based():
+        if not isinstance(optimizer, Optimizer) or type(optimizer) not in rule_based(family_of(type(optimizer))):
             name = type(optimizer).__name__
             if type(optimizer) in registered():
                 raise TypeError(f"{name} cannot be sharded: its state is the wrapped optimizer's own variables, not slots split by element")
@@ -186,7 +186,7 @@ class ShardedOptimizer:
         cls = type(optimizer)
         self._setup(cls, optimizer.checkpoint_config(), comm, timeout, state.iterations, state.scalars,
                     shapes, dtypes, state.names,
-                    lambda plan: {slot.name: _slot_pieces(plan, slot, state.slots[slot.name]) for slot in cls.slots})
+                    lambda plan: {slot.name: _slot_pieces(plan, slot, state.slots[slot.name]) for slot in optimizer.slots})
 
     def _setup(self, cls: type[Optimizer], config: dict[str, Any], comm: Any, timeout: float | None,
                iterations: int, scalars: dict[str, float],
@@ -203,7 +203,7 @@ class ShardedOptimizer:
         own: Mapping[str, Sequence[npt.NDArray[Any]]] = {}
         parameters = None
         if shapes is not None and dtypes is not None:
-            plan = self._plan = _Plan(shapes, [np.dtype(d) for d in dtypes], comm.Get_size(), comm.Get_rank(), whole_tensors(cls))
+            plan = self._plan = _Plan(shapes, [np.dtype(d) for d in dtypes], comm.Get_size(), comm.Get_rank(), whole_tensors(self._inner))
             own = pieces(plan)
             parameters = tuple((tuple(shape) if plan.owned(i) else (b - a,), plan.dtypes[i].name)
                                for i, (shape, (a, b)) in enumerate(zip(plan.shapes, plan.mine)))
@@ -354,7 +354,7 @@ class ShardedOptimizer:
         # Every rank holds the same description now, so the checks below end alike on all.
         shapes, dtypes = tuple(p.shape for p in params), tuple(p.dtype for p in params)
         if self._plan is None:
-            self._plan = _Plan(shapes, dtypes, self._comm.Get_size(), self._comm.Get_rank(), whole_tensors(type(self._inner)))
+            self._plan = _Plan(shapes, dtypes, self._comm.Get_size(), self._comm.Get_rank(), whole_tensors(self._inner))
         else:
             _check_layout(self._plan, shapes, dtypes)
         if self._buffers is None:  # the first step: the buffers may not fit on some rank
@@ -421,7 +421,7 @@ class ShardedOptimizer:
                 slot.name: [every[owners[i]][slot.name][i] if plan.whole
                             else np.concatenate([shard[slot.name][i] for shard in every]).reshape(shape)
                             for i, shape in enumerate(plan.shapes)]
-                for slot in type(self._inner).slots
+                for slot in self._inner.slots
             }
             parameters = tuple((shape, dtype.name) for shape, dtype in zip(plan.shapes, plan.dtypes))
             return OptimizerState(local.iterations, local.scalars, whole, self._names, parameters)

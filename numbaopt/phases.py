@@ -41,7 +41,7 @@ class TensorPass(NamedTuple):
 Phase = ElementPass | TensorPass
 
 
-def whole_tensors(cls: type[Any]) -> bool:
-    """Whether optimizer class ``cls`` needs each parameter whole where it steps (sharded
+def whole_tensors(cls: Any) -> bool:
+    """Whether optimizer class ``cls`` (or an optimizer, whose slots may be its own) needs each parameter whole where it steps (sharded
     over ranks): a slot not shaped like its parameter (``Slot.shards``), or a tensor pass."""
     return shards_by_tensor(cls.slots) or any(isinstance(phase, TensorPass) for phase in cls.phases)

@@ -32,7 +32,7 @@ LAYERS = (
     ("numbaopt.checkpoint", "numbaopt.keras_files", "numbaopt.sharded_checkpoint", "numbaopt.checkpoint_report",
      "numbaopt.parity.fixtures", "numbaopt.parity.replays", "numbaopt.parity.report", "numbaopt.parity"),
     ("numbaopt.distributed", "numbaopt.loading"),
-    ("numbaopt.torch.optimizer", "numbaopt.torch"),
+    ("numbaopt.torch.optimizer", "numbaopt.torch", "numbaopt.torch.keras3"),
     ("numbaopt.cli", "numbaopt.__main__", "numbaopt.parity.__main__"),
 )
 

@@ -121,6 +121,17 @@ _CONFIG_KEYS = (
 #: Keys of tf-keras's new-style configs that Keras 3 has not and that change no number.
 _TF_KERAS_ONLY = ("jit_compile", "is_legacy_optimizer")
 
+#: The settings Keras 3 applies around the update (``apply``), and torch's way to each.
+HOST_SETTINGS_INSTEAD = {
+    "clipnorm": "clip in torch (torch.nn.utils.clip_grad_norm_ per parameter) before step()",
+    "clipvalue": "clip in torch (torch.nn.utils.clip_grad_value_) before step()",
+    "global_clipnorm": "clip in torch (torch.nn.utils.clip_grad_norm_) before step()",
+    "use_ema": "keep the average in torch (torch.optim.swa_utils.AveragedModel)",
+    "gradient_accumulation_steps": "accumulate in torch (call step() every n backward passes)",
+    "loss_scale_factor": "scale in torch (torch.amp.GradScaler)",
+}
+HOST_SETTINGS = tuple(HOST_SETTINGS_INSTEAD) + ("ema_momentum", "ema_overwrite_frequency")
+
 #: Checkpoint config key of the weight-decay exclusions (Keras's own saving drops them).
 _EXCLUDED_KEY = "numbaopt_exclude_from_weight_decay"
 
@@ -219,6 +230,50 @@ class Keras3Optimizer(Optimizer):
         """The slots and update at these settings: the class's own, unless a class says more."""
         return Variant(cls.slots, cls.rule, cls.phases)
 
+    lr_name = "learning_rate"
+
+    @classmethod
+    def part_settings(cls) -> tuple[str, ...]:
+        """The settings of the update itself: Keras's gradient processing, averages and
+        schedules run in ``apply``, around the parts of a step, not in them."""
+        return tuple(name for name in cls.settable if name not in HOST_SETTINGS + ("device", "tf_keras"))
+
+    def check_part_stepping(self) -> None:
+        """Steps by parts (``numbaopt.torch``) run the update alone: refuse the settings
+        that Keras 3 applies around it, naming torch's own way to the same."""
+        for name, instead in HOST_SETTINGS_INSTEAD.items():
+            if self._hyper.get(name) not in (None, False):
+                raise ValueError(f"{name} is applied by Keras 3's apply() around the update, which a torch step does "
+                                 f"not run: {instead}")
+        if isinstance(self._hyper["learning_rate"], schedules.LearningRateSchedule):
+            raise ValueError("a learning-rate schedule runs in Keras 3's apply(); in torch, give a float "
+                             "learning_rate and a torch.optim.lr_scheduler")
+
+    def apply_gradient_parts(self, grads: Sequence[Any], params: Sequence[Any], parts: Sequence[tuple[Mapping[str, Any], Sequence[int]]],
+                             *, grad_addresses: npt.NDArray[np.int64] | None = None) -> None:
+        """The update by parts (``Optimizer.apply_gradient_parts``), the slots starting
+        where Keras's ``build`` starts them; without Keras 3's processing around it."""
+        self.check_part_stepping()
+        with self._lock:
+            if self._slots is None:
+                backend = devices.backend_for(list(params), self._hyper.get("device", "auto"))
+                self._prepare_first_step(backend, [backend.check_parameter(p, i) for i, p in enumerate(params)])
+            super().apply_gradient_parts(grads, params, parts, grad_addresses=grad_addresses)
+
+    def apply_shard(self, grads_and_vars: Iterable[tuple[Any, Any]], global_norm: float | None) -> None:
+        """The update over a shard of a step (``ShardedOptimizer``), without Keras 3's
+        processing around it, which the sharded step cannot split (refused, as for torch)."""
+        self.check_part_stepping()
+        if self._excluded_patterns or self._excluded_ids:
+            raise ValueError("exclude_from_weight_decay matches whole parameters by name; a sharded step sees pieces")
+        pairs = list(grads_and_vars)
+        with self._lock:
+            if self._slots is None and pairs:
+                params = [p for _, p in pairs]
+                backend = devices.backend_for(params, self._hyper.get("device", "auto"))
+                self._prepare_first_step(backend, [backend.check_parameter(p, i) for i, p in enumerate(params)])
+            super().apply_shard(pairs, global_norm)
+
     @classmethod
     def declared_slots(cls, config: dict[str, Any]) -> tuple[Slot, ...]:
         return cls.variant(cls._config_arguments(config)).slots
@@ -272,16 +327,18 @@ class Keras3Optimizer(Optimizer):
         prefix of the optimizer variables' paths."""
         return str(self._hyper["name"])
 
-    def _learning_rate_now(self) -> np.float32:
-        lr = self._hyper["learning_rate"]
+    def _learning_rate_now(self, hyper: Mapping[str, Any] | None = None) -> np.float32:
+        lr = (self._hyper if hyper is None else hyper)["learning_rate"]
         value = lr(self._calls) if isinstance(lr, schedules.LearningRateSchedule) else lr
         return np.float32(value)  # type: ignore[no-any-return, unused-ignore]  # NumPy's stubs see Any under 3.10
 
     def step_inputs(self, hyper: Mapping[str, Any] | None = None) -> StepInputs:
         """``h.lr`` (and ``h.learning_rate``) is this step's learning rate as a float32, as
         Keras's variable or schedule gives it; ``h.iterations`` is Keras's ``iterations``."""
-        values = dict(self._hyper if hyper is None else hyper)
-        values["lr"] = self._learning_rate_now()
+        values = dict(self._hyper)
+        if hyper is not None:  # a part's settings; one it leaves out is off (None), as torch's groups drop them
+            values.update({name: hyper.get(name) for name in self.part_settings()})
+        values["lr"] = self._learning_rate_now(values)
         values["first_variable_dtype"] = self._first_dtype.type
         return StepInputs(values, self._iterations, self._scalars)
 
@@ -352,9 +409,11 @@ class Keras3Optimizer(Optimizer):
         return optimizer
 
     def checkpoint_arrays(self) -> dict[str, npt.NDArray[Any]]:
-        """Keras's step count (with accumulation it runs ahead of ``iterations``), the
-        weights' averages (``use_ema``) and the gradient accumulators."""
-        arrays = {"calls": np.array(self._calls, np.int64)}
+        """Keras's step count where it is not ``iterations`` (accumulation runs it ahead),
+        the weights' averages (``use_ema``) and the gradient accumulators."""
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        if self._calls != self._iterations:
+            arrays["calls"] = np.array(self._calls, np.int64)
         for kind, values in (("average", self._averages), ("gradient_accumulator", self._accumulators)):
             for i, value in enumerate(values or ()):
                 arrays[f"{kind}.{i:06d}"] = value
@@ -362,9 +421,9 @@ class Keras3Optimizer(Optimizer):
 
     def load_checkpoint_arrays(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         unknown = [name for name in arrays if name != "calls" and name.split(".")[0] not in ("average", "gradient_accumulator")]
-        if unknown or "calls" not in arrays:
+        if unknown:
             raise ValueError(f"{type(self).__name__} keeps the arrays calls, average.* and gradient_accumulator.*, got {sorted(arrays)}")
-        calls = int(np.asarray(arrays["calls"]))
+        calls = int(np.asarray(arrays["calls"])) if "calls" in arrays else self._iterations
         averages = [np.array(arrays[k]) for k in sorted(arrays) if k.startswith("average.")]
         accumulators = [np.array(arrays[k]) for k in sorted(arrays) if k.startswith("gradient_accumulator.")]
         if calls < self._iterations:
@@ -427,11 +486,7 @@ class Keras3Optimizer(Optimizer):
             self._accumulators = [np.zeros(p.shape, p.dtype) for p in checked_params]
 
         if self._slots is None:
-            self._first_dtype = checked_params[0].dtype
-        if self._slots is None and self._pending_slots is None:
-            initial = self.initial_slots([backend.to_host(p) for p in checked_params])
-            if initial:
-                self._pending_slots, self._pending_origin = initial, "the slots' initial values"
+            self._prepare_first_step(backend, checked_params)
         processed = self._processed(backend, checked_grads, present)
         if processed is not None:  # an update step (not only accumulating)
             decayed = self._decayed(params, names)
@@ -443,6 +498,15 @@ class Keras3Optimizer(Optimizer):
             self._names = names
         if self._variables is None:
             self._variables = params
+
+    def _prepare_first_step(self, backend: Any, params: Sequence[Any]) -> None:
+        """Before the first step binds the slots: note the first parameter's dtype, and
+        start the slots as Keras's ``build`` does, unless state was loaded."""
+        self._first_dtype = params[0].dtype
+        if self._pending_slots is None:
+            initial = self.initial_slots([backend.to_host(p) for p in params])
+            if initial:
+                self._pending_slots, self._pending_origin = initial, "the slots' initial values"
 
     def initial_slots(self, params: Sequence[npt.NDArray[Any]]) -> dict[str, list[npt.NDArray[Any]]] | None:
         """The slots' values before the first step, for parameters ``params`` (host copies),

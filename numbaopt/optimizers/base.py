@@ -222,6 +222,19 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
         """
         return {key: value for key, value in self.get_config().items() if key != "device"}
 
+    #: The name of the learning rate among the hyperparameters (Keras 2.0's ``lr``).
+    lr_name: ClassVar[str] = "lr"
+
+    @classmethod
+    def part_settings(cls) -> tuple[str, ...]:
+        """The settings a part of a step may give its own values (``apply_gradient_parts``:
+        a torch param group's): every setting but the device, here."""
+        return tuple(name for name in cls.settable if name != "device")
+
+    def check_part_stepping(self) -> None:
+        """Raise ValueError naming a setting that steps by parts (``apply_gradient_parts``,
+        as ``numbaopt.torch`` steps) would not honour: none, here."""
+
     @classmethod
     def declared_slots(cls, config: dict[str, Any]) -> tuple[Slot, ...]:
         """The slots an optimizer built from ``config`` keeps: ``slots``, here; a class

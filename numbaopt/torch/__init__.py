@@ -25,12 +25,12 @@ except ImportError as error:  # name the extra and how to install it, not only t
         f"{install_command('torch')}", name="torch"
     ) from error
 
-from numbaopt import optimizers
+from numbaopt import optimizers, registry
 from numbaopt.checkpoint import CheckpointError, read_checkpoint
 from numbaopt.torch.optimizer import STATE_KEY, TorchOptimizer
 
 #: What this module defines itself; the optimizer classes come from the registry.
-_OWN = ["TorchOptimizer", "load_optimizer"]
+_OWN = ["TorchOptimizer", "load_optimizer", "torch_class"]
 
 #: The torch class made for each core class (by the core class itself: a class registered
 #: again under the same name gets a class of its own).
@@ -42,17 +42,19 @@ def _cores() -> dict[str, type[optimizers.Optimizer]]:
     return {cls.__name__: cls for cls in optimizers.rule_based()}
 
 
-def _torch_class(core: type[optimizers.Optimizer]) -> type[TorchOptimizer]:
+def torch_class(core: type[optimizers.Optimizer]) -> type[TorchOptimizer]:
     """The ``numbaopt.torch`` class whose ``core`` is ``core`` (made on the first call).
 
-    It has ``core``'s name and lives in this module (``numbaopt.torch.<name>``), where
-    ``pickle`` finds it while ``core`` is registered.
+    It has ``core``'s name and lives in this module (``numbaopt.torch.<name>``) for Keras
+    2.0's family, in ``numbaopt.torch.keras3`` for Keras 3's, where ``pickle`` finds it
+    while ``core`` is registered.
     """
     made = _MADE.get(core)
     if made is None:
         summary = (core.__doc__ or "").strip().split("\n")[0]
+        family = registry.family_of(core)
         namespace = {
-            "__module__": __name__,
+            "__module__": __name__ if family == "keras2" else f"{__name__}.{family}",
             "__qualname__": core.__name__,
             "__doc__": f"numbaopt's {core.__name__} as a torch optimizer. {summary}".strip(),
         }
@@ -66,7 +68,7 @@ def __getattr__(name: str) -> Any:
     core = _cores().get(name)
     if core is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return _torch_class(core)
+    return torch_class(core)
 
 
 def __dir__() -> list[str]:
@@ -81,17 +83,18 @@ def load_optimizer(path: str | os.PathLike[str], params: Iterable[Any]) -> Torch
     checkpoint's (CheckpointError otherwise).
     """
     checkpoint = read_checkpoint(path)
-    core = _cores().get(checkpoint.class_name)
-    if core is None:
+    core = registry.optimizer_class(checkpoint.class_name)
+    if core not in registry.rule_based(registry.family_of(core)):
         raise CheckpointError(f"{path}: holds a {checkpoint.class_name}, which has no numbaopt.torch counterpart")
-    cls = _torch_class(core)
+    cls = torch_class(core)
     try:
         opt: TorchOptimizer = cls(params, **checkpoint.config)
         n_params = sum(len(group["params"]) for group in opt.param_groups)
         if checkpoint.parameters and n_params != len(checkpoint.parameters):
             raise ValueError(f"it holds the state of {len(checkpoint.parameters)} parameters, got {n_params} parameters")
-        n_slots = len(checkpoint.parameters) if cls.core.slot_names else 0
-        state = {i: {kind: torch.from_numpy(checkpoint.slots[kind][i]) for kind in cls.core.slot_names} for i in range(n_slots)}
+        kinds = core.declared_slots(checkpoint.config)
+        n_slots = len(checkpoint.parameters) if kinds else 0
+        state = {i: {slot.name: torch.from_numpy(checkpoint.slots[slot.name][i]) for slot in kinds} for i in range(n_slots)}
         own = {"class_name": checkpoint.class_name, "iterations": checkpoint.iterations, "scalar_state": checkpoint.scalars}
         opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"], STATE_KEY: own})
     except (TypeError, ValueError) as error:

@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from numbaopt import devices
+from numbaopt import devices, registry
 from numbaopt.declarations import scalar_state_advances_with
-from numbaopt.optimizers.base import CLIPPING, Hyperparameter
+from numbaopt.optimizers.base import Hyperparameter
 from numbaopt.state import OptimizerState, Slot
 from numbaopt.optimizers.base import Optimizer as CoreOptimizer
 
@@ -34,6 +34,10 @@ _STRIDED = torch.strided
 
 #: ``iterations`` is an int64 in checkpoints and in the core's weights.
 _ITERATIONS_LIMIT = 2**63
+
+
+#: torch's name for the learning rate in a param group.
+_LR = "lr"
 
 
 class TorchOptimizer(torch.optim.Optimizer):
@@ -60,9 +64,14 @@ class TorchOptimizer(torch.optim.Optimizer):
         if "device" in kwargs:
             raise TypeError(f"{type(self).__name__} takes no device argument: the step runs where the tensors live")
         self._core = self.core(*args, **kwargs)  # the core's checks and aliases; it holds the state
+        self._core.check_part_stepping()
         config = self._core.get_config()
-        self._settable: dict[str, Hyperparameter] = {h.name: h for h in self.core.hyperparameters + CLIPPING}
-        defaults = {name: config.get(name, h.default) for name, h in self._settable.items()}
+        # A group's keys are the core's settings a part of a step may set, with torch's
+        # ``lr`` for the learning rate (torch's schedulers write it), whatever the core calls it.
+        self._settable: dict[str, Hyperparameter] = {
+            _LR if name == self.core.lr_name else name: self._core.settable[name] for name in self.core.part_settings()
+        }
+        defaults = {key: config.get(self._core_name(key), h.default) for key, h in self._settable.items()}
         self._checked: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # per group: values seen, hyperparameters
         self._views_key: list[tuple[int, Any, Any]] = []  # what _host_views saw
         self._views: list[npt.NDArray[Any]] = []
@@ -96,6 +105,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         if before and self._core.state().slots:
             self._extend_slots(params)
 
+    def _core_name(self, key: str) -> str:
+        """The core's name for the group key ``key``."""
+        return self.core.lr_name if key == _LR else key
+
     def _check(self, name: str, value: object) -> Any:
         """A hyperparameter value as the core takes it (None: clipping off)."""
         if value is None and name in ("clipnorm", "clipvalue"):
@@ -124,7 +137,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         state = self._core.state()
         new = [(tuple(p.shape), devices.torch_dtype_name(p)) for p in added]
         slots = {slot.name: state.slots[slot.name] + [np.zeros(slot.shape_of(shape), slot.dtype_of(dtype)) for shape, dtype in new]
-                 for slot in self.core.slots}
+                 for slot in self._core.slots}
         core = self.core(**self._core.get_config())
         core.load_state(state._replace(slots=slots, names=None, parameters=(state.parameters or ()) + tuple(new)))
         self._core = core
@@ -138,7 +151,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         for k, group in enumerate(self.param_groups):
             values = tuple(group[name] for name in self._settable)
             if k == len(self._checked) or self._checked[k][0] != values:
-                hyper = {name: self._check(name, group[name]) for name in self._settable}
+                hyper = {self._core_name(name): self._check(name, group[name]) for name in self._settable}
                 hyper = {name: value for name, value in hyper.items() if value is not None}
                 self._checked[k:k + 1] = [(values, hyper)]
             params = group["params"]
@@ -221,7 +234,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         and strings only, so ``torch.load`` reads it with ``weights_only=True``."""
         state = self._core.state()
         slots = {
-            i: {kind: torch.from_numpy(state.slots[kind][i]) for kind in self.core.slot_names}
+            i: {kind: torch.from_numpy(state.slots[kind][i]) for kind in self._core.slot_names}
             for i in range(len(next(iter(state.slots.values()), [])))
         }
         groups, position = [], 0
@@ -229,7 +242,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             n = len(group["params"])
             groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": list(range(position, position + n))})
             position += n
-        own = {"class_name": self.core.__name__, "iterations": state.iterations, "scalar_state": dict(state.scalars)}
+        own = {"class_name": registry.qualified_name(self.core), "iterations": state.iterations, "scalar_state": dict(state.scalars)}
         return {"state": slots, "param_groups": groups, STATE_KEY: own}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -255,8 +268,9 @@ class TorchOptimizer(torch.optim.Optimizer):
                 f"{name}.load_state_dict: the state dict has no {STATE_KEY!r} entry, so it is not from a "
                 "numbaopt.torch optimizer (a torch.optim state dict keeps other state)"
             )
-        if own.get("class_name") != self.core.__name__:
-            raise ValueError(f"{name}.load_state_dict: the state dict is of {own.get('class_name')!r}, not {self.core.__name__}")
+        if own.get("class_name") != registry.qualified_name(self.core):
+            raise ValueError(f"{name}.load_state_dict: the state dict is of {own.get('class_name')!r}, "
+                             f"not {registry.qualified_name(self.core)}")
         iterations = own.get("iterations")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or not 0 <= iterations < _ITERATIONS_LIMIT:
             raise ValueError(f"{name}.load_state_dict: iterations must be an integer from 0 to 2**63 - 1, got {iterations!r}")
@@ -294,12 +308,12 @@ class TorchOptimizer(torch.optim.Optimizer):
                 f"{name}.load_state_dict: 'state' must be empty (before the first step) or hold one entry "
                 f"per parameter, keyed 0 to {len(params) - 1}: the optimizer has {len(params)} parameters"
             )
-        slots: dict[str, list[npt.NDArray[Any]]] = {kind: [] for kind in self.core.slot_names}
+        slots: dict[str, list[npt.NDArray[Any]]] = {kind: [] for kind in self._core.slot_names}
         for i, p in enumerate(params if state else []):
             entry = state[i]
-            if not isinstance(entry, Mapping) or sorted(entry) != sorted(self.core.slot_names):
-                raise ValueError(f"{name}.load_state_dict: state {i} must hold {list(self.core.slot_names)}")
-            for slot in self.core.slots:
+            if not isinstance(entry, Mapping) or sorted(entry) != sorted(self._core.slot_names):
+                raise ValueError(f"{name}.load_state_dict: state {i} must hold {list(self._core.slot_names)}")
+            for slot in self._core.slots:
                 slots[slot.name].append(_slot_array(entry[slot.name], p, slot, f"{name}.load_state_dict: state {i} {slot.name}"))
         parameters = tuple((tuple(p.shape), devices.torch_dtype_name(p)) for p in params) if state else None
         return groups, OptimizerState(iterations, {s: float(scalars[s]) for s in expected}, slots if state else {},
@@ -308,7 +322,8 @@ class TorchOptimizer(torch.optim.Optimizer):
     def shared_config(self) -> dict[str, Any]:
         """The core's config for every group: a numbaopt checkpoint holds one config, so
         param groups that differ in a hyperparameter cannot be saved in one (ValueError)."""
-        configs = [{k: v for k, v in hyper.items()} for hyper, _ in self._parts()]
+        base = self._core.get_config()
+        configs = [{**base, **hyper} for hyper, _ in self._parts()]
         if any(config != configs[0] for config in configs):
             different = sorted({k for config in configs for k in config if config.get(k) != configs[0].get(k)})
             raise ValueError(
