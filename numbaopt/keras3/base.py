@@ -571,7 +571,7 @@ class Keras3Optimizer(Optimizer):
             (hyper, [i for i in present if decayed[i] == wanted])
             for hyper, wanted in ((self._hyper, True), (no_decay, False))
         ]
-        self.apply_gradient_parts(grads, params, [(hyper, at) for hyper, at in parts if at])
+        super().apply_gradient_parts(grads, params, [(hyper, at) for hyper, at in parts if at])  # the kernels alone
 
     def _update_averages(self, backend: Any, params: Sequence[Any]) -> None:
         """Keras's ``_update_model_variables_moving_average`` and, every
