@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt.optimizers import Optimizer  # imports every optimizer: the registry is complete
+from numbaopt import keras3  # noqa: F401  # imports Keras 3's family: the registry is complete
+from numbaopt.optimizers import Optimizer  # imports every optimizer of Keras 2.0's family
 from numbaopt.registry import optimizer_class, qualified_name
 from numbaopt.state import OptimizerState, Slot, check_slots
 from numbaopt.version import VERSION
