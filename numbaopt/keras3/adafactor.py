@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from numbaopt.clipping import clip_gradient
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.keras3.base import Argument, Keras3Optimizer, float32_setting
 from numbaopt.phases import TensorPass

@@ -34,11 +34,14 @@ matches the variable's short name (``kernel``, no ``":0"``), not its path, as Mu
 ``_apply_weight_decay`` reads ``variable.name``; the weight decay uses ``lr``, not
 ``lr * adam_lr_ratio``; ``velocity`` exists only for AdamW-path parameters
 (``keras_variables`` lists it so; numbaopt keeps a zero one for the others). Keras on
-TensorFlow fails (``InvalidArgumentError`` in ``lr_adjust``, after the weight decay and the
-momentum of that variable changed) on a float64 Muon-path variable unless ``rms_rate`` is
-None: ``sqrt(max(rows, cols))`` is a float32 tensor. numbaopt computes what Keras's dtype
-rules define there (as Keras on JAX or torch promotes): ``x * float64(float32(sqrt(max)))
-* rms_rate``, with ``rms_rate`` in full float64. Keras 2.0 has no Muon.
+TensorFlow fails on a float64 Muon-path variable (``InvalidArgumentError``, after the
+weight decay and the momentum of that variable, and the variables before it, changed, and
+without counting the step) unless ``rms_rate`` is None and the learning rate a float:
+``sqrt(max(rows, cols))`` in ``lr_adjust`` is a float32 tensor, and so is a schedule's
+``lr``, and TensorFlow does not promote float32 to float64. numbaopt computes what Keras's
+dtype rules define there (what Keras on JAX or torch computes, and Keras on TensorFlow with
+those two values cast): ``lr`` as float64(float32 lr), the factor as
+``float64(float32(sqrt(max)))``, ``rms_rate`` in full float64. Keras 2.0 has no Muon.
 """
 from __future__ import annotations
 
@@ -86,6 +89,13 @@ def muon_update(p: npt.NDArray[Any], g: npt.NDArray[Any], m: npt.NDArray[Any], w
     return p - update, m
 
 
+#: Muon's own keys of Keras's ``get_config``, in its order (not its constructor's).
+_CONFIG_ORDER = (
+    "adam_beta_1", "adam_beta_2", "epsilon", "exclude_layers", "muon_a", "muon_b", "muon_c", "adam_lr_ratio",
+    "momentum", "ns_steps", "nesterov", "exclude_embeddings", "adam_weight_decay", "rms_rate",
+)
+
+
 class _Layers(Argument):
     """``exclude_layers``: None (none) or a list of regular expressions."""
 
@@ -118,7 +128,7 @@ class Muon(Keras3Optimizer):
         Argument("muon_a", 3.4445, "real"),
         Argument("muon_b", -4.7750, "real"),
         Argument("muon_c", 2.0315, "real"),
-        Argument("adam_lr_ratio", 1.0),
+        Argument("adam_lr_ratio", 1),  # an int by default, as in Keras's config
         Argument("momentum", 0.95, "unit"),
         Argument("ns_steps", 5, "count"),
         Argument("nesterov", True, "flag"),
@@ -134,6 +144,14 @@ class Muon(Keras3Optimizer):
         hyper = super().bind_arguments(args, kwargs)
         hyper["exclude_layers"] = list(hyper["exclude_layers"] or [])  # Keras keeps ``exclude_layers or []``
         return hyper
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras's Muon config: the base keys, then Muon's in the order its ``get_config`` adds them."""
+        config = super().get_config()
+        device = {"device": config.pop("device")} if "device" in config else {}
+        own = {key: config.pop(key) for key in _CONFIG_ORDER}
+        own["exclude_layers"] = list(own["exclude_layers"])
+        return {**config, **own, **device}
 
     @staticmethod
     def step_scalars(h: StepInputs, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
