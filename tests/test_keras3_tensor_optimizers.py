@@ -303,3 +303,30 @@ def test_runs_on_cuda(case, dtype, on_cuda):
     opt, params, initial, grads = run(cls, kwargs, dtype, steps=2, **on_cuda)
     expected, slots = reference(initial, grads, **kwargs)
     assert_matches(opt, params, expected, slots, dtype)
+
+
+def test_muon_refuses_steps_by_parts_or_shards():
+    params, grads = make(np.float32, steps=1)
+    with pytest.raises(ValueError, match="apply_gradients"):
+        keras3.Muon().apply_gradient_parts(grads[0], params, [({}, [0])])
+    with pytest.raises(ValueError, match="apply_gradients"):
+        keras3.Muon().apply_shard(zip(grads[0], params), None)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("case", ["lamb-decay", "adafactor-settings"])
+def test_runs_bitwise_through_the_torch_adapter(case):
+    torch = pytest.importorskip("torch")
+    from numbaopt.torch import keras3 as torch_keras3
+
+    cls, _, kwargs = CASES[case]
+    shapes = {k: v for k, v in PARAMS.items()}
+    params, grads = make(np.float64, steps=3, shapes=shapes)
+    tensors = [torch.nn.Parameter(torch.tensor(p.copy())) for p in params]
+    opt, core = getattr(torch_keras3, cls.__name__)(tensors, **kwargs), cls(**kwargs)
+    for step in grads:
+        for t, g in zip(tensors, step):
+            t.grad = torch.tensor(g)
+        opt.step()
+        core.apply_gradients(zip(step, params))
+    assert [t.detach().numpy().tobytes() for t in tensors] == [p.tobytes() for p in params]

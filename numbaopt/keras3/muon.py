@@ -166,6 +166,15 @@ class Muon(Keras3Optimizer):
             dtype(1 - h.adam_beta_1), dtype(1 - h.adam_beta_2), dtype(h.epsilon),
         )
 
+    def check_part_stepping(self) -> None:
+        """Muon routes each parameter by its Keras path and shape and orthogonalizes whole
+        matrices on the host: it steps only by ``apply_gradients`` / ``apply``."""
+        raise ValueError(
+            "Muon steps by apply_gradients / apply (with names= for its layer rules), not by parts "
+            "(numbaopt.torch) or shards (ShardedOptimizer): its Muon path routes parameters by their Keras "
+            "paths and runs Newton-Schulz on whole matrices"
+        )
+
     # ----------------------------------------------------------------- routing
 
     def uses_adamw(self, shape: Sequence[int], path: str) -> bool:
@@ -208,9 +217,9 @@ class Muon(Keras3Optimizer):
             (part, [i for i in present if adamw[i] and decayed[i] == wanted])
             for part, wanted in ((with_decay, True), (without, False))
         ]
-        # Always called, with no part when every parameter is a Muon one: it builds the
-        # slots on the first step and counts the step.
-        self.apply_gradient_parts(grads, params, [(part, at) for part, at in parts if at])
+        # The kernels alone (not Keras3Optimizer's check for outside callers); called with
+        # no part too when every parameter is a Muon one: it binds the slots and counts the step.
+        super(Keras3Optimizer, self).apply_gradient_parts(grads, params, [(part, at) for part, at in parts if at])
         muon = [i for i in present if not adamw[i]]
         if not muon:
             return
