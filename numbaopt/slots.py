@@ -245,6 +245,11 @@ class SlotStore:
                 views[i] = group.buffer[start : start + size].reshape(slot.shape_of(self.shapes[i]))
         return views
 
+    def views(self, kind: str) -> list[Any]:
+        """Per-parameter views of slot ``kind`` on the slots' device, in parameter order:
+        for a step that updates some slots outside the kernels (Keras 3's Muon)."""
+        return self._views(kind)
+
     def host_slots(self) -> dict[str, list[npt.NDArray[Any]]]:
         """Every slot as a host copy: ``{kind: [array per parameter]}``."""
         return {kind: [self.backend.to_host(v) for v in self._views(kind)] for kind in self.slot_names}

@@ -14,13 +14,16 @@ from typing import Any
 from numbaopt import registry
 from numbaopt.keras3 import schedules
 from numbaopt.keras3.adadelta import Adadelta
+from numbaopt.keras3.adafactor import Adafactor
 from numbaopt.keras3.adagrad import Adagrad
 from numbaopt.keras3.adam import Adam
 from numbaopt.keras3.adamax import Adamax
 from numbaopt.keras3.adamw import AdamW
 from numbaopt.keras3.base import Keras3Optimizer
 from numbaopt.keras3.ftrl import Ftrl
+from numbaopt.keras3.lamb import Lamb
 from numbaopt.keras3.lion import Lion
+from numbaopt.keras3.muon import Muon
 from numbaopt.keras3.nadam import Nadam
 from numbaopt.keras3.rmsprop import RMSprop
 from numbaopt.keras3.schedule_free_adamw import ScheduleFreeAdamW
@@ -28,7 +31,7 @@ from numbaopt.keras3.sgd import SGD
 
 __all__ = [
     "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Ftrl", "Lion",
-    "ScheduleFreeAdamW", "Keras3Optimizer", "deserialize", "get", "schedules", "serialize",
+    "ScheduleFreeAdamW", "Lamb", "Adafactor", "Muon", "Keras3Optimizer", "deserialize", "get", "schedules", "serialize",
 ]
 
 #: The module Keras 3 records for its optimizers in a serialized config.

@@ -490,7 +490,7 @@ class Keras3Optimizer(Optimizer):
         processed = self._processed(backend, checked_grads, present)
         if processed is not None:  # an update step (not only accumulating)
             decayed = self._decayed(params, names)
-            self._update(processed, params, present, decayed)
+            self._update(processed, params, present, decayed, names)
         if self._averages is not None:
             self._update_averages(backend, checked_params)
         self._calls += 1
@@ -561,8 +561,10 @@ class Keras3Optimizer(Optimizer):
         by_name = naming.excluded_by_pattern(names or self._names or [""] * len(params), self._excluded_patterns)
         return [not (id(p) in self._excluded_ids or excluded) for p, excluded in zip(params, by_name)]
 
-    def _update(self, grads: list[Any], params: list[Any], present: list[int], decayed: list[bool]) -> None:
-        """The kernel step: one part for the parameters weight decay applies to, one for the others."""
+    def _update(self, grads: list[Any], params: list[Any], present: list[int], decayed: list[bool],
+                names: tuple[str, ...] | None) -> None:
+        """The kernel step: one part for the parameters weight decay applies to, one for the
+        others (``names``, the step's parameter paths, are for a class that routes by them)."""
         if len(present) == len(params) and all(decayed):
             self._apply_gradients(list(zip(grads, params)), None, None)
             return
@@ -633,9 +635,16 @@ class Keras3Optimizer(Optimizer):
         for group in groups:
             kinds = [kind for kind in group if kind in state.slots]
             for i, path in enumerate(paths):
-                out += [(naming.slot_path(name, path, kind), state.slots[kind][i]) for kind in kinds]
+                for kind in kinds:
+                    out += self.keras_slot_variables(kind, path, state.slots[kind][i])
         out += self.keras_extra_variables(state.scalars)
         return out
+
+    def keras_slot_variables(self, kind: str, path: str, value: npt.NDArray[Any]) -> list[tuple[str, npt.NDArray[Any]]]:
+        """The Keras variables that hold slot ``kind`` (``value``) of the parameter at
+        ``path``: ``add_variable_from_reference``'s one, ``adam/dense_kernel_momentum``. A
+        class whose ``build`` names them otherwise, or skips some, says so here."""
+        return [(naming.slot_path(self.name, path, kind), value)]
 
     def keras_extra_variables(self, scalars: Mapping[str, float]) -> list[tuple[str, npt.NDArray[Any]]]:
         """Variables Keras's ``build`` adds after the slots (Nadam's ``u_product``): none here."""

@@ -35,12 +35,12 @@ def slot_path(optimizer_name: str, parameter_path: str, slot: str) -> str:
     return f"{optimizer_name}/{parameter_path.replace('/', '_')}_{slot}"
 
 
-def excluded_by_pattern(names: Iterable[str], patterns: Iterable[str]) -> list[bool]:
+def excluded_by_pattern(names: Iterable[str], patterns: Iterable[str], suffix: str = ":0") -> list[bool]:
     """Per parameter path, whether one of ``patterns`` (regular expressions, as Keras joins
     them with ``|``) is found in it. Keras on TensorFlow searches the ``tf.Variable`` name,
-    the full path plus ``":0"``, so ``"dense"`` also picks ``dense_1/kernel``."""
+    the full path plus ``":0"`` (``suffix``), so ``"dense"`` also picks ``dense_1/kernel``."""
     joined = "|".join(sorted(set(patterns)))
     if not joined:
         return [False for _ in names]
     pattern = re.compile(joined)
-    return [pattern.search(f"{name}:0") is not None for name in names]
+    return [pattern.search(f"{name}{suffix}") is not None for name in names]
