@@ -24,9 +24,6 @@ and the two ``test_overwrite_with_gradient`` tests (Keras variable attributes),
 ``test_callable_learning_rate`` (numbaopt takes a float or a schedule), ``test_set_weights``
 (numbaopt's weights are Keras 2.0's list, Keras 3's are its ``variables``).
 
-Lamb, Adafactor and Muon are skipped where ``numbaopt.keras3`` does not have them yet.
-Tests marked ``xfail(strict=True)`` are facts numbaopt does not reproduce yet: each says what
-differs; a fix turns it into an XPASS, which fails, so the mark is removed with the fix.
 """
 import pickle
 import subprocess
@@ -44,11 +41,8 @@ F32, F64 = np.float32, np.float64
 
 
 def optimizer_class(name):
-    """The numbaopt.keras3 class ``name``; skips while the family lacks it (Lamb, Adafactor, Muon)."""
-    cls = getattr(keras3, name, None)
-    if cls is None:
-        pytest.skip(f"numbaopt.keras3 has no {name} yet")
-    return cls
+    """The numbaopt.keras3 class ``name``."""
+    return getattr(keras3, name)
 
 
 def close(actual, desired, atol=1e-6, rtol=1e-6):
@@ -372,22 +366,9 @@ BAD = [
     *[(f"ftrl-{arg}", "Ftrl", {arg: -0.1}, f"^`{arg}` needs to be positive or zero. Received: {arg}=-0.1.$")
       for arg in ("l1_regularization_strength", "l2_regularization_strength", "l2_shrinkage_regularization_strength")],
 ]
-#: What numbaopt says instead (its own generic range checks run before Keras's messages).
-_MESSAGES_DIFFER = {
-    "sgd-momentum--1": "numbaopt: 'momentum must be in [0, 1], got -1.0'",
-    "sgd-momentum-2": "numbaopt: 'momentum must be in [0, 1], got 2.0'",
-    "lion-beta_1--0.1": "numbaopt: 'beta_1 must be in [0, 1], got -0.1' (the unit check runs before Lion's)",
-    "lion-beta_1-1.1": "numbaopt: 'beta_1 must be in [0, 1], got 1.1'",
-    "ftrl-initial_accumulator_value": "numbaopt's generic 'must be >= 0' message",
-    "ftrl-l1_regularization_strength": "numbaopt's generic 'must be >= 0' message",
-    "ftrl-l2_regularization_strength": "numbaopt's generic 'must be >= 0' message",
-    "ftrl-l2_shrinkage_regularization_strength": "numbaopt's generic 'must be >= 0' message",
-}
-
 
 @pytest.mark.parametrize("name, kwargs, message", [
-    pytest.param(*b[1:], id=b[0], marks=[pytest.mark.xfail(strict=True, raises=AssertionError, reason=_MESSAGES_DIFFER[b[0]])]
-                 if b[0] in _MESSAGES_DIFFER else []) for b in BAD])
+    pytest.param(*b[1:], id=b[0]) for b in BAD])
 def test_invalid_argument_is_refused_with_keras_message(name, kwargs, message):
     with pytest.raises(ValueError) as raised:
         keras3.__dict__[name](**kwargs)
@@ -506,8 +487,6 @@ def test_no_gradients_is_refused():
         keras3.SGD(learning_rate=1.0).apply_gradients([(None, v)])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="numbaopt leaves a None gradient's variable alone "
-                   "as Keras does, but without Keras's warning ('Gradients do not exist for variables ...')")
 def test_a_none_gradient_is_filtered_with_a_warning():
     # keras: optimizer_test.test_empty_gradients (second part)
     v = np.array([[3.0, 4.0], [5.0, 6.0]], F32)
@@ -529,8 +508,6 @@ def test_get_method():
         keras3.get("typo")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="keras.optimizers.get(None) returns None; numbaopt.keras3.get "
-                   "raises 'Could not interpret optimizer identifier: None'")
 def test_get_none_is_none():
     # keras: optimizer_test.test_get_method (get(None))
     assert keras3.get(None) is None

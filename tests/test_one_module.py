@@ -1,6 +1,6 @@
 """An optimizer's knowledge lives in its own module, and the rest of numbaopt reads it.
 
-Outside ``numbaopt/optimizers/`` no code names an optimizer: Keras files, later Keras
+Outside the families' packages (``numbaopt/optimizers/``, ``numbaopt/keras3/``) no code names an optimizer: Keras files, later Keras
 configs and the torch adapter read what each class declares (``numbaopt.declarations``)
 and list the classes from the registry. So the toy AMSGrad of ``tests/test_extending.py``,
 declared inside a test, is a torch optimizer and a Keras class with no other edit.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numbaopt import checkpoint, keras_files, optimizers
+from numbaopt import checkpoint, keras3, keras_files, optimizers, registry  # noqa: F401 - keras3 registers its family
 from numbaopt.declarations import KerasClass, KerasDescription
 from tests.test_extending import amsgrad  # noqa: F401 - the fixture: the toy, registered for one test
 
@@ -47,12 +47,16 @@ def optimizer_names_in(source, names):
     return found
 
 
+#: The packages of the optimizer families: their modules are the optimizers.
+FAMILY_PACKAGES = {family: ("optimizers" if family == "keras2" else family) for family in registry.FAMILIES}
+
+
 def test_no_module_outside_the_optimizers_names_an_optimizer():
-    classes = optimizers.rule_based()
+    classes = [cls for family in registry.FAMILIES for cls in registry.rule_based(family)]
     names = {cls.__name__ for cls in classes} | {cls.__module__.rsplit(".", 1)[1] for cls in classes}
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.relative_to(PACKAGE).parts[0] != "optimizers":
+        if path.relative_to(PACKAGE).parts[0] not in FAMILY_PACKAGES.values():
             found.update({f"{path.relative_to(PACKAGE)}:{line}": text for line, text in
                           optimizer_names_in(path.read_text(), names)})
     assert not found, f"declare it in the optimizer's module (numbaopt.declarations) instead: {found}"

@@ -58,8 +58,11 @@ def deserialize(config: Mapping[str, Any], custom_objects: Mapping[str, type[Any
     return built
 
 
-def get(identifier: object) -> Keras3Optimizer:
-    """Keras 3's ``keras.optimizers.get``: a name (defaults), a serialized dict, or an optimizer."""
+def get(identifier: object) -> Keras3Optimizer | None:
+    """Keras 3's ``keras.optimizers.get``: a name (defaults), a serialized dict, or an
+    optimizer; None gives None, as in Keras."""
+    if identifier is None:
+        return None
     if isinstance(identifier, Keras3Optimizer):
         return identifier
     if isinstance(identifier, Mapping):

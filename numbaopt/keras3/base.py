@@ -54,6 +54,11 @@ class Argument(Hyperparameter):
     """
 
     def check(self, value: object) -> Any:
+        checked = self._checked(value)
+        # Keras keeps a number as given (an int stays an int in its config), and so do we.
+        return value if type(value) is int and isinstance(checked, float) else checked
+
+    def _checked(self, value: object) -> Any:
         kind = self.kind
         if kind == "learning_rate":
             if isinstance(value, schedules.LearningRateSchedule):
@@ -472,6 +477,11 @@ class Keras3Optimizer(Optimizer):
         if not present:
             raise ValueError("No gradients provided for any variable.")
         names = checked_names(names, len(params), self._names)
+        if len(present) < len(grads):
+            labels = list(names or self._names or [f"param_{i}" for i in range(len(grads))])
+            missing = [labels[i] for i, g in enumerate(grads) if g is None]
+            warnings.warn(f"Gradients do not exist for variables {list(reversed(missing))} when minimizing the loss. "
+                          "If using `model.compile()`, did you forget to provide a `loss` argument?", stacklevel=3)
         backend = devices.backend_for(params, self._hyper.get("device", "auto"))
         filled = [g if g is not None else p for g, p in zip(grads, params)]
         checked_grads, checked_params = checked_arrays(filled, params, backend)

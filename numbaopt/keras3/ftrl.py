@@ -43,10 +43,10 @@ class Ftrl(Keras3Optimizer):
     arguments = (
         Argument("learning_rate", 0.001, "learning_rate"),
         Argument("learning_rate_power", -0.5, "real"),
-        Argument("initial_accumulator_value", 0.1),
-        Argument("l1_regularization_strength", 0.0),
-        Argument("l2_regularization_strength", 0.0),
-        Argument("l2_shrinkage_regularization_strength", 0.0),
+        Argument("initial_accumulator_value", 0.1, "real"),
+        Argument("l1_regularization_strength", 0.0, "real"),
+        Argument("l2_regularization_strength", 0.0, "real"),
+        Argument("l2_shrinkage_regularization_strength", 0.0, "real"),
         Argument("beta", 0.0),
     )
     slots = (Slot("accumulator"), Slot("linear"))
@@ -55,6 +55,10 @@ class Ftrl(Keras3Optimizer):
     @classmethod
     def check_settings(cls, hyper: Any) -> None:
         super().check_settings(hyper)
+        for name in ("initial_accumulator_value", "l1_regularization_strength", "l2_regularization_strength",
+                     "l2_shrinkage_regularization_strength"):
+            if hyper[name] < 0.0:
+                raise ValueError(f"`{name}` needs to be positive or zero. Received: {name}={hyper[name]}.")
         if hyper["learning_rate_power"] > 0.0:
             raise ValueError("`learning_rate_power` needs to be negative or zero. "
                              f"Received: learning_rate_power={hyper['learning_rate_power']}.")

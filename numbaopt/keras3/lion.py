@@ -32,7 +32,7 @@ class Lion(Keras3Optimizer):
 
     arguments = (
         Argument("learning_rate", 0.001, "learning_rate"),
-        Argument("beta_1", 0.9, "unit"),
+        Argument("beta_1", 0.9, "real"),
         Argument("beta_2", 0.99, "unit"),
     )
     slots = (Slot("momentum"),)

@@ -42,7 +42,7 @@ class SGD(Keras3Optimizer):
 
     arguments = (
         Argument("learning_rate", 0.01, "learning_rate"),
-        Argument("momentum", 0.0, "unit"),
+        Argument("momentum", 0.0, "real"),
         Argument("nesterov", False, "flag"),
     )
     structural = ("momentum",)
@@ -50,8 +50,11 @@ class SGD(Keras3Optimizer):
     rule = staticmethod(sgd_rule)
 
     @classmethod
-    def check_settings(cls, hyper: dict[str, Any]) -> None:  # type: ignore[override]
+    def check_settings(cls, hyper: Any) -> None:
         super().check_settings(hyper)
+        momentum = hyper["momentum"]
+        if not isinstance(momentum, float) or momentum < 0 or momentum > 1:
+            raise ValueError("`momentum` must be a float between [0, 1].")
 
     @classmethod
     def variant(cls, hyper: Any) -> Variant:
