@@ -19,7 +19,7 @@ from numbaopt import cli, keras3, optimizers, registry, tuning
 from numbaopt.keras3 import naming, schedules
 from tests.cases import BAD_IDS, bad_steps, gradient_steps, make_params
 from tests.keras3_cases import (
-    CLASSES, CUSTOM, DTYPES, KERAS_CONFIG_KEYS, KERAS_SIGNATURES, NAMES, REFERENCES, cast32, configurations,
+    CLASSES, CUSTOM, DTYPES, KERAS_CONFIG_KEYS, KERAS_SIGNATURES, NAMES, NOT_BITWISE, REFERENCES, cast32, configurations,
     reference_run,
 )
 
@@ -28,12 +28,6 @@ SHAPES = [(4, 3), (3,), (3, 2), (2,), ()]
 PATHS = ["dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias", "scale"]
 STEPS = 6
 
-#: The rules whose NumPy transcription is not bitwise numbaopt's, and why; their tolerance
-#: is relative to the tensor's largest value. Every other rule must agree bit for bit.
-NOT_BITWISE = {
-    "Ftrl": "x**p for p other than 0.5: the compiled pow and NumPy's differ in the last bit, and (clip(z) - z) "
-            "cancels, so a few ulps of z show",
-}
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 
 DTYPE_IDS = {"ids": lambda d: np.dtype(d).name}
