@@ -34,10 +34,6 @@ DTYPE_IDS = {"ids": lambda d: np.dtype(d).name}
 CONFIGS = configurations()
 
 
-def dtype_id(d):
-    return np.dtype(d).name
-
-
 def params_of(dtype, shapes=SHAPES, seed=0):
     return make_params(dtype, shapes, seed=seed)
 
@@ -75,10 +71,6 @@ def assert_close(name, ours, theirs, dtype, what):
         scale = max(float(np.max(np.abs(b))), 1e-30) if b.size else 1.0
         error = float(np.max(np.abs(a.astype(np.float64) - b))) / scale if b.size else 0.0
         assert a.dtype == b.dtype and error <= TOLERANCE[dtype], f"{what} {i}: relative error {error:.3g}"
-
-
-def full_config(name, kwargs):
-    return CLASSES[name](**kwargs).get_config()
 
 
 # ---------------------------------------------------------------- the tables are complete
@@ -287,10 +279,6 @@ def test_deserialize_refuses_what_is_not_keras(bad):
 
 
 # ----------------------------------------------------------------- weight decay
-
-
-def decay_kwargs(name, rate):
-    return {"weight_decay": rate}
 
 
 @pytest.mark.parametrize("how", ["names", "var_list", "tf-variable-name"])
