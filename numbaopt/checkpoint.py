@@ -135,7 +135,7 @@ def save_optimizer(optimizer: Optimizer | TFOptimizer, path: str | os.PathLike[s
     arrays = _checked_arrays(cls.__name__, optimizer.checkpoint_arrays())
     state = optimizer.state()
     slots = {kind: [np.asarray(a, order="C") for a in state.slots.get(kind, [])] for kind in optimizer.slot_names}
-    n_params = len(next(iter(slots.values()), []))
+    n_params = len(state.parameters) if state.parameters is not None else len(next(iter(slots.values()), []))  # a zero-slot optimizer (Keras 3's SGD) has parameters and no slots
     names = state.names or (None,) * n_params
     if n_params and state.parameters is None:
         raise ValueError(f"{cls.__name__}'s state does not say its parameters' shapes (slots given before a step, "

@@ -428,7 +428,7 @@ class ShardedOptimizer:
 
     def get_weights(self) -> list[npt.NDArray[Any]]:
         """The whole state as ``Optimizer.get_weights`` lists it (collective: ``gathered_state``)."""
-        return keras_weights.build(type(self._inner), self.gathered_state())
+        return keras_weights.build(self._inner, self.gathered_state())  # the instance: its settings choose the slots (amsgrad)
 
     def save_numbaopt_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Save the sharded state to ``path`` (collective; ``numbaopt.save_optimizer`` calls it).

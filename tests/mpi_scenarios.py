@@ -129,6 +129,49 @@ def parity(folder):
     run_both(sharded, single, params, reference, SHAPES, dtypes, steps=2, first=3, names=names)
 
 
+def keras3_parity(folder):
+    """Every Keras 3 optimizer of the registry (``keras3_cases.py``), at its defaults and at
+    each of its settings away from them, float32 and float64: bitwise one optimizer fed the
+    averaged gradients. Keras 3's processing around the update (clipping, EMA,
+    accumulation, loss scale, schedules, exclusions by name) cannot split into shards: every
+    rank refuses it alike, and nothing changes."""
+    import keras3_cases  # beside this file, as the tests package is not on the path here
+
+    from numbaopt.keras3 import schedules
+
+    tuning.CHUNK_ELEMENTS = 7
+    names = [f"layer{i}/kernel" for i in range(len(SHAPES))]
+    for case, name, kwargs in keras3_cases.configurations():
+        cls = keras3_cases.CLASSES[name]
+        for dtype in (np.float32, np.float64):
+            dtypes = [dtype] * len(SHAPES)
+            params, reference = parameters(SHAPES, dtypes), parameters(SHAPES, dtypes)
+            sharded, single = ShardedOptimizer(cls(**kwargs), COMM), cls(**kwargs)
+            try:
+                run_both(sharded, single, params, reference, SHAPES, dtypes, steps=4, names=names)
+            except AssertionError as error:
+                raise AssertionError(f"{case} {np.dtype(dtype).name}: {error}") from error
+    dtypes = [np.float32] * len(SHAPES)
+    refused = [({"clipnorm": 1.0}, "clipnorm"), ({"global_clipnorm": 1.0}, "global_clipnorm"),
+               ({"clipvalue": 0.1}, "clipvalue"), ({"use_ema": True}, "use_ema"),
+               ({"gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
+               ({"loss_scale_factor": 4.0}, "loss_scale_factor"),
+               ({"learning_rate": schedules.ExponentialDecay(0.01, 10, 0.9)}, "schedule")]
+    for name, cls in keras3_cases.CLASSES.items():
+        for kwargs, contains in refused:
+            params = parameters(SHAPES, dtypes)
+            before = [p.copy() for p in params]
+            sharded = ShardedOptimizer(cls(**kwargs), COMM)
+            grads = gradients(0, RANK, SHAPES, dtypes)
+            expect_everywhere(ValueError, lambda: sharded.apply_gradients(zip(grads, params), names=names), contains)
+            assert sharded.iterations == 0 and all(p.tobytes() == q.tobytes() for p, q in zip(params, before)), name
+        inner = cls(weight_decay=0.01)
+        inner.exclude_from_weight_decay(var_names=["layer1"])
+        sharded = ShardedOptimizer(inner, COMM)
+        expect_everywhere(ValueError, lambda: sharded.apply_gradients(zip(grads, params), names=names), "exclude_from_weight_decay")
+        assert sharded.iterations == 0
+
+
 def expect_everywhere(kind, call, contains):
     """``call()`` raises ``kind`` on every rank, with the same message, naming ``contains``."""
     try:

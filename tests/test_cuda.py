@@ -314,3 +314,61 @@ def test_parity_replays_keras_fixtures_on_cuda(name):
     for fixture in fixtures:
         result = parity.replay(fixture, "keras2", device="cuda")
         assert result.passed, (result.error, result.max_error, result.worst_step, result.worst_tensor)
+
+
+# ------------------------------------------------------------- numbaopt.keras3
+
+
+def _keras3_cases():
+    from tests.keras3_cases import configurations
+
+    return [(case, name, kwargs, dtype) for case, name, kwargs in configurations() for dtype in DTYPES]
+
+
+KERAS3_CASES = _keras3_cases()
+
+
+@pytest.mark.parametrize(("case", "name", "kwargs", "dtype"), KERAS3_CASES,
+                         ids=[f"keras3-{c}-{np.dtype(d).name}" for c, _, _, d in KERAS3_CASES])
+def test_keras3_rule_on_device_arrays_equals_the_cpu(cuda, case, name, kwargs, dtype):
+    """Every Keras 3 rule (and its variants: momentum, centered, amsgrad ...) on CUDA arrays,
+    with weight decay and a global norm on some: the CPU's result."""
+    from tests.keras3_cases import CLASSES, NOT_BITWISE
+
+    shapes = [(3, 4), (5,), ()]
+    initial = make_params(dtype, shapes)
+    steps = [[g.astype(dtype) for g in grads] for grads in gradient_steps(shapes, steps=4)]
+    kwargs = {**kwargs, "global_clipnorm": 1.0} if case.endswith("custom0") else kwargs
+    on_gpu, on_cpu = CLASSES[name](**kwargs), CLASSES[name](**kwargs)
+    params_gpu, params_cpu = to_device(cuda, initial), [p.copy() for p in initial]
+    for grads in steps:
+        on_gpu.apply(to_device(cuda, grads), params_gpu)
+        on_cpu.apply(grads, params_cpu)
+    assert on_gpu.iterations == len(steps)
+    tolerance = CPU_TOLERANCE[dtype] * (10 if name in NOT_BITWISE else 1)
+    assert_close(host(params_gpu), params_cpu, tolerance, "parameter")
+    slots_gpu, slots_cpu = on_gpu.state().slots, on_cpu.state().slots
+    assert sorted(slots_gpu) == sorted(slots_cpu)
+    for kind in slots_cpu:
+        assert_close(slots_gpu[kind], slots_cpu[kind], tolerance, f"slot {kind}")
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_keras3_host_settings_on_device_arrays_equal_the_cpu(cuda, name):
+    """EMA, accumulation and loss scale run on host copies of CUDA arrays."""
+    from tests.keras3_cases import CLASSES
+
+    dtype, shapes = np.float64, [(3, 4), (5,)]
+    kwargs = {"use_ema": True, "ema_overwrite_frequency": 2, "gradient_accumulation_steps": 2, "loss_scale_factor": 4.0,
+              "clipvalue": 0.05}
+    initial = make_params(dtype, shapes)
+    on_gpu, on_cpu = CLASSES[name](**kwargs), CLASSES[name](**kwargs)
+    params_gpu, params_cpu = to_device(cuda, initial), [p.copy() for p in initial]
+    for grads in gradient_steps(shapes, steps=6):
+        on_gpu.apply(to_device(cuda, grads), params_gpu)
+        on_cpu.apply(grads, params_cpu)
+    assert on_gpu.iterations == on_cpu.iterations == 3
+    assert_close(host(params_gpu), params_cpu, CPU_TOLERANCE[dtype], "parameter")
+    on_gpu.finalize_variable_values(params_gpu)
+    on_cpu.finalize_variable_values(params_cpu)
+    assert_close(host(params_gpu), params_cpu, CPU_TOLERANCE[dtype], "average")

@@ -48,6 +48,12 @@ def test_bitwise_equal_to_one_optimizer_fed_the_averaged_gradients(ranks, tmp_pa
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
+def test_keras3_optimizers_are_bitwise_one_optimizer_and_refuse_host_settings(ranks, tmp_path):
+    """Every registered numbaopt.keras3 optimizer (``mpi_scenarios.keras3_parity``)."""
+    run("keras3_parity", ranks, tmp_path)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
 def test_state_of_other_shapes_shards_by_whole_tensors(ranks, tmp_path):
     """The factored and per-tensor optimizers of ``tests/extending_shapes.py``, unedited."""
     run("shaped", ranks, tmp_path)

@@ -110,3 +110,31 @@ def test_phase_kernels_compile(kernels, dtype, monkeypatch):
                 launcher = kernels.phase_kernel("tensor", phase.function, len(cls.slots))
                 signature = (i64, i64, dt[::1], i64_2d, i64_2d, i64_2d, i64, clip, scalars, dt[::1])
             assert ".entry" in compile_ptx(launcher.kernel, signature), (cls.__name__, phase)
+
+
+def _keras3_variants():
+    """(id, optimizer) for every registered Keras 3 optimizer at each of its settings
+    (``tests/keras3_cases.py``): the variants have rules of their own (amsgrad, centered ...)."""
+    from tests.keras3_cases import CLASSES, configurations
+
+    return [(case, CLASSES[name](**kwargs)) for case, name, kwargs in configurations()]
+
+
+KERAS3_VARIANTS = _keras3_variants()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", [c for c, _ in KERAS3_VARIANTS], ids=lambda c: f"keras3-{c}")
+def test_keras3_update_kernel_compiles(kernels, case, dtype):
+    opt = dict(KERAS3_VARIANTS)[case]
+    dt = numba.from_dtype(np.dtype(dtype))
+    kernel = kernels.update_kernel(opt.rule, len(opt.slot_names)).kernel
+    clip = numba.typeof(clip_arguments(1.0, 0.5, 2.0, dtype))
+    scalars = numba.typeof(opt.step_scalars(opt.step_inputs(), dtype))
+    signature = (numba.int64[::1], numba.int64[::1], dt[:, ::1], numba.int64[::1], numba.int64[:, ::1], clip, scalars, dt[::1])
+    ptx = compile_ptx(kernel, signature)
+    assert ".entry" in ptx
+    if dtype == np.float32:
+        assert ".f64" not in ptx, f"{case}'s update kernel does float64 arithmetic on float32 parameters"
+    else:
+        assert ".f64" in ptx
