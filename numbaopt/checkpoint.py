@@ -436,7 +436,7 @@ def optimizer_from_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[st
         optimizer: Optimizer | TFOptimizer = cls.from_checkpoint_config(checkpoint.config, **options)
         optimizer.load_state(OptimizerState(
             checkpoint.iterations, dict(checkpoint.scalars), {kind: list(checkpoint.slots[kind]) for kind in optimizer.slot_names},
-            parameters=tuple((p.shape, p.dtype) for p in checkpoint.parameters) if checkpoint.slots else None,
+            parameters=tuple((p.shape, p.dtype) for p in checkpoint.parameters) if checkpoint.parameters else None,
         ))
         optimizer.load_checkpoint_arrays(dict(checkpoint.arrays))
         optimizer.set_state_origin(f"loading the checkpoint {path}")
@@ -525,7 +525,7 @@ def _read(f: Any) -> Checkpoint:
         )
     scalars = _json(header, "scalar_state", dict)
     slot_names = [slot.name for slot in declared]
-    expected = cls.declared_slots(config) if issubclass(cls, Optimizer) else cls.slots
+    expected = cls.declared_slots(config)
     if slot_names != [slot.name for slot in expected]:
         raise CheckpointError(f"attribute slot_names on / is {slot_names}, but {cls.__name__} has slots {[s.name for s in expected]}")
     if version >= 3 and tuple(declared) != tuple(expected):

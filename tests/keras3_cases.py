@@ -18,6 +18,11 @@ from numbaopt import keras3, registry  # noqa: F401  (keras3 registers the famil
 
 CLASSES = {cls.__name__: cls for cls in registry.rule_based("keras3")}
 NAMES = tuple(CLASSES)
+#: The optimizers whose state or update is per tensor: their NumPy references, which take
+#: whole runs and parameter names, are in tests/test_keras3_tensor_optimizers.py.
+TENSOR_WISE = ("Lamb", "Adafactor", "Muon")
+#: The element-wise optimizers: ``REFERENCES`` transcribes each, op by op.
+ELEMENT_NAMES = tuple(name for name in NAMES if name not in TENSOR_WISE)
 DTYPES = (np.float32, np.float64)
 
 #: Keras 3.15's constructor parameters, in order, with their defaults (``inspect.signature``
@@ -74,6 +79,10 @@ KERAS_CONFIG_KEYS = {
                             "adam_lr_ratio", "momentum", "ns_steps", "nesterov", "exclude_embeddings",
                             "adam_weight_decay", "rms_rate"),
 }
+
+#: Config values Keras 3 reports otherwise than the constructor's default (Muon keeps
+#: ``exclude_layers or []``).
+CONFIG_DEFAULTS = {"Muon": {"exclude_layers": []}}
 
 #: Settings away from the defaults, per optimizer: each one turns on what the defaults
 #: leave off (momentum, nesterov, centering, amsgrad, warm-up, the regularizers, weight decay).

@@ -21,11 +21,12 @@ from the GPU for CUDA parameters); a step with none of them is the plain kernel 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -259,11 +260,9 @@ class Keras3Optimizer(Optimizer):
         """The update by parts (``Optimizer.apply_gradient_parts``), the slots starting
         where Keras's ``build`` starts them; without Keras 3's processing around it."""
         self.check_part_stepping()
-        with self._lock:
-            if self._slots is None:
-                backend = devices.backend_for(list(params), self._hyper.get("device", "auto"))
-                self._prepare_first_step(backend, [backend.check_parameter(p, i) for i, p in enumerate(params)])
+        with self._lock, self._first_step(params):
             super().apply_gradient_parts(grads, params, parts, grad_addresses=grad_addresses)
+            self._calls += 1
 
     def apply_shard(self, grads_and_vars: Iterable[tuple[Any, Any]], global_norm: float | None) -> None:
         """The update over a shard of a step (``ShardedOptimizer``), without Keras 3's
@@ -272,12 +271,9 @@ class Keras3Optimizer(Optimizer):
         if self._excluded_patterns or self._excluded_ids:
             raise ValueError("exclude_from_weight_decay matches whole parameters by name; a sharded step sees pieces")
         pairs = list(grads_and_vars)
-        with self._lock:
-            if self._slots is None and pairs:
-                params = [p for _, p in pairs]
-                backend = devices.backend_for(params, self._hyper.get("device", "auto"))
-                self._prepare_first_step(backend, [backend.check_parameter(p, i) for i, p in enumerate(params)])
+        with self._lock, self._first_step([p for _, p in pairs]):
             super().apply_shard(pairs, global_norm)
+            self._calls += 1
 
     @classmethod
     def declared_slots(cls, config: dict[str, Any]) -> tuple[Slot, ...]:
@@ -487,21 +483,24 @@ class Keras3Optimizer(Optimizer):
         checked_grads, checked_params = checked_arrays(filled, params, backend)
         if self._slots is not None:
             self._slots.layout.check(checked_params, backend)
+        else:
+            backend.check_distinct(checked_params)
         self._check_builds(checked_params, names)
-        if self._averages is None and self._hyper["use_ema"]:  # tf-keras starts them at the parameters
+        averages = self._averages
+        if averages is None and self._hyper["use_ema"]:  # tf-keras starts them at the parameters
             start = backend.to_host if self._hyper.get("tf_keras") else (lambda p: np.zeros(p.shape, p.dtype))
-            self._averages = [start(p) for p in checked_params]
-        steps = self._hyper["gradient_accumulation_steps"]
-        if self._accumulators is None and steps:
-            self._accumulators = [np.zeros(p.shape, p.dtype) for p in checked_params]
+            averages = [start(p) for p in checked_params]
+        accumulators = self._accumulators
+        if accumulators is None and self._hyper["gradient_accumulation_steps"]:
+            accumulators = [np.zeros(p.shape, p.dtype) for p in checked_params]
 
-        if self._slots is None:
-            self._prepare_first_step(backend, checked_params)
-        processed = self._processed(backend, checked_grads, present)
-        if processed is not None:  # an update step (not only accumulating)
-            decayed = self._decayed(params, names)
-            self._update(processed, params, present, decayed, names)
-        if self._averages is not None:
+        with self._first_step(checked_params, backend):
+            processed, accumulators = self._processed(backend, checked_grads, present, accumulators)
+            if processed is not None:  # an update step (not only accumulating)
+                self._update(processed, params, present, self._decayed(params, names), names)
+        self._accumulators = accumulators
+        if averages is not None:
+            self._averages = averages
             self._update_averages(backend, checked_params)
         self._calls += 1
         if names is not None:
@@ -509,14 +508,28 @@ class Keras3Optimizer(Optimizer):
         if self._variables is None:
             self._variables = params
 
-    def _prepare_first_step(self, backend: Any, params: Sequence[Any]) -> None:
-        """Before the first step binds the slots: note the first parameter's dtype, and
-        start the slots as Keras's ``build`` does, unless state was loaded."""
-        self._first_dtype = params[0].dtype
-        if self._pending_slots is None:
-            initial = self.initial_slots([backend.to_host(p) for p in params])
-            if initial:
-                self._pending_slots, self._pending_origin = initial, "the slots' initial values"
+    @contextlib.contextmanager
+    def _first_step(self, params: Sequence[Any], backend: Any = None) -> Iterator[None]:
+        """Around a step: before the first one binds the slots, note the first parameter's
+        dtype and start the slots as Keras's ``build`` does (unless state was loaded); all
+        undone if the step is refused, which leaves everything as it was."""
+        if self._slots is not None or not params:
+            yield
+            return
+        before = (self._pending_slots, self._pending_origin, self._first_dtype)
+        try:
+            if backend is None:
+                backend = devices.backend_for(list(params), self._hyper.get("device", "auto"))
+                params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
+            self._first_dtype = params[0].dtype
+            if self._pending_slots is None:
+                initial = self.initial_slots([backend.to_host(p) for p in params])
+                if initial:
+                    self._pending_slots, self._pending_origin = initial, "the slots' initial values"
+            yield
+        except BaseException:
+            self._pending_slots, self._pending_origin, self._first_dtype = before
+            raise
 
     def initial_slots(self, params: Sequence[npt.NDArray[Any]]) -> dict[str, list[npt.NDArray[Any]]] | None:
         """The slots' values before the first step, for parameters ``params`` (host copies),
@@ -529,34 +542,40 @@ class Keras3Optimizer(Optimizer):
         if self._excluded_patterns and names is None and self._names is None:
             raise ValueError("exclude_from_weight_decay(var_names=...) matches parameter names: pass names= to the step")
         for kind, values in (("average", self._averages), ("gradient accumulator", self._accumulators)):
-            if values is not None and [(v.shape, v.dtype) for v in values] != [(p.shape, p.dtype) for p in params]:
-                raise ValueError(f"the {kind}s belong to parameters of other shapes or dtypes than these")
+            if values is None:
+                continue
+            if len(values) != len(params) or [v.shape for v in values] != [p.shape for p in params]:
+                raise ValueError(f"the {kind}s belong to parameters of other counts or shapes than these")
+            for i, (v, p) in enumerate(zip(values, params)):
+                if v.dtype != p.dtype:
+                    raise TypeError(f"parameter {i} has dtype {p.dtype}, but its {kind} has dtype {v.dtype}")
 
-    def _processed(self, backend: Any, grads: list[Any], present: list[int]) -> list[Any] | None:
+    def _processed(
+        self, backend: Any, grads: list[Any], present: list[int], accumulators: list[npt.NDArray[Any]] | None
+    ) -> tuple[list[Any] | None, list[npt.NDArray[Any]] | None]:
         """The gradients ``update_step`` sees (Keras's preprocessing), or None on a call
-        that only accumulates. The user's arrays are never written."""
+        that only accumulates; and the accumulators after this call (new arrays: the
+        caller keeps them once the step is done). The user's arrays are never written."""
         hyper = self._hyper
         steps = hyper["gradient_accumulation_steps"]
         needed = hyper["loss_scale_factor"] is not None or steps or any(hyper[k] for k in ("clipnorm", "global_clipnorm", "clipvalue"))
         if not needed:
-            return grads
+            return grads, accumulators
         on_host = [backend.to_host(g) for g in grads]
         if hyper["loss_scale_factor"] is not None:
             on_host = gradients.unscaled(on_host, hyper["loss_scale_factor"])
         if steps:
-            assert self._accumulators is not None
-            if (self._calls + 1) % steps:
-                for i in present:  # only accumulate
-                    self._accumulators[i] = on_host[i] + self._accumulators[i]
-                return None
-            on_host = gradients.accumulated(on_host, self._accumulators, steps)
-            self._accumulators = [np.zeros_like(a) for a in self._accumulators]
+            assert accumulators is not None
+            if (self._calls + 1) % steps:  # only accumulate
+                return None, [on_host[i] + a if i in present else a for i, a in enumerate(accumulators)]
+            on_host = gradients.accumulated(on_host, accumulators, steps)
+            accumulators = [np.zeros_like(a) for a in accumulators]
         kept = gradients.clipped([on_host[i] for i in present], hyper["clipnorm"], hyper["global_clipnorm"], hyper["clipvalue"])
         for i, g in zip(present, kept):
             on_host[i] = g
         if backend is devices.CPU:
-            return on_host
-        return [self._to_device(backend, g) for g in on_host]
+            return on_host, accumulators
+        return [self._to_device(backend, g) for g in on_host], accumulators
 
     @staticmethod
     def _to_device(backend: Any, host: npt.NDArray[Any]) -> Any:

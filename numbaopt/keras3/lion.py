@@ -18,12 +18,13 @@ from numbaopt.state import Slot
 
 
 def lion_rule(p: float, g: float, m: float, weight_decay: float, lr: float, beta_1: float, one_minus_beta_1: float,
-              beta_2: float, one_minus_beta_2: float) -> tuple[float, float]:
-    """One element of Lion; returns the new (p, m). Compiled for the CPU and for CUDA."""
+              beta_2: float, one_minus_beta_2: float, one: float) -> tuple[float, float]:
+    """One element of Lion; returns the new (p, m). Compiled for the CPU and for CUDA
+    (``one`` is 1 in the parameters' dtype: a literal would make float32 kernels float64)."""
     if weight_decay != 0:
         p = p - p * weight_decay * lr
     c = m * beta_1 + g * one_minus_beta_1
-    sign = 1.0 if c > 0 else (-1.0 if c < 0 else c)  # 0 and NaN stay, as tf.sign's
+    sign = one if c > 0 else (-one if c < 0 else c)  # 0 and NaN stay, as tf.sign's
     return p - lr * sign, m * beta_2 + g * one_minus_beta_2
 
 
@@ -48,4 +49,4 @@ class Lion(Keras3Optimizer):
     @staticmethod
     def step_scalars(h: StepInputs, dtype: type[np.floating[Any]]) -> tuple[np.floating[Any] | bool, ...]:
         one, beta_1, beta_2 = dtype(1.0), float32_setting(h.beta_1, dtype), float32_setting(h.beta_2, dtype)
-        return float32_setting(h.weight_decay, dtype), dtype(h.lr), beta_1, one - beta_1, beta_2, one - beta_2
+        return float32_setting(h.weight_decay, dtype), dtype(h.lr), beta_1, one - beta_1, beta_2, one - beta_2, one

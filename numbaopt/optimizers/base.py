@@ -306,7 +306,7 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
             dtypes = tuple(np.dtype(dtype) for _, dtype in state.parameters)
             check_slots_match(self.slots, state.slots, shapes, dtypes, "load_state")
         self.set_weights(weights)
-        if state.parameters is not None and self._slots is None and state.slots:
+        if state.parameters is not None and self._slots is None and (state.slots or not self.slots):
             self._pending_parameters = tuple((tuple(shape), str(dtype)) for shape, dtype in state.parameters)
         if state.names is not None:
             self.set_parameter_names(state.names)
@@ -322,9 +322,17 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
             n_params = self._slots.n_params
         elif self._pending_slots is not None:
             n_params = len(next(iter(self._pending_slots.values())))
+        elif self._pending_parameters is not None:  # an optimizer that keeps no slots, loaded
+            n_params = len(self._pending_parameters)
         else:
             raise ValueError("set_parameter_names: no parameters yet; pass names= to apply_gradients instead")
         self._names = names_tuple(names, n_params)
+
+    def hyperparameter_values(self) -> dict[str, Any]:
+        """The hyperparameters as given (checked), by name: what ``get_config`` reports,
+        before a family's config rounds or renames any (Keras 3 reports its learning rate
+        as the float32 it keeps)."""
+        return dict(self._hyper)
 
     @locked
     def get_weights(self) -> list[npt.NDArray[Any]]:

@@ -369,6 +369,11 @@ class TFOptimizer:
             self.set_weights([np.array(self._iterations, np.int64), *arrays.values()])
 
     @classmethod
+    def declared_slots(cls, config: dict[str, Any]) -> tuple[Slot, ...]:
+        """No slots, whatever the config: the state is the wrapped optimizer's variables."""
+        return cls.slots
+
+    @classmethod
     def from_checkpoint_config(cls, config: dict[str, Any], wrapped: Any = None, **options: Any) -> TFOptimizer:
         """A TFOptimizer around ``wrapped``, a freshly built TensorFlow optimizer of the recorded kind.
 

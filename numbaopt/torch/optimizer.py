@@ -65,7 +65,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             raise TypeError(f"{type(self).__name__} takes no device argument: the step runs where the tensors live")
         self._core = self.core(*args, **kwargs)  # the core's checks and aliases; it holds the state
         self._core.check_part_stepping()
-        config = self._core.get_config()
+        config = self._core.hyperparameter_values()
         # A group's keys are the core's settings a part of a step may set, with torch's
         # ``lr`` for the learning rate (torch's schedulers write it), whatever the core calls it.
         self._settable: dict[str, Hyperparameter] = {
