@@ -10,7 +10,7 @@ import pytest
 
 from numbaopt import keras3
 from numbaopt.keras3 import schedules
-from tests.keras3_cases import CLASSES, CUSTOM, KERAS_CONFIG_KEYS, KERAS_SIGNATURES, NAMES, NOT_BITWISE
+from tests.keras3_cases import CLASSES, CUSTOM, KERAS_CONFIG_KEYS, KERAS_SIGNATURES, NAMES, NOT_BITWISE, TENSOR_WISE
 
 pytestmark = pytest.mark.keras
 
@@ -62,6 +62,8 @@ def test_steps_equal_keras_in_float64(keras, name):
     rng = np.random.default_rng(0)
     shapes = [(3, 2), (4,)]
     for kwargs in [{}, *CUSTOM.get(name, [])]:
+        if name == "Muon":  # Keras on TensorFlow fails on float64 Muon matrices otherwise (muon.py says why)
+            kwargs = {**kwargs, "rms_rate": None}
         start = [rng.normal(size=s) for s in shapes]
         steps = [[0.3 * rng.normal(size=s) for s in shapes] for _ in range(4)]
         variables = [keras.Variable(p, dtype="float64") for p in start]
@@ -72,7 +74,8 @@ def test_steps_equal_keras_in_float64(keras, name):
             theirs.apply([keras.ops.convert_to_tensor(g, dtype="float64") for g in grads], variables)
             ours.apply(grads, params)
         for v, p in zip(variables, params):
-            if name in NOT_BITWISE:  # TensorFlow's pow (Eigen's) is not the C library's: last-bit differences
+            if name in NOT_BITWISE or name in TENSOR_WISE:  # TensorFlow's pow (Eigen's) is not the C library's,
+                # and its sums over a tensor (norms, means) add in another order: last-bit differences
                 np.testing.assert_allclose(p, np.asarray(v.numpy()), rtol=1e-12, atol=0, err_msg=str(kwargs))
             else:
                 np.testing.assert_array_equal(np.asarray(v.numpy()), p, err_msg=str(kwargs))
