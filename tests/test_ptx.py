@@ -11,6 +11,7 @@ import pytest
 
 from numbaopt import optimizers
 from numbaopt.clipping import clip_arguments
+from numbaopt.phases import ElementPass
 from tests.cases import DTYPES, NAMES
 
 pytestmark = [pytest.mark.cuda, pytest.mark.ptx]
@@ -92,7 +93,6 @@ def test_phase_kernels_compile(kernels, dtype, monkeypatch):
     """The element and tensor passes of optimizers whose state has other shapes
     (``tests/extending_shapes.py``), as ``SlotStore.run_phases`` launches them."""
     from numbaopt import registry
-    from numbaopt.phases import ElementPass
     from tests import extending_shapes
 
     monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))
@@ -128,13 +128,29 @@ KERAS3_VARIANTS = _keras3_variants()
 def test_keras3_update_kernel_compiles(kernels, case, dtype):
     opt = dict(KERAS3_VARIANTS)[case]
     dt = numba.from_dtype(np.dtype(dtype))
-    kernel = kernels.update_kernel(opt.rule, len(opt.slot_names)).kernel
     clip = numba.typeof(clip_arguments(1.0, 0.5, 2.0, dtype))
     scalars = numba.typeof(opt.step_scalars(opt.step_inputs(), dtype))
-    signature = (numba.int64[::1], numba.int64[::1], dt[:, ::1], numba.int64[::1], numba.int64[:, ::1], clip, scalars, dt[::1])
-    ptx = compile_ptx(kernel, signature)
-    assert ".entry" in ptx
-    if dtype == np.float32:
-        assert ".f64" not in ptx, f"{case}'s update kernel does float64 arithmetic on float32 parameters"
+    i64, i64_2d = numba.int64[::1], numba.int64[:, ::1]
+    if opt.phases:  # a kernel per phase (Lamb, Adafactor)
+        n_element = sum(slot.shape == "element" for slot in opt.slots)
+        compiled = []
+        for phase in opt.phases:
+            if isinstance(phase, ElementPass):
+                launcher = kernels.phase_kernel("element", phase.rule, n_element)
+                signature = (i64, i64, dt[:, ::1], i64, i64_2d, clip, scalars, dt[::1], dt[::1], i64, numba.int64)
+            else:
+                launcher = kernels.phase_kernel("tensor", phase.function, len(opt.slots))
+                signature = (i64, i64, dt[::1], i64_2d, i64_2d, i64_2d, i64, clip, scalars, dt[::1])
+            # A tensor pass may sum in float64 on purpose (Lamb's norms, Adafactor's means:
+            # closer to TensorFlow's tree sums than a float32 loop); element passes may not.
+            compiled.append((compile_ptx(launcher.kernel, signature), isinstance(phase, ElementPass)))
     else:
-        assert ".f64" in ptx
+        kernel = kernels.update_kernel(opt.rule, len(opt.slot_names)).kernel
+        signature = (i64, i64, dt[:, ::1], i64, i64_2d, clip, scalars, dt[::1])
+        compiled = [(compile_ptx(kernel, signature), True)]
+    for ptx, per_element in compiled:
+        assert ".entry" in ptx
+        if dtype == np.float32 and per_element:
+            assert ".f64" not in ptx, f"{case}'s kernel does float64 arithmetic on float32 parameters"
+        elif dtype == np.float64:
+            assert ".f64" in ptx

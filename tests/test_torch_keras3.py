@@ -10,7 +10,13 @@ import numbaopt
 import numbaopt.torch as nt
 import numbaopt.torch.keras3 as ntk
 from numbaopt.keras3 import schedules
-from tests.keras3_cases import CLASSES, CUSTOM, DTYPES, NAMES
+from tests.keras3_cases import CLASSES, CUSTOM, DTYPES
+from tests.keras3_cases import NAMES as ALL_NAMES
+
+#: Muon routes parameters by their Keras paths and orthogonalizes whole matrices: it steps
+#: by apply_gradients only, and refuses torch's steps by parts (test below).
+NOT_BY_PARTS = ("Muon",)
+NAMES = tuple(name for name in ALL_NAMES if name not in NOT_BY_PARTS)
 from tests.test_torch import assert_same, backward, host, model
 
 pytestmark = pytest.mark.torch
@@ -37,7 +43,7 @@ def assert_same_slots(opt, core):
 
 
 def test_every_registered_keras3_optimizer_has_a_torch_class():
-    assert sorted(ntk.__all__) == sorted(NAMES)
+    assert sorted(ntk.__all__) == sorted(ALL_NAMES)
     for name in NAMES:
         cls = getattr(ntk, name)
         assert issubclass(cls, torch.optim.Optimizer) and cls.core is CLASSES[name]
@@ -172,3 +178,9 @@ def test_a_run_moves_from_the_numpy_api_to_torch_through_a_checkpoint(name, tmp_
     for kind, values in core.state().slots.items():
         for a, b in zip(back.state().slots[kind], values):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", NOT_BY_PARTS, ids=str.lower)
+def test_an_optimizer_that_needs_whole_steps_is_refused_saying_why(name):
+    with pytest.raises(ValueError, match="not by parts"):
+        getattr(ntk, name)(model(np.float32).parameters())

@@ -275,6 +275,14 @@ class Keras3Optimizer(Optimizer):
             super().apply_shard(pairs, global_norm)
             self._calls += 1
 
+    def set_weights(self, weights: Iterable[npt.ArrayLike]) -> None:
+        """``Optimizer.set_weights``; Keras's step count follows ``iterations`` (accumulation
+        state is not in the weights list, nor in ``load_state``'s: a checkpoint's arrays
+        give it back after)."""
+        with self._lock:
+            super().set_weights(weights)
+            self._calls = self._iterations
+
     @classmethod
     def declared_slots(cls, config: dict[str, Any]) -> tuple[Slot, ...]:
         return cls.variant(cls._config_arguments(config)).slots
