@@ -176,6 +176,7 @@ class ShardedOptimizer:
             if type(optimizer) in registered():
                 raise TypeError(f"{name} cannot be sharded: its state is the wrapped optimizer's own variables, not slots split by element")
             raise TypeError(f"ShardedOptimizer needs one of numbaopt's optimizers ({', '.join(c.__name__ for c in rule_based())}), got {name}")
+        optimizer.check_part_stepping()  # what a shard of a step cannot do, refused before anything starts
         _check_comm_and_timeout(comm, timeout)
         if optimizer.get_config().get("device") == "cuda":
             raise ValueError("ShardedOptimizer steps NumPy parameters on the CPU; the optimizer has device='cuda'")

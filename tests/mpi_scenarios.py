@@ -143,6 +143,9 @@ def keras3_parity(folder):
     names = [f"layer{i}/kernel" for i in range(len(SHAPES))]
     for case, name, kwargs in keras3_cases.configurations():
         cls = keras3_cases.CLASSES[name]
+        if name == "Muon":  # routes by Keras paths, orthogonalizes whole matrices: refused when wrapped
+            expect_everywhere(ValueError, lambda: ShardedOptimizer(cls(**kwargs), COMM), "not by parts")
+            continue
         for dtype in (np.float32, np.float64):
             dtypes = [dtype] * len(SHAPES)
             params, reference = parameters(SHAPES, dtypes), parameters(SHAPES, dtypes)
@@ -151,7 +154,6 @@ def keras3_parity(folder):
                 run_both(sharded, single, params, reference, SHAPES, dtypes, steps=4, names=names)
             except AssertionError as error:
                 raise AssertionError(f"{case} {np.dtype(dtype).name}: {error}") from error
-    dtypes = [np.float32] * len(SHAPES)
     refused = [({"clipnorm": 1.0}, "clipnorm"), ({"global_clipnorm": 1.0}, "global_clipnorm"),
                ({"clipvalue": 0.1}, "clipvalue"), ({"use_ema": True}, "use_ema"),
                ({"gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
@@ -159,17 +161,12 @@ def keras3_parity(folder):
                ({"learning_rate": schedules.ExponentialDecay(0.01, 10, 0.9)}, "schedule")]
     for name, cls in keras3_cases.CLASSES.items():
         for kwargs, contains in refused:
-            params = parameters(SHAPES, dtypes)
-            before = [p.copy() for p in params]
-            sharded = ShardedOptimizer(cls(**kwargs), COMM)
-            grads = gradients(0, RANK, SHAPES, dtypes)
-            expect_everywhere(ValueError, lambda: sharded.apply_gradients(zip(grads, params), names=names), contains)
-            assert sharded.iterations == 0 and all(p.tobytes() == q.tobytes() for p, q in zip(params, before)), name
+            expect_everywhere(ValueError, lambda: ShardedOptimizer(cls(**kwargs), COMM),
+                              "not by parts" if name == "Muon" else contains)
         inner = cls(weight_decay=0.01)
         inner.exclude_from_weight_decay(var_names=["layer1"])
-        sharded = ShardedOptimizer(inner, COMM)
-        expect_everywhere(ValueError, lambda: sharded.apply_gradients(zip(grads, params), names=names), "exclude_from_weight_decay")
-        assert sharded.iterations == 0
+        expect_everywhere(ValueError, lambda: ShardedOptimizer(inner, COMM),
+                          "not by parts" if name == "Muon" else "exclude_from_weight_decay")
 
 
 def expect_everywhere(kind, call, contains):

@@ -254,6 +254,9 @@ class Keras3Optimizer(Optimizer):
         if isinstance(self._hyper["learning_rate"], schedules.LearningRateSchedule):
             raise ValueError("a learning-rate schedule runs in Keras 3's apply(); in torch, give a float "
                              "learning_rate and a torch.optim.lr_scheduler")
+        if self._excluded_patterns or self._excluded_ids:
+            raise ValueError("exclude_from_weight_decay matches whole parameters by name, which a step by parts or "
+                             "shards does not see: in torch, put them in a param group with weight_decay=None")
 
     def apply_gradient_parts(self, grads: Sequence[Any], params: Sequence[Any], parts: Sequence[tuple[Mapping[str, Any], Sequence[int]]],
                              *, grad_addresses: npt.NDArray[np.int64] | None = None) -> None:
@@ -268,8 +271,6 @@ class Keras3Optimizer(Optimizer):
         """The update over a shard of a step (``ShardedOptimizer``), without Keras 3's
         processing around it, which the sharded step cannot split (refused, as for torch)."""
         self.check_part_stepping()
-        if self._excluded_patterns or self._excluded_ids:
-            raise ValueError("exclude_from_weight_decay matches whole parameters by name; a sharded step sees pieces")
         pairs = list(grads_and_vars)
         with self._lock, self._first_step([p for _, p in pairs]):
             super().apply_shard(pairs, global_norm)
