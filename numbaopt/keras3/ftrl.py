@@ -30,8 +30,11 @@ def ftrl_rule(p: float, g: float, n: float, z: float, weight_decay: float, lr: f
         p = p - p * weight_decay * lr
     grad_to_use = g + two_shrinkage * p
     new_n = n + g * g
-    new_n_power = math.pow(new_n, power)
-    z = z + (grad_to_use - ((new_n_power - math.pow(n, power)) / lr) * p)
+    if power == 0.5:  # the default: sqrt is pow's correctly rounded value, at a tenth of the time
+        new_n_power, n_power = math.sqrt(new_n), math.sqrt(n)
+    else:
+        new_n_power, n_power = math.pow(new_n, power), math.pow(n, power)
+    z = z + (grad_to_use - ((new_n_power - n_power) / lr) * p)
     quadratic = new_n_power / lr + two_l2
     clipped = min(max(z, -l1), l1)
     return (clipped - z) / quadratic, new_n, z
