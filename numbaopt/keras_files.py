@@ -40,8 +40,11 @@ import numpy as np
 import numpy.typing as npt
 
 from numbaopt import checkpoint
+from numbaopt import keras3_files
 from numbaopt.checkpoint import CheckpointError
 from numbaopt.declarations import KerasClass, keras_description
+from numbaopt.keras3.base import Keras3Optimizer
+from numbaopt.keras3_files import Keras3File
 from numbaopt.keras_reading import (
     ATTRIBUTE_LIMIT as _ATTRIBUTE_LIMIT,
     LARGEST_JSON as _LARGEST_JSON,
@@ -102,7 +105,7 @@ class KerasOptimizerFile(NamedTuple):
 # ----------------------------------------------------------------------- import
 
 
-def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer, dict[str, npt.NDArray[Any]]]:
+def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer | Keras3Optimizer, dict[str, npt.NDArray[Any]]]:
     """The optimizer saved in a Keras model file, and the model's trainable weights.
 
     Returns ``(optimizer, params)``: a numbaopt optimizer of the file's class and config
@@ -117,6 +120,11 @@ def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer, dic
     numbaopt cannot reproduce exactly.
     """
     found = read_keras_file(path)
+    if isinstance(found, Keras3File):
+        return keras3_files.build(found)
+    if zipfile.is_zipfile(found.path):  # a tf-keras legacy optimizer in a .keras file
+        warnings.warn(f"{found.path}: tf-keras saves a legacy optimizer in a .keras file without its state; "
+                      f"{found.keras_class} starts afresh (iteration 0, zero slots)", KerasStateNotSaved, stacklevel=2)
     optimizer = found.optimizer_class(**found.arguments)
     weights: list[npt.NDArray[Any]] = [np.array(0 if found.iterations is None else found.iterations.value, np.int64)]
     for name, _ in optimizer.scalar_state:
@@ -138,14 +146,14 @@ def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer, dic
     return optimizer, params
 
 
-def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile:
+def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile | Keras3File:
     """The optimizer state of the Keras model file at ``path``, checked (see ``import_keras_optimizer``)."""
     path = os.fspath(path)
     try:
         if not os.path.isfile(path):
             raise CheckpointError("no such file" if not os.path.exists(path) else "not a regular file")
         if zipfile.is_zipfile(path):
-            return _isolated(_read_keras3, path)
+            return _isolated(_read_zip, path)
         return _isolated(_read_h5, path)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from error.__cause__
@@ -262,16 +270,27 @@ def _reaped(pid: int, kill: bool = False) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
-def describe(found: KerasOptimizerFile) -> str:
+def describe(found: KerasOptimizerFile | Keras3File) -> str:
     """Which Keras wrote the file, in words."""
-    kind = "Keras 3 .keras file" if found.generation == "keras3" else "tf-keras .h5 model file"
-    return f"{kind}, {_GENERATION_NAMES[found.generation]}"
+    suffix = ".keras" if zipfile.is_zipfile(found.path) else ".h5"
+    kind = f"{'Keras 3' if found.generation == 'keras3' else 'tf-keras'} {suffix} model file"
+    words = f"{kind}, {_GENERATION_NAMES[found.generation]}"
+    if isinstance(found, Keras3File) and found.loss_scaled:
+        words += " in a LossScaleOptimizer (its inner state)"
+    if isinstance(found, KerasOptimizerFile) and suffix == ".keras":
+        words += " (tf-keras saves no state for it in a .keras file: it starts afresh)"
+    return words
+
+
+class KerasStateNotSaved(UserWarning):
+    """The file holds the optimizer's class and settings but not its state (tf-keras's legacy
+    optimizers in a ``.keras`` file): the imported optimizer starts afresh."""
 
 
 # ------------------------------------------------------------- tf-keras .h5 files
 
 
-def _read_h5(path: str) -> KerasOptimizerFile:
+def _read_h5(path: str) -> KerasOptimizerFile | Keras3File:
     import h5py
 
     with _reading("the file"):
@@ -285,7 +304,12 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         training_config = _json_attribute(f, "training_config")
         optimizer_config = training_config.get("optimizer_config")
         class_name, config = _class_and_config(optimizer_config, "training_config's optimizer_config")
+        version = _text(f.attrs["keras_version"]) if "keras_version" in f.attrs else ""
         generation = "new" if config.get("is_legacy_optimizer") is False else "legacy"
+        if version.startswith("3.") or "inner_optimizer" in config:
+            generation = "keras3"
+        if generation != "legacy":  # into numbaopt.keras3, the class of the same name
+            return keras3_files.read_h5(path, f, generation, optimizer_config, _model_weights(f))
         keras_class = class_name.removeprefix("Custom>") if generation == "new" else class_name
         keras = _supported(generation, keras_class, class_name)
         model_weights = _model_weights(f)
@@ -446,59 +470,27 @@ def _check_slot_shapes(names: tuple[str, ...], weights: Mapping[str, _Stored], s
 # ------------------------------------------------------------- Keras 3 .keras files
 
 
-def _read_keras3(path: str) -> KerasOptimizerFile:
+def _read_zip(path: str) -> KerasOptimizerFile | Keras3File:
+    """A ``.keras`` file: Keras 3's or tf-keras's new-style optimizer into numbaopt.keras3; a
+    tf-keras legacy optimizer, which tf-keras saves in a ``.keras`` file without its
+    state, as a fresh Keras 2.0 optimizer (``iterations`` None) over the trainable weights."""
     import h5py
 
-    with _reading("the zip"):
-        with zipfile.ZipFile(path) as archive:
-            config_text = _zip_member(archive, "config.json", _LARGEST_JSON)
-            weights_bytes = _zip_member(archive, "model.weights.h5")
-    model_config = _json_text(config_text, "config.json")
-    compile_config = model_config.get("compile_config")
-    if not isinstance(compile_config, dict):
-        raise CheckpointError("config.json has no compile_config: the model was saved without an optimizer")
-    description = compile_config.get("optimizer")
-    class_name, config = _class_and_config(description, "config.json's compile_config optimizer")
-    module = description.get("module") if isinstance(description, dict) else None
-    registered = description.get("registered_name") if isinstance(description, dict) else None
-    if module != "keras.optimizers" or registered not in (None, class_name):
-        raise _Refused(f"cannot import the optimizer class {class_name!r} from module {module!r}: "
-                         f"a custom optimizer class is not imported")
-    keras = _supported("keras3", class_name, class_name)
-    layer_names = _layer_order(model_config)
+    parts = keras3_files.zip_parts(path)
+    generation, description = keras3_files.zip_optimizer(parts)
+    if generation != "legacy":
+        return keras3_files.read_zip(path, parts, generation, description)
+    class_name, config = _class_and_config(description, "config.json's optimizer")
+    if description.get("module") not in (None, "keras.optimizers.legacy") or description.get("registered_name") not in (None, class_name):
+        raise _Refused(f"cannot import the optimizer class {class_name!r} from module {description.get('module')!r}: "
+                       f"a custom optimizer class is user code, not imported")
+    _supported("legacy", class_name, class_name)
     with _reading("model.weights.h5"):
-        f = h5py.File(io.BytesIO(weights_bytes), "r")
+        f = h5py.File(io.BytesIO(parts.weights), "r")
     with f, _reading("model.weights.h5"):
-        variables = _keras3_variables(f, layer_names)
-        group = _group(f, "optimizer")
-        opt_vars = _group(group, "vars") if group is not None else None
-        if opt_vars is None:
-            raise CheckpointError("model.weights.h5 holds no optimizer variables (group optimizer/vars)")
-        with _reading("optimizer/vars"):
-            count = len(opt_vars)
-        values = [_Stored(f"optimizer/vars/{i}", _dataset(opt_vars, str(i), f"optimizer/vars/{i}")) for i in range(count)]
-    if len(values) < 2 or values[0].value.shape != () or values[0].value.dtype.kind not in "iu":
-        raise CheckpointError("optimizer/vars does not begin with the iteration count and the learning rate")
-    iterations, slot_values = values[0], values[2:]
-    if not 0 <= int(iterations.value) < 2**63:
-        raise CheckpointError(f"optimizer/vars/0 is not an iteration count: {iterations.value!r}")
-    unused = keras_description(optimizer_class(class_name)).unused_slots  # slots Keras 3 builds only when they act
-    kinds = [kind for kind in keras.slots if kind not in unused or _setting(config, unused[kind]) != 0]
-    if not slot_values:  # saved before the first step: Keras 3 builds the slots then
-        kinds = []
-    if len(slot_values) != len(kinds) * len(variables):
-        raise CheckpointError(
-            f"optimizer/vars holds {len(slot_values)} slots, but {class_name} keeps {len(kinds)} for each of the "
-            f"{len(variables)} variables found in the layers: cannot match them (non-trainable or nested layers?)"
-        )
-    names = tuple(variables)
-    slots: dict[str, list[_Stored]] = {kind: [] for kind in kinds}
-    for i, name in enumerate(names):
-        for k, kind in enumerate(kinds):  # Keras 3 interleaves the kinds, variable by variable
-            slots[kind].append(slot_values[i * len(kinds) + k])
-    _check_slot_shapes(names, variables, slots)
-    arguments = _arguments(class_name, "keras3", config, bool(kinds), _is_float64(variables))
-    return KerasOptimizerFile(path, "keras3", class_name, config, arguments, iterations, {}, names, variables, slots)
+        weights = {w.name: w.stored for w in keras3_files.zip_weights(f, parts.model_config) if w.trainable is not False}
+    arguments = _arguments(class_name, "legacy", config, False, _is_float64(weights))
+    return KerasOptimizerFile(path, "legacy", class_name, config, arguments, None, {}, tuple(weights), weights, {})
 
 
 def _setting(config: Mapping[str, Any], key: str) -> float:
