@@ -238,7 +238,9 @@ def read_state(
     for entry, stored, i in zip(entries, variables, range(len(entries))):
         value = stored.value
         expected = f"{entry.dtype}{list(entry.shape)}"
-        if value.shape != entry.shape or value.dtype != entry.dtype:
+        if entry.kind == "iteration" and value.shape == () and value.dtype.kind in "iu":
+            pass  # int64 on TensorFlow, int32 on JAX and torch
+        elif value.shape != entry.shape or value.dtype != entry.dtype:
             raise CheckpointError(f"{stored.path} is {value.dtype}{list(value.shape)}, but {keras_class}'s variable "
                                   f"{entry.path} there is {expected}")
         if variable_names is not None and generation == "keras3" and not variable_names[i].endswith(entry.path):
@@ -302,7 +304,7 @@ def build(found: Keras3File) -> tuple[Keras3Optimizer, dict[str, npt.NDArray[Any
         scalars={name: float(found.scalars[name].value) if name in found.scalars else float(default)
                  for name, default in optimizer.scalar_state},
         slots={kind: [np.array(s.value, copy=True) for s in stored] for kind, stored in found.slots.items()},
-        names=found.names,
+        names=found.names if optimizer.slot_names else None,  # names bind to slots; a slot-free one takes them at its step
         parameters=tuple((p.shape, p.dtype.name) for p in params.values()),
     )
     try:
@@ -310,7 +312,7 @@ def build(found: Keras3File) -> tuple[Keras3Optimizer, dict[str, npt.NDArray[Any
         arrays = {key: np.array(s.value, copy=True) for key, s in found.arrays.items()}
         arrays["calls"] = np.array(calls, np.int64)
         optimizer.load_checkpoint_arrays(arrays)
-        if found.names:
+        if found.names and optimizer.slot_names:
             optimizer.set_parameter_names(found.names)
         if found.learning_rate is not None:
             optimizer.learning_rate = float(found.learning_rate.value)

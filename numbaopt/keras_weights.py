@@ -82,7 +82,7 @@ def split(
         (keras2_scalars, ["iterations"] if cls.keras2_iterations else []),
     ):
         rest = len(weights) - n_scalars
-        if rest < 0 or rest % n_kinds:
+        if rest < 0 or (rest % n_kinds if n_kinds else rest):  # an optimizer without slots (SGD at momentum 0)
             continue
         if n_params is not None and rest != n_params * n_kinds:
             continue
@@ -101,7 +101,7 @@ def split(
         raise ValueError(f"{_class_name(cls)}.set_weights got {len(weights)} arrays, expected {expected}")
     n_scalars, names = candidates[0]
     scalars = dict(zip(names, weights[:n_scalars]))
-    per_kind = (len(weights) - n_scalars) // n_kinds
+    per_kind = (len(weights) - n_scalars) // n_kinds if n_kinds else 0
     slot_lists = {
         kind: weights[n_scalars + k * per_kind : n_scalars + (k + 1) * per_kind]
         for k, kind in enumerate(cls.slot_names)
