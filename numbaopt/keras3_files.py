@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import keras3
 from numbaopt.checkpoint import CheckpointError
 from numbaopt.keras3 import naming, schedules
 from numbaopt.keras3.base import Keras3Optimizer
@@ -107,11 +106,13 @@ class Entry(NamedTuple):
 # ------------------------------------------------------------------ the optimizer
 
 
-def optimizer_from(description: object, generation: str, where: str) -> tuple[Keras3Optimizer, str, dict[str, Any], bool]:
+def optimizer_from(
+    description: object, generation: str, where: str, stepped: bool = True
+) -> tuple[Keras3Optimizer, str, dict[str, Any], bool]:
     """The numbaopt.keras3 optimizer a file's optimizer description builds, its Keras class,
     its config, and whether it sat inside a LossScaleOptimizer. ValueError (``Refused``)
     naming the class or setting numbaopt cannot reproduce; CheckpointError for a config
-    that is no optimizer's."""
+    that is no optimizer's. ``stepped``: whether the file holds state beyond the step count."""
     class_name, config = class_and_config(description, where)
     loss_scaled = class_name in ("LossScaleOptimizer", "LossScaleOptimizerV3")
     if loss_scaled:
@@ -127,6 +128,8 @@ def optimizer_from(description: object, generation: str, where: str) -> tuple[Ke
     except ValueError:
         raise Refused(f"cannot import the optimizer class {class_name!r} ({GENERATION_NAMES[generation]}): "
                       f"numbaopt.keras3 has no such class; a custom or other class is not imported") from None
+    if generation == "new" and stepped and cls.tf_keras_file_refused:
+        raise Refused(f"cannot import the tf-keras new-style {keras_class}: {cls.tf_keras_file_refused}")
     learning_rate = config.get("learning_rate")
     if isinstance(learning_rate, str):
         raise Refused(f"the {keras_class}'s learning rate is the Python function {learning_rate!r}: user code, not imported")
@@ -180,8 +183,10 @@ def layout(optimizer: Keras3Optimizer, generation: str, names: Sequence[str], pa
         entries += [Entry(naming.slot_path(name, n, kind), kind, i, p.shape, p.dtype) for i, (n, p) in enumerate(zip(names, params))]
     declared = {slot.name: slot for slot in optimizer.slots}
     groups = type(optimizer).keras_build or (optimizer.slot_names,)
-    if generation == "new" and type(optimizer).__name__ == "SGD" and "momentum" not in declared:
-        groups, declared = (("momentum",),), {"momentum": keras3.SGD(momentum=0.5).slots[0]}
+    unused = [slot for slot in type(optimizer).tf_keras_unused_slots if slot.name not in declared]
+    if generation == "new" and unused:  # read from the file, then dropped
+        groups = groups + (tuple(slot.name for slot in unused),)
+        declared = {**declared, **{slot.name: slot for slot in unused}}
     for group_kinds in groups:
         present = [kind for kind in group_kinds if kind in declared]
         for i, (n, p) in enumerate(zip(names, params)):
@@ -207,11 +212,7 @@ def read_state(
     """The checked optimizer state of a file: ``description`` its optimizer's (``module``,
     ``class_name``, ``config``), ``weights`` the model's variables in the model's order,
     ``variables`` the optimizer's in Keras's order (named ``variable_names`` where the file names them)."""
-    optimizer, keras_class, config, loss_scaled = optimizer_from(description, generation, where)
-    if keras_class == "Nadam" and generation == "new" and _stepped(variables):
-        raise Refused("cannot import the tf-keras new-style Nadam: tf-keras does not save its running product "
-                      "u_product, so no continuation of the file is exact (Keras's own differs between eager and "
-                      "tf.function runs)")
+    optimizer, keras_class, config, loss_scaled = optimizer_from(description, generation, where, _stepped(variables))
     trainable = _trainable(weights, optimizer, generation, variable_names)
     names = tuple(w.name for w in trainable)
     values = [w.stored.value for w in trainable]

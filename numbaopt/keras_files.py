@@ -630,8 +630,9 @@ def export_keras_optimizer(
                         f"returns), got {type(parameters).__name__}")
     read_from = checkpoint.file_identity(path)  # the file this export reads, and must copy (another export may replace it)
     found = read_keras_file(path)
-    if found.generation == "keras3":
-        raise ValueError(f"{found.path}: export writes tf-keras .h5 model files; a Keras 3 .keras file is import-only")
+    if isinstance(found, Keras3File) or zipfile.is_zipfile(found.path):
+        raise ValueError(f"{found.path}: export writes tf-keras legacy optimizers into .h5 model files; "
+                         f"a {describe(found)} is import-only for now")
     if found.optimizer_class is not type(optimizer):
         raise ValueError(f"{found.path} holds a {found.keras_class} optimizer; cannot write a {type(optimizer).__name__} into it")
     state = optimizer.state()
