@@ -94,11 +94,11 @@ class Weight(NamedTuple):
 class Entry(NamedTuple):
     """One of the variables the optimizer keeps, in Keras's order: what it holds (``kind``:
     ``iteration``, ``learning_rate``, ``average``, ``gradient_accumulator``, a slot kind,
-    or ``scalar:<name>``), for which parameter (``index``), and its Keras path, shape and dtype."""
+    or ``scalar:<name>``), for which parameter, and its Keras path, shape and dtype."""
 
     path: str
     kind: str
-    index: int
+    parameter: int  # -1: none
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
 
@@ -257,10 +257,10 @@ def read_state(
         elif entry.kind.startswith("scalar:"):
             scalars[entry.kind.removeprefix("scalar:")] = stored
         elif entry.kind in ("average", "gradient_accumulator"):
-            arrays[f"{entry.kind}.{entry.index:06d}"] = stored
+            arrays[f"{entry.kind}.{entry.parameter:06d}"] = stored
         elif entry.kind in slots:
-            like = slots[entry.kind][entry.index].value
-            slots[entry.kind][entry.index] = Stored(stored.path, value.astype(like.dtype).reshape(like.shape))
+            like = slots[entry.kind][entry.parameter].value
+            slots[entry.kind][entry.parameter] = Stored(stored.path, value.astype(like.dtype).reshape(like.shape))
         # else: a slot tf-keras builds that has no effect at these settings (SGD's momentum at 0)
     if fresh:
         slots, arrays = {}, {}
@@ -316,7 +316,7 @@ def build(found: Keras3File) -> tuple[Keras3Optimizer, dict[str, npt.NDArray[Any
         if found.names and optimizer.slot_names:
             optimizer.set_parameter_names(found.names)
         if found.learning_rate is not None:
-            optimizer.learning_rate = float(found.learning_rate.value)
+            setattr(optimizer, "learning_rate", float(found.learning_rate.value))  # Keras's variable, set as a user does
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{found.path}: the optimizer's variables do not fit {found.keras_class}: {error}") from error
     optimizer.set_state_origin(f"importing the Keras model file {found.path}")
