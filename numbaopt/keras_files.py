@@ -40,8 +40,29 @@ import numpy as np
 import numpy.typing as npt
 
 from numbaopt import checkpoint
+from numbaopt import keras3_files
 from numbaopt.checkpoint import CheckpointError
 from numbaopt.declarations import KerasClass, keras_description
+from numbaopt.keras3.base import Keras3Optimizer
+from numbaopt.keras3_files import Keras3File
+from numbaopt.keras_reading import (
+    ATTRIBUTE_LIMIT as _ATTRIBUTE_LIMIT,
+    LARGEST_JSON as _LARGEST_JSON,
+    LARGEST_ZIP_RATIO as _LARGEST_ZIP_RATIO,
+    Refused as _Refused,
+    Stored as _Stored,
+    check_finite as _check_finite,
+    class_and_config as _class_and_config,
+    dataset as _dataset,
+    group as _group,
+    json_attribute as _json_attribute,
+    json_text as _json_text,
+    names_attribute as _names_attribute,  # noqa: F401
+    reading as _reading,
+    text as _text,
+    write_names as _write_names,  # noqa: F401
+    zip_member as _zip_member,
+)
 from numbaopt.optimizers import Optimizer, rule_based
 from numbaopt.registry import optimizer_class
 
@@ -52,21 +73,8 @@ _GENERATION_NAMES = {
     "keras3": "Keras 3 optimizer",
 }
 
-#: The largest JSON text read from a file's attribute or config.json; a model's config is kilobytes.
-_LARGEST_JSON = 16 * 2**20
-
-#: Deflate cannot compress more than about 1032:1, so a zip member declaring more is not a real one.
-_LARGEST_ZIP_RATIO = 1100
-
 
 _T = TypeVar("_T")
-
-
-class _Stored(NamedTuple):
-    """A value read from the file, and the path of its dataset (where an export writes it)."""
-
-    path: str  # the dataset's path in the HDF5 file (in model.weights.h5 for a .keras file)
-    value: npt.NDArray[Any]
 
 
 class KerasOptimizerFile(NamedTuple):
@@ -97,7 +105,7 @@ class KerasOptimizerFile(NamedTuple):
 # ----------------------------------------------------------------------- import
 
 
-def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer, dict[str, npt.NDArray[Any]]]:
+def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer | Keras3Optimizer, dict[str, npt.NDArray[Any]]]:
     """The optimizer saved in a Keras model file, and the model's trainable weights.
 
     Returns ``(optimizer, params)``: a numbaopt optimizer of the file's class and config
@@ -112,6 +120,11 @@ def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer, dic
     numbaopt cannot reproduce exactly.
     """
     found = read_keras_file(path)
+    if isinstance(found, Keras3File):
+        return keras3_files.build(found)
+    if zipfile.is_zipfile(found.path):  # a tf-keras legacy optimizer in a .keras file
+        warnings.warn(f"{found.path}: tf-keras saves a legacy optimizer in a .keras file without its state; "
+                      f"{found.keras_class} starts afresh (iteration 0, zero slots)", KerasStateNotSaved, stacklevel=2)
     optimizer = found.optimizer_class(**found.arguments)
     weights: list[npt.NDArray[Any]] = [np.array(0 if found.iterations is None else found.iterations.value, np.int64)]
     for name, _ in optimizer.scalar_state:
@@ -133,14 +146,14 @@ def import_keras_optimizer(path: str | os.PathLike[str]) -> tuple[Optimizer, dic
     return optimizer, params
 
 
-def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile:
+def read_keras_file(path: str | os.PathLike[str]) -> KerasOptimizerFile | Keras3File:
     """The optimizer state of the Keras model file at ``path``, checked (see ``import_keras_optimizer``)."""
     path = os.fspath(path)
     try:
         if not os.path.isfile(path):
             raise CheckpointError("no such file" if not os.path.exists(path) else "not a regular file")
         if zipfile.is_zipfile(path):
-            return _isolated(_read_keras3, path)
+            return _isolated(_read_zip, path)
         return _isolated(_read_h5, path)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from error.__cause__
@@ -257,32 +270,27 @@ def _reaped(pid: int, kill: bool = False) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
-class _Refused(ValueError):
-    """A file's optimizer that numbaopt does not reproduce: passes through ``_reading`` as the ValueError it is."""
-
-
-@contextlib.contextmanager
-def _reading(where: str) -> Iterator[None]:
-    """Turn whatever h5py, zipfile, JSON or NumPy raise on a damaged file into a CheckpointError naming ``where``."""
-    try:
-        yield
-    except (CheckpointError, _Refused):
-        raise
-    except (OSError, KeyError, IndexError, ValueError, TypeError, RuntimeError, UnicodeError, EOFError,
-            zipfile.BadZipFile, zipfile.LargeZipFile) as error:
-        raise CheckpointError(f"cannot read {where}: {error}") from error
-
-
-def describe(found: KerasOptimizerFile) -> str:
+def describe(found: KerasOptimizerFile | Keras3File) -> str:
     """Which Keras wrote the file, in words."""
-    kind = "Keras 3 .keras file" if found.generation == "keras3" else "tf-keras .h5 model file"
-    return f"{kind}, {_GENERATION_NAMES[found.generation]}"
+    suffix = ".keras" if zipfile.is_zipfile(found.path) else ".h5"
+    kind = f"{'Keras 3' if found.generation == 'keras3' else 'tf-keras'} {suffix} model file"
+    words = f"{kind}, {_GENERATION_NAMES[found.generation]}"
+    if isinstance(found, Keras3File) and found.loss_scaled:
+        words += " in a LossScaleOptimizer (its inner state)"
+    if isinstance(found, KerasOptimizerFile) and suffix == ".keras":
+        words += " (tf-keras saves no state for it in a .keras file: it starts afresh)"
+    return words
+
+
+class KerasStateNotSaved(UserWarning):
+    """The file holds the optimizer's class and settings but not its state (tf-keras's legacy
+    optimizers in a ``.keras`` file): the imported optimizer starts afresh."""
 
 
 # ------------------------------------------------------------- tf-keras .h5 files
 
 
-def _read_h5(path: str) -> KerasOptimizerFile:
+def _read_h5(path: str) -> KerasOptimizerFile | Keras3File:
     import h5py
 
     with _reading("the file"):
@@ -296,7 +304,12 @@ def _read_h5(path: str) -> KerasOptimizerFile:
         training_config = _json_attribute(f, "training_config")
         optimizer_config = training_config.get("optimizer_config")
         class_name, config = _class_and_config(optimizer_config, "training_config's optimizer_config")
+        version = _text(f.attrs["keras_version"]) if "keras_version" in f.attrs else ""
         generation = "new" if config.get("is_legacy_optimizer") is False else "legacy"
+        if version.startswith("3.") or "inner_optimizer" in config:
+            generation = "keras3"
+        if generation != "legacy":  # into numbaopt.keras3, the class of the same name
+            return keras3_files.read_h5(path, f, generation, optimizer_config, _model_weights(f))
         keras_class = class_name.removeprefix("Custom>") if generation == "new" else class_name
         keras = _supported(generation, keras_class, class_name)
         model_weights = _model_weights(f)
@@ -325,53 +338,6 @@ def _read_h5(path: str) -> KerasOptimizerFile:
     return KerasOptimizerFile(path, generation, keras_class, config, arguments, iterations, scalars, names, weights, slots)
 
 
-def _json_attribute(f: Any, key: str) -> dict[str, Any]:
-    where = f"attribute {key}"
-    with _reading(where):
-        value = f.attrs[key]
-        if isinstance(value, np.ndarray) and value.shape == ():
-            value = value[()]
-        if isinstance(value, bytes):
-            value = value.decode("utf8")
-        if not isinstance(value, str):
-            raise CheckpointError(f"{where} is not a string")
-        return _json_text(value, where)
-
-
-def _json_text(text: str | bytes, where: str) -> dict[str, Any]:
-    if len(text) > _LARGEST_JSON:
-        raise CheckpointError(f"{where} is {len(text)} bytes long; a Keras config is far smaller")
-    with _reading(where):
-        value = json.loads(text)
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{where} is not a JSON object")
-    return value
-
-
-def _class_and_config(description: object, where: str) -> tuple[str, dict[str, Any]]:
-    if not isinstance(description, dict):
-        raise CheckpointError(f"{where} is missing or not an object: the model was saved without an optimizer")
-    class_name, config = description.get("class_name"), description.get("config")
-    if not isinstance(class_name, str) or not isinstance(config, dict):
-        raise CheckpointError(f"{where} has no class_name string and config object")
-    _check_finite(config, where)
-    return class_name, config
-
-
-def _check_finite(value: object, where: str) -> None:
-    """Every number of a config is finite: NaN or an infinity there is damage, not a setting.
-    (A loop, not recursion: a config nested deeper than Python's recursion limit is still only data.)"""
-    pending: list[tuple[object, str]] = [(value, where)]
-    while pending:
-        item, place = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise CheckpointError(f"{place} holds {item!r}")
-        if isinstance(item, dict):
-            pending += [(v, f"{place}, key {k!r}") for k, v in item.items()]
-        elif isinstance(item, list):
-            pending += [(v, place) for v in item]
-
-
 def _supported(generation: str, keras_class: str, class_name: str) -> KerasClass:
     """What the optimizer of the class's name declares about the class (its slot names...), or a
     ValueError saying why it is not imported."""
@@ -387,59 +353,6 @@ def _supported(generation: str, keras_class: str, class_name: str) -> KerasClass
             imported.append(cls.__name__)
     raise _Refused(f"cannot import the optimizer class {class_name!r} ({_GENERATION_NAMES[generation]}): numbaopt "
                    f"imports only {', '.join(imported)}, whose update is Keras 2.0's; a custom or other class is not imported")
-
-
-def _group(parent: Any, key: str) -> Any:
-    """A subgroup stored in this file, or None when absent."""
-    with _reading(key):
-        if key not in parent:
-            return None
-    return checkpoint.stored_member(parent, key, key, group=True)
-
-
-def _names_attribute(group: Any, key: str, where: str) -> list[str]:
-    """A list-of-names attribute as tf-keras writes it, split into ``key0``, ``key1``... when long."""
-    with _reading(f"attribute {key} on {where}"):
-        if key in group.attrs:
-            chunks = [group.attrs[key]]
-        else:
-            chunks = []
-            while f"{key}{len(chunks)}" in group.attrs:
-                chunks.append(group.attrs[f"{key}{len(chunks)}"])
-        names: list[str] = []
-        for chunk in chunks:
-            values = np.asarray(chunk)
-            if values.ndim != 1 and values.size:
-                raise CheckpointError(f"attribute {key} on {where} is not a list of names")
-            for value in values.ravel().tolist():
-                if isinstance(value, bytes):
-                    value = value.decode("utf8")
-                if not isinstance(value, str):
-                    raise CheckpointError(f"attribute {key} on {where} holds {value!r:.40}, not a name")
-                names.append(value)
-    if len(set(names)) != len(names):  # each name would be read again: a small file could fill the memory
-        raise CheckpointError(f"attribute {key} on {where} names an entry twice")
-    return names
-
-
-def _dataset(parent: Any, key: str, where: str) -> npt.NDArray[Any]:
-    """The value of a dataset stored plainly in this file."""
-    import h5py
-
-    with _reading(where):
-        link = parent.get(key, getlink=True)
-        if link is None:
-            raise CheckpointError(f"{where} is missing")
-        if not isinstance(link, h5py.HardLink):
-            raise CheckpointError(f"{where} is a {type(link).__name__}; a model file holds only its own data")
-        dataset = parent[key]
-        if not isinstance(dataset, h5py.Dataset):
-            raise CheckpointError(f"{where} is not a dataset")
-        if dataset.dtype.kind not in "fiu" or dataset.dtype.itemsize > 8:
-            raise CheckpointError(f"{where} has dtype {dataset.dtype}, not a number")
-    checkpoint.check_stored_plainly(dataset, where)  # contiguous, unfiltered: no more bytes than the file holds
-    with _reading(where):
-        return np.asarray(dataset[()])
 
 
 def _model_weights(f: Any) -> dict[str, _Stored]:
@@ -557,80 +470,27 @@ def _check_slot_shapes(names: tuple[str, ...], weights: Mapping[str, _Stored], s
 # ------------------------------------------------------------- Keras 3 .keras files
 
 
-def _read_keras3(path: str) -> KerasOptimizerFile:
+def _read_zip(path: str) -> KerasOptimizerFile | Keras3File:
+    """A ``.keras`` file: Keras 3's or tf-keras's new-style optimizer into numbaopt.keras3; a
+    tf-keras legacy optimizer, which tf-keras saves in a ``.keras`` file without its
+    state, as a fresh Keras 2.0 optimizer (``iterations`` None) over the trainable weights."""
     import h5py
 
-    with _reading("the zip"):
-        with zipfile.ZipFile(path) as archive:
-            config_text = _zip_member(archive, "config.json", _LARGEST_JSON)
-            weights_bytes = _zip_member(archive, "model.weights.h5")
-    model_config = _json_text(config_text, "config.json")
-    compile_config = model_config.get("compile_config")
-    if not isinstance(compile_config, dict):
-        raise CheckpointError("config.json has no compile_config: the model was saved without an optimizer")
-    description = compile_config.get("optimizer")
-    class_name, config = _class_and_config(description, "config.json's compile_config optimizer")
-    module = description.get("module") if isinstance(description, dict) else None
-    registered = description.get("registered_name") if isinstance(description, dict) else None
-    if module != "keras.optimizers" or registered not in (None, class_name):
-        raise _Refused(f"cannot import the optimizer class {class_name!r} from module {module!r}: "
-                         f"a custom optimizer class is not imported")
-    keras = _supported("keras3", class_name, class_name)
-    layer_names = _layer_order(model_config)
+    parts = keras3_files.zip_parts(path)
+    generation, description = keras3_files.zip_optimizer(parts)
+    if generation != "legacy":
+        return keras3_files.read_zip(path, parts, generation, description)
+    class_name, config = _class_and_config(description, "config.json's optimizer")
+    if description.get("module") not in (None, "keras.optimizers.legacy") or description.get("registered_name") not in (None, class_name):
+        raise _Refused(f"cannot import the optimizer class {class_name!r} from module {description.get('module')!r}: "
+                       f"a custom optimizer class is user code, not imported")
+    _supported("legacy", class_name, class_name)
     with _reading("model.weights.h5"):
-        f = h5py.File(io.BytesIO(weights_bytes), "r")
+        f = h5py.File(io.BytesIO(parts.weights), "r")
     with f, _reading("model.weights.h5"):
-        variables = _keras3_variables(f, layer_names)
-        group = _group(f, "optimizer")
-        opt_vars = _group(group, "vars") if group is not None else None
-        if opt_vars is None:
-            raise CheckpointError("model.weights.h5 holds no optimizer variables (group optimizer/vars)")
-        with _reading("optimizer/vars"):
-            count = len(opt_vars)
-        values = [_Stored(f"optimizer/vars/{i}", _dataset(opt_vars, str(i), f"optimizer/vars/{i}")) for i in range(count)]
-    if len(values) < 2 or values[0].value.shape != () or values[0].value.dtype.kind not in "iu":
-        raise CheckpointError("optimizer/vars does not begin with the iteration count and the learning rate")
-    iterations, slot_values = values[0], values[2:]
-    if not 0 <= int(iterations.value) < 2**63:
-        raise CheckpointError(f"optimizer/vars/0 is not an iteration count: {iterations.value!r}")
-    unused = keras_description(optimizer_class(class_name)).unused_slots  # slots Keras 3 builds only when they act
-    kinds = [kind for kind in keras.slots if kind not in unused or _setting(config, unused[kind]) != 0]
-    if not slot_values:  # saved before the first step: Keras 3 builds the slots then
-        kinds = []
-    if len(slot_values) != len(kinds) * len(variables):
-        raise CheckpointError(
-            f"optimizer/vars holds {len(slot_values)} slots, but {class_name} keeps {len(kinds)} for each of the "
-            f"{len(variables)} variables found in the layers: cannot match them (non-trainable or nested layers?)"
-        )
-    names = tuple(variables)
-    slots: dict[str, list[_Stored]] = {kind: [] for kind in kinds}
-    for i, name in enumerate(names):
-        for k, kind in enumerate(kinds):  # Keras 3 interleaves the kinds, variable by variable
-            slots[kind].append(slot_values[i * len(kinds) + k])
-    _check_slot_shapes(names, variables, slots)
-    arguments = _arguments(class_name, "keras3", config, bool(kinds), _is_float64(variables))
-    return KerasOptimizerFile(path, "keras3", class_name, config, arguments, iterations, {}, names, variables, slots)
-
-
-def _zip_member(archive: zipfile.ZipFile, name: str, limit: int | None = None) -> bytes:
-    """The member ``name``, decompressed; a CheckpointError as soon as it is larger than
-    ``limit`` bytes (as its header declares it, or as it decompresses: a header can lie)."""
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
-        raise CheckpointError(f"the zip has no {name}: not a Keras 3 .keras file") from None
-    if info.file_size > _LARGEST_ZIP_RATIO * info.compress_size + 2**20:
-        raise CheckpointError(f"{name} claims {info.file_size} bytes from {info.compress_size}: not a real zip member")
-    if limit is None:
-        return archive.read(info)
-    too_large = CheckpointError(f"{name} is larger than {limit} bytes: not a model's config")
-    if info.file_size > limit:
-        raise too_large
-    with archive.open(info) as member:
-        data = member.read(limit + 1)
-    if len(data) > limit:
-        raise too_large
-    return data
+        weights = {w.name: w.stored for w in keras3_files.zip_weights(f, parts.model_config) if w.trainable is not False}
+    arguments = _arguments(class_name, "legacy", config, False, _is_float64(weights))
+    return KerasOptimizerFile(path, "legacy", class_name, config, arguments, None, {}, tuple(weights), weights, {})
 
 
 def _setting(config: Mapping[str, Any], key: str) -> float:
@@ -770,8 +630,9 @@ def export_keras_optimizer(
                         f"returns), got {type(parameters).__name__}")
     read_from = checkpoint.file_identity(path)  # the file this export reads, and must copy (another export may replace it)
     found = read_keras_file(path)
-    if found.generation == "keras3":
-        raise ValueError(f"{found.path}: export writes tf-keras .h5 model files; a Keras 3 .keras file is import-only")
+    if isinstance(found, Keras3File) or zipfile.is_zipfile(found.path):
+        raise ValueError(f"{found.path}: export writes tf-keras legacy optimizers into .h5 model files; "
+                         f"a {describe(found)} is import-only for now")
     if found.optimizer_class is not type(optimizer):
         raise ValueError(f"{found.path} holds a {found.keras_class} optimizer; cannot write a {type(optimizer).__name__} into it")
     state = optimizer.state()
@@ -974,25 +835,3 @@ def _replace_atomically(
         checkpoint.fsync_directory(os.path.dirname(target))
 
 
-#: tf-keras splits a list attribute into numbered parts above this many bytes (HDF5's object header limit).
-_ATTRIBUTE_LIMIT = 64512
-
-
-def _write_names(group: Any, key: str, names: list[str]) -> None:
-    """A list of names as tf-keras writes it (``save_attributes_to_hdf5_group``): UTF-8 strings
-    in one attribute, or in ``key0``, ``key1``... when they would pass the object header limit."""
-    size = sum(len(name.encode("utf8")) for name in names)
-    parts = 1
-    while size / parts > _ATTRIBUTE_LIMIT:
-        parts += 1
-    if parts == 1:
-        group.attrs[key] = names
-    else:
-        for i, part in enumerate(np.array_split(np.asarray(names, dtype=object), parts)):
-            group.attrs[f"{key}{i}"] = part.tolist()
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        value = value[()]
-    return value.decode("utf8") if isinstance(value, bytes) else str(value)

@@ -564,7 +564,7 @@ def test_a_huge_keras_config_is_refused_before_it_is_decompressed(tmp_path):
     tracemalloc.start()
     try:
         with pytest.raises(keras_files.CheckpointError, match="config.json is larger than 16777216 bytes"):
-            keras_files._read_keras3(str(path))
+            keras_files._read_zip(str(path))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -93,7 +93,7 @@ def test_an_exported_file_resumes_in_tf_keras_with_exactly_that_state(case, fres
             assert relative_error(variable.numpy(), reached) <= TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("case", ["legacy_adam", "new_adam", "legacy_nadam"])
+@pytest.mark.parametrize("case", ["legacy_adam", "legacy_nadam"])
 def test_exported_settings_are_the_ones_tf_keras_loads(case, tmp_path, tf_keras):
     opt, params = numbaopt.import_keras_optimizer(recorded(case)[0])
     opt.lr, opt.beta_1, opt.clipnorm = 0.125, 0.5, 1.0

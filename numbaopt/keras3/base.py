@@ -170,6 +170,11 @@ class Keras3Optimizer(Optimizer):
     #: How Keras's ``build`` adds the slots: groups added by one ``add_optimizer_variables``
     #: call, interleaved per parameter within a group (``keras_variables`` order).
     keras_build: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    #: tf-keras's new-style class of this name in a model file (``numbaopt.keras3_files``):
+    #: slots its ``build`` adds even where they have no effect (read, then dropped), and
+    #: why a file with its state is refused ("": imported).
+    tf_keras_unused_slots: ClassVar[tuple[Slot, ...]] = ()
+    tf_keras_file_refused: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         declared = {a.name for a in cls.arguments}

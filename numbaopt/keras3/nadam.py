@@ -55,6 +55,8 @@ class Nadam(Keras3Optimizer):
     scalar_state = (("u_product", 1.0),)
     rule = staticmethod(nadam_rule)
     scalar_state_advances_with = {"u_product": ("beta_1",)}
+    tf_keras_file_refused = ("tf-keras does not save its running product u_product, so no continuation of the file "
+                             "is exact (Keras's own differs between eager and tf.function runs)")
 
     @staticmethod
     def _u_product(h: StepInputs) -> Any:

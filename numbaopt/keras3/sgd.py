@@ -56,6 +56,8 @@ class SGD(Keras3Optimizer):
         if not isinstance(momentum, float) or momentum < 0 or momentum > 1:
             raise ValueError("`momentum` must be a float between [0, 1].")
 
+    tf_keras_unused_slots = (Slot("momentum"),)  # tf-keras builds it at momentum 0 too
+
     @classmethod
     def variant(cls, hyper: Any) -> Variant:
         if hyper["momentum"] != 0:
