@@ -96,23 +96,32 @@ def _numbaopt_step(name, settings, params, grads):
     return lambda: opt.apply_gradients(pairs)
 
 
-def element_wise(shapes, steps, with_roofline):
-    """Rows of (optimizer, numbaopt ms, roofline ms, torch ms, torch implementation)."""
+def element_wise(shapes, steps, with_roofline, rounds=3):
+    """Rows of (optimizer, numbaopt ms, roofline ms, torch ms, torch implementation).
+
+    numbaopt, the roofline and torch run in alternating rounds, so a burst of load from
+    elsewhere hits them alike; each figure is the median over every round's steps."""
     rng = np.random.default_rng(0)
     params = [rng.normal(size=s).astype(np.float32) for s in shapes]
     grads = [rng.normal(size=s).astype(np.float32) * 1e-3 for s in shapes]
     n = sum(p.size for p in params)
-    bandwidth = None
-    if with_roofline:
-        kernel = roofline.build(2, n, np.float32)
-        bandwidth = roofline.bytes_per_element(2, 4) * n / (_median_ms(kernel, steps) / 1e3)
+    roof = roofline.build(2, n, np.float32) if with_roofline else None
     rows = []
     for row, (name, settings) in ROWS.items():
-        ours = _median_ms(_numbaopt_step(name, settings, [p.copy() for p in params], grads), steps)
-        n_slots = len(getattr(keras3, name)(**settings).slots)
-        bound = None if bandwidth is None else roofline.bytes_per_element(n_slots, 4) * n / bandwidth * 1e3
+        ours_step = _numbaopt_step(name, settings, [p.copy() for p in params], grads)
         torch_step, variant = _torch_step(row, params, grads)
-        theirs = _median_ms(torch_step, steps) if torch_step is not None else None
+        times = {"numbaopt": [], "roofline": [], "torch": []}
+        for _ in range(rounds):
+            for key, step in (("numbaopt", ours_step), ("roofline", roof), ("torch", torch_step)):
+                if step is not None:
+                    times[key].append(_median_ms(step, max(steps // rounds, 3)))
+        ours = statistics.median(times["numbaopt"])
+        n_slots = len(getattr(keras3, name)(**settings).slots)
+        bound = None
+        if times["roofline"]:  # the 2-slot roofline's bandwidth, times this optimizer's bytes
+            bandwidth = roofline.bytes_per_element(2, 4) * n / (statistics.median(times["roofline"]) / 1e3)
+            bound = roofline.bytes_per_element(n_slots, 4) * n / bandwidth * 1e3
+        theirs = statistics.median(times["torch"]) if times["torch"] else None
         rows.append({"optimizer": row, "numbaopt_ms": ours, "roofline_ms": bound, "torch_ms": theirs, "torch": variant})
         print(f"  {row:18s} numbaopt {ours:8.3f} ms  roofline {bound if bound is None else round(bound, 3)!s:>8}  "
               f"torch {theirs if theirs is None else round(theirs, 3)!s:>8} ({variant})", flush=True)
