@@ -475,6 +475,13 @@ class Keras3Optimizer(Optimizer):
         grads = list(grads)
         if not grads:
             return
+        if self._slots is not None and trainable_variables is not None and self._update_alone():
+            # Nothing of Keras's processing to do: the step's own checks and its fast path.
+            pairs = list(zip(grads, trainable_variables))
+            if len(pairs) == len(grads) == len(trainable_variables) and all(g is not None for g in grads):
+                self._apply_gradients(pairs, names, None)
+                self._calls += 1
+                return
         if trainable_variables is None:
             if self._variables is None:
                 raise ValueError("When passing `grads` without `variables`, the optimizer must already be built on a list of variables.")
@@ -550,6 +557,15 @@ class Keras3Optimizer(Optimizer):
         where Keras's ``build`` does not start them at zero: every slot kind, one array per
         parameter. None: all zeros."""
         return None
+
+    def _update_alone(self) -> bool:
+        """Whether a step is the update alone: no setting of Keras's processing around it,
+        no weight-decay exclusion. Settings may change between steps, so asked every step."""
+        hyper = self._hyper
+        return not (
+            any(hyper[name] not in (None, False) for name in HOST_SETTINGS_INSTEAD)
+            or (hyper["weight_decay"] is not None and (self._excluded_patterns or self._excluded_ids))
+        )
 
     def _check_builds(self, params: Sequence[Any], names: tuple[str, ...] | None) -> None:
         """What must hold before the first step changes anything: names where the settings need them."""

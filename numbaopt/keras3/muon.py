@@ -203,6 +203,10 @@ class Muon(Keras3Optimizer):
 
     # -------------------------------------------------------------------- step
 
+    def _update_alone(self) -> bool:
+        """Never the kernels' plain step: the Muon path runs in ``_update``."""
+        return False
+
     def _update(self, grads: list[Any], params: list[Any], present: list[int], decayed: list[bool],
                 names: tuple[str, ...] | None) -> None:
         """The AdamW path in the kernels (its parts by weight decay), then the Muon path on the host."""
