@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from numbaopt import keras_files
 from numbaopt.checkpoint import Checkpoint, CheckpointError
+from numbaopt.keras3_files import Keras3File
 from numbaopt.sharded_checkpoint import read_any
 
 def main(path: str | os.PathLike[str]) -> int:
@@ -39,7 +40,7 @@ def main(path: str | os.PathLike[str]) -> int:
     return 0
 
 
-def keras_report(found: keras_files.KerasOptimizerFile) -> str:
+def keras_report(found: keras_files.KerasOptimizerFile | Keras3File) -> str:
     """The text ``numbaopt inspect`` prints for a Keras model file's optimizer."""
     lines = [
         f"keras file  {keras_files.describe(found)}",
@@ -47,15 +48,16 @@ def keras_report(found: keras_files.KerasOptimizerFile) -> str:
         f"config      {json.dumps(found.arguments, sort_keys=True)}",
         f"iterations  {0 if found.iterations is None else int(found.iterations.value)}",
     ]
-    for name, slot in found.scalars.items():
-        lines.append(f"{name:<11} {float(slot.value)!r}")
+    for name, stored in found.scalars.items():
+        lines.append(f"{name:<11} {float(stored.value)!r}")
     lines.append(f"parameters  {len(found.names)}")
     rows: list[tuple[str, ...]] = [("parameter", "slot", "shape", "dtype", "min", "max", "mean")]
     for i, name in enumerate(found.names):
         weight = found.weights[name].value
         rows.append((f"{i} {name}", "(weight)", str(weight.shape), weight.dtype.name, *_statistics(weight)))
         for kind, slots in found.slots.items():
-            rows.append((f"{i} {name}", kind, str(weight.shape), weight.dtype.name, *_statistics(slots[i].value)))
+            value = slots[i].value
+            rows.append((f"{i} {name}", kind, str(value.shape), value.dtype.name, *_statistics(value)))
     return "\n".join(lines + _table(rows))
 
 
