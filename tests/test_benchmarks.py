@@ -55,3 +55,20 @@ def test_the_load_benchmark_runs_reports_and_stops_its_busy_processes():
     for pid in results["busy_pids"]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_the_keras3_benchmark_measures_every_keras3_optimizer(tmp_path):
+    """Every registered Keras 3 optimizer is in one of its tables, but Muon, whose matrix
+    step is NumPy's BLAS (numbaopt.keras3.muon)."""
+    from numbaopt import registry
+
+    script = SUITE.parent / "keras3.py"
+    out = tmp_path / "keras3.json"
+    run = subprocess.run([sys.executable, str(script), "--n", "2000", "--steps", "6", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=script.parent)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out.read_text())
+    measured = {row["optimizer"].split()[0] for row in results["big"] + results["tensor_wise"]}
+    assert measured == {cls.__name__ for cls in registry.rule_based("keras3")} - {"Muon"}
+    for row in results["big"]:
+        assert row["numbaopt_ms"] > 0 and row["roofline_ms"] > 0
