@@ -60,7 +60,7 @@ def test_the_load_benchmark_runs_reports_and_stops_its_busy_processes():
 def test_the_keras3_benchmark_measures_every_keras3_optimizer(tmp_path):
     """Every registered Keras 3 optimizer is in one of its tables, but Muon, whose matrix
     step is NumPy's BLAS (numbaopt.keras3.muon)."""
-    from numbaopt import registry
+    from numbaopt import keras3, registry  # noqa: F401 - keras3 registers its family
 
     script = SUITE.parent / "keras3.py"
     out = tmp_path / "keras3.json"
