@@ -1,0 +1,115 @@
+"""Export a shipped Keras 3 or tf-keras new-style file after two numbaopt steps, load it in
+the Keras that wrote it, and continue both: ``python -m tests.keras_reload CASE FOLDER [fresh]``.
+
+Run in a process of its own (Keras 3 reads ``KERAS_BACKEND`` once, on import; the case's
+backend is set by the caller). Prints one JSON line: whether every optimizer variable and
+weight Keras loaded is bitwise the exported file's, and the largest relative difference
+between Keras's and numbaopt's weights over the remaining recorded steps.
+"""
+import io
+import json
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import numbaopt
+from numbaopt.keras_files import read_keras_file
+from tests.test_keras_files import recorded, relative_error
+
+
+def fresh_keras_copy(case, folder):
+    """A copy of a ``.keras`` case as Keras saves it before the first step: the step count
+    (and Keras 3's learning rate) alone."""
+    path = Path(folder) / recorded(case)[0].name
+    shutil.copyfile(recorded(case)[0], path)
+    with zipfile.ZipFile(path) as z:
+        members = [(info, z.read(info)) for info in z.infolist()]
+    keep = 2 if not case.startswith("tfk_") else 1
+    out = []
+    for info, data in members:
+        if info.filename == "model.weights.h5":
+            buffer = io.BytesIO(data)
+            with h5py.File(buffer, "r+") as f:
+                for key in [k for k in f["optimizer/vars"] if int(k) >= keep]:
+                    del f[f"optimizer/vars/{key}"]
+                f["optimizer/vars/0"][()] = 0
+            data = buffer.getvalue()
+        out.append((info, data))
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in out:
+            z.writestr(info, data)
+    return path
+
+
+def file_values(path):
+    """The optimizer variables of an exported file, in its order (``Keras3File.variables``)."""
+    found = read_keras_file(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            f = h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
+    else:
+        f = h5py.File(path, "r")
+    with f:
+        return found, [np.asarray(f[p][()]) for p in found.variables]
+
+
+def main(case, folder, fresh=False):
+    path, _, dtype, grads, weights = recorded(case)
+    opt, params = numbaopt.import_keras_optimizer(path)
+    names = list(params)
+    for g in grads[:2]:
+        opt.apply_gradients(zip(g, params.values()), names=names)
+    if fresh:
+        exported = fresh_keras_copy(case, folder)
+    else:
+        exported = Path(folder) / path.name
+        shutil.copyfile(path, exported)
+    numbaopt.export_keras_optimizer(opt, exported, parameters=params)
+    found, stored = file_values(exported)
+
+    if found.generation == "new":
+        import tensorflow as tf
+        import tf_keras as keras
+
+        tf.config.experimental.enable_op_determinism()
+        to_numpy, to_tensor = (lambda t: t.numpy()), tf.constant
+    else:
+        import keras
+
+        to_numpy, to_tensor = keras.ops.convert_to_numpy, keras.ops.convert_to_tensor
+    model = keras.models.load_model(exported)
+    optimizer = model.optimizer
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    loaded = [np.asarray(to_numpy(v)) for v in inner.variables]
+    same_state = len(loaded) == len(stored) and all(
+        a.shape == b.shape and (a.astype(b.dtype).tobytes() == b.tobytes()) for a, b in zip(loaded, stored))
+    variables = model.trainable_variables
+    same_weights = [np.asarray(to_numpy(v)).tobytes() for v in variables] == [params[n].tobytes() for n in names]
+    same_config = None
+    if found.generation == "keras3":
+        config = {k: v for k, v in inner.get_config().items() if k != "name"}
+        ours = {k: v for k, v in opt.get_config().items() if k in config and k != "name"}
+        same_config = all(config[k] == ours[k] for k in ours)
+    worst = 0.0
+    worst_keras = 0.0
+    for g, keras_weights in zip(grads[2:], weights[2:]):
+        scale = float(np.asarray(to_numpy(optimizer.scale_loss(1.0)))) if found.loss_scaled else 1.0
+        optimizer.apply_gradients(zip([to_tensor(x * np.asarray(scale, x.dtype)) for x in g], variables))
+        opt.apply_gradients(zip(g, params.values()), names=names)
+        for v, n, reached in zip(variables, names, keras_weights):
+            worst = max(worst, relative_error(params[n], np.asarray(to_numpy(v))))
+            worst_keras = max(worst_keras, relative_error(np.asarray(to_numpy(v)), reached))
+    print(json.dumps({"case": case, "fresh": fresh, "dtype": str(dtype), "state": same_state, "weights": same_weights,
+                      "config": same_config, "variables": len(stored), "loaded": len(loaded),
+                      "numbaopt_vs_keras": worst, "keras_vs_recorded": worst_keras}))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    main(sys.argv[1], sys.argv[2], fresh=len(sys.argv) > 3 and sys.argv[3] == "fresh")
