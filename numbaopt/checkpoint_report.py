@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from numbaopt import keras_files
 from numbaopt.checkpoint import Checkpoint, CheckpointError
+from numbaopt.keras3_files import Keras3File
 from numbaopt.sharded_checkpoint import read_any
 
 def main(path: str | os.PathLike[str]) -> int:
@@ -39,7 +40,7 @@ def main(path: str | os.PathLike[str]) -> int:
     return 0
 
 
-def keras_report(found: keras_files.KerasOptimizerFile) -> str:
+def keras_report(found: keras_files.KerasOptimizerFile | Keras3File) -> str:
     """The text ``numbaopt inspect`` prints for a Keras model file's optimizer."""
     lines = [
         f"keras file  {keras_files.describe(found)}",

@@ -97,11 +97,11 @@ def prepared(
     for path, (entry, value) in zip(paths, entries):
         assert value is not None  # laid out with values
         writes[path] = _fitting(value, entry, path, stored.get(path))
-    for name, value in (parameters or {}).items():
+    for name, given in (parameters or {}).items():
         if name not in found.weights:
             raise ValueError(f"parameters: {name!r} is no trainable variable of {where} "
                              f"(it has {', '.join(found.weights)})")
-        writes[found.weights[name].path] = _fitting(value, _like(found.weights[name]), f"parameters[{name!r}]", None)
+        writes[found.weights[name].path] = _fitting(given, _like(found.weights[name]), f"parameters[{name!r}]", None)
 
     def write(target: str, temporary: str) -> None:
         with open(target, "rb") as source:

@@ -202,8 +202,8 @@ def laid_out(
     if generation == "keras3" and config["gradient_accumulation_steps"]:
         kinds.append("gradient_accumulator")
     for kind in kinds:
-        held = None if values is None else values.averages if kind == "average" else values.accumulators
-        out += [(Entry(naming.slot_path(name, n, kind), kind, i, p.shape, p.dtype), None if held is None else held[i])
+        per_parameter = None if values is None else values.averages if kind == "average" else values.accumulators
+        out += [(Entry(naming.slot_path(name, n, kind), kind, i, p.shape, p.dtype), None if per_parameter is None else per_parameter[i])
                 for i, (n, p) in enumerate(zip(names, params))]
     declared = {slot.name: slot for slot in optimizer.slots}
     groups = type(optimizer).keras_build or (optimizer.slot_names,)

@@ -1,8 +1,8 @@
 """Export a shipped Keras 3 or tf-keras new-style file after two numbaopt steps, load it in
-the Keras that wrote it, and continue both: ``python -m tests.keras_reload CASE FOLDER [fresh]``.
+the Keras that wrote it, and continue both: ``python -m tests.keras_reload FOLDER CASE[:fresh]...``.
 
 Run in a process of its own (Keras 3 reads ``KERAS_BACKEND`` once, on import; the case's
-backend is set by the caller). Prints one JSON line: whether every optimizer variable and
+backend is set by the caller). Prints one JSON line per case: whether every optimizer variable and
 weight Keras loaded is bitwise the exported file's, and the largest relative difference
 between Keras's and numbaopt's weights over the remaining recorded steps.
 """
@@ -112,4 +112,12 @@ def main(case, folder, fresh=False):
 if __name__ == "__main__":
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    main(sys.argv[1], sys.argv[2], fresh=len(sys.argv) > 3 and sys.argv[3] == "fresh")
+    for argument in sys.argv[2:]:
+        case, _, how = argument.partition(":")
+        folder = Path(sys.argv[1]) / argument.replace(":", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            main(case, folder, fresh=how == "fresh")
+        except Exception as error:  # noqa: BLE001  (reported, and the next case runs)
+            print(json.dumps({"case": case, "fresh": how == "fresh", "error": f"{type(error).__name__}: {error}"}))
+        sys.stdout.flush()
