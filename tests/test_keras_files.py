@@ -556,7 +556,7 @@ def test_export_takes_parameters_as_a_dict(tmp_path):
     opt, params = stepped("legacy_adam")
     with pytest.raises(TypeError, match="dict"):
         numbaopt.export_keras_optimizer(opt, copy_of("legacy_adam", tmp_path), parameters=list(params.values()))
-    with pytest.raises(TypeError, match="Keras 2.0 optimizers"):
+    with pytest.raises(TypeError, match="Keras 2.0 or numbaopt.keras3 optimizers"):
         numbaopt.export_keras_optimizer(object(), copy_of("legacy_adam", tmp_path))
 
 
