@@ -24,8 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FRESH = ["k3_adam:fresh", "k3_adam_ema:fresh", "k3_adam_accumulation:fresh", "k3_adafactor:fresh", "tfk_adam_keras:fresh",
          "jax_adam:fresh", "torch_adam:fresh"]
 
-#: Keras 3's own load_model builds a fresh optimizer from a Keras 3 .h5 (it never restores the
-#: optimizer's variables, though the file holds them): only the weights are Keras's to load.
+#: Adam files exported with a learning rate and beta_1 set in numbaopt (written into the config).
+SETTINGS = ["k3_adam:settings", "tfk_adam_h5:settings", "tfk_adam_keras:settings", "k3_adam_loss_scale_rich:settings"]
+
+#: Keras 3's own load_model does not restore the optimizer of a Keras 3 .h5 (nor, in 3.15, compile it:
+#: its own files fail too), though the file holds the state: only the weights are Keras's to load.
 NOT_RESTORED_BY_KERAS = ("k3h5_",)
 
 
@@ -41,7 +44,7 @@ def reloaded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reload")
     results = {}
     for backend in ("tensorflow", "jax", "torch"):
-        cases = [c for c in CASES + FRESH if backend_of(c) == backend]
+        cases = [c for c in CASES + FRESH + SETTINGS if backend_of(c) == backend]
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3",
                "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
         proc = subprocess.run([sys.executable, "-m", "tests.keras_reload", str(folder), *cases], capture_output=True,
@@ -49,7 +52,8 @@ def reloaded(tmp_path_factory):
         for line in proc.stdout.splitlines():
             if line.startswith("{"):
                 result = json.loads(line)
-                results[f"{result['case']}{':fresh' if result['fresh'] else ''}"] = result
+                how = ":fresh" if result["fresh"] else ":settings" if result["settings"] else ""
+                results[f"{result['case']}{how}"] = result
         missing = backend != "tensorflow" and f"No module named '{backend}'" in proc.stderr
         assert proc.returncode == 0 or missing, proc.stderr[-3000:]
     return results
@@ -69,3 +73,12 @@ def test_keras_loads_the_export_and_continues_as_numbaopt_does(case, reloaded):
     bound = TOLERANCE[result["dtype"]]
     assert result["numbaopt_vs_keras"] <= bound, f"numbaopt and Keras {result['numbaopt_vs_keras']:.3g} apart"
     assert result["keras_vs_recorded"] <= bound
+
+
+@pytest.mark.parametrize("case", SETTINGS)
+def test_keras_builds_the_optimizer_with_the_exported_settings(case, reloaded):
+    result = reloaded[case]
+    assert "error" not in result, result.get("error")
+    assert (result["learning_rate"], result["beta_1"]) == (0.125, 0.5)
+    assert result["state"] and result["weights"] and result["config"] in (True, None)
+    assert result["numbaopt_vs_keras"] <= TOLERANCE[result["dtype"]]
