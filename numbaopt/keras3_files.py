@@ -166,21 +166,45 @@ def _check_stock(description: Any, class_name: str, generation: str) -> None:
 # ---------------------------------------------------------------------- layout
 
 
+class Values(NamedTuple):
+    """The state an export writes, per parameter in the file's order (``laid_out``)."""
+
+    calls: int  # Keras's step count (``iterations``)
+    learning_rate: float  # the float32 learning rate of the next step
+    averages: Sequence[npt.NDArray[Any]]  # use_ema
+    accumulators: Sequence[npt.NDArray[Any]]  # gradient accumulation
+    slots: Mapping[str, Sequence[npt.NDArray[Any]]]  # slot kind -> one per parameter
+    scalars: Mapping[str, float]  # scalar state (Nadam's u_product)
+
+
 def layout(optimizer: Keras3Optimizer, generation: str, names: Sequence[str], params: Sequence[npt.NDArray[Any]]) -> list[Entry]:
     """The variables ``optimizer`` keeps for parameters ``params`` (named ``names``), in the
     order of Keras's ``optimizer.variables`` (``keras_variables``); ``generation`` "new":
     tf-keras's new-style optimizer, which keeps no learning-rate variable, no gradient
     accumulators and no ``u_product``, and builds SGD's momentum even at momentum 0."""
+    return [entry for entry, _ in laid_out(optimizer, generation, names, params, None)]
+
+
+def laid_out(
+    optimizer: Keras3Optimizer, generation: str, names: Sequence[str], params: Sequence[npt.NDArray[Any]],
+    values: Values | None,
+) -> list[tuple[Entry, npt.NDArray[Any] | None]]:
+    """``layout``'s entries, each with its value from ``values`` (None without): the import
+    in reverse, for an export. A slot tf-keras builds that has no effect is zeros."""
     name = optimizer.name
     config = optimizer.get_config()
-    entries = [Entry(f"{name}/iteration", "iteration", -1, (), np.dtype(np.int64))]
+    out: list[tuple[Entry, npt.NDArray[Any] | None]] = [
+        (Entry(f"{name}/iteration", "iteration", -1, (), np.dtype(np.int64)), None if values is None else np.array(values.calls, np.int64))]
     if generation == "keras3" and not isinstance(config["learning_rate"], dict):
-        entries.append(Entry(f"{name}/learning_rate", "learning_rate", -1, (), np.dtype(np.float32)))
+        out.append((Entry(f"{name}/learning_rate", "learning_rate", -1, (), np.dtype(np.float32)),
+                    None if values is None else np.array(values.learning_rate, np.float32)))
     kinds = ["average"] if config["use_ema"] else []
     if generation == "keras3" and config["gradient_accumulation_steps"]:
         kinds.append("gradient_accumulator")
     for kind in kinds:
-        entries += [Entry(naming.slot_path(name, n, kind), kind, i, p.shape, p.dtype) for i, (n, p) in enumerate(zip(names, params))]
+        per_parameter = None if values is None else values.averages if kind == "average" else values.accumulators
+        out += [(Entry(naming.slot_path(name, n, kind), kind, i, p.shape, p.dtype), None if per_parameter is None else per_parameter[i])
+                for i, (n, p) in enumerate(zip(names, params))]
     declared = {slot.name: slot for slot in optimizer.slots}
     groups = type(optimizer).keras_build or (optimizer.slot_names,)
     unused = [slot for slot in type(optimizer).tf_keras_unused_slots if slot.name not in declared]
@@ -192,14 +216,23 @@ def layout(optimizer: Keras3Optimizer, generation: str, names: Sequence[str], pa
         for i, (n, p) in enumerate(zip(names, params)):
             for kind in present:
                 slot = declared[kind]
-                value = np.zeros(slot.shape_of(p.shape), slot.dtype_of(p.dtype))
-                for path, keras_value in optimizer.keras_slot_variables(kind, n, value):
-                    entries.append(Entry(path, kind, i, tuple(keras_value.shape), keras_value.dtype))
+                zeros = np.zeros(slot.shape_of(p.shape), slot.dtype_of(p.dtype))
+                variables = optimizer.keras_slot_variables(kind, n, zeros)
+                held: list[Any] = [None] * len(variables)
+                if values is not None and kind in values.slots:
+                    held = [v for _, v in optimizer.keras_slot_variables(kind, n, values.slots[kind][i])]
+                elif values is not None:  # tf-keras's slot without effect at these settings
+                    held = [v for _, v in variables]
+                if len(held) != len(variables):
+                    raise ValueError(f"{type(optimizer).__name__}'s slot {kind} of {n!r} does not fit that parameter")
+                out += [(Entry(path, kind, i, tuple(keras_value.shape), keras_value.dtype), value)
+                        for (path, keras_value), value in zip(variables, held)]
     if generation == "keras3" and optimizer.scalar_state and params:
         extras = optimizer.keras_extra_variables({s: v for s, v in optimizer.scalar_state})
         for (path, _), (scalar, _) in zip(extras, optimizer.scalar_state):
-            entries.append(Entry(path, f"scalar:{scalar}", -1, (), params[0].dtype))
-    return entries
+            value = None if values is None else np.array(values.scalars[scalar], params[0].dtype)
+            out.append((Entry(path, f"scalar:{scalar}", -1, (), params[0].dtype), value))
+    return out
 
 
 # ------------------------------------------------------------------ the state

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from numbaopt import checkpoint
-from numbaopt import keras3_files
+from numbaopt import keras3_export, keras3_files
 from numbaopt.checkpoint import CheckpointError
 from numbaopt.declarations import KerasClass, keras_description
 from numbaopt.keras3.base import Keras3Optimizer
@@ -611,28 +611,67 @@ def _arguments(
 
 
 def export_keras_optimizer(
-    optimizer: Optimizer, path: str | os.PathLike[str], parameters: Mapping[str, npt.ArrayLike] | None = None
+    optimizer: Optimizer | Keras3Optimizer, path: str | os.PathLike[str], parameters: Mapping[str, npt.ArrayLike] | None = None
 ) -> None:
-    """Write ``optimizer``'s state (and ``parameters``' values) into the tf-keras ``.h5`` model file at ``path``.
+    """Write ``optimizer``'s state (and ``parameters``' values) into the Keras model file at ``path``.
 
-    The file keeps its layout and optimizer generation (legacy or new-style), so
-    ``tf_keras.models.load_model(path)`` resumes training with exactly this state: the
-    iteration count, the scalar state (``scalar_state``), every slot (matched to the file's
-    variables by name when the optimizer has parameter names, else by position), the
-    optimizer's settings in ``training_config``, and each ``{name: array}`` of
-    ``parameters`` into the model weight of that name. Everything is checked before anything is written
+    The file keeps its format (``.h5`` or ``.keras``) and optimizer generation, so Keras's
+    ``load_model`` (the library that wrote it) resumes training with exactly this state:
+
+    * a tf-keras ``.h5`` with a legacy optimizer (``numbaopt.optimizers``): the iteration
+      count, the scalar state (``scalar_state``), every slot (matched to the file's
+      variables by name when the optimizer has parameter names, else by position) and the
+      optimizer's settings in ``training_config``;
+    * a Keras 3 ``.keras`` or ``.h5``, or a tf-keras ``.h5`` or ``.keras`` with a new-style
+      optimizer (``numbaopt.keras3``): every variable of Keras's ``optimizer.variables``
+      (``numbaopt.keras3_export``), the settings in the file's optimizer config;
+
+    and each ``{name: array}`` of ``parameters`` into the model variable of that name (as
+    ``import_keras_optimizer`` names them). Everything is checked before anything is written
     (ValueError naming what does not match), and the file is replaced atomically.
     """
-    if not isinstance(optimizer, Optimizer) or getattr(type(optimizer), "rule", None) is None:
-        raise TypeError(f"export_keras_optimizer needs one of numbaopt's Keras 2.0 optimizers, got {type(optimizer).__name__}")
+    if isinstance(optimizer, Keras3Optimizer):
+        pass
+    elif not isinstance(optimizer, Optimizer) or getattr(type(optimizer), "rule", None) is None:
+        raise TypeError(f"export_keras_optimizer needs one of numbaopt's Keras 2.0 or numbaopt.keras3 optimizers, "
+                        f"got {type(optimizer).__name__}")
     if parameters is not None and not isinstance(parameters, Mapping):
         raise TypeError(f"parameters must be a dict of variable name -> array (as import_keras_optimizer "
                         f"returns), got {type(parameters).__name__}")
     read_from = checkpoint.file_identity(path)  # the file this export reads, and must copy (another export may replace it)
     found = read_keras_file(path)
-    if isinstance(found, Keras3File) or zipfile.is_zipfile(found.path):
-        raise ValueError(f"{found.path}: export writes tf-keras legacy optimizers into .h5 model files; "
-                         f"a {describe(found)} is import-only for now")
+    try:
+        if isinstance(found, Keras3File):
+            if not isinstance(optimizer, Keras3Optimizer):
+                raise ValueError(f"{found.path} holds a {describe(found)}: it takes a numbaopt.keras3.{found.keras_class}, "
+                                 f"not a {type(optimizer).__module__}.{type(optimizer).__name__}")
+            write = keras3_export.prepared(optimizer, found, parameters, read_from)
+            target = os.path.realpath(found.path)
+            checkpoint.replace_file(target, lambda temporary: write(target, temporary))
+            with contextlib.suppress(OSError):
+                checkpoint.fsync_directory(os.path.dirname(target))
+        else:
+            _export_legacy(optimizer, found, parameters, read_from)
+    except _ReplacedMeanwhile:
+        # Another export replaced the file after this one read it: start again from that
+        # file, so that no file holds one export's settings with another's slots.
+        _EXPORTS.depth = getattr(_EXPORTS, "depth", 0) + 1
+        try:
+            if _EXPORTS.depth > _EXPORT_ATTEMPTS:
+                raise CheckpointError(f"{found.path}: other exports kept replacing the file; nothing was written") from None
+            export_keras_optimizer(optimizer, path, parameters)
+        finally:
+            _EXPORTS.depth -= 1
+
+
+def _export_legacy(
+    optimizer: Optimizer, found: KerasOptimizerFile, parameters: Mapping[str, npt.ArrayLike] | None,
+    read_from: tuple[int, int, int, int] | None,
+) -> None:
+    """Into a tf-keras ``.h5`` with a legacy optimizer (Keras 2.0's family)."""
+    if zipfile.is_zipfile(found.path):
+        raise ValueError(f"{found.path}: tf-keras saves a legacy optimizer in a .keras file without its state, and "
+                         f"loads none from it; export writes legacy optimizers into .h5 model files")
     if found.optimizer_class is not type(optimizer):
         raise ValueError(f"{found.path} holds a {found.keras_class} optimizer; cannot write a {type(optimizer).__name__} into it")
     state = optimizer.state()
@@ -657,18 +696,7 @@ def export_keras_optimizer(
             raise ValueError(f"parameters: {name!r} is no weight of {found.path} (it has {', '.join(found.weights)})")
         writes[found.weights[name].path] = _fitting(value, found.weights[name], f"parameters[{name!r}]")
     training_config = _training_config(optimizer, found)
-    try:
-        _replace_atomically(found.path, writes, training_config, created, read_from)
-    except _ReplacedMeanwhile:
-        # Another export replaced the file after this one read it: start again from that
-        # file, so that no file holds one export's settings with another's slots.
-        _EXPORTS.depth = getattr(_EXPORTS, "depth", 0) + 1
-        try:
-            if _EXPORTS.depth > _EXPORT_ATTEMPTS:
-                raise CheckpointError(f"{found.path}: other exports kept replacing the file; nothing was written") from None
-            export_keras_optimizer(optimizer, path, parameters)
-        finally:
-            _EXPORTS.depth -= 1
+    _replace_atomically(found.path, writes, training_config, created, read_from)
 
 
 #: How many times an export starts again while other exports replace the file under it.
@@ -676,8 +704,7 @@ _EXPORT_ATTEMPTS = 20
 _EXPORTS = threading.local()
 
 
-class _ReplacedMeanwhile(Exception):
-    """The file an export read was replaced before the export copied it."""
+_ReplacedMeanwhile = keras3_export.ReplacedMeanwhile
 
 
 def _laid_out(

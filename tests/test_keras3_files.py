@@ -7,9 +7,13 @@ decay, clipping, EMA, accumulation, loss scaling, a LossScaleOptimizer), plain a
 models (Embedding, Conv1D, LSTM, BatchNormalization, a nested model). Each is imported and
 continued with the gradients Keras used after saving; the weights must be Keras's.
 """
+import io
 import json
+import os
 import warnings
+import zipfile
 
+import h5py
 import numpy as np
 import pytest
 
@@ -145,3 +149,223 @@ def test_inspect_shows_the_files_optimizer_state(case, capsys):
     for name in found.names:
         for kind in found.slots:
             assert any(line.split()[1:3] == [name, kind] for line in out.splitlines() if line[:1].isdigit())
+
+
+# ----------------------------------------------------------------------- export
+
+
+def stepped(case, steps=2):
+    """Import ``case`` and apply its first recorded steps."""
+    path, _, _, grads, _ = recorded(case)
+    opt, params = numbaopt.import_keras_optimizer(path)
+    for g in grads[:steps]:
+        opt.apply_gradients(zip(g, params.values()), names=list(params))
+    return opt, params
+
+
+def same_state(a, b):
+    """Bitwise the same Keras variables (paths, dtypes, values) and settings."""
+    assert a.get_config() == b.get_config() and a.iterations == b.iterations
+    ours, theirs = a.keras_variables(), b.keras_variables()
+    assert [(p, v.dtype, v.shape) for p, v in ours] == [(p, v.dtype, v.shape) for p, v in theirs]
+    for (path, x), (_, y) in zip(ours, theirs):
+        assert x.tobytes() == y.tobytes(), path
+
+
+def zip_members(path):
+    with zipfile.ZipFile(path) as z:
+        return {info.filename: (z.read(info), info.compress_type, info.date_time) for info in z.infolist()}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_export_then_import_gives_back_the_state_bitwise(case, tmp_path):
+    """Every shipped kind (Keras 3 .keras and .h5 under each backend, tf-keras new-style .h5 and
+    .keras, every optimizer and base setting): export after two steps, import the copy, and
+    the state, settings and parameters are the exported ones; both continue alike."""
+    opt, params = stepped(case)
+    path = copy_of(case, tmp_path)
+    before = zip_members(path) if path.suffix == ".keras" else None
+    numbaopt.export_keras_optimizer(opt, path, parameters=params)
+    again, again_params = numbaopt.import_keras_optimizer(path)
+    same_state(opt, again)
+    assert list(again_params) == list(params)
+    for name in params:
+        assert params[name].tobytes() == again_params[name].tobytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left
+    if before is not None:  # every member but the weights as it was (the config too: no setting changed)
+        after = zip_members(path)
+        assert list(after) == list(before)
+        assert {k: v for k, v in after.items() if k != "model.weights.h5"} == {k: v for k, v in before.items() if k != "model.weights.h5"}
+    grads = recorded(case)[3]
+    for g in grads[2:]:
+        opt.apply_gradients(zip(g, params.values()), names=list(params))
+        again.apply_gradients(zip(g, again_params.values()), names=list(again_params))
+    same_state(opt, again)
+
+
+def test_a_loss_scale_optimizers_inner_state_is_written_in_both_copies(tmp_path):
+    opt, params = stepped("k3_adam_loss_scale_rich")
+    path = copy_of("k3_adam_loss_scale_rich", tmp_path)
+    numbaopt.export_keras_optimizer(opt, path, parameters=params)
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
+        inner = [f[f"optimizer/inner_optimizer/vars/{i}"][()] for i in range(len(f["optimizer/inner_optimizer/vars"]))]
+        outer = [f[f"optimizer/vars/{i}"][()] for i in range(len(f["optimizer/vars"]))]
+        assert len(outer) == len(inner) + 4 and int(inner[0]) == opt.iterations == 6
+        for a, b in zip(inner, outer[4:]):
+            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+        assert float(outer[3]) == 32768.0  # the loss scale's own variables as they were
+
+
+@pytest.mark.parametrize("case", ["k3_adam", "tfk_adam_h5", "tfk_adam_keras", "k3h5_adam", "k3_adam_loss_scale_rich"])
+def test_export_writes_changed_settings_into_the_files_config(case, tmp_path):
+    opt, params = stepped(case)
+    opt.learning_rate, opt.beta_1 = 0.125, 0.5
+    path = copy_of(case, tmp_path)
+    numbaopt.export_keras_optimizer(opt, path)
+    again, _ = numbaopt.import_keras_optimizer(path)
+    assert again.learning_rate == 0.125 and again.beta_1 == 0.5
+    same_state(opt, again)
+    assert read_keras_file(path).keras_config["learning_rate"] == 0.125
+
+
+def fresh_keras_copy(case, tmp_path):
+    """A ``.keras`` case as Keras saves it before the first step: the step count (and
+    Keras 3's learning rate) alone."""
+    from tests.keras_reload import fresh_keras_copy as make
+
+    return make(case, tmp_path)
+
+
+@pytest.mark.parametrize("case", ["k3_adam", "k3_adam_ema", "k3_adam_accumulation", "k3_adafactor", "k3_nadam",
+                                  "tfk_adam_keras", "tfk_adam_ema_keras", "jax_adam"])
+def test_export_into_a_keras_file_saved_before_the_first_step_lays_out_kerass_variables(case, tmp_path):
+    opt, params = stepped(case)
+    path = fresh_keras_copy(case, tmp_path)
+    assert numbaopt.import_keras_optimizer(path)[0].iterations == 0
+    numbaopt.export_keras_optimizer(opt, path, parameters=params)
+    again, _ = numbaopt.import_keras_optimizer(path)
+    same_state(opt, again)
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f, \
+            zipfile.ZipFile(recorded(case)[0]) as k, h5py.File(io.BytesIO(k.read("model.weights.h5")), "r") as keras_file:
+        # the variables Keras itself saves after a step: as many, of the same shapes and dtypes
+        ours, keras_own = f["optimizer/vars"], keras_file["optimizer/vars"]
+        assert sorted(ours, key=int) == sorted(keras_own, key=int)
+        assert all((ours[k].shape, ours[k].dtype) == (keras_own[k].shape, keras_own[k].dtype) for k in ours)
+
+
+def test_an_optimizer_not_yet_built_writes_the_variables_keras_builds(tmp_path):
+    _, params = numbaopt.import_keras_optimizer(recorded("k3_adam")[0])
+    opt = keras3.Adam(learning_rate=0.01, name="adam")  # unnamed: matched by position
+    path = copy_of("k3_adam", tmp_path)
+    numbaopt.export_keras_optimizer(opt, path)
+    found = read_keras_file(path)
+    assert int(found.iterations.value) == 0
+    assert all(not np.any(s.value) for stored in found.slots.values() for s in stored)
+
+
+def _set(opt, **settings):
+    for name, value in settings.items():
+        setattr(opt, name, value)
+    return opt
+
+
+def _renamed_params(opt, params):
+    opt.set_parameter_names([f"x{i}" for i in range(len(params))])
+    return opt, None
+
+
+def _excluding(opt, params):
+    fresh = keras3.AdamW.from_config(opt.get_config())
+    fresh.exclude_from_weight_decay(var_names=["bias"])
+    return fresh, None
+
+
+#: mismatch -> (case, make(opt, params) -> (optimizer to export, parameters=), what the ValueError says)
+EXPORT_MISMATCHES = {
+    "another class": ("k3_adam", lambda opt, params: (keras3.SGD(), None), "holds a Keras 3 optimizer Adam"),
+    "a Keras 2.0 optimizer": ("k3_adam", lambda opt, params: (numbaopt.optimizers.Adam(), None), "numbaopt.keras3.Adam"),
+    "amsgrad": ("k3_adam", lambda opt, params: (keras3.Adam(learning_rate=0.01, amsgrad=True, name="adam"), None), "amsgrad"),
+    "use_ema": ("k3_adam", lambda opt, params: (keras3.Adam(learning_rate=0.01, use_ema=True, name="adam"), None), "use_ema"),
+    "a schedule for a float": ("k3_adam", lambda opt, params: (keras3.Adam(
+        learning_rate=keras3.schedules.ExponentialDecay(0.1, 10, 0.5), name="adam"), None), "learning_rate"),
+    "Keras 3 arithmetic into tf-keras": ("tfk_adam_h5", lambda opt, params: (keras3.Adam(), None), "tf_keras=False"),
+    "tf-keras arithmetic into Keras 3": ("k3_adam", lambda opt, params: (keras3.Adam(tf_keras=True), None), "tf_keras=True"),
+    "a setting tf-keras lacks": ("tfk_adam_h5", lambda opt, params: (_set(opt, loss_scale_factor=2.0), None),
+                                 "loss_scale_factor"),
+    "other names": ("k3_adam", _renamed_params, "do not match"),
+    "fewer parameters": ("k3_adam", lambda opt, params: (_two(params), None), "2 parameters"),
+    "a parameter of another shape": ("k3_adam", lambda opt, params: (
+        opt, {"layers/dense/vars/1": np.zeros(5, np.float32)}), "shape"),
+    "a parameter of another dtype": ("k3_adam", lambda opt, params: (opt, {"layers/dense/vars/1": np.zeros(4)}), "dtype"),
+    "an unknown parameter": ("k3_adam", lambda opt, params: (opt, {"layers/dense/vars/7": np.zeros(4, np.float32)}),
+                             "no trainable variable"),
+    "exclusions from weight decay": ("k3_adamw", _excluding, "exclude"),
+}
+
+
+def _two(params):
+    opt = keras3.Adam(learning_rate=0.01, name="adam")
+    opt.apply_gradients([(np.ones_like(p), p.copy()) for p in list(params.values())[:2]])
+    return opt
+
+
+@pytest.mark.parametrize("mismatch", sorted(EXPORT_MISMATCHES))
+def test_export_refuses_a_mismatch_and_leaves_the_file_as_it_was(mismatch, tmp_path):
+    case, make, match = EXPORT_MISMATCHES[mismatch]
+    opt, params = stepped(case)
+    path = copy_of(case, tmp_path)
+    before = path.read_bytes()
+    exported, parameters = make(opt, params)
+    with pytest.raises(ValueError, match=match):
+        numbaopt.export_keras_optimizer(exported, path, parameters=parameters)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("case", ["tfk_adam_h5", "k3h5_adam", "k3_sgd_loss_scale"])
+def test_export_into_a_file_saved_before_the_first_step_is_refused_where_not_laid_out(case, tmp_path):
+    """An .h5 saved before the first step, and a LossScaleOptimizer's .keras, hold no slots to
+    write into; export lays out only a plain .keras file's."""
+    opt, params = stepped(case)
+    path = copy_of(case, tmp_path)
+    if path.suffix == ".keras":
+        path = fresh_keras_copy(case, tmp_path)
+        with zipfile.ZipFile(path) as z:
+            members = [(i, z.read(i)) for i in z.infolist()]
+        with zipfile.ZipFile(path, "w") as z:
+            for info, data in members:
+                if info.filename == "model.weights.h5":
+                    buffer = io.BytesIO(data)
+                    with h5py.File(buffer, "r+") as f:
+                        for key in [k for k in f["optimizer/inner_optimizer/vars"] if int(k) >= 2]:
+                            del f[f"optimizer/inner_optimizer/vars/{key}"]
+                    data = buffer.getvalue()
+                z.writestr(info, data)
+    else:
+        with h5py.File(path, "r+") as f:
+            group = f["optimizer_weights"]
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+            keep = 1 if case.startswith("tfk_") else 2
+            for name in names[keep:]:
+                del group[name]
+            group.attrs["weight_names"] = names[:keep]
+            group[names[0]][()] = 0
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="before the first step"):
+        numbaopt.export_keras_optimizer(opt, path, parameters=params)
+    assert path.read_bytes() == before
+
+
+def test_a_crash_while_exporting_leaves_the_previous_file(tmp_path, monkeypatch):
+    opt, params = stepped("k3_adam_rich")
+    path = copy_of("k3_adam_rich", tmp_path)
+    before = path.read_bytes()
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        numbaopt.export_keras_optimizer(opt, path, parameters=params)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -556,14 +556,24 @@ def test_export_takes_parameters_as_a_dict(tmp_path):
     opt, params = stepped("legacy_adam")
     with pytest.raises(TypeError, match="dict"):
         numbaopt.export_keras_optimizer(opt, copy_of("legacy_adam", tmp_path), parameters=list(params.values()))
-    with pytest.raises(TypeError, match="Keras 2.0 optimizers"):
+    with pytest.raises(TypeError, match="Keras 2.0 or numbaopt.keras3 optimizers"):
         numbaopt.export_keras_optimizer(object(), copy_of("legacy_adam", tmp_path))
 
 
-def test_export_into_a_keras3_file_is_refused(tmp_path):
-    opt, _ = stepped("keras3_adam")
-    with pytest.raises(ValueError, match="import-only"):
-        numbaopt.export_keras_optimizer(opt, copy_of("keras3_adam", tmp_path))
+def test_export_into_a_keras3_file_takes_a_keras3_optimizer(tmp_path):
+    opt, _ = stepped("legacy_adam")
+    path = copy_of("keras3_adam", tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="numbaopt.keras3.Adam"):
+        numbaopt.export_keras_optimizer(opt, path)
+    assert path.read_bytes() == before
+
+
+def test_export_into_a_legacy_optimizers_keras_file_is_refused(tmp_path):
+    """tf-keras neither saves nor loads a legacy optimizer's state in a .keras file."""
+    opt, _ = stepped("legacy_adam")
+    with pytest.raises(ValueError, match="without its state"):
+        numbaopt.export_keras_optimizer(opt, copy_of("tfk_legacy_adam_keras", tmp_path))
 
 
 def test_a_crash_while_exporting_leaves_the_previous_file(tmp_path, monkeypatch):
