@@ -30,7 +30,7 @@ LAYERS = (
      "numbaopt.keras3.adam", "numbaopt.keras3.adamw", "numbaopt.keras3.adamax", "numbaopt.keras3.nadam",
      "numbaopt.keras3.ftrl", "numbaopt.keras3.lion", "numbaopt.keras3.schedule_free_adamw", "numbaopt.keras3.lamb",
      "numbaopt.keras3.adafactor", "numbaopt.keras3.muon", "numbaopt.keras3"),
-    ("numbaopt.checkpoint", "numbaopt.keras_reading", "numbaopt.keras3_files", "numbaopt.keras3_export", "numbaopt.keras_files", "numbaopt.sharded_checkpoint", "numbaopt.checkpoint_report",
+    ("numbaopt.checkpoint", "numbaopt.keras_reading", "numbaopt.keras3_files", "numbaopt.keras3_export", "numbaopt.keras_files", "numbaopt.sharded_checkpoint", "numbaopt.checkpoint_report", "numbaopt.layouts",
      "numbaopt.parity.fixtures", "numbaopt.parity.replays", "numbaopt.parity.report", "numbaopt.parity"),
     ("numbaopt.distributed", "numbaopt.loading"),
     ("numbaopt.torch.optimizer", "numbaopt.torch", "numbaopt.torch.keras3"),

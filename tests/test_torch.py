@@ -706,3 +706,32 @@ def test_a_deep_copy_of_model_and_optimizer_trains_on_identically(name):
     assert twin["opt"].iterations == opt.iterations == 6
     for p, q in zip(net.parameters(), twin["net"].parameters()):
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
+
+
+@pytest.mark.torch
+def test_the_keras_files_page_moves_a_keras_run_to_torch_linear_layers_exactly(tmp_path, monkeypatch):
+    """docs/keras-files.md's "Continue it in PyTorch", run as written on a real tf-keras file,
+    then the steps Keras took after saving, in torch: the weights are Keras's, transposed."""
+    import shutil
+
+    import h5py
+
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures" / "keras_files"
+    shutil.copy(fixtures / "legacy_adam.h5", tmp_path / "model.h5")
+    monkeypatch.chdir(tmp_path)
+    page = (Path(__file__).resolve().parent.parent / "docs" / "keras-files.md").read_text()
+    section = page[page.index("## Continue it in PyTorch"):page.index("## Hand it back to Keras")]
+    code = section.split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(compile(code, "docs/keras-files.md", "exec"), namespace)
+    model, torch_opt, kinds = namespace["model"], namespace["torch_opt"], namespace["kinds"]
+    from numbaopt import layouts
+
+    with h5py.File(fixtures / "legacy_adam.steps.h5") as steps:
+        for step in range(int(steps.attrs["steps"])):
+            for i, (p, kind) in enumerate(zip(model.parameters(), kinds)):
+                p.grad = torch.from_numpy(layouts.to_torch(steps[f"grads/{i}"][step], kind))
+            torch_opt.step()
+            for i, (p, kind) in enumerate(zip(model.parameters(), kinds)):
+                keras = layouts.to_torch(steps[f"weights/{i}"][step], kind)
+                np.testing.assert_allclose(p.detach().numpy(), keras, rtol=1e-5, atol=1e-7)
