@@ -499,56 +499,6 @@ def _setting(config: Mapping[str, Any], key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else 1.0
 
 
-def _layer_order(model_config: Mapping[str, Any]) -> list[str]:
-    """The names of the model's trainable layers, in the order of its config."""
-    inner = model_config.get("config")
-    layers = inner.get("layers") if isinstance(inner, dict) else None
-    if not isinstance(layers, list):
-        raise CheckpointError("config.json lists no layers")
-    names = []
-    for layer in layers:
-        config = layer.get("config") if isinstance(layer, dict) else None
-        if not isinstance(config, dict) or not isinstance(config.get("name"), str):
-            raise CheckpointError("config.json has a layer without a name")
-        if config.get("trainable", True) is not False:
-            names.append(config["name"])
-    return names
-
-
-def _keras3_variables(f: Any, layer_names: list[str]) -> dict[str, _Stored]:
-    """The layers' variables by their path in model.weights.h5, in the model's order."""
-    layers = _group(f, "layers")
-    by_name: dict[str, tuple[str, Any]] = {}
-    if layers is not None:
-        with _reading("layers"):
-            keys = list(layers)
-        for key in keys:
-            group = _group(layers, key)
-            variables = _group(group, "vars") if group is not None else None
-            if variables is None:
-                continue
-            with _reading(f"layers/{key}/vars"):
-                name = variables.attrs.get("name", key)
-                name = name.decode() if isinstance(name, bytes) else str(name)
-            by_name[name] = (f"layers/{key}/vars", variables)
-    found: dict[str, _Stored] = {}
-    for name in layer_names:
-        if name not in by_name:
-            continue  # a layer without variables
-        where, group = by_name[name]
-        with _reading(where):
-            count = len(group)
-        for i in range(count):
-            value = _dataset(group, str(i), f"{where}/{i}")
-            if value.dtype.kind != "f":
-                raise CheckpointError(f"{where}/{i} has dtype {value.dtype}, not a float")
-            found[f"{where}/{i}"] = _Stored(f"{where}/{i}", value)
-    return found
-
-
-# ---------------------------------------------------------------------- config
-
-
 def _arguments(
     keras_class: str, generation: str, config: Mapping[str, Any], has_slots: bool, float64: bool
 ) -> dict[str, Any]:
