@@ -369,3 +369,27 @@ def test_a_crash_while_exporting_leaves_the_previous_file(tmp_path, monkeypatch)
         numbaopt.export_keras_optimizer(opt, path, parameters=params)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("name", ["k3_adam.keras", "k3h5_adam.h5", "tfk_adam_h5.h5", "tfk_adam_keras.keras"])
+def test_a_damaged_file_is_a_checkpoint_error_never_another_exception(name, tmp_path):
+    """Bytes changed at random or the file cut short: a CheckpointError (or ValueError)
+    naming what is wrong, whatever the damage; never another exception, never a hang."""
+    import random
+
+    data = (KERAS_FILES / name).read_bytes()
+    rng = random.Random(name)
+    for trial in range(24):
+        damaged = bytearray(data)
+        for _ in range(rng.choice([1, 4, 32])):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        if trial % 4 == 0:
+            damaged = damaged[: rng.randrange(len(damaged))]
+        path = tmp_path / f"{trial}{os.path.splitext(name)[1]}"
+        path.write_bytes(bytes(damaged))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                numbaopt.import_keras_optimizer(path)
+            except (numbaopt.CheckpointError, ValueError) as error:
+                assert str(error)
