@@ -56,7 +56,7 @@ from numbaopt import devices
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.keras3 import naming
 from numbaopt.keras3.adam import adam_rule
-from numbaopt.keras3.base import Argument, Keras3Optimizer, float32_setting
+from numbaopt.keras3.base import BASE_ARGUMENTS, Argument, Keras3Optimizer, float32_setting
 from numbaopt.state import Slot
 
 
@@ -114,15 +114,7 @@ class Muon(Keras3Optimizer):
         Argument("adam_weight_decay", 0.004, "optional"),
         Argument("epsilon", 1e-7),
         Argument("weight_decay", 0.004, "optional"),
-        Argument("clipnorm", None, "optional"),
-        Argument("clipvalue", None, "optional"),
-        Argument("global_clipnorm", None, "optional"),
-        Argument("use_ema", False, "flag"),
-        Argument("ema_momentum", 0.99, "unit"),
-        Argument("ema_overwrite_frequency", None, "steps"),
-        Argument("loss_scale_factor", None, "optional"),
-        Argument("gradient_accumulation_steps", None, "steps"),
-        Argument("name", None, "name"),
+        *BASE_ARGUMENTS[1:],  # Muon takes the base's arguments in the middle of its own
         _Layers("exclude_layers", None, "names"),
         Argument("exclude_embeddings", True, "flag"),
         Argument("muon_a", 3.4445, "real"),
