@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+import peers
 import roofline
 from numbaopt import keras3
 
@@ -136,32 +137,15 @@ def tensor_wise(steps):
     grads = [rng.normal(size=s).astype(np.float32) * 1e-3 for s in shapes]
     rows = []
     for name, optax_name in (("Adafactor", "adafactor"), ("Lamb", "lamb")):
-        if not hasattr(keras3, name):
-            continue
         ours = _median_ms(_numbaopt_step(name, {}, [p.copy() for p in params], grads), steps)
         theirs, note = None, ""
         try:
             import jax
             import optax
 
-            tx = getattr(optax, optax_name)(1e-3)
-            state = {"params": [jax.numpy.asarray(p) for p in params]}
-            state["opt"] = tx.init(state["params"])
-            device_grads = [jax.numpy.asarray(g) for g in grads]
-
-            def update(ps, opt_state, gs):
-                updates, opt_state = tx.update(gs, opt_state, ps)
-                return optax.apply_updates(ps, updates), opt_state
-
-            jitted = jax.jit(update, donate_argnums=(0, 1))
-
-            def step():
-                state["params"], state["opt"] = jitted(state["params"], state["opt"], device_grads)
-                jax.block_until_ready(state["params"])
-
-            theirs = _median_ms(step, steps)
+            theirs = _median_ms(peers.optax_step(getattr(optax, optax_name)(1e-3), params, grads), steps)
             note = f"optax {optax.__version__}, jax {jax.__version__}"
-        except ImportError as error:
+        except (ImportError, peers.Missing) as error:
             note = f"not installed ({error})"
         rows.append({"optimizer": name, "numbaopt_ms": ours, "optax_ms": theirs, "optax": note})
         print(f"  {name:18s} numbaopt {ours:8.3f} ms  optax {theirs if theirs is None else round(theirs, 3)!s:>8} ({note})", flush=True)

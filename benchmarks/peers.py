@@ -146,7 +146,6 @@ def _optax(name, params, grads, clipnorm):
     optax = _require("optax")
     if params[0].dtype == np.float64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
 
     s = SETTINGS[name]
     transforms = {
@@ -161,6 +160,16 @@ def _optax(name, params, grads, clipnorm):
     tx = _entry(transforms, "optax", name)()
     if clipnorm:
         tx = optax.chain(optax.clip_by_global_norm(clipnorm), tx)
+    return optax_step(tx, params, grads)
+
+
+def optax_step(tx, params, grads):
+    """``step()`` of the optax transformation ``tx`` under ``jax.jit`` on copies of the NumPy
+    ``params`` and ``grads``, waiting for the result (JAX dispatches asynchronously)."""
+    jax = _require("jax")
+    optax = _require("optax")
+    import jax.numpy as jnp
+
     state = {"params": [jnp.asarray(p) for p in params]}
     state["opt"] = tx.init(state["params"])
     device_grads = [jnp.asarray(g) for g in grads]

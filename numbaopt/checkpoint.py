@@ -674,7 +674,7 @@ def stored_member(parent: Any, key: str, where: str, group: bool) -> Any:
         if link is None:
             raise CheckpointError(f"{where} is missing")
         if not isinstance(link, h5py.HardLink):
-            raise CheckpointError(f"{where} is a {type(link).__name__}; a checkpoint holds only its own data")
+            raise CheckpointError(f"{where} is a {type(link).__name__}; numbaopt reads only data stored in the file itself")
         obj = parent[key]
     kind = h5py.Group if group else h5py.Dataset
     if not isinstance(obj, kind):

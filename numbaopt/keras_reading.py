@@ -134,17 +134,8 @@ def names_attribute(group: Any, key: str, where: str) -> list[str]:
 
 def dataset(parent: Any, key: str, where: str) -> npt.NDArray[Any]:
     """The value of a dataset stored plainly in this file."""
-    import h5py
-
+    dataset = checkpoint.stored_member(parent, key, where, group=False)
     with reading(where):
-        link = parent.get(key, getlink=True)
-        if link is None:
-            raise CheckpointError(f"{where} is missing")
-        if not isinstance(link, h5py.HardLink):
-            raise CheckpointError(f"{where} is a {type(link).__name__}; a model file holds only its own data")
-        dataset = parent[key]
-        if not isinstance(dataset, h5py.Dataset):
-            raise CheckpointError(f"{where} is not a dataset")
         if dataset.dtype.kind not in "fiu" or dataset.dtype.itemsize > 8:
             raise CheckpointError(f"{where} has dtype {dataset.dtype}, not a number")
     checkpoint.check_stored_plainly(dataset, where)  # contiguous, unfiltered: no more bytes than the file holds

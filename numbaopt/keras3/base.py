@@ -150,6 +150,12 @@ class Variant(NamedTuple):
     phases: tuple[Phase, ...] = ()
 
 
+def host_value(backend: Any, array: Any) -> npt.NDArray[Any]:
+    """``array``'s values on the host, to read and never write: the array itself on the
+    CPU (no copy in the step), a copy from a GPU."""
+    return array if backend is devices.CPU else backend.to_host(array)  # type: ignore[no-any-return]
+
+
 def float32_setting(value: float | None, dtype: type[np.floating[Any]]) -> np.floating[Any]:
     """``ops.cast(python_float, dtype)`` on TensorFlow: the float rounded to float32 first
     (a float64 model sees float32(value)); None reads as 0."""
@@ -544,7 +550,7 @@ class Keras3Optimizer(Optimizer):
                 params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
             self._first_dtype = params[0].dtype
             if self._pending_slots is None:
-                initial = self.initial_slots([backend.to_host(p) for p in params])
+                initial = self.initial_slots([host_value(backend, p) for p in params])
                 if initial:
                     self._pending_slots, self._pending_origin = initial, "the slots' initial values"
             yield
@@ -553,7 +559,8 @@ class Keras3Optimizer(Optimizer):
             raise
 
     def initial_slots(self, params: Sequence[npt.NDArray[Any]]) -> dict[str, list[npt.NDArray[Any]]] | None:
-        """The slots' values before the first step, for parameters ``params`` (host copies),
+        """The slots' values before the first step, for parameters ``params`` (their host
+        values, to read: copy what is kept),
         where Keras's ``build`` does not start them at zero: every slot kind, one array per
         parameter. None: all zeros."""
         return None
@@ -591,7 +598,7 @@ class Keras3Optimizer(Optimizer):
         needed = hyper["loss_scale_factor"] is not None or steps or any(hyper[k] for k in ("clipnorm", "global_clipnorm", "clipvalue"))
         if not needed:
             return grads, accumulators
-        on_host = [backend.to_host(g) for g in grads]
+        on_host = [host_value(backend, g) for g in grads]  # each processing below makes new arrays
         if hyper["loss_scale_factor"] is not None:
             on_host = gradients.unscaled(on_host, hyper["loss_scale_factor"])
         if steps:
@@ -643,7 +650,7 @@ class Keras3Optimizer(Optimizer):
         frequency = self._hyper["ema_overwrite_frequency"]
         overwrite = bool(frequency) and (keras_iterations + 1) % frequency == 0
         for i, p in enumerate(params):
-            value = backend.to_host(p)
+            value = host_value(backend, p)
             kind = value.dtype.type
             momentum = kind(self._hyper["ema_momentum"])
             if not self._hyper.get("tf_keras"):  # Keras 3 takes the parameters as they are at step 0

@@ -56,7 +56,7 @@ from numbaopt import devices
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.keras3 import naming
 from numbaopt.keras3.adam import adam_rule
-from numbaopt.keras3.base import BASE_ARGUMENTS, Argument, Keras3Optimizer, float32_setting
+from numbaopt.keras3.base import BASE_ARGUMENTS, Argument, Keras3Optimizer, float32_setting, host_value
 from numbaopt.state import Slot
 
 
@@ -225,8 +225,8 @@ class Muon(Keras3Optimizer):
         for i in muon:
             kind = checked[i].dtype.type
             decay = float32_setting(hyper["weight_decay"], kind) if decayed[i] else kind(0)
-            p, m = muon_update(backend.to_host(checked[i]), backend.to_host(grads[i]), backend.to_host(momentum[i]),
-                               decay, kind(lr), hyper)
+            p, m = muon_update(host_value(backend, checked[i]), host_value(backend, grads[i]),
+                               host_value(backend, momentum[i]), decay, kind(lr), hyper)
             backend.copy_from_host(checked[i], p)
             backend.copy_from_host(momentum[i], m)
         devices.mark_modified([params[i] for i in muon])
