@@ -7,13 +7,13 @@ these declarations. Each is a class attribute; a class that declares none gets t
 default (read with ``keras_description(cls)`` and ``scalar_state_advances_with(cls)``):
 
 ``keras: KerasDescription``
-    What later Kerases (tf-keras's legacy and new-style optimizers, Keras 3) make of the
-    optimizer: per Keras generation, the class of the same name whose update is Keras
-    2.0's (``KerasClass``: its slot names, the settings it rounds through float32) or why
-    that class is refused; the keys of their configs that are inert at some values; a
-    setting they store under another key; a slot Keras does not keep at some settings; a
-    setting held by the slots' initial value. Default: ``KerasDescription()``, nothing
-    imported from Keras files.
+    What later Kerases make of a Keras 2.0 optimizer: tf-keras's legacy class of the same
+    name, whose update is Keras 2.0's (``KerasClass``: its slot names, the settings it
+    rounds through float32), or why that class is refused; the keys of later configs that
+    are inert at some values; a setting they store under another key; a slot Keras does
+    not keep at some settings; a setting held by the slots' initial value. Default:
+    ``KerasDescription()``, nothing imported from Keras files. (tf-keras's new-style
+    optimizers and Keras 3's are a family of their own, ``numbaopt.keras3``.)
 
 ``scalar_state_advances_with: Mapping[str, tuple[str, ...]]``
     Per scalar state (``scalar_state``, shared by every parameter), the hyperparameters it
@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-#: The Keras generations whose model files numbaopt reads: tf-keras's ``optimizers.legacy``
-#: (OptimizerV2), tf-keras's ``optimizers`` (its new-style Optimizer), and Keras 3.
-GENERATIONS = ("legacy", "new", "keras3")
+#: The Keras generations whose classes import into Keras 2.0's optimizers: tf-keras's
+#: ``optimizers.legacy`` (OptimizerV2).
+GENERATIONS = ("legacy",)
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
 
@@ -46,9 +46,6 @@ class KerasClass(NamedTuple):
     #: Settings Keras reads only through ``tf.cast(python_float, dtype)``, which rounds them
     #: to float32 first: in a float64 model the arithmetic uses float32(value).
     float32_settings: tuple[str, ...] = ()
-    #: Settings a float64 model uses both float32-rounded and exactly: refused unless float32
-    #: holds the value exactly.
-    mixed_settings: tuple[str, ...] = ()
     #: A constant of the update that a float64 model uses both float32-rounded and exactly
     #: (in words, e.g. "its schedule constant 0.96"): the class is refused in a float64 model.
     mixed_constant: str = ""

@@ -7,7 +7,8 @@ count, the learning rate, the averages and accumulators, the slots through
 import read it from, in the file's own format and optimizer generation:
 
 * an ``.h5`` (Keras 3's, or tf-keras's with a new-style optimizer): ``optimizer_weights``
-  and ``model_weights`` are written in place in a copy of the file;
+  and ``model_weights`` are written in place in a copy of the file (one saved before the
+  first step gets the optimizer weights Keras's ``build`` makes, in its order);
 * a ``.keras`` zip: ``model.weights.h5`` is rewritten and the zip written again with every
   other member as it was (``config.json`` too, unless the settings changed). A Keras 3
   ``LossScaleOptimizer`` keeps its inner optimizer's variables twice there (after its own
@@ -33,7 +34,7 @@ import numpy.typing as npt
 from numbaopt.checkpoint import CheckpointError
 from numbaopt.keras3.base import Keras3Optimizer
 from numbaopt.keras3_files import GENERATION_NAMES, Entry, Keras3File, Values, laid_out, optimizer_from
-from numbaopt.keras_reading import Stored, text
+from numbaopt.keras_reading import Stored, text, write_names
 
 #: The variables a Keras 3 ``LossScaleOptimizer`` keeps before its inner optimizer's in
 #: ``optimizer/vars`` of a ``.keras`` file: its iteration, learning rate, step counter and scale.
@@ -82,12 +83,17 @@ def prepared(
     values = _values(optimizer, found, params)
     entries = laid_out(optimizer, found.generation, names, params, values)
     fresh = not found.slots and not found.arrays and len(found.variables) < len(entries)
+    weight_names = None  # an .h5 file's new list of optimizer weights, where export lays them out
     if fresh:
-        if found.format != "keras" or found.loss_scaled:
+        if found.loss_scaled:
             raise ValueError(f"{where} was saved before the first step and holds no slots yet; export lays them out "
-                             f"in a .keras file without a LossScaleOptimizer only (take a step in Keras and save first)")
-        holder = found.variables[0].rsplit("/", 1)[0] if found.variables else "optimizer/vars"
-        paths = [f"{holder}/{i}" for i in range(len(entries))]
+                             f"in a file without a LossScaleOptimizer only (take a step in Keras and save first)")
+        if found.format == "keras":
+            holder = found.variables[0].rsplit("/", 1)[0] if found.variables else "optimizer/vars"
+            paths = [f"{holder}/{i}" for i in range(len(entries))]
+        else:
+            weight_names = _h5_weight_names(found, [entry for entry, _ in entries])
+            paths = [f"optimizer_weights/{name}" for name in weight_names]
     else:
         if len(found.variables) != len(entries):
             raise ValueError(f"{where} holds {len(found.variables)} optimizer variables, the optimizer {len(entries)}")
@@ -113,7 +119,7 @@ def prepared(
             else:
                 with open(temporary, "wb") as copy:
                     shutil.copyfileobj(source, copy)
-                _write_h5(temporary, writes, config, found.loss_scaled)
+                _write_h5(temporary, writes, config, found.loss_scaled, weight_names)
         shutil.copymode(target, temporary)
 
     return write
@@ -210,12 +216,36 @@ def _set_config(training: dict[str, Any], key: str, config: dict[str, Any], loss
     description["config"] = config
 
 
-def _write_h5(temporary: str, writes: Mapping[str, npt.NDArray[Any]], config: dict[str, Any] | None, loss_scaled: bool) -> None:
+def _h5_weight_names(found: Keras3File, entries: list[Entry]) -> list[str]:
+    """The names of the optimizer weights an ``.h5`` saved before the first step gets: the
+    file's own (its step count, Keras 3's learning rate), then Keras's paths of the others
+    (``adam/dense_kernel_momentum``; tf-keras's end in ``:0``), made unique where Keras
+    gives two variables one name (Adafactor's ``r`` and ``c``). Keras reads them by position."""
+    names = [path.removeprefix("optimizer_weights/") for path in found.variables]
+    suffix = ":0" if found.generation == "new" else ""
+    for entry in entries[len(names):]:
+        name, n = f"{entry.path}{suffix}", 1
+        while name in names:
+            name, n = f"{entry.path}_{n}{suffix}", n + 1
+        names.append(name)
+    return names
+
+
+def _write_h5(temporary: str, writes: Mapping[str, npt.NDArray[Any]], config: dict[str, Any] | None, loss_scaled: bool,
+              weight_names: list[str] | None) -> None:
     import h5py
 
     with h5py.File(temporary, "r+") as f:
+        if weight_names is not None:
+            weights_group = f.require_group("optimizer_weights")
+            for key in [key for key in weights_group.attrs if key.startswith("weight_names")]:
+                del weights_group.attrs[key]
+            write_names(weights_group, "weight_names", weight_names)
         for where, value in writes.items():
-            f[where][()] = value
+            if where in f:
+                f[where][()] = value
+            else:  # laid out in a file saved before the first step
+                f.create_dataset(where, data=value)
         if config is not None:
             training = json.loads(text(f.attrs["training_config"]))
             _set_config(training, "optimizer_config", config, loss_scaled)

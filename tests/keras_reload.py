@@ -23,13 +23,22 @@ from tests.test_keras_files import recorded, relative_error
 
 
 def fresh_keras_copy(case, folder):
-    """A copy of a ``.keras`` case as Keras saves it before the first step: the step count
-    (and Keras 3's learning rate) alone."""
+    """A copy of a case's file as Keras saves it before the first step: the optimizer's step
+    count (and Keras 3's learning rate) alone."""
     path = Path(folder) / recorded(case)[0].name
     shutil.copyfile(recorded(case)[0], path)
+    keep = 2 if not case.startswith("tfk_") else 1
+    if path.suffix == ".h5":
+        with h5py.File(path, "r+") as f:
+            group = f["optimizer_weights"]
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+            for name in names[keep:]:
+                del group[name]
+            group.attrs["weight_names"] = names[:keep]
+            group[names[0]][()] = 0
+        return path
     with zipfile.ZipFile(path) as z:
         members = [(info, z.read(info)) for info in z.infolist()]
-    keep = 2 if not case.startswith("tfk_") else 1
     out = []
     for info, data in members:
         if info.filename == "model.weights.h5":

@@ -286,7 +286,7 @@ def test_inspect_refuses_what_is_not_a_regular_file_at_once(tmp_path, kind):
 SIGCHLD_CHILD = """
 import json, os, signal, sys
 import numbaopt
-from numbaopt import keras_files
+from numbaopt import keras_isolation
 
 path, mode = sys.argv[1], sys.argv[2]
 if mode == "ignored":
@@ -310,7 +310,7 @@ for _ in range(5):
 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 def interrupted(fd, pid, seconds):
     raise KeyboardInterrupt
-keras_files._read_until_done = interrupted
+keras_isolation.read_until_done = interrupted
 try:
     numbaopt.import_keras_optimizer(path)
 except KeyboardInterrupt:

@@ -22,14 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Files Keras saved before the first step, into which export lays out Keras's variables.
 FRESH = ["k3_adam:fresh", "k3_adam_ema:fresh", "k3_adam_accumulation:fresh", "k3_adafactor:fresh", "tfk_adam_keras:fresh",
-         "jax_adam:fresh", "torch_adam:fresh"]
+         "jax_adam:fresh", "torch_adam:fresh", "tfk_adam_h5:fresh", "tfk_adafactor_h5:fresh", "k3h5_adam:fresh",
+         "torch_h5_sgd_rich:fresh"]
 
 #: Adam files exported with a learning rate and beta_1 set in numbaopt (written into the config).
 SETTINGS = ["k3_adam:settings", "tfk_adam_h5:settings", "tfk_adam_keras:settings", "k3_adam_loss_scale_rich:settings"]
 
 #: Keras 3's own load_model does not restore the optimizer of a Keras 3 .h5 (nor, in 3.15, compile it:
 #: its own files fail too), though the file holds the state: only the weights are Keras's to load.
-NOT_RESTORED_BY_KERAS = ("k3h5_",)
+NOT_RESTORED_BY_KERAS = ("k3h5_", "jax_h5_", "torch_h5_")
 
 
 def backend_of(case):

@@ -21,7 +21,7 @@ import numbaopt
 from numbaopt import optimizers
 from numbaopt.checkpoint import TEMPORARY_SUFFIX, CheckpointError
 from numbaopt.cli import main as cli_main
-from numbaopt import keras_files
+from numbaopt import keras_files, keras_isolation, keras_reading
 from numbaopt.keras_files import read_keras_file
 
 KERAS_FILES = Path(__file__).resolve().parent.parent / "fixtures" / "keras_files"
@@ -605,9 +605,9 @@ def test_name_lists_split_as_tf_keras_splits_long_ones(tmp_path):
 
     long_names = [f"layer_{i}/" + "x" * 200 + f"/kernel:{i}" for i in range(1000)]
     with h5py.File(tmp_path / "names.h5", "w") as f:
-        keras_files._write_names(f, "weight_names", long_names)
+        keras_reading.write_names(f, "weight_names", long_names)
         assert "weight_names" not in f.attrs and "weight_names1" in f.attrs
-        assert keras_files._names_attribute(f, "weight_names", "/") == long_names
+        assert keras_reading.names_attribute(f, "weight_names", "/") == long_names
 
 
 posix_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="the reader runs in a forked child where os.fork exists")
@@ -621,20 +621,20 @@ def test_a_crash_of_the_hdf5_library_while_reading_is_a_checkpoint_error(monkeyp
 
     path = str(KERAS_FILES / "legacy_adam.h5")
     with pytest.raises(CheckpointError, match="crashed or hung.*signal"):
-        keras_files._isolated(lambda p: os.kill(os.getpid(), signal.SIGSEGV), path)
-    monkeypatch.setattr(keras_files, "_patience", lambda p: 0.5)
+        keras_isolation.isolated(lambda p: os.kill(os.getpid(), signal.SIGSEGV), path)
+    monkeypatch.setattr(keras_isolation, "_patience", lambda p: 0.5)
     with pytest.raises(CheckpointError, match="crashed or hung"):
-        keras_files._isolated(lambda p: __import__("time").sleep(60), path)
+        keras_isolation.isolated(lambda p: __import__("time").sleep(60), path)
 
 
 @posix_fork
 def test_the_childs_result_and_errors_come_back_as_they_are():
     path = str(KERAS_FILES / "legacy_adam.h5")
-    found = keras_files._isolated(keras_files._read_h5, path)
+    found = keras_isolation.isolated(keras_files._read_h5, path)
     np.testing.assert_array_equal(found.weights["hidden/kernel:0"].value, read_keras_file(path).weights["hidden/kernel:0"].value)
 
     def refuse(p):
-        raise keras_files._Refused("no")
+        raise keras_reading.Refused("no")
 
     with pytest.raises(ValueError, match="no"):
-        keras_files._isolated(refuse, path)
+        keras_isolation.isolated(refuse, path)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import numbaopt
-from numbaopt import keras_files
+from numbaopt import keras_legacy_files
 from numbaopt.keras_files import read_keras_file
 from tests.test_keras_files import H5_CASES, KERAS_FILES, TOLERANCE, copy_of, fresh_copy, recorded, relative_error
 
@@ -81,7 +81,7 @@ def test_an_exported_file_resumes_in_tf_keras_with_exactly_that_state(case, fres
     loaded_config = {**found.keras_config, **keras_optimizer.get_config()}  # as Keras rebuilt it
     if "schedule_decay" in found.keras_config:  # legacy Nadam reports it as decay
         loaded_config["schedule_decay"] = loaded_config["decay"]
-    rebuilt = keras_files._arguments(found.keras_class, found.generation, loaded_config, True, dtype == "float64")
+    rebuilt = keras_legacy_files.arguments(found.keras_class, loaded_config, True, dtype == "float64")
     assert type(opt)(**rebuilt).get_config() == opt.get_config()
 
     for step, (g, keras_weights) in enumerate(zip(grads[2:], weights[2:]), start=3):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numbaopt import checkpoint, keras3, keras_files, optimizers, registry  # noqa: F401 - keras3 registers its family
+from numbaopt import checkpoint, keras3, keras_legacy_files, optimizers, registry  # noqa: F401 - keras3 registers its family
 from numbaopt.declarations import KerasClass, KerasDescription
 from tests.test_extending import amsgrad  # noqa: F401 - the fixture: the toy, registered for one test
 
@@ -69,13 +69,14 @@ def test_the_name_check_sees_a_name():
 
 def test_a_new_optimizer_is_a_keras_class_by_its_declaration(amsgrad, monkeypatch):  # noqa: F811
     description = KerasDescription(imported={"legacy": KerasClass({"ms": "m", "vs": "v", "v_maxes": "vhat"})},
-                                    refused={"keras3": "its toy reason"})
+                                    refused={"legacy": "its toy reason"})
     monkeypatch.setattr(amsgrad, "keras", description, raising=False)
-    assert keras_files._supported("legacy", "AMSGrad", "AMSGrad").slots == {"ms": "m", "vs": "v", "v_maxes": "vhat"}
-    with pytest.raises(ValueError, match="AMSGrad: its toy reason"):
-        keras_files._supported("keras3", "AMSGrad", "AMSGrad")
+    assert keras_legacy_files.supported("AMSGrad").slots == {"ms": "m", "vs": "v", "v_maxes": "vhat"}
     with pytest.raises(ValueError, match="imports only .*AMSGrad"):
-        keras_files._supported("legacy", "Other", "Other")
+        keras_legacy_files.supported("Other")
+    monkeypatch.setattr(amsgrad, "keras", description._replace(imported={}), raising=False)
+    with pytest.raises(ValueError, match="AMSGrad: its toy reason"):
+        keras_legacy_files.supported("AMSGrad")
 
 
 @pytest.mark.torch

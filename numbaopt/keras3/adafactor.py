@@ -23,8 +23,12 @@ moments do not save memory there), and a parameter of fewer than two axes has ``
 twice per parameter), ``v`` as usual (``adafactor/dense_kernel_velocity``).
 
 ``relative_step`` changes nothing in Keras 3.15: with it, ``lr = min(lr, 1 / sqrt(t))``,
-which ``rho_t`` computes anyway (it is kept for the config). Keras 2.0 has no Adafactor;
-tf-keras's and optax's differ (decay on ``r`` only, relative step sizes, no full ``v``).
+which ``rho_t`` computes anyway (it is kept for the config). Keras 2.0 has no Adafactor.
+
+tf-keras's new-style Adafactor (``tf_keras=True``) is the same update with ``u = g *
+rsqrt(v)`` (two roundings, where Keras 3 divides once), and it saves no ``r`` and ``c``
+for a parameter of fewer than two axes (its placeholders are untracked variables).
+optax's differs (decay on ``r`` only, relative step sizes, no full ``v``).
 """
 import math
 from typing import Any
@@ -46,9 +50,17 @@ def _rounded(x: float, cell: Any) -> Any:
     return cell[0]
 
 
+def _scaled(g: float, v: float, one: float, reciprocal_root: bool) -> float:
+    """``u = g / sqrt(v)`` as Keras 3 computes it, or ``g * rsqrt(v)`` as tf-keras does."""
+    if reciprocal_root:
+        return g * (one / math.sqrt(v))
+    return g / math.sqrt(v)
+
+
 def adafactor_step(p: Any, g: Any, r: Any, c: Any, v: Any, scratch: Any, n: int, last: int, second: int, clip: Any,
                    weight_decay: float, lr: float, rho_t: float, epsilon_1: float, epsilon_2: float,
-                   beta_2_t: float, one_minus_beta_2_t: float, one: float, clip_threshold: float) -> None:
+                   beta_2_t: float, one_minus_beta_2_t: float, one: float, clip_threshold: float,
+                   reciprocal_root: bool) -> None:
     """One tensor of Adafactor: its moments, then the parameter. Compiled for the CPU and for CUDA.
 
     Sums run in float64 (closer to TensorFlow's tree-summed float32 means than a float32
@@ -96,12 +108,12 @@ def adafactor_step(p: Any, g: Any, r: Any, c: Any, v: Any, scratch: Any, n: int,
     # rms(u), then the step: u is computed twice rather than stored (Keras keeps no u).
     squares = 0.0
     for i in range(n):
-        u = clip_gradient(g[i], *clip) / math.sqrt(v[i])
+        u = _scaled(clip_gradient(g[i], *clip), v[i], one, reciprocal_root)
         squares += u * u
     rms_u = _rounded(math.sqrt(_rounded(squares / n, scratch)), scratch)
     shrink = max(one, rms_u / clip_threshold)
     for i in range(n):
-        u = clip_gradient(g[i], *clip) / math.sqrt(v[i])
+        u = _scaled(clip_gradient(g[i], *clip), v[i], one, reciprocal_root)
         p[i] = p[i] - alpha_t * (u / shrink)
     scratch[0] = 0
 
@@ -129,14 +141,16 @@ class Adafactor(Keras3Optimizer):
         beta_2_t = one - t ** dtype(h.beta_2_decay)
         return (
             float32_setting(h.weight_decay, dtype), lr, rho_t, dtype(h.epsilon_1), float32_setting(h.epsilon_2, dtype),
-            beta_2_t, one - beta_2_t, one, dtype(h.clip_threshold),
+            beta_2_t, one - beta_2_t, one, dtype(h.clip_threshold), bool(h.get("tf_keras")),
         )
 
     def keras_slot_variables(self, kind: str, path: str, value: npt.NDArray[Any]) -> list[tuple[str, npt.NDArray[Any]]]:
         """``r`` and ``c`` are ``add_variable(name=variable.name)`` in Keras: named after the
-        parameter's last path component; below two axes, int32 scalars 0."""
+        parameter's last path component; below two axes, int32 scalars 0 (tf-keras: none)."""
         if kind == "velocity":
             return super().keras_slot_variables(kind, path, value)
         if value.ndim == 0:
+            if self._hyper.get("tf_keras"):
+                return []
             value = np.array(0, np.int32)
         return [(f"{self.name}/{path.split('/')[-1]}", value)]

@@ -49,8 +49,6 @@ class Adadelta(Optimizer):
         imported={
             "legacy": KerasClass({"accumulators": "accum_grad", "delta_accumulators": "accum_var"},
                                  float32_settings=("decay",)),
-            "new": KerasClass({"accumulators": "accumulated_grad", "delta_accumulators": "accumulated_delta_var"}),
-            "keras3": KerasClass({"accumulators": "accumulated_grad", "delta_accumulators": "accumulated_delta_var"}),
         },
     )
 

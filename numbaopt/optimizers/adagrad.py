@@ -42,10 +42,6 @@ class Adagrad(Optimizer):
     # is the accumulators' first value: a file with the accumulators holds it already.
     keras = KerasDescription(
         imported={"legacy": KerasClass({"accumulators": "accumulator"}, float32_settings=("decay",))},
-        refused={
-            "new": "its epsilon sits inside the square root (sqrt(accumulator + epsilon))",
-            "keras3": "its epsilon sits inside the square root (sqrt(accumulator + epsilon))",
-        },
         inert={"initial_accumulator_value": (0, 0.0)},
         in_slots=("initial_accumulator_value",),
     )

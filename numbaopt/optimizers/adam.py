@@ -44,14 +44,9 @@ class Adam(Optimizer):
     slot_names = ("ms", "vs")
     rule = staticmethod(adam_rule)
 
-    # What later Kerases make of it (numbaopt.declarations). New-style tf-keras and Keras 3
-    # cast the betas to float32 for the bias correction but not for the moment updates.
+    # What later Kerases make of it (numbaopt.declarations).
     keras = KerasDescription(
-        imported={
-            "legacy": KerasClass({"ms": "m", "vs": "v"}, float32_settings=("decay",)),
-            "new": KerasClass({"ms": "m", "vs": "v"}, mixed_settings=("beta_1", "beta_2")),
-            "keras3": KerasClass({"ms": "momentum", "vs": "velocity"}, mixed_settings=("beta_1", "beta_2")),
-        },
+        imported={"legacy": KerasClass({"ms": "m", "vs": "v"}, float32_settings=("decay",))},
         inert={"amsgrad": (False,)},
     )
 

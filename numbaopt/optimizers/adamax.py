@@ -50,11 +50,7 @@ class Adamax(Optimizer):
 
     # What later Kerases make of it (numbaopt.declarations).
     keras = KerasDescription(
-        imported={
-            "legacy": KerasClass({"ms": "m", "us": "v"}, float32_settings=("decay",)),
-            "new": KerasClass({"ms": "m", "us": "u"}, mixed_settings=("beta_1",)),
-            "keras3": KerasClass({"ms": "momentum", "us": "norm"}, mixed_settings=("beta_1",)),
-        },
+        imported={"legacy": KerasClass({"ms": "m", "us": "v"}, float32_settings=("decay",))},
     )
 
     @staticmethod

@@ -71,10 +71,6 @@ class Nadam(Optimizer):
             "legacy": KerasClass({"ms": "m", "vs": "v"}, scalars={"m_schedule": "momentum_cache"},
                                  mixed_constant="its schedule constant 0.96"),
         },
-        refused={
-            "new": "its momentum schedule is 0.96**t without schedule_decay, and the file does not hold its running product",
-            "keras3": "its momentum schedule is 0.96**t without schedule_decay",
-        },
         renamed={"decay": "schedule_decay"},
     )
     # m_schedule is shared by every parameter and advances with these: one value for all.

@@ -44,10 +44,6 @@ class RMSprop(Optimizer):
     # What later Kerases make of it (numbaopt.declarations).
     keras = KerasDescription(
         imported={"legacy": KerasClass({"accumulators": "rms"}, float32_settings=("decay",))},
-        refused={
-            "new": "its epsilon sits inside the square root (rsqrt(v + epsilon))",
-            "keras3": "its epsilon sits inside the square root (sqrt(velocity + epsilon))",
-        },
         inert={"momentum": (0, 0.0), "centered": (False,)},
     )
 

@@ -45,11 +45,7 @@ class SGD(Optimizer):
     # What later Kerases make of it (numbaopt.declarations). Without momentum the moments have
     # no effect, and Keras keeps none.
     keras = KerasDescription(
-        imported={
-            "legacy": KerasClass({"moments": "momentum"}, float32_settings=("decay",)),
-            "new": KerasClass({"moments": "m"}, float32_settings=("momentum",)),
-            "keras3": KerasClass({"moments": "momentum"}, float32_settings=("momentum",)),
-        },
+        imported={"legacy": KerasClass({"moments": "momentum"}, float32_settings=("decay",))},
         unused_slots={"moments": "momentum"},
     )
 
