@@ -137,8 +137,7 @@ def test_slots_that_do_not_fit_the_settings_are_a_checkpoint_error(tmp_path):
         numbaopt.import_keras_optimizer(path)
 
 
-@pytest.mark.parametrize("case", ["k3_nadam", "k3_adam_loss_scale_rich", "tfk_rmsprop_keras", "jax_adamw_ema", "k3h5_adam",
-                                  "tfk_legacy_adam_keras"])
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_inspect_shows_the_files_optimizer_state(case, capsys):
     path = recorded(case)[0]
     with warnings.catch_warnings():
