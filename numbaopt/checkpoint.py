@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import keras3  # noqa: F401  # imports Keras 3's family: the registry is complete
+from numbaopt import keras3  # noqa: F401  # imports Keras 3's family
+from numbaopt import torch_optim  # noqa: F401  # imports torch.optim's family: the registry is complete
 from numbaopt.optimizers import Optimizer  # imports every optimizer of Keras 2.0's family
 from numbaopt.registry import optimizer_class, qualified_name
 from numbaopt.state import OptimizerState, Slot, check_slots
@@ -70,7 +71,27 @@ _TEMPORARY_TAIL = 10 + 1 + 12 + len(TEMPORARY_SUFFIX)
 #: Integers in a checkpoint's JSON and its ``iterations`` are below this (int64's range).
 INT64_LIMIT = 2**63
 
-_FLOAT_DTYPES = ("float32", "float64")
+_FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def _on_disk(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A slot array as a checkpoint stores it, little-endian: bfloat16 as its uint16 bits
+    (HDF5 has no bfloat16), an 8-bit slot as its records of codes and absmax."""
+    if array.dtype.name == "bfloat16":
+        array = array.view(np.uint16)
+    return array.astype(array.dtype.newbyteorder("<"), copy=False)
+
+
+def _stored_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype a slot of host ``dtype`` has in the file (``_on_disk``)."""
+    return np.dtype("<u2") if dtype.name == "bfloat16" else dtype.newbyteorder("<")
+
+
+def _from_disk(array: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """The inverse of ``_on_disk``: a stored slot as the host ``dtype`` its declaration gives."""
+    if dtype.name == "bfloat16":
+        return np.asarray(array, np.uint16).view(dtype)
+    return np.asarray(array, dtype=dtype)
 
 #: The dtypes of an optimizer's own arrays (``Optimizer.checkpoint_arrays``): fixed-size
 #: numbers that every HDF5 reader maps one way; no strings, objects, booleans or compounds.
@@ -247,7 +268,7 @@ def _write(
             g.attrs["dtype"] = parameter.dtype
             for kind, per_parameter in slots.items():
                 array = per_parameter[i]
-                dataset = g.create_dataset(kind, data=array.astype(array.dtype.newbyteorder("<"), copy=False))
+                dataset = g.create_dataset(kind, data=_on_disk(array))
                 dataset.attrs["sha256"] = digests[i][kind]
         group = f.create_group("arrays")
         for (name, array), record in zip(arrays.items(), records):
@@ -259,7 +280,7 @@ def _write(
 
 def _array_digest(array: npt.NDArray[Any]) -> str:
     """SHA-256 of an array's little-endian bytes (the same on every machine)."""
-    data = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+    data = np.ascontiguousarray(_on_disk(array))
     # An ndarray is a buffer; NumPy's stubs say so (``__buffer__``) for Python >= 3.12 only.
     return hashlib.sha256(data.reshape(-1).view(np.uint8)).hexdigest()  # type: ignore[arg-type, unused-ignore]
 
@@ -455,7 +476,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         if not os.path.isfile(path):
             raise CheckpointError("no such file" if not os.path.exists(path) else "not a regular file")
-        size = os.path.getsize(path)
+        with reading("the file"):  # removed since (a sharded save replacing its set): an OSError
+            size = os.path.getsize(path)
         if size == 0:
             raise CheckpointError("the file is empty (0 bytes)")
         with reading("the file"):
@@ -528,7 +550,7 @@ def _read(f: Any) -> Checkpoint:
     expected = cls.declared_slots(config)
     if slot_names != [slot.name for slot in expected]:
         raise CheckpointError(f"attribute slot_names on / is {slot_names}, but {cls.__name__} has slots {[s.name for s in expected]}")
-    if version >= 3 and tuple(declared) != tuple(expected):
+    if version >= 3 and [s.describe() for s in declared] != [s.describe() for s in expected]:
         raise CheckpointError(f"attribute slots on / declares {[s.describe() for s in declared]}, "
                               f"but {cls.__name__} declares {[s.describe() for s in expected]}")
     expected_scalars = sorted(name for name, _ in cls.scalar_state)
@@ -556,7 +578,7 @@ def _read(f: Any) -> Checkpoint:
             where = f"/parameters/{i}/{kind}"
             with reading(where):
                 array = f["parameters"][str(i)][kind][()]
-            array = np.asarray(array, dtype=slot.dtype_of(parameter.dtype))
+            array = _from_disk(array, slot.dtype_of(parameter.dtype))
             if _array_digest(array) != digests[i][kind]:
                 raise CheckpointError(f"{where} is corrupted: its data does not match its sha256 attribute")
             slots[kind].append(array)
@@ -611,11 +633,11 @@ def _declared_slots(header: Mapping[str, Any]) -> list[Slot]:
         raise CheckpointError(f"attribute slots on / should hold a JSON list of slot declarations, got {header['slots']!r:.80}")
     declared = []
     for record in recorded:
-        if (not isinstance(record, dict) or sorted(record) != ["dtype", "name", "shape"]
+        if (not isinstance(record, dict) or sorted(set(record) - {"sign"}) != ["dtype", "name", "shape"]
                 or not all(isinstance(record[key], str) for key in ("name", "shape"))
-                or not isinstance(record["dtype"], (str, type(None)))):
+                or not isinstance(record["dtype"], (str, type(None))) or not isinstance(record.get("sign", ""), str)):
             raise CheckpointError(f"attribute slots on / holds {record!r:.80}, not a slot declaration")
-        slot = Slot(record["name"], record["shape"], record["dtype"])
+        slot = Slot(record["name"], record["shape"], record["dtype"], record.get("sign", "signed"))
         try:
             check_slots("the checkpoint", (slot,))
         except TypeError as error:
@@ -648,7 +670,7 @@ def _read_parameters(f: Any, n_params: int, declared: Sequence[Slot]) -> tuple[l
             raise CheckpointError(f"attribute shape on {where} is not a list of sizes: {shape_text!r}")
         dtype = read_attribute(g, "dtype", str, where=where)
         if dtype not in _FLOAT_DTYPES:
-            raise CheckpointError(f"attribute dtype on {where} is {dtype!r}, expected float32 or float64")
+            raise CheckpointError(f"attribute dtype on {where} is {dtype!r}, expected one of {', '.join(_FLOAT_DTYPES)}")
         with reading(where):
             kinds = sorted(g.keys())
         slot_names = [slot.name for slot in declared]
@@ -688,8 +710,10 @@ def _check_dataset(dataset: Any, shape: tuple[int, ...], dtype: np.dtype[Any], w
     with reading(where):
         if dataset.shape != shape:
             raise CheckpointError(f"{where} has shape {dataset.shape}, but its parameter has shape {shape}")
-        if dataset.dtype.kind != "f" or dataset.dtype.itemsize != dtype.itemsize:
-            raise CheckpointError(f"{where} has dtype {dataset.dtype}, but its parameter has dtype {dtype}")
+        stored = _stored_dtype(dtype)
+        if dataset.dtype.newbyteorder("<") != stored if stored.kind == "V" else (
+                dataset.dtype.kind != stored.kind or dataset.dtype.itemsize != stored.itemsize):
+            raise CheckpointError(f"{where} has dtype {dataset.dtype}, but its declaration keeps it as {dtype}")
     check_stored_plainly(dataset, where)
 
 

@@ -17,9 +17,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from numbaopt import halves, quantization
 from numbaopt.extras import install_command
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_parameter_dtype(dtype: Any) -> bool:
+    """Whether parameters of ``dtype`` can be stepped: float32, float64, and the 16-bit
+    floats bfloat16 (ml_dtypes) and float16 (``numbaopt.halves``)."""
+    return dtype in FLOAT_DTYPES or halves.format_of(dtype) is not None
+
+
+_DTYPES_TAKEN = "only float32, float64, bfloat16 and float16 are supported"
 
 
 class CPUBackend:
@@ -61,8 +71,8 @@ class CPUBackend:
                 f"parameter {index} is a {type(param).__name__}; parameters must be arrays "
                 "that can be updated in place (NumPy arrays, or CUDA arrays with the cuda extra)"
             )
-        if param.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"parameter {index} has dtype {param.dtype}; only float32 and float64 are supported")
+        if not is_parameter_dtype(param.dtype):
+            raise TypeError(f"parameter {index} has dtype {param.dtype}; {_DTYPES_TAKEN}")
         if not param.flags.c_contiguous:
             raise ValueError(
                 f"parameter {index} is not C-contiguous; pass a contiguous array "
@@ -123,6 +133,11 @@ class CPUBackend:
     @staticmethod
     def copy_from_host(target: npt.NDArray[Any], source: npt.ArrayLike) -> None:
         target[...] = source
+
+    @staticmethod
+    def quantization_scheme() -> tuple[Any, ...]:
+        """The 8-bit kernels' maps, thresholds and lookup tables (``quantization.scheme``)."""
+        return quantization.scheme()
 
     @staticmethod
     def addresses(arrays: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.int64]:
@@ -233,13 +248,13 @@ def _type_name(value: object) -> str:
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
-_TORCH_FLOATS = ("torch.float32", "torch.float64")
+_TORCH_FLOATS = ("torch.float32", "torch.float64", "torch.bfloat16", "torch.float16")
 
 
 def torch_parameter_view(param: Any, index: int) -> Any:
     """A NumPy view of a CPU tensor's memory (``detach`` shares it), or the reason it cannot be updated in place."""
     if str(param.dtype) not in _TORCH_FLOATS:
-        raise TypeError(f"parameter {index} has dtype {param.dtype}; only float32 and float64 are supported")
+        raise TypeError(f"parameter {index} has dtype {param.dtype}; {_DTYPES_TAKEN}")
     if param.device.type != "cpu":  # a meta tensor, say: no memory to update
         raise TypeError(f"parameter {index} is a torch tensor on the {param.device.type} device, which has no "
                         "memory numbaopt can update; pass a CPU or CUDA tensor")
@@ -253,7 +268,15 @@ def torch_parameter_view(param: Any, index: int) -> Any:
             f"parameter {index} is not C-contiguous; pass a contiguous tensor "
             "(.contiguous() makes a copy, which would not be updated in place)"
         )
-    return param.detach().numpy()
+    return _torch_numpy(param.detach())
+
+
+def _torch_numpy(tensor: Any) -> npt.NDArray[Any]:
+    """A NumPy view of a CPU tensor's memory; a bfloat16 tensor's as ml_dtypes' bfloat16
+    (NumPy has none, so torch gives none: its bits are viewed as int16, then retyped)."""
+    if str(tensor.dtype) == "torch.bfloat16":
+        return tensor.view(sys.modules["torch"].int16).numpy().view(halves.bfloat16())  # type: ignore[no-any-return]
+    return tensor.numpy()  # type: ignore[no-any-return]  # a torch.Tensor
 
 
 def torch_dtype_name(tensor: Any) -> str:
@@ -278,7 +301,7 @@ def _torch_host_array(grad: Any, dtype: np.dtype[Any], index: int) -> npt.NDArra
     if str(grad.dtype) != f"torch.{dtype.name}":
         grad = grad.to(getattr(sys.modules["torch"], dtype.name))  # a safe cast: exact
     try:
-        return grad.numpy()  # type: ignore[no-any-return]  # a torch.Tensor
+        return _torch_numpy(grad)
     except (TypeError, RuntimeError) as error:  # a meta or conjugate-view tensor, say
         raise TypeError(f"gradient {index} cannot be read as an array on the host: {error}") from None
 
@@ -349,6 +372,11 @@ class CUDABackend:
         """None: CUDA arrays take the full checks at every step (a launch costs more)."""
         return None
 
+    @functools.cache  # noqa: B019  # one backend per process, kept for good
+    def quantization_scheme(self) -> tuple[Any, ...]:
+        """The 8-bit kernels' maps, thresholds and lookup tables, copied to the device once."""
+        return tuple(self._cuda.to_device(np.ascontiguousarray(table)) for table in quantization.scheme())
+
     def check_parameter(self, param: Any, index: int) -> Any:
         """A Numba device array over ``param``'s memory, once it is updatable in place."""
         if not is_cuda_array(param):
@@ -359,8 +387,9 @@ class CUDABackend:
         if interface is not None and interface["data"][1]:
             raise ValueError(f"parameter {index} is read-only")
         param = self._view(param)
-        if param.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"parameter {index} has dtype {param.dtype}; only float32 and float64 are supported")
+        if param.dtype not in FLOAT_DTYPES and param.dtype != np.float16:
+            # Numba's device arrays know no bfloat16 (nor does the CUDA array interface)
+            raise TypeError(f"parameter {index} has dtype {param.dtype}; CUDA parameters are float32, float64 or float16")
         if not param.is_c_contiguous():
             raise ValueError(f"parameter {index} is not C-contiguous; pass a contiguous CUDA array")
         return param

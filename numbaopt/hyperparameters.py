@@ -19,7 +19,8 @@ class Hyperparameter(NamedTuple):
     """A constructor argument: its Keras 2.0 name, default and valid range.
 
     ``kind`` is ``"nonnegative"`` (a finite float >= 0), ``"fraction"`` (a float in
-    [0, 1), for the betas), ``"flag"`` (a bool) or ``"device"`` ("auto", "cpu" or "cuda").
+    [0, 1), for the betas), ``"flag"`` (a bool), ``"device"`` ("auto", "cpu" or "cuda")
+    or ``"slot_dtype"`` (None or one of ``SLOT_DTYPES``).
     """
 
     name: str
@@ -32,7 +33,13 @@ class Hyperparameter(NamedTuple):
             if not isinstance(value, str) or value not in ("auto", "cpu", "cuda"):
                 raise ValueError(f"{self.name} must be 'auto', 'cpu' or 'cuda', got {value!r}")
             return value
+        if self.kind == "slot_dtype":
+            if value is not None and (not isinstance(value, str) or value not in SLOT_DTYPES):
+                raise ValueError(f"{self.name} must be None or one of {SLOT_DTYPES}, got {value!r}")
+            return value  # type: ignore[return-value]  # None: as declared
         if self.kind == "flag":
+            if value is None and self.default is None:  # a setting that is off unless given
+                return None  # type: ignore[return-value]
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{self.name} must be a bool, got {value!r}")
             return bool(value)
@@ -57,6 +64,15 @@ CLIPPING = (Hyperparameter("clipnorm", None), Hyperparameter("clipvalue", None))
 #: Where the step runs: "auto" (where the parameters live), or "cpu" / "cuda" to force and
 #: check that. In the config only when given, like the clip settings.
 DEVICE = (Hyperparameter("device", None, "device"),)
+
+#: How the slots are kept: None (as declared: the parameters' dtype, float32 for 16-bit
+#: parameters), float32, bfloat16, or 8-bit block-wise quantization (``numbaopt.quantization``).
+SLOT_DTYPES = ("float32", "bfloat16", "q8")
+
+#: numbaopt's memory settings, which every optimizer takes: ``slot_dtype`` (fixed once the
+#: optimizer is built) and ``stochastic_rounding`` of 16-bit parameters. In the config only
+#: when given, like the device.
+MEMORY = (Hyperparameter("slot_dtype", None, "slot_dtype"), Hyperparameter("stochastic_rounding", None, "flag"))
 
 #: Later Keras versions spell ``lr`` as ``learning_rate``; both name the same setting.
 ALIASES = {"learning_rate": "lr"}
@@ -125,13 +141,15 @@ def bind_arguments(
     given = dict(zip(names, args))
     for key, value in kwargs.items():
         name = ALIASES.get(key, key)
-        if name not in names and name not in ("clipnorm", "clipvalue", "device"):
+        if name not in names and name not in ("clipnorm", "clipvalue", "device", "slot_dtype", "stochastic_rounding"):
             raise TypeError(f"Unexpected keyword argument passed to optimizer {owner}: {key}")
         if name in given:
             raise TypeError(f"{owner} got multiple values for argument {name!r}")
         given[name] = value
     checked: dict[str, Any] = {}
-    for h in declared + CLIPPING + DEVICE:
+    for h in declared + CLIPPING + DEVICE + MEMORY:
+        if h.name in given and given[h.name] is None and h in MEMORY:
+            continue  # None is the default, absent from the config
         if h.name in given:
             checked[h.name] = h.check(given[h.name])
         elif h.default is not None:

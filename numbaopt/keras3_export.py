@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from numbaopt import keras_weights
 from numbaopt.checkpoint import CheckpointError
 from numbaopt.keras3.base import Keras3Optimizer
 from numbaopt.keras3_files import GENERATION_NAMES, Entry, Keras3File, Values, laid_out, optimizer_from
@@ -42,7 +43,7 @@ LOSS_SCALE_VARIABLES = 4
 
 #: Settings that are no numbers of the update: the name (Keras's variable paths carry it, so
 #: the file's is kept), numbaopt's device and tf-keras flavour (checked as the generation).
-_NOT_SETTINGS = ("name", "device", "tf_keras")
+_NOT_SETTINGS = ("name", "device", "tf_keras", "slot_dtype", "stochastic_rounding")
 
 
 class ReplacedMeanwhile(Exception):
@@ -147,7 +148,7 @@ def _fitting(value: npt.ArrayLike, entry: Entry, what: str, stored: npt.NDArray[
 def _values(optimizer: Keras3Optimizer, found: Keras3File, params: list[npt.NDArray[Any]]) -> Values:
     """The optimizer's state, per parameter in the file's order (matched by name where the
     optimizer has names, else by position); a state not yet built is what Keras builds."""
-    state = optimizer.state()
+    state = keras_weights.values(optimizer, optimizer.state())
     arrays = optimizer.checkpoint_arrays()
     averages = [arrays[k] for k in sorted(arrays) if k.startswith("average.")]
     accumulators = [arrays[k] for k in sorted(arrays) if k.startswith("gradient_accumulator.")]

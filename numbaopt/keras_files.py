@@ -26,11 +26,11 @@ import os
 import threading
 import zipfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy.typing as npt
 
-from numbaopt import checkpoint, keras3_export, keras3_files, keras_legacy_files
+from numbaopt import checkpoint, halves, keras3_export, keras3_files, keras_legacy_files, keras_weights
 from numbaopt.checkpoint import CheckpointError
 from numbaopt.keras3.base import Keras3Optimizer
 from numbaopt.keras3_files import GENERATION_NAMES, Keras3File
@@ -41,6 +41,8 @@ from numbaopt.optimizers import Optimizer
 
 __all__ = ["KerasOptimizerFile", "KerasStateNotSaved", "describe", "export_keras_optimizer", "import_keras_optimizer",
            "is_keras_file", "read_keras_file"]
+
+_AnyOptimizer = TypeVar("_AnyOptimizer", Optimizer, Keras3Optimizer)
 
 
 # ----------------------------------------------------------------------- import
@@ -148,7 +150,8 @@ def _read_zip(path: str) -> KerasOptimizerFile | Keras3File:
 
 
 def export_keras_optimizer(
-    optimizer: Optimizer | Keras3Optimizer, path: str | os.PathLike[str], parameters: Mapping[str, npt.ArrayLike] | None = None
+    optimizer: Optimizer | Keras3Optimizer, path: str | os.PathLike[str], parameters: Mapping[str, npt.ArrayLike] | None = None,
+    *, dequantize: bool = False,
 ) -> None:
     """Write ``optimizer``'s state (and ``parameters``' values) into the Keras model file at ``path``.
 
@@ -166,6 +169,11 @@ def export_keras_optimizer(
     and each ``{name: array}`` of ``parameters`` into the model variable of that name (as
     ``import_keras_optimizer`` names them). Everything is checked before anything is written
     (ValueError naming what does not match), and the file is replaced atomically.
+
+    Keras holds its optimizer variables as float arrays: slots kept in 8 bits
+    (``slot_dtype="q8"``) are refused unless ``dequantize=True``, which writes their
+    dequantized float values (the 8-bit state itself lives in numbaopt's checkpoints).
+    bfloat16 slots are written as their values, which float32 holds exactly.
     """
     if isinstance(optimizer, Keras3Optimizer):
         pass
@@ -175,6 +183,13 @@ def export_keras_optimizer(
     if parameters is not None and not isinstance(parameters, Mapping):
         raise TypeError(f"parameters must be a dict of variable name -> array (as import_keras_optimizer "
                         f"returns), got {type(parameters).__name__}")
+    if any(slot.dtype == "q8" for slot in getattr(optimizer, "slots", ())) and not dequantize:
+        raise ValueError(
+            f"{type(optimizer).__name__} keeps its slots in 8 bits (slot_dtype='q8'), which a Keras file cannot hold; "
+            "export_keras_optimizer(..., dequantize=True) writes their dequantized float values instead, and "
+            "numbaopt.save_optimizer keeps the 8-bit state itself"
+        )
+    optimizer = _as_keras_keeps_it(optimizer)
     read_from = checkpoint.file_identity(path)  # the file this export reads, and must copy (another export may replace it)
     found = read_keras_file(path)
     try:
@@ -196,11 +211,25 @@ def export_keras_optimizer(
         try:
             if _EXPORTS.depth > _EXPORT_ATTEMPTS:
                 raise CheckpointError(f"{found.path}: other exports kept replacing the file; nothing was written") from None
-            export_keras_optimizer(optimizer, path, parameters)
+            export_keras_optimizer(optimizer, path, parameters, dequantize=dequantize)
         finally:
             _EXPORTS.depth -= 1
 
 
+def _as_keras_keeps_it(optimizer: _AnyOptimizer) -> _AnyOptimizer:
+    """``optimizer`` itself, or where it keeps numbaopt's own settings (``slot_dtype``,
+    ``stochastic_rounding``) a twin without them, holding its state as float values."""
+    memory = ("slot_dtype", "stochastic_rounding")
+    config = optimizer.checkpoint_config()
+    if not any(key in config for key in memory):
+        return optimizer
+    twin = type(optimizer).from_checkpoint_config({k: v for k, v in config.items() if k not in memory})
+    state = keras_weights.values(optimizer, optimizer.state())
+    if state.parameters is not None:  # float32 values, in the dtype the twin keeps for each parameter
+        kept = [halves.compute_dtype(halves.as_dtype(dtype)) for _, dtype in state.parameters]
+        state = state._replace(slots={kind: [a.astype(d) for a, d in zip(arrays, kept)] for kind, arrays in state.slots.items()})
+    twin.load_state(state)
+    return twin
 
 
 #: How many times an export starts again while other exports replace the file under it.

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import checkpoint, keras3_export, keras3_files
+from numbaopt import checkpoint, keras3_export, keras3_files, keras_weights
 from numbaopt.checkpoint import CheckpointError
 from numbaopt.declarations import KerasClass, keras_description
 from numbaopt.keras_reading import (
@@ -332,7 +332,7 @@ def export(
                          f"loads none from it; export writes legacy optimizers into .h5 model files")
     if found.optimizer_class is not type(optimizer):
         raise ValueError(f"{found.path} holds a {found.keras_class} optimizer; cannot write a {type(optimizer).__name__} into it")
-    state = optimizer.state()
+    state = keras_weights.values(optimizer, optimizer.state())
     created = None
     if found.iterations is None:  # saved before the first step: lay out the weights Keras would create
         found, created = _laid_out(found, optimizer, state.names)

@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from typing import Protocol
-
-    class _State(Protocol):
-        """What ``build`` reads of an ``OptimizerState`` (defined above this layer)."""
-
-        @property
-        def iterations(self) -> int: ...
-        @property
-        def scalars(self) -> dict[str, float]: ...
-        @property
-        def slots(self) -> dict[str, list[npt.NDArray[Any]]]: ...
+from numbaopt import halves, quantization
+from numbaopt.state import OptimizerState, Slot
 
 #: ``iterations`` is saved as an int64: larger counts could not be saved or read back.
 ITERATIONS_LIMIT = 2**63
@@ -43,7 +33,7 @@ def as_arrays(weights: Iterable[npt.ArrayLike]) -> list[npt.NDArray[Any]]:
             a = np.asarray(w)
         except Exception as error:  # noqa: BLE001 - any conversion failure means "not an array"
             raise TypeError(f"set_weights: item {i} is not an array: {error}") from None
-        if a.dtype.kind not in "biuf":
+        if a.dtype.kind not in "biuf" and a.dtype != quantization.HOST_DTYPE and a.dtype.name != "bfloat16":
             raise TypeError(f"set_weights: item {i} has dtype {a.dtype}, not a number type")
         arrays.append(a)
     return arrays
@@ -54,14 +44,53 @@ def _class_name(cls: Any) -> str:
     return str(cls.__name__ if isinstance(cls, type) else type(cls).__name__)
 
 
-def build(cls: Any, state: _State) -> list[npt.NDArray[Any]]:
+def build(cls: Any, state: OptimizerState) -> list[npt.NDArray[Any]]:
     """The full weights list of an ``OptimizerState`` of an optimizer ``cls`` (its class, or
     the optimizer itself where its slots depend on its settings, as in ``numbaopt.keras3``)."""
     weights = [np.array(state.iterations, dtype=np.int64)]
     weights += [np.array(state.scalars[name], dtype=np.float64) for name, _ in cls.scalar_state]
-    for kind in cls.slot_names:
-        weights += state.slots.get(kind, [])
+    shapes = [tuple(shape) for shape, _ in state.parameters] if state.parameters is not None else None
+    for slot in cls.slots:
+        arrays = state.slots.get(slot.name, [])
+        weights += [_as_values(slot, a, shapes[i] if shapes else None) for i, a in enumerate(arrays)]
     return weights
+
+
+def values(cls: Any, state: OptimizerState) -> OptimizerState:
+    """``state`` with every slot as its values (``build``'s view): float32 for bfloat16 and
+    8-bit storage. What Keras files hold, whose optimizer variables are float arrays."""
+    shapes = [tuple(shape) for shape, _ in state.parameters] if state.parameters is not None else None
+    slots = {slot.name: [_as_values(slot, a, shapes[i] if shapes else None) for i, a in enumerate(state.slots[slot.name])]
+             for slot in cls.slots if slot.name in state.slots}
+    return state._replace(slots=slots)
+
+
+def _as_values(slot: Slot, array: npt.NDArray[Any], shape: tuple[int, ...] | None) -> npt.NDArray[Any]:
+    """A slot's host array as the Keras list shows it: its values, float32 for bfloat16 and
+    8-bit storage (dequantized; without the parameter's shape, flat, padding included)."""
+    if slot.dtype == "q8":
+        return quantization.dequantize(array, shape if shape is not None else (array.size * quantization.BLOCK,), slot.sign)
+    if slot.dtype == "bfloat16":
+        return array.astype(np.float32)
+    return array
+
+
+def stored(cls: Any, slot_lists: dict[str, list[npt.NDArray[Any]]]) -> dict[str, list[npt.NDArray[Any]]]:
+    """``slot_lists`` (from ``split``) with the values of slots kept in bfloat16 or 8 bits
+    (float arrays, as ``build`` gives them) in that storage; arrays already in it as they are."""
+    out = dict(slot_lists)
+    for slot in cls.slots:
+        if slot.dtype in ("bfloat16", "q8") and slot.name in out:
+            out[slot.name] = [_to_storage(slot, a) for a in out[slot.name]]
+    return out
+
+
+def _to_storage(slot: Slot, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    if array.dtype.kind != "f" or array.dtype == slot.dtype_of(np.float32):
+        return array
+    if slot.dtype == "q8":
+        return quantization.quantize(array, slot.sign)
+    return array.astype(halves.bfloat16())
 
 
 def split(
@@ -142,7 +171,8 @@ def check_unbound_slots(cls: Any, slot_lists: Mapping[str, Sequence[npt.NDArray[
         if len(arrays) != len(first):
             raise ValueError(f"set_weights: {len(arrays)} arrays of {kind}, but {len(first)} of {first_kind}")
         for i, a in enumerate(arrays):
-            if a.dtype not in (np.float32, np.float64):
+            kept = declared[kind].dtype
+            if a.dtype not in (np.float32, np.float64) and not (kept in ("bfloat16", "q8") and a.dtype == declared[kind].dtype_of(a.dtype)):
                 raise TypeError(f"set_weights: {kind}[{i}] must be float32 or float64, got {a.dtype}")
     alike = [(kind, arrays) for kind, arrays in lists if declared[kind][1:] == declared[first_kind][1:]]
     for kind, arrays in alike:

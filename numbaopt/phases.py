@@ -43,5 +43,9 @@ Phase = ElementPass | TensorPass
 
 def whole_tensors(cls: Any) -> bool:
     """Whether optimizer class ``cls`` (or an optimizer, whose slots may be its own) needs each parameter whole where it steps (sharded
-    over ranks): a slot not shaped like its parameter (``Slot.shards``), or a tensor pass."""
-    return shards_by_tensor(cls.slots) or any(isinstance(phase, TensorPass) for phase in cls.phases)
+    over ranks): a slot not shaped like its parameter (``Slot.shards``), a tensor pass, or an
+    optimizer that rounds stochastically (an element's random bits are keyed by its index
+    in its tensor, which a piece of the tensor would not know)."""
+    values = None if isinstance(cls, type) else getattr(cls, "hyperparameter_values", None)
+    stochastic = values is not None and bool(values().get("stochastic_rounding"))
+    return shards_by_tensor(cls.slots) or any(isinstance(phase, TensorPass) for phase in cls.phases) or stochastic

@@ -19,9 +19,10 @@ _C = TypeVar("_C", bound=type)
 #: their modules were imported.
 _CLASSES: dict[str, type[Any]] = {}
 
-#: The families of optimizers: Keras 2.0's (``numbaopt.optimizers``) and Keras 3's
-#: (``numbaopt.keras3``). A class says its family in its ``family`` attribute.
-FAMILIES = ("keras2", "keras3")
+#: The families of optimizers: Keras 2.0's (``numbaopt.optimizers``), Keras 3's
+#: (``numbaopt.keras3``) and torch.optim's (``numbaopt.torch_optim``). A class says its
+#: family in its ``family`` attribute.
+FAMILIES = ("keras2", "keras3", "torch_optim")
 
 
 def family_of(cls: type[Any]) -> str:
@@ -33,7 +34,7 @@ def family_of(cls: type[Any]) -> str:
 def qualified_name(cls: type[Any]) -> str:
     """The name a class is registered and recorded under (checkpoints, sharded indexes):
     its class name for Keras 2.0's family, which came first, else ``family.ClassName``
-    (``keras3.Adam``), so that the families' classes of one name stay apart."""
+    (``keras3.Adam``, ``torch_optim.Adam``), so that the families' classes of one name stay apart."""
     family = family_of(cls)
     return cls.__name__ if family == "keras2" else f"{family}.{cls.__name__}"
 

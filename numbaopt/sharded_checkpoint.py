@@ -23,6 +23,7 @@ import math
 import os
 import re
 import time
+import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -222,7 +223,9 @@ def read_whole(path: str | os.PathLike[str]) -> Checkpoint:
 def _read_whole(index: ShardedIndex) -> Checkpoint:
     shards = [read_shard(index, k) for k in range(len(index.shards))]  # every one checked, even empty ones
     whole = [(0, _size(p.shape)) for p in index.parameters]
-    by_tensor = whole_tensors(registry.optimizer_class(index.class_name))
+    cls = registry.optimizer_class(index.class_name)
+    # the slots of this config (slot_dtype, Keras 3's variants), not the class's declaration
+    by_tensor = whole_tensors(types.SimpleNamespace(slots=cls.declared_slots(index.config), phases=cls.phases))
     slots = slot_pieces(index, whole, [s.ranges for s in index.shards], lambda k: shards[k].slots, by_tensor)
     if not by_tensor:
         slots = {kind: [a.reshape(p.shape) for a, p in zip(arrays, index.parameters)] for kind, arrays in slots.items()}
@@ -297,7 +300,7 @@ def _parameters(records: list[Any]) -> tuple[Parameter, ...]:
             raise CheckpointError(f"parameter {i} in attribute parameters on / has name {name!r:.40}")
         if not isinstance(shape, list) or not all(_is_size(n) for n in shape):
             raise CheckpointError(f"parameter {i} in attribute parameters on / has shape {shape!r:.40}")
-        if dtype not in ("float32", "float64"):
+        if dtype not in ("float32", "float64", "bfloat16", "float16"):
             raise CheckpointError(f"parameter {i} in attribute parameters on / has dtype {dtype!r:.40}")
         parameters.append(Parameter(name, tuple(shape), dtype))
     names = [p.name for p in parameters]
@@ -391,9 +394,11 @@ def slot_pieces(
     # Every source is read (and checked) before the result is allocated: its size in the
     # index is only a number in a file, the sources hold the data.
     sources = {k: read(k) for k in overlapping}
-    out = {kind: [np.empty(b - a, p.dtype) for p, (a, b) in zip(index.parameters, wanted)] for kind in cls.slot_names}
+    declared = cls.declared_slots(index.config)
+    out = {slot.name: [np.empty(b - a, slot.dtype_of(p.dtype)) for p, (a, b) in zip(index.parameters, wanted)]
+           for slot in declared}
     for k, overlaps in overlapping.items():
-        for kind in cls.slot_names:
+        for kind in out:
             for i, start, stop in overlaps:
                 source = np.asarray(sources[k][kind][i]).reshape(-1)
                 out[kind][i][start - wanted[i][0]: stop - wanted[i][0]] = source[start - stored[k][i][0]: stop - stored[k][i][0]]
@@ -416,11 +421,12 @@ def _whole_slot_pieces(
                 raise CheckpointError(f"no shard holds parameter {i} whole")
             sources.setdefault(k, []).append(i)
     read_sources = {k: read(k) for k in sources}
+    declared = cls.declared_slots(index.config)
     out: dict[str, list[npt.NDArray[Any]]] = {
-        slot.name: [np.zeros(slot.shape_of((0,)), slot.dtype_of(p.dtype)) for p in index.parameters] for slot in cls.slots
+        slot.name: [np.zeros(slot.shape_of((0,)), slot.dtype_of(p.dtype)) for p in index.parameters] for slot in declared
     }
     for k, members in sources.items():
-        for slot in cls.slots:
+        for slot in declared:
             for i in members:
                 out[slot.name][i] = np.asarray(read_sources[k][slot.name][i])
     return out

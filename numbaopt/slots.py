@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import threads, tuning
+from numbaopt import halves, quantization, threads, tuning
 from numbaopt.phases import ElementPass, Phase
 from numbaopt.state import Slot
 
@@ -143,7 +143,24 @@ class ParamGroup(NamedTuple):
     slot_sizes: npt.NDArray[np.int64]  # (n_slots, n_tensors)
     dims: npt.NDArray[np.int64]  # (n_tensors, 3): elements, last and second-last axis (0, 0 below two axes)
     tensor_base: npt.NDArray[np.int64]  # (n_tensors,): where the tensor's per-tensor slots start in ``buffer``
-    like: Any  # an empty array of the parameters' dtype on the device: types their pointers in the kernels
+    like: Any  # an empty array of the parameters' memory dtype (uint16 for 16-bit floats) on the device: types their pointers
+    compute: np.dtype[Any]  # the dtype the step computes in (``halves.compute_dtype``)
+    formats: tuple[str, str]  # how the kernels read parameters and slots (``storage_formats``)
+    scales: Any  # q8: the blocks' absmax, (n_element_kinds, total // BLOCK) float32 on the device; else empty
+    signs: npt.NDArray[np.int64]  # q8: each element slot's map (``quantization.map_index``)
+
+
+#: The formats of float32 and float64 parameters with slots of their own dtype (or float32).
+NATIVE = ("native", "native")
+
+
+def storage_formats(dtype: np.dtype[Any], declared: Sequence[Slot]) -> tuple[str, str]:
+    """How the kernels read and write the parameters of ``dtype`` (``"native"``,
+    ``"bfloat16"``, ``"float16"``) and their ``declared`` slots (``"native"``,
+    ``"bfloat16"``, ``"q8"``): 16-bit memory is read as uint16 and converted."""
+    stored = declared[0].dtype if declared else None
+    formats = (halves.format_of(dtype) or "native", stored if stored in ("bfloat16", "q8") else "native")
+    return NATIVE if formats == NATIVE else formats  # the one object: ``run`` asks by identity
 
 
 def chunk_table(sizes: Sequence[int], chunk: int) -> npt.NDArray[np.int64]:
@@ -162,8 +179,10 @@ def _group(layout: Layout, declared: tuple[Slot, ...], dtype: np.dtype[Any]) -> 
     positions = np.array([i for i, d in enumerate(layout.dtypes) if d == dtype], np.intp)
     shapes = [tuple(layout.shapes[i]) for i in positions]
     sizes = [_size(shape) for shape in shapes]
-    total = int(sum(sizes))
-    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
+    quantized = bool(declared) and declared[0].dtype == "q8"
+    room = [quantization.blocks(size) * quantization.BLOCK for size in sizes] if quantized else sizes
+    total = int(sum(room))
+    offsets = np.concatenate([[0], np.cumsum(room, dtype=np.int64)[:-1]]).astype(np.int64)
     n_tensors = len(positions)
     slot_offsets = np.zeros((len(declared), n_tensors), np.int64)
     slot_sizes = np.zeros((len(declared), n_tensors), np.int64)
@@ -183,12 +202,21 @@ def _group(layout: Layout, declared: tuple[Slot, ...], dtype: np.dtype[Any]) -> 
             end += int(slot_sizes[k].sum())
     dims = np.array([(size, *((shape[-1], shape[-2]) if len(shape) >= 2 else (0, 0)))
                      for shape, size in zip(shapes, sizes)], np.int64).reshape(-1, 3)
-    storage = declared[0].dtype_of(dtype) if declared else dtype
-    buffer = layout.backend.zeros(end, storage)
+    formats = storage_formats(dtype, declared)
+    memory: dict[str, npt.DTypeLike] = {"native": (declared[0] if declared else Slot("none")).dtype_of(dtype), "bfloat16": np.uint16,
+                                        "q8": np.uint8}
+    buffer = layout.backend.zeros(end, memory[formats[1]])
     rows = buffer[: len(element) * total].reshape((len(element), total))
-    chunks = chunk_table(sizes, tuning.CHUNK_ELEMENTS)
-    like = layout.backend.zeros(0, dtype)
-    return ParamGroup(dtype, positions, offsets, chunks, rows, buffer, slot_offsets, slot_sizes, dims, tensor_base, like)
+    # A q8 chunk is whole blocks: each block's scale is one thread's to write.
+    block = quantization.BLOCK if quantized else 1
+    chunks = chunk_table(sizes, max(block, tuning.CHUNK_ELEMENTS // block * block))
+    like = layout.backend.zeros(0, np.uint16 if formats[0] != "native" else dtype)
+    # 8-bit slots: one scale per block of each tensor, the blocks aligned to the tensor (see
+    # ``offsets``), so a chunk, a thread's work, is whole blocks, and no block spans tensors.
+    scales = layout.backend.zeros((len(element), total // quantization.BLOCK if formats[1] == "q8" else 0), np.float32)
+    signs = np.array([quantization.map_index(declared[k].sign) for k in element], np.int64)
+    return ParamGroup(dtype, positions, offsets, chunks, rows, buffer, slot_offsets, slot_sizes, dims, tensor_base, like,
+                      halves.compute_dtype(dtype), formats, scales, signs)
 
 
 class SlotStore:
@@ -235,14 +263,16 @@ class SlotStore:
     # ------------------------------------------------------------------- views
 
     def _views(self, kind: str) -> list[Any]:
-        """Per-parameter views (on the device) of slot ``kind``, in parameter order."""
+        """Per-parameter views (on the device) of slot ``kind``, in parameter order: its
+        memory as the kernels see it (uint16 for bfloat16, the codes for q8)."""
         k = self.slot_names.index(kind)
         slot = self.declared[k]
         views: list[Any] = [None] * self.n_params
         for group in self.groups:
             for j, i in enumerate(group.positions.tolist()):
                 start, size = int(group.slot_offsets[k, j]), int(group.slot_sizes[k, j])
-                views[i] = group.buffer[start : start + size].reshape(slot.shape_of(self.shapes[i]))
+                shape = self.shapes[i] if slot.dtype == "q8" else slot.shape_of(self.shapes[i])
+                views[i] = group.buffer[start : start + size].reshape(shape)
         return views
 
     def views(self, kind: str) -> list[Any]:
@@ -250,15 +280,53 @@ class SlotStore:
         for a step that updates some slots outside the kernels (Keras 3's Muon)."""
         return self._views(kind)
 
+    def _blocks(self, k: int) -> list[tuple[Any, Any]]:
+        """Per parameter, the device views of q8 slot ``k``'s whole blocks: codes
+        ``(blocks, BLOCK)`` and scales ``(blocks,)``."""
+        pieces: list[tuple[Any, Any]] = [(None, None)] * self.n_params
+        for group in self.groups:
+            for j, i in enumerate(group.positions.tolist()):
+                n = quantization.blocks(int(group.slot_sizes[k, j]))
+                start = int(group.offsets[j])
+                codes = group.slots[k, start : start + n * quantization.BLOCK].reshape((n, quantization.BLOCK))
+                first = start // quantization.BLOCK
+                pieces[i] = (codes, group.scales[k, first : first + n])
+        return pieces
+
     def host_slots(self) -> dict[str, list[npt.NDArray[Any]]]:
-        """Every slot as a host copy: ``{kind: [array per parameter]}``."""
-        return {kind: [self.backend.to_host(v) for v in self._views(kind)] for kind in self.slot_names}
+        """Every slot as a host copy, as its declaration gives it (``Slot.dtype_of``):
+        ``{kind: [array per parameter]}``."""
+        out: dict[str, list[npt.NDArray[Any]]] = {}
+        to_host = self.backend.to_host
+        for k, slot in enumerate(self.declared):
+            if slot.dtype == "q8":
+                arrays = []
+                for codes, scales in self._blocks(k):
+                    host = np.zeros(codes.shape[0], quantization.HOST_DTYPE)
+                    host["codes"], host["absmax"] = to_host(codes), to_host(scales)
+                    arrays.append(host)
+                out[slot.name] = arrays
+            elif slot.dtype == "bfloat16":
+                out[slot.name] = [to_host(v).view(halves.bfloat16()) for v in self._views(slot.name)]
+            else:
+                out[slot.name] = [to_host(v) for v in self._views(slot.name)]
+        return out
 
     def load_host_slots(self, slot_lists: Mapping[str, Sequence[npt.ArrayLike]]) -> None:
         """Overwrite every slot from host arrays (already checked)."""
-        for kind in self.slot_names:
-            for view, source in zip(self._views(kind), slot_lists[kind]):
-                self.backend.copy_from_host(view, np.asarray(source, dtype=view.dtype))
+        copy = self.backend.copy_from_host
+        for k, slot in enumerate(self.declared):
+            if slot.dtype == "q8":
+                for (codes, scales), source in zip(self._blocks(k), slot_lists[slot.name]):
+                    host = np.asarray(source, quantization.HOST_DTYPE)
+                    copy(codes, np.ascontiguousarray(host["codes"]))
+                    copy(scales, np.ascontiguousarray(host["absmax"]))
+            elif slot.dtype == "bfloat16":
+                for view, source in zip(self._views(slot.name), slot_lists[slot.name]):
+                    copy(view, np.asarray(source, halves.bfloat16()).view(np.uint16))
+            else:
+                for view, source in zip(self._views(slot.name), slot_lists[slot.name]):
+                    copy(view, np.asarray(source, dtype=view.dtype))
 
     # ------------------------------------------------------------------- a call
 
@@ -311,7 +379,7 @@ class SlotStore:
         parallel = self.parallel()
         for group, addresses, table in zip(self.groups, grad_addresses, chunks or self.chunks_of(None)):
             if len(table):
-                total += self.backend.sum(chunk_sums(self.backend, addresses, table, group.like, parallel))
+                total += self.backend.sum(chunk_sums(self.backend, addresses, table, group.like, parallel, group.formats[0]))
         return float(np.sqrt(total))
 
     def parallel(self) -> bool:
@@ -328,19 +396,41 @@ class SlotStore:
         clip: tuple[Any, Any, Any],
         scalars: tuple[Any, ...],
         chunks: npt.NDArray[np.int64] | None = None,
+        seed: int | None = None,
     ) -> None:
         """One step of the element ``rule`` over every tensor of ``group`` (or over its
-        ``chunks``, a table from ``chunks_of``)."""
+        ``chunks``, a table from ``chunks_of``). ``seed`` (a step's own, from the
+        optimizer's counter) rounds 16-bit parameters stochastically; None to nearest."""
         chunks = group.chunks if chunks is None else chunks
         if not len(chunks):
             return
         launch = threads.plan(self.backend.name, self.parallel(), rule, group.dtype, len(chunks))
+        if group.formats is not NATIVE:  # 16-bit parameters, or slots in bfloat16 or 8 bits
+            self._run_stored(rule, group, param_addresses, grad_addresses, clip, scalars, chunks, seed, launch)
+            return
         step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel)
         if launch is threads.SERIAL:  # on the calling thread, as chosen by size: nothing to guard or time
             step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like)
             return
         with _LAUNCH(self.backend, launch.parallel), launch:
             step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like)
+        _LAUNCH.launched(self.backend, launch.parallel)
+
+    def _run_stored(
+        self, rule: Callable[..., tuple[float, ...]], group: ParamGroup, param_addresses: npt.NDArray[np.int64],
+        grad_addresses: npt.NDArray[np.int64], clip: tuple[Any, Any, Any], scalars: tuple[Any, ...],
+        chunks: npt.NDArray[np.int64], seed: int | None, launch: Any,
+    ) -> None:
+        """``run`` through the converting kernels (``storage_formats``): the seed of
+        stochastic rounding and, for 8-bit slots, the scales and the scheme's tables."""
+        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel, group.formats, seed is not None)
+        # The group's first parameter tells the groups' random streams apart.
+        arguments: tuple[Any, ...] = (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars,
+                                      group.like, np.uint64(((seed or 0) * 0x10001 + int(group.positions[0])) % 2**64))
+        if group.formats[1] == "q8" and self.slot_names:
+            arguments += (group.scales, *self.backend.quantization_scheme(), group.signs)
+        with _LAUNCH(self.backend, launch.parallel), launch:
+            step(*arguments)
         _LAUNCH.launched(self.backend, launch.parallel)
 
     def run_phases(
@@ -358,6 +448,11 @@ class SlotStore:
         and their ``chunks`` (from ``chunks_of``), phase after phase."""
         if not len(tensors):
             return
+        if group.formats != NATIVE:
+            raise TypeError(
+                f"this optimizer steps in phases, which read {group.dtype} parameters or {self.declared[0].dtype} slots "
+                "no more than 8-bit ones: pass float32 or float64 parameters, and slot_dtype None or 'float32'"
+            )
         kernels = self.backend.kernels
         n_element, n_tensor = self._n_element, self._n_tensor
         for phase in phases:
@@ -380,13 +475,13 @@ class SlotStore:
 
 
 def chunk_sums(backend: Backend, addresses: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: Any,
-               parallel: bool) -> Any:
+               parallel: bool, form: str = "native") -> Any:
     """The float64 sum of squares of each chunk (rows of ``chunk_table``) of the arrays at
-    ``addresses``, of ``like``'s dtype: the global norm's partial sums, on ``backend``.
+    ``addresses``, of ``like``'s dtype (uint16 memory for ``form`` ``"bfloat16"`` or
+    ``"float16"``): the global norm's partial sums, on ``backend``.
     ``numbaopt.distributed`` sums a shard's chunks with it and adds them up across ranks."""
-    kernels = backend.kernels
     launch = threads.plan(backend.name, parallel, "norm", like.dtype, len(chunks))
-    kernel = kernels.sum_of_squares if launch.parallel else kernels.serial_sum_of_squares
+    kernel = backend.kernels.sum_of_squares_kernel(form, launch.parallel)
     partial_sums = backend.zeros(len(chunks), np.float64)
     with _LAUNCH(backend, launch.parallel), launch:
         kernel(addresses, chunks, like, partial_sums)

@@ -9,4 +9,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 # numbaopt.torch's tests run in tox -e torch; without torch the module is not collected
 # (and the torch environment, which selects them, fails if it finds none).
-collect_ignore = [] if importlib.util.find_spec("torch") else ["test_torch.py", "test_torch_keras3.py"]
+collect_ignore = [] if importlib.util.find_spec("torch") else [
+    "test_torch.py", "test_torch_keras3.py", "test_torch_optim_parity.py", "test_torch_behaviours.py", "test_torch_memory.py",
+]

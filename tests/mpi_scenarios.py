@@ -323,6 +323,37 @@ def shaped(folder):
                 raise AssertionError(f"{what}: {error}") from error
 
 
+def memory(folder):
+    """16-bit parameters and slot storage (``slot_dtype``): 8-bit slots shard by whole
+    tensors (a block starts at its tensor's first element), the others by elements; bitwise
+    equal to one optimizer, saved on R ranks and loaded whole."""
+    import ml_dtypes
+
+    from numbaopt import keras3
+
+    tuning.CHUNK_ELEMENTS = 7
+    shapes = SHAPES + [(700,)]
+    for cls, slot_dtype, dtype in [(optimizers.Adam, "q8", np.float32), (optimizers.Adam, "bfloat16", np.float16),
+                                   (keras3.Adam, "q8", ml_dtypes.bfloat16), (optimizers.RMSprop, None, ml_dtypes.bfloat16)]:
+        dtypes = [dtype] * len(shapes)
+        params, reference = parameters(shapes, dtypes), parameters(shapes, dtypes)
+        settings = {"slot_dtype": slot_dtype, "stochastic_rounding": True}
+        sharded, single = ShardedOptimizer(cls(**settings), COMM), cls(**settings)
+        what = f"{cls.__name__} {slot_dtype} {np.dtype(dtype).name}"
+        try:
+            run_both(sharded, single, params, reference, shapes, dtypes, steps=3)
+            if cls.family == "keras3":
+                continue  # sharded checkpoints hold Keras 2.0's family only
+            path = os.path.join(folder, f"memory-{cls.__name__}-{slot_dtype}-{np.dtype(dtype).name}-{R}.h5")
+            numbaopt.save_optimizer(sharded, path)
+            whole, whole_params = numbaopt.load_optimizer(path), [p.copy() for p in params]
+            run_both(sharded, single, params, reference, shapes, dtypes, steps=1, first=3)
+            whole.apply_gradients(zip(averaged(3, shapes, dtypes), whole_params))
+            assert all(a.tobytes() == b.tobytes() for a, b in zip(whole_params, reference)), "loaded whole"
+        except AssertionError as error:
+            raise AssertionError(f"{what}: {error}") from error
+
+
 def crash(folder):
     """A save that fails after the shard files are written, before the index is replaced,
     leaves the previous set loadable and no new files behind; a damaged set is refused."""

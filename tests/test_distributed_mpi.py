@@ -59,6 +59,11 @@ def test_state_of_other_shapes_shards_by_whole_tensors(ranks, tmp_path):
     run("shaped", ranks, tmp_path)
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_16_bit_parameters_and_slot_storage_shard_bitwise(ranks, tmp_path):
+    run("memory", ranks, tmp_path)
+
+
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_ranks_on_one_machine_share_its_cpus_and_stay_bitwise(ranks, tmp_path):
     run("shares", ranks, tmp_path, pinned=False)

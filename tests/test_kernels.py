@@ -57,7 +57,7 @@ def test_update_loops_are_vectorised(name, parallel):
 def test_sum_of_squares_is_vectorised():
     g = np.ones(1000, np.float32)
     partial = np.zeros(1)
-    asm = _fresh_asm(cpu.sum_of_squares, devices.CPU.addresses([g]), np.array([[0, 0, 1000]], np.int64),
+    asm = _fresh_asm(cpu.sum_of_squares_kernel("native", True), devices.CPU.addresses([g]), np.array([[0, 0, 1000]], np.int64),
                      np.zeros((1, 1), np.float32), partial)
     assert re.search(r"\bv?(add|mul)pd\b", asm), "sum_of_squares has no packed float64 arithmetic"
 

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "numbaopt"
 #: the list, and any module of a lower layer.
 LAYERS = (
     ("numbaopt.version", "numbaopt.tuning", "numbaopt.extras", "numbaopt.clipping", "numbaopt.schedules",
-     "numbaopt.hyperparameters", "numbaopt.registry", "numbaopt.state", "numbaopt.phases", "numbaopt.declarations",
+     "numbaopt.hyperparameters", "numbaopt.registry", "numbaopt.halves", "numbaopt.quantization", "numbaopt.state", "numbaopt.phases", "numbaopt.declarations",
      "numbaopt.keras_config", "numbaopt.keras_weights", "numbaopt.step_checks"),
     ("numbaopt.threads", "numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda", "numbaopt.kernels.object_layout"),
     ("numbaopt.devices", "numbaopt.slots"),
@@ -30,11 +30,15 @@ LAYERS = (
      "numbaopt.keras3.adam", "numbaopt.keras3.adamw", "numbaopt.keras3.adamax", "numbaopt.keras3.nadam",
      "numbaopt.keras3.ftrl", "numbaopt.keras3.lion", "numbaopt.keras3.schedule_free_adamw", "numbaopt.keras3.lamb",
      "numbaopt.keras3.adafactor", "numbaopt.keras3.muon", "numbaopt.keras3"),
+    ("numbaopt.torch_optim.base", "numbaopt.torch_optim.sgd", "numbaopt.torch_optim.adam", "numbaopt.torch_optim.adamw",
+     "numbaopt.torch_optim.adamax", "numbaopt.torch_optim.nadam", "numbaopt.torch_optim.radam", "numbaopt.torch_optim.rmsprop",
+     "numbaopt.torch_optim.rprop", "numbaopt.torch_optim.adagrad", "numbaopt.torch_optim.adadelta", "numbaopt.torch_optim.asgd",
+     "numbaopt.torch_optim.adafactor", "numbaopt.torch_optim"),
     ("numbaopt.checkpoint", "numbaopt.keras_reading", "numbaopt.keras_isolation", "numbaopt.keras3_files", "numbaopt.keras3_export",
      "numbaopt.keras_legacy_files", "numbaopt.keras_files", "numbaopt.sharded_checkpoint", "numbaopt.checkpoint_report", "numbaopt.layouts",
      "numbaopt.parity.fixtures", "numbaopt.parity.replays", "numbaopt.parity.report", "numbaopt.parity"),
     ("numbaopt.distributed", "numbaopt.loading"),
-    ("numbaopt.torch.optimizer", "numbaopt.torch", "numbaopt.torch.keras3"),
+    ("numbaopt.torch.arguments", "numbaopt.torch.betas", "numbaopt.torch.working", "numbaopt.torch.stored", "numbaopt.torch.states", "numbaopt.torch.optimizer", "numbaopt.torch", "numbaopt.torch.keras3", "numbaopt.torch.optim"),
     ("numbaopt.cli", "numbaopt.__main__", "numbaopt.parity.__main__"),
 )
 

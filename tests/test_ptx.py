@@ -154,3 +154,29 @@ def test_keras3_update_kernel_compiles(kernels, case, dtype):
             assert ".f64" not in ptx, f"{case}'s kernel does float64 arithmetic on float32 parameters"
         elif dtype == np.float64:
             assert ".f64" in ptx
+
+
+#: (parameter format, slot format, rounding) of the converting and 8-bit kernels.
+STORAGE_FORMATS = [("native", "bfloat16", False), ("native", "q8", False), ("float16", "native", False),
+                   ("float16", "native", True), ("bfloat16", "q8", True), ("bfloat16", "bfloat16", False)]
+
+
+@pytest.mark.parametrize("formats", STORAGE_FORMATS, ids=lambda f: "-".join(map(str, f)))
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop"], ids=str.lower)
+def test_storage_kernels_compile(kernels, name, formats):
+    """16-bit parameters and bfloat16 or 8-bit slots (``numbaopt.halves``, ``quantization``):
+    a float32 step with no float64 arithmetic (the bit conversions are integer code)."""
+    parameters, slots, stochastic = formats
+    cls = getattr(optimizers, name)
+    launcher = kernels.update_kernel(cls.rule, len(cls.slot_names), True, (parameters, slots), stochastic)
+    memory = numba.uint16 if parameters != "native" else numba.float32
+    stored = {"native": numba.float32, "bfloat16": numba.uint16, "q8": numba.uint8}[slots]
+    clip = numba.typeof(clip_arguments(1.0, 0.5, 2.0, np.float32))
+    scalars = numba.typeof(cls().step_scalars(cls().step_inputs(), np.float32))
+    i64 = numba.int64[::1]
+    signature = (i64, i64, stored[:, ::1], i64, numba.int64[:, ::1], clip, scalars, memory[::1], numba.uint64)
+    if slots == "q8":
+        signature += (numba.float32[:, ::1], numba.float32[:, ::1], numba.float32[:, ::1], numba.uint8[:, ::1], i64)
+    ptx = compile_ptx(launcher.kernel, signature)
+    assert ".entry" in ptx and ".f64" not in ptx
+

@@ -40,7 +40,7 @@ class Adadelta(Keras3Optimizer):
         Argument("rho", 0.95, "unit"),
         Argument("epsilon", 1e-7),
     )
-    slots = (Slot("accumulated_grad"), Slot("accumulated_delta_var"))
+    slots = (Slot("accumulated_grad", sign="nonnegative"), Slot("accumulated_delta_var", sign="nonnegative"))
     rule = staticmethod(adadelta_rule)
 
     @staticmethod

@@ -38,7 +38,7 @@ class Adagrad(Keras3Optimizer):
         Argument("initial_accumulator_value", 0.1),
         Argument("epsilon", 1e-7),
     )
-    slots = (Slot("accumulator"),)
+    slots = (Slot("accumulator", sign="nonnegative"),)
     rule = staticmethod(adagrad_rule)
 
     def initial_slots(self, params: Sequence[npt.NDArray[Any]]) -> dict[str, list[npt.NDArray[Any]]]:

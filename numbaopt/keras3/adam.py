@@ -58,14 +58,14 @@ class Adam(Keras3Optimizer):
         Argument("amsgrad", False, "flag"),
     )
     structural = ("amsgrad",)
-    slots = (Slot("momentum"), Slot("velocity"))
+    slots = (Slot("momentum"), Slot("velocity", sign="nonnegative"))
     rule = staticmethod(adam_rule)
     keras_build = (("momentum", "velocity"), ("velocity_hat",))
 
     @classmethod
     def variant(cls, hyper: Any) -> Variant:
         if hyper["amsgrad"]:
-            return Variant((Slot("momentum"), Slot("velocity"), Slot("velocity_hat")), amsgrad_rule)
+            return Variant((*cls.slots, Slot("velocity_hat", sign="nonnegative")), amsgrad_rule)
         return Variant(cls.slots, adam_rule)
 
     @staticmethod

@@ -37,7 +37,7 @@ class Adamax(Keras3Optimizer):
         Argument("beta_2", 0.999, "unit"),
         Argument("epsilon", 1e-7),
     )
-    slots = (Slot("momentum"), Slot("norm"))
+    slots = (Slot("momentum"), Slot("norm", sign="nonnegative"))
     rule = staticmethod(adamax_rule)
 
     @staticmethod

@@ -32,8 +32,8 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import devices
-from numbaopt.hyperparameters import DEVICE, Hyperparameter, StepInputs
+from numbaopt import devices, halves, keras_weights
+from numbaopt.hyperparameters import DEVICE, MEMORY, Hyperparameter, StepInputs
 from numbaopt.keras3 import gradients, naming, schedules
 from numbaopt.optimizers.base import Optimizer
 from numbaopt.optimizers.step import locked
@@ -142,6 +142,11 @@ HOST_SETTINGS = tuple(HOST_SETTINGS_INSTEAD) + ("ema_momentum", "ema_overwrite_f
 _EXCLUDED_KEY = "numbaopt_exclude_from_weight_decay"
 
 
+#: numbaopt's keywords beside Keras 3's arguments: where to step, which tf-keras a file
+#: came from, and the memory settings (``hyperparameters.MEMORY``).
+EXTRAS = ("device", "tf_keras", "slot_dtype", "stochastic_rounding")
+
+
 class Variant(NamedTuple):
     """The state and update an optimizer runs with at some settings."""
 
@@ -189,10 +194,10 @@ class Keras3Optimizer(Optimizer):
         parameters = [
             inspect.Parameter(h.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=h.default) for h in cls.hyperparameters
         ]
-        parameters += [inspect.Parameter(extra, inspect.Parameter.KEYWORD_ONLY, default=None) for extra in ("device", "tf_keras")]
+        parameters += [inspect.Parameter(extra, inspect.Parameter.KEYWORD_ONLY, default=None) for extra in EXTRAS]
         parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         cls.__signature__ = inspect.Signature(parameters)
-        cls.settable = {h.name: h for h in cls.hyperparameters + DEVICE if h.name not in cls.structural + ("name",)}
+        cls.settable = {h.name: h for h in cls.hyperparameters + DEVICE + MEMORY if h.name not in cls.structural + ("name", "slot_dtype")}
         # The base's own properties, not the per-hyperparameter ones the Keras 2.0 base made.
         for own in ("learning_rate", "name"):
             if own in cls.__dict__:
@@ -210,7 +215,7 @@ class Keras3Optimizer(Optimizer):
         for key, value in kwargs.items():
             if key in given:
                 raise TypeError(f"{cls.__name__} got multiple values for argument {key!r}")
-            if key in names or key in ("device", "tf_keras"):
+            if key in names or key in EXTRAS:
                 given[key] = value
             elif key == "decay":
                 if value is not None:
@@ -222,6 +227,9 @@ class Keras3Optimizer(Optimizer):
         hyper = {h.name: h.check(given[h.name]) if h.name in given else h.default for h in cls.hyperparameters}
         if "device" in given:
             hyper["device"] = DEVICE[0].check(given["device"])
+        for setting in MEMORY:
+            if given.get(setting.name) is not None:
+                hyper[setting.name] = setting.check(given[setting.name])
         if given.get("tf_keras"):
             hyper["tf_keras"] = TF_KERAS.check(given["tf_keras"])
         cls.check_settings(hyper)
@@ -253,7 +261,7 @@ class Keras3Optimizer(Optimizer):
     def part_settings(cls) -> tuple[str, ...]:
         """The settings of the update itself: Keras's gradient processing, averages and
         schedules run in ``apply``, around the parts of a step, not in them."""
-        return tuple(name for name in cls.settable if name not in HOST_SETTINGS + ("device", "tf_keras"))
+        return tuple(name for name in cls.settable if name not in HOST_SETTINGS + ("device", "tf_keras", "stochastic_rounding"))
 
     def check_part_stepping(self) -> None:
         """Steps by parts (``numbaopt.torch``) run the update alone: refuse the settings
@@ -297,13 +305,15 @@ class Keras3Optimizer(Optimizer):
 
     @classmethod
     def declared_slots(cls, config: dict[str, Any]) -> tuple[Slot, ...]:
-        return cls.variant(cls._config_arguments(config)).slots
+        variant = cls.variant(cls._config_arguments(config))
+        return cls.stored_slots(cls.__name__, variant.slots, variant.phases, config.get("slot_dtype"))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         variant = self.variant(self._hyper)
         check_slots(type(self).__name__, variant.slots)
-        self.slots, self.slot_names = variant.slots, tuple(slot.name for slot in variant.slots)
+        slots = self.stored_slots(type(self).__name__, variant.slots, variant.phases, self._hyper.get("slot_dtype"))
+        self.slots, self.slot_names = slots, tuple(slot.name for slot in variant.slots)
         self.rule, self.phases = variant.rule, variant.phases
         self._calls = 0  # Keras's ``_iterations``: every call, also those that only accumulate
         self._excluded_patterns: list[str] = []
@@ -332,7 +342,7 @@ class Keras3Optimizer(Optimizer):
                 self._hyper["learning_rate"] = checked
                 self._fitting.clear()
             return
-        if name in type(self).structural and "_hyper" in self.__dict__:
+        if name in type(self).structural + ("slot_dtype",) and "_hyper" in self.__dict__:
             raise AttributeError(f"{name} chooses {type(self).__name__}'s slots; set it when constructing the optimizer")
         super().__setattr__(name, value)
 
@@ -376,7 +386,7 @@ class Keras3Optimizer(Optimizer):
             for key in _CONFIG_KEYS
         }
         config.update({a.name: hyper[a.name] for a in type(self).arguments if a.name not in config})
-        for extra in ("device", "tf_keras"):
+        for extra in EXTRAS:
             if extra in hyper:
                 config[extra] = hyper[extra]
         return config
@@ -548,11 +558,14 @@ class Keras3Optimizer(Optimizer):
             if backend is None:
                 backend = devices.backend_for(list(params), self._hyper.get("device", "auto"))
                 params = [backend.check_parameter(p, i) for i, p in enumerate(params)]
-            self._first_dtype = params[0].dtype
+            self._first_dtype = halves.compute_dtype(params[0].dtype)  # a 16-bit model computes in float32
             if self._pending_slots is None:
-                initial = self.initial_slots([host_value(backend, p) for p in params])
-                if initial:
-                    self._pending_slots, self._pending_origin = initial, "the slots' initial values"
+                # A 16-bit parameter's slots start from its float32 value (and keep float32 values).
+                initial = self.initial_slots([np.asarray(host_value(backend, p), halves.compute_dtype(p.dtype)) for p in params])
+                if initial:  # in the storage slot_dtype keeps them in
+                    if self._hyper.get("slot_dtype") == "float32":
+                        initial = {kind: [a.astype(np.float32) for a in arrays] for kind, arrays in initial.items()}
+                    self._pending_slots, self._pending_origin = keras_weights.stored(self, initial), "the slots' initial values"
             yield
         except BaseException:
             self._pending_slots, self._pending_origin, self._first_dtype = before

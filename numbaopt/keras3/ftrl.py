@@ -52,7 +52,7 @@ class Ftrl(Keras3Optimizer):
         Argument("l2_shrinkage_regularization_strength", 0.0, "real"),
         Argument("beta", 0.0),
     )
-    slots = (Slot("accumulator"), Slot("linear"))
+    slots = (Slot("accumulator", sign="nonnegative"), Slot("linear"))
     rule = staticmethod(ftrl_rule)
 
     @classmethod

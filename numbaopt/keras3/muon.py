@@ -127,7 +127,9 @@ class Muon(Keras3Optimizer):
         Argument("rms_rate", 0.2, "optional"),
     )
     #: ``velocity`` is Adam's, used on the AdamW path only (Keras builds it only there).
-    slots = (Slot("momentum"), Slot("velocity"))
+    slots = (Slot("momentum"), Slot("velocity", sign="nonnegative"))
+    #: Its Newton-Schulz step updates ``momentum`` on the host, in the parameters' dtype.
+    slot_dtypes = ()
     rule = staticmethod(adam_rule)
     keras_build = (("momentum", "velocity"),)
 

@@ -51,7 +51,7 @@ class Nadam(Keras3Optimizer):
         Argument("beta_2", 0.999, "unit"),
         Argument("epsilon", 1e-7),
     )
-    slots = (Slot("momentum"), Slot("velocity"))
+    slots = (Slot("momentum"), Slot("velocity", sign="nonnegative"))
     scalar_state = (("u_product", 1.0),)
     rule = staticmethod(nadam_rule)
     scalar_state_advances_with = {"u_product": ("beta_1",)}

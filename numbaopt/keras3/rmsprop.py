@@ -74,14 +74,14 @@ class RMSprop(Keras3Optimizer):
         Argument("centered", False, "flag"),
     )
     structural = ("momentum", "centered")
-    slots = (Slot("velocity"),)
+    slots = (Slot("velocity", sign="nonnegative"),)
     rule = staticmethod(rmsprop_rule)
     keras_build = (("velocity",), ("momentum",), ("average_gradient",))
 
     @classmethod
     def variant(cls, hyper: Any) -> Variant:
         momentum, centered = hyper["momentum"] > 0, hyper["centered"]
-        slots = (Slot("velocity"),) + ((Slot("momentum"),) if momentum else ()) + ((Slot("average_gradient"),) if centered else ())
+        slots = (Slot("velocity", sign="nonnegative"),) + ((Slot("momentum"),) if momentum else ()) + ((Slot("average_gradient"),) if centered else ())
         rules: dict[tuple[bool, bool], Callable[..., tuple[float, ...]]] = {
             (False, False): rmsprop_rule, (True, False): momentum_rule,
             (False, True): centered_rule, (True, True): centered_momentum_rule,

@@ -48,7 +48,9 @@ class ScheduleFreeAdamW(Keras3Optimizer):
         Argument("epsilon", 1e-8),
         Argument("warmup_steps", 0, "count"),
     )
-    slots = (Slot("momentum"), Slot("velocity"))
+    slots = (Slot("momentum"), Slot("velocity", sign="nonnegative"))
+    #: ``momentum`` holds ``z``, a second copy of the parameters: 8 bits would lose them.
+    slot_dtypes = ("float32", "bfloat16")
     rule = staticmethod(schedule_free_rule)
 
     def initial_slots(self, params: Sequence[npt.NDArray[Any]]) -> dict[str, list[npt.NDArray[Any]]]:

@@ -37,8 +37,9 @@ import numpy.typing as npt
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from numbaopt import halves, quantization
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.kernels import helpers, loop_for, renamed, specialise, with_helpers
+from numbaopt.kernels import code_digest, helpers, loop_for, renamed, specialise, with_helpers
 
 #: The compile options of every function here (see the module docstring for why).
 _element = njit(error_model="numpy")
@@ -81,8 +82,11 @@ def _row(typingctx: Any, slots: Any, kind: Any, offset: Any) -> tuple[Any, Calla
 _LANES = 64
 
 
-@_kernel
-def sum_of_squares(
+#: The global of each copy of ``_sum_of_squares``: how a gradient element is read.
+READ: Callable[[Any], float]
+
+
+def _sum_of_squares(
     grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: npt.NDArray[Any], partial_sums: npt.NDArray[np.float64]
 ) -> None:
     """``partial_sums[c]`` = the float64 sum of squares of chunk ``c`` of the gradients.
@@ -101,10 +105,10 @@ def sum_of_squares(
         for k in range(blocks):
             base = start + _LANES * k
             for lane in range(_LANES):
-                x = numba.float64(g[base + lane])
+                x = numba.float64(READ(g[base + lane]))  # noqa: F821
                 acc[lane] += x * x
         for i in range(start + _LANES * blocks, stop):
-            x = numba.float64(g[i])
+            x = numba.float64(READ(g[i]))  # noqa: F821
             acc[i - start - _LANES * blocks] += x * x
         width = _LANES
         while width > 1:
@@ -198,15 +202,267 @@ def _update_step(
             ELEMENTS(RULE, _unclipped, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
 
 
+
+# ------------------------------------------------------------ 16-bit and 8-bit storage
+#
+# Parameters of 16 bits (``numbaopt.halves``) and slots stored in bfloat16 or 8 bits
+# (``numbaopt.quantization``) take copies of the loops above that convert what they read
+# and write: the float32 and float64 loops stay exactly as they were. The converters are
+# the globals of each copy: ``READ_P`` / ``WRITE_P`` for parameters and gradients,
+# ``READ_S`` / ``WRITE_S`` for slots. ``WRITE_P(x, seed, index)`` may round
+# stochastically, from ``seed`` and the element's index in its group's rows.
+
+READ_P: Callable[[Any], Any]
+WRITE_P: Callable[[Any, Any, Any], Any]
+READ_S: Callable[[Any], Any]
+WRITE_S: Callable[[Any, Any, Any], Any]
+
+
+@_template
+def _converted_no_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
+                       clip: Any, scalars: Any, seed: Any, key: Any) -> None:
+    for i in range(start, stop):
+        (x,) = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), *scalars)
+        p[i] = write_p(x, seed, key + i)
+
+
+@_template
+def _converted_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
+                        clip: Any, scalars: Any, seed: Any, key: Any) -> None:
+    a = _row(slots, 0, offset)
+    for i in range(start, stop):
+        x, y = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), *scalars)
+        p[i], a[i] = write_p(x, seed, key + i), write_s(y, seed, key + i)
+
+
+@_template
+def _converted_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
+                         clip: Any, scalars: Any, seed: Any, key: Any) -> None:
+    a, b = _row(slots, 0, offset), _row(slots, 1, offset)
+    for i in range(start, stop):
+        x, y, z = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), read_s(b[i]), *scalars)
+        p[i], a[i], b[i] = write_p(x, seed, key + i), write_s(y, seed, key + i), write_s(z, seed, key + i)
+
+
+@_template
+def _converted_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
+                           clip: Any, scalars: Any, seed: Any, key: Any) -> None:
+    a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
+    for i in range(start, stop):
+        x, y, z, w = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), read_s(b[i]), read_s(c[i]),
+                          *scalars)
+        p[i] = write_p(x, seed, key + i)
+        a[i], b[i], c[i] = write_s(y, seed, key + i), write_s(z, seed, key + i), write_s(w, seed, key + i)
+
+
+#: The converting element loop for each number of slots.
+CONVERTED_LOOPS: dict[int, Any] = {0: _converted_no_slot, 1: _converted_one_slot, 2: _converted_two_slots,
+                                   3: _converted_three_slots}
+
+
+def _converted_step(
+    params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
+    chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
+    seed: np.uint64,
+) -> None:
+    """``_update_step`` through the converters: 16-bit parameters, bfloat16 slots."""
+    clipping = _clipping(clip)
+    for c in prange(chunks.shape[0]):
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = pointer(params[j], like), pointer(grads[j], like)
+        if clipping:
+            ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
+                     g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j))
+        else:
+            ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
+                     g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j))
+
+
+@njit(inline="always")
+def _key(j: int) -> Any:
+    """Where tensor ``j``'s elements start among the keys of stochastic rounding's random
+    bits (``halves.random_bits``): element ``i`` of it draws from key ``_key(j) + i``, the
+    same whatever other tensors the group holds or which rank steps it."""
+    return np.uint64(j) << np.uint64(40)
+
+
+# 8-bit slots: a block of ``BLOCK`` elements at a time. Each slot value is decoded
+# (``maps[code] * absmax``), the rule runs, the new values wait in ``staged`` (one block per
+# slot, float32) while their new absmax is found, and are then encoded: the code is the
+# number of thresholds below ``value / absmax``, from the bucket of its top 16 bits
+# (``tables``) and one comparison. One pass over the state; a block is one thread's.
+
+BLOCK = quantization.BLOCK
+
+
+@_template
+def _encode(codes: Any, staged: Any, first: int, last: int, absmax: Any, thresholds: Any, table: Any) -> None:
+    inverse = np.float32(1) / absmax if absmax > 0 else np.float32(0)
+    for i in range(first, last):
+        x = staged[i - first] * inverse
+        code = table[np.float32(x).view(np.uint32) >> np.uint32(16)]
+        codes[i] = code + (x > thresholds[code])
+
+
+@_template
+def _largest(top: Any, x: Any) -> Any:
+    """The running absmax (a NaN is passed over, as the NumPy reference does)."""
+    magnitude = abs(x)
+    return magnitude if magnitude > top else top
+
+
+@_template
+def _decode(staged: Any, codes: Any, first: int, last: int, values: Any, scale: Any) -> None:
+    for i in range(first, last):
+        staged[i - first] = values[codes[i]] * scale
+
+
+@_template
+def _absmax(staged: Any, n: int) -> Any:
+    top = np.float32(0)
+    for i in range(n):
+        top = _largest(top, staged[i])
+    return top
+
+
+@_template
+def _q8_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
+                 scalars: Any, seed: Any, key: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+    a = _row(slots, 0, offset)
+    sa = np.empty(BLOCK, np.float32)
+    for first in range(start, stop, BLOCK):
+        last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
+        _decode(sa, a, first, last, maps[signs[0]], scales[0, k])
+        for i in range(first, last):  # contiguous loads and stores: vectorised as the float32 loop is
+            j = i - first
+            x, sa[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], *scalars)
+            p[i] = write_p(x, seed, key + i)
+        scales[0, k] = top = _absmax(sa, last - first)
+        _encode(a, sa, first, last, top, thresholds[signs[0]], tables[signs[0]])
+
+
+@_template
+def _q8_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
+                  scalars: Any, seed: Any, key: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+    a, b = _row(slots, 0, offset), _row(slots, 1, offset)
+    sa, sb = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32)
+    for first in range(start, stop, BLOCK):
+        last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
+        _decode(sa, a, first, last, maps[signs[0]], scales[0, k])
+        _decode(sb, b, first, last, maps[signs[1]], scales[1, k])
+        for i in range(first, last):
+            j = i - first
+            x, sa[j], sb[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], *scalars)
+            p[i] = write_p(x, seed, key + i)
+        scales[0, k] = top_a = _absmax(sa, last - first)
+        scales[1, k] = top_b = _absmax(sb, last - first)
+        _encode(a, sa, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
+        _encode(b, sb, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
+
+
+@_template
+def _q8_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
+                    scalars: Any, seed: Any, key: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+    a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
+    sa, sb, sc = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32)
+    for first in range(start, stop, BLOCK):
+        last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
+        _decode(sa, a, first, last, maps[signs[0]], scales[0, k])
+        _decode(sb, b, first, last, maps[signs[1]], scales[1, k])
+        _decode(sc, c, first, last, maps[signs[2]], scales[2, k])
+        for i in range(first, last):
+            j = i - first
+            x, sa[j], sb[j], sc[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], sc[j], *scalars)
+            p[i] = write_p(x, seed, key + i)
+        scales[0, k] = top_a = _absmax(sa, last - first)
+        scales[1, k] = top_b = _absmax(sb, last - first)
+        scales[2, k] = top_c = _absmax(sc, last - first)
+        _encode(a, sa, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
+        _encode(b, sb, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
+        _encode(c, sc, first, last, top_c, thresholds[signs[2]], tables[signs[2]])
+
+
+#: The 8-bit element loop for each number of slots.
+Q8_LOOPS: dict[int, Any] = {1: _q8_one_slot, 2: _q8_two_slots, 3: _q8_three_slots}
+
+
+def _q8_step(
+    params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64],
+    chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
+    seed: np.uint64, scales: npt.NDArray[np.float32], maps: npt.NDArray[np.float32], thresholds: npt.NDArray[np.float32],
+    tables: npt.NDArray[np.uint8], signs: npt.NDArray[np.int64],
+) -> None:
+    """``_update_step`` over 8-bit slots (``slots`` the codes, ``scales`` each block's absmax)."""
+    clipping = _clipping(clip)
+    for c in prange(chunks.shape[0]):
+        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        p, g = pointer(params[j], like), pointer(grads[j], like)
+        if clipping:
+            ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
+                     g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j),
+                     scales, maps, thresholds, tables, signs)
+        else:
+            ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
+                     g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j),
+                     scales, maps, thresholds, tables, signs)
+
+
+def _converter(function: Callable[..., Any]) -> Any:
+    """A ``numbaopt.halves`` function compiled for the CPU, with the helpers it calls."""
+    return _element(with_helpers(function, _element, {}))
+
+
+_READ = {form: _converter(function) for form, function in halves.READERS.items()}
+_WRITE = {key: _converter(function) for key, function in halves.WRITERS.items()}
+_CONVERTER_CODE: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values()]
+_CONVERTER_CODE += [helper for function in list(_CONVERTER_CODE) for helper in helpers(function)]
+
+
+def _storage_kernel(
+    rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool, formats: tuple[str, str], stochastic: bool
+) -> Any:
+    """The kernel of ``rule`` for parameters and slots of ``formats`` (``slots.storage_formats``)."""
+    parameters, slots = formats
+    quantized = slots == "q8" and n_slots > 0
+    compiled = {
+        "RULE": _element(rule),
+        "ELEMENTS": loop_for(Q8_LOOPS if quantized else CONVERTED_LOOPS, rule, n_slots),
+        "READ_P": _READ[parameters], "WRITE_P": _WRITE[parameters, stochastic and parameters != "native"],
+        "READ_S": _READ["bfloat16" if slots == "bfloat16" else "native"],
+        "WRITE_S": _WRITE["bfloat16" if slots == "bfloat16" else "native", False],
+    }
+    rounding = "stochastic" if stochastic and parameters != "native" else "nearest"
+    variant = f"{parameters}_{slots}_{rounding}" + ("" if parallel else "_serial")
+    template = _q8_step if quantized else _converted_step
+    function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *_CONVERTER_CODE), variant=variant)
+    return (_kernel if parallel else _serial_kernel)(function)
+
+
 _UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int, bool], Any] = {}  # Numba dispatchers
+_STORAGE_KERNELS: dict[tuple[Any, ...], Any] = {}
 
 
-def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool = True) -> Any:
+def update_kernel(
+    rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool = True,
+    formats: tuple[str, str] = ("native", "native"), stochastic: bool = False,
+) -> Any:
     """The CPU kernel that applies ``rule`` (a plain Python element rule) with ``n_slots``
     slots per element: ``kernel(params, grads, slots, offsets, chunks, clip, scalars, like)``, on
     every thread (``parallel``) or on the calling one (``like``: an empty array of the
     parameters' dtype, last). Made once per rule and process;
-    compiled on its first call, or loaded from the on-disk cache."""
+    compiled on its first call, or loaded from the on-disk cache.
+
+    Other ``formats`` (16-bit parameters, bfloat16 or 8-bit slots: ``slots.storage_formats``)
+    take a converting kernel whose arguments go on with a ``seed`` (uint64; ``stochastic``
+    rounding of 16-bit parameters draws from it) and, for 8-bit slots, the blocks'
+    ``scales``, the ``maps``, ``thresholds`` and ``tables`` of ``quantization.scheme()``
+    and each slot's map (``signs``)."""
+    if formats != ("native", "native"):
+        key = (rule, n_slots, parallel, formats, stochastic)
+        kernel = _STORAGE_KERNELS.get(key)
+        if kernel is None:
+            kernel = _STORAGE_KERNELS[key] = _storage_kernel(rule, n_slots, parallel, formats, stochastic)
+        return kernel
     kernel = _UPDATE_KERNELS.get((rule, n_slots, parallel))
     if kernel is None:
         compiled = {"RULE": _element(rule), "ELEMENTS": loop_for(ELEMENT_LOOPS, rule, n_slots)}
@@ -217,8 +473,21 @@ def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, parallel
     return kernel
 
 
-#: ``sum_of_squares`` on the calling thread (see ``_serial_kernel``); the same sums, bitwise.
-serial_sum_of_squares = _serial_kernel(renamed(sum_of_squares.py_func, "serial_sum_of_squares"))
+_SUMS: dict[tuple[str, bool], Any] = {}
+
+
+def sum_of_squares_kernel(form: str, parallel: bool) -> Any:
+    """The kernel of the global norm's chunk sums for gradients of format ``form``
+    (``"native"``, ``"bfloat16"``, ``"float16"``: ``slots.storage_formats``), on every
+    thread or on the calling one (the same sums, bitwise):
+    ``kernel(grads, chunks, like, partial_sums)``."""
+    kernel = _SUMS.get((form, parallel))
+    if kernel is None:
+        digest = "" if form == "native" else "_" + code_digest(halves.READERS[form], *helpers(halves.READERS[form]))
+        name = "sum_of_squares" + ("" if form == "native" else f"_{form}{digest}") + ("" if parallel else "_serial")
+        function = renamed(_sum_of_squares, name, {"READ": _READ[form]})
+        kernel = _SUMS[form, parallel] = (_kernel if parallel else _serial_kernel)(function)
+    return kernel
 
 
 # ------------------------------------------------------------------ phases

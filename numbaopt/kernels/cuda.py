@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from numba import cuda, float64, types
+from numba import cuda, float32, float64, types
 from numba.core import config
 
-from numbaopt import tuning
+from numbaopt import halves, quantization, tuning
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.kernels import helpers, loop_for, specialise, with_helpers
+from numbaopt.kernels import code_digest, helpers, loop_for, renamed, specialise, with_helpers
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -169,6 +169,11 @@ def _block_sum(row: Any, value: float) -> Any:
     return total
 
 
+#: How ``_sum_of_squares`` reads a gradient element: as it is here; converted in the
+#: copies ``sum_of_squares_kernel`` makes for 16-bit gradients.
+READ = _device(halves.same)
+
+
 @cuda.jit(cache=True)
 def _sum_of_squares(grads: Any, chunks: Any, like: Any, partial_sums: Any, scratch: Any) -> None:
     row = scratch[cuda.blockIdx.x]
@@ -177,7 +182,7 @@ def _sum_of_squares(grads: Any, chunks: Any, like: Any, partial_sums: Any, scrat
         g = _tensor(grads[tensor], stop, like)
         s = 0.0
         for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
-            x = float64(g[i])
+            x = float64(READ(g[i]))  # noqa: F821
             s += x * x
         total = _block_sum(row, s)
         if cuda.threadIdx.x == 0:
@@ -268,13 +273,257 @@ class UpdateLauncher:
         )
 
 
+# ------------------------------------------------------------ 16-bit and 8-bit storage
+#
+# The CPU kernels' converting loops (``numbaopt.kernels.cpu``): 16-bit parameters and
+# bfloat16 slots through ``READ_P`` / ``WRITE_P`` / ``READ_S`` / ``WRITE_S``, the globals of
+# each copy (``numbaopt.halves``), laid out like the update kernels above.
+
+READ_P: Callable[[Any], Any]
+WRITE_P: Callable[[Any, Any, Any], Any]
+READ_S: Callable[[Any], Any]
+WRITE_S: Callable[[Any, Any, Any], Any]
+
+
+@_device
+def _key(chunks: Any, c: int) -> Any:
+    """Where the elements of chunk ``c``'s tensor start among stochastic rounding's keys
+    (as the CPU kernels' ``_key``)."""
+    return np.uint64(chunks[c, 0]) << np.uint64(40)
+
+
+def _converted_no_slot(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: Any, scalars: Any, like: Any,
+                       seed: Any) -> None:
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            (x,) = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), *scalars)  # noqa: F821
+            p[i] = WRITE_P(x, seed, _key(chunks, c) + i)  # noqa: F821
+
+
+def _converted_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: Any, scalars: Any, like: Any,
+                        seed: Any) -> None:
+    a = slots[0]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            x, y = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), READ_S(a[o + i]), *scalars)  # noqa: F821
+            p[i], a[o + i] = WRITE_P(x, seed, _key(chunks, c) + i), WRITE_S(y, seed, _key(chunks, c) + i)  # noqa: F821
+
+
+def _converted_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: Any, scalars: Any, like: Any,
+                         seed: Any) -> None:
+    a, b = slots[0], slots[1]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            x, y, z = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), READ_S(a[o + i]), READ_S(b[o + i]),  # noqa: F821
+                           *scalars)
+            p[i], a[o + i], b[o + i] = WRITE_P(x, seed, _key(chunks, c) + i), WRITE_S(y, seed, _key(chunks, c) + i), WRITE_S(z, seed, _key(chunks, c) + i)  # noqa: F821
+
+
+def _converted_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: Any, scalars: Any,
+                           like: Any, seed: Any) -> None:
+    a, b, d = slots[0], slots[1], slots[2]
+    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+        p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
+        for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
+            x, y, z, w = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), READ_S(a[o + i]),  # noqa: F821
+                              READ_S(b[o + i]), READ_S(d[o + i]), *scalars)  # noqa: F821
+            p[i] = WRITE_P(x, seed, _key(chunks, c) + i)  # noqa: F821
+            a[o + i], b[o + i], d[o + i] = WRITE_S(y, seed, _key(chunks, c) + i), WRITE_S(z, seed, _key(chunks, c) + i), WRITE_S(w, seed, _key(chunks, c) + i)  # noqa: F821
+
+
+#: The converting kernel template for each number of slots.
+CONVERTED_TEMPLATES: dict[int, Callable[..., None]] = {
+    0: _converted_no_slot, 1: _converted_one_slot, 2: _converted_two_slots, 3: _converted_three_slots,
+}
+
+# 8-bit slots: one thread per block of ``BLOCK`` elements (the rows of ``blocks``, a chunk
+# table cut at every block), which decodes, updates, finds the new absmax and encodes in
+# one pass over its block, as a CPU thread does. Correct and deterministic; a block's
+# elements are not yet spread over a warp (reads are strided by the block size).
+
+BLOCK = quantization.BLOCK
+
+
+@_device
+def _largest(top: Any, x: Any) -> Any:
+    magnitude = abs(x)
+    return magnitude if magnitude > top else top
+
+
+@_device
+def _encode(codes: Any, o: int, staged: Any, row: int, first: int, last: int, absmax: Any, thresholds: Any,
+            table: Any) -> None:
+    inverse = float32(1) / absmax if absmax > 0 else float32(0)
+    for i in range(first, last):
+        x = float32(staged[row, i - first] * inverse)
+        code = table[np.float32(x).view(np.uint32) >> np.uint32(16)]
+        codes[o + i] = code + (1 if x > thresholds[code] else 0)
+
+
+def _q8_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
+                 seed: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+    a, staged = slots[0], cuda.local.array((1, BLOCK), float32)
+    for q in range(cuda.grid(1), blocks.shape[0], cuda.gridsize(1)):
+        p, g, o, first, last = _chunk(params, grads, offsets, blocks, q, like)
+        k = (o + first) // BLOCK
+        scale_a, top_a = scales[0, k], float32(0)
+        for i in range(first, last):
+            x, y = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), maps[signs[0], a[o + i]] * scale_a,  # noqa: F821
+                        *scalars)
+            p[i] = WRITE_P(x, seed, _key(blocks, q) + i)  # noqa: F821
+            staged[0, i - first] = y
+            top_a = _largest(top_a, staged[0, i - first])
+        scales[0, k] = top_a
+        _encode(a, o, staged, 0, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
+
+
+def _q8_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
+                  seed: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+    a, b, staged = slots[0], slots[1], cuda.local.array((2, BLOCK), float32)
+    for q in range(cuda.grid(1), blocks.shape[0], cuda.gridsize(1)):
+        p, g, o, first, last = _chunk(params, grads, offsets, blocks, q, like)
+        k = (o + first) // BLOCK
+        scale_a, scale_b, top_a, top_b = scales[0, k], scales[1, k], float32(0), float32(0)
+        for i in range(first, last):
+            x, y, z = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), maps[signs[0], a[o + i]] * scale_a,  # noqa: F821
+                           maps[signs[1], b[o + i]] * scale_b, *scalars)
+            p[i] = WRITE_P(x, seed, _key(blocks, q) + i)  # noqa: F821
+            staged[0, i - first], staged[1, i - first] = y, z
+            top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
+        scales[0, k], scales[1, k] = top_a, top_b
+        _encode(a, o, staged, 0, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
+        _encode(b, o, staged, 1, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
+
+
+def _q8_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
+                    seed: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+    a, b, d, staged = slots[0], slots[1], slots[2], cuda.local.array((3, BLOCK), float32)
+    for q in range(cuda.grid(1), blocks.shape[0], cuda.gridsize(1)):
+        p, g, o, first, last = _chunk(params, grads, offsets, blocks, q, like)
+        k = (o + first) // BLOCK
+        scale_a, scale_b, scale_d = scales[0, k], scales[1, k], scales[2, k]
+        top_a, top_b, top_d = float32(0), float32(0), float32(0)
+        for i in range(first, last):
+            x, y, z, w = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip),  # noqa: F821
+                              maps[signs[0], a[o + i]] * scale_a, maps[signs[1], b[o + i]] * scale_b,
+                              maps[signs[2], d[o + i]] * scale_d, *scalars)
+            p[i] = WRITE_P(x, seed, _key(blocks, q) + i)  # noqa: F821
+            staged[0, i - first], staged[1, i - first], staged[2, i - first] = y, z, w
+            top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
+            top_d = _largest(top_d, staged[2, i - first])
+        scales[0, k], scales[1, k], scales[2, k] = top_a, top_b, top_d
+        _encode(a, o, staged, 0, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
+        _encode(b, o, staged, 1, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
+        _encode(d, o, staged, 2, first, last, top_d, thresholds[signs[2]], tables[signs[2]])
+
+
+#: The 8-bit kernel template for each number of slots.
+Q8_TEMPLATES: dict[int, Callable[..., None]] = {1: _q8_one_slot, 2: _q8_two_slots, 3: _q8_three_slots}
+
+_BLOCK_TABLES: OrderedDict[bytes, npt.NDArray[np.int64]] = OrderedDict()
+
+
+def _block_table(chunks: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The rows ``(tensor, first, last)`` of every block of ``chunks`` (whole blocks each),
+    made once per chunk table."""
+    key = chunks.tobytes()
+    table = _BLOCK_TABLES.get(key)
+    if table is None:
+        rows = [(j, first, min(first + BLOCK, stop)) for j, start, stop in chunks.tolist() for first in range(start, stop, BLOCK)]
+        table = _BLOCK_TABLES[key] = np.array(rows, np.int64).reshape(-1, 3)
+        if len(_BLOCK_TABLES) > _TABLES_KEPT:
+            _BLOCK_TABLES.popitem(last=False)
+    return table
+
+
+class StorageLauncher:
+    """Launches a converting or 8-bit kernel with the CPU kernel's arguments."""
+
+    def __init__(self, kernel: Any, quantized: bool) -> None:
+        self.kernel, self.quantized = kernel, quantized
+
+    def __call__(self, params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: Any,
+                 offsets: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], clip: tuple[float, float, float],
+                 scalars: tuple[float, ...], like: Any, seed: Any, *quantization_arguments: Any) -> None:
+        threads = _threads_per_block()
+        if self.quantized:
+            blocks = _block_table(chunks)
+            scales, maps, thresholds, tables, signs = quantization_arguments
+            self.kernel[_blocks(math.ceil(len(blocks) / threads)), threads](
+                _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(blocks), clip, scalars,
+                like, seed, scales, maps, thresholds, tables, _on_device(signs),
+            )
+        else:
+            self.kernel[_blocks(len(chunks)), threads](
+                _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(chunks), clip, scalars,
+                like, seed,
+            )
+
+
+def _converter(function: Callable[..., Any]) -> Any:
+    """A ``numbaopt.halves`` function as a device function, with the helpers it calls.
+    Under the simulator it runs as NumPy scalar code, whose uint64 hash wraps around as
+    on the GPU but warns: the warnings are silenced there."""
+    compiled = with_helpers(function, _device, {})
+    if SIMULATOR:
+        def quiet(*args: Any) -> Any:
+            with np.errstate(over="ignore"):
+                return compiled(*args)
+
+        return _device(quiet)
+    return _device(compiled)
+
+
+_CONVERTERS: dict[Any, Any] = {}
+
+
+def _converted(key: Any, function: Callable[..., Any]) -> Any:
+    if key not in _CONVERTERS:
+        _CONVERTERS[key] = _converter(function)
+    return _CONVERTERS[key]
+
+
+_STORAGE_KERNELS: dict[tuple[Any, ...], StorageLauncher] = {}
+
+
+def _storage_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, formats: tuple[str, str],
+                    stochastic: bool) -> StorageLauncher:
+    parameters, slots = formats
+    quantized = slots == "q8" and n_slots > 0
+    stored = "bfloat16" if slots == "bfloat16" else "native"
+    written = (parameters, stochastic and parameters != "native")
+    compiled = {
+        "RULE": _device(rule),
+        "READ_P": _converted(parameters, halves.READERS[parameters]), "WRITE_P": _converted(written, halves.WRITERS[written]),
+        "READ_S": _converted(stored, halves.READERS[stored]), "WRITE_S": _converted((stored, False), halves.WRITERS[stored, False]),
+    }
+    template = loop_for(Q8_TEMPLATES if quantized else CONVERTED_TEMPLATES, rule, n_slots)
+    code: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values()]
+    code += [helper for function in list(code) for helper in helpers(function)]
+    variant = f"{parameters}_{slots}_{'stochastic' if written[1] else 'nearest'}"
+    function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *code), variant=variant)
+    return StorageLauncher(cuda.jit(cache=True)(function), quantized)
+
+
 _UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int], UpdateLauncher] = {}
 
 
-def update_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool = True) -> UpdateLauncher:
+def update_kernel(
+    rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool = True,
+    formats: tuple[str, str] = ("native", "native"), stochastic: bool = False,
+) -> UpdateLauncher | StorageLauncher:
     """The launcher of the CUDA kernel that applies ``rule`` with ``n_slots`` slots per
     element; made once per rule and process, compiled at its first launch (or loaded from
-    the on-disk cache). ``parallel`` is the CPU kernels' choice: a launch always is."""
+    the on-disk cache). ``parallel`` is the CPU kernels' choice: a launch always is.
+    ``formats`` and ``stochastic`` as for ``numbaopt.kernels.cpu.update_kernel``."""
+    if formats != ("native", "native"):
+        key = (rule, n_slots, formats, stochastic)
+        if key not in _STORAGE_KERNELS:
+            _STORAGE_KERNELS[key] = _storage_kernel(rule, n_slots, formats, stochastic)
+        return _STORAGE_KERNELS[key]
     launcher = _UPDATE_KERNELS.get((rule, n_slots))
     if launcher is None:
         template = loop_for(UPDATE_TEMPLATES, rule, n_slots)
@@ -304,6 +553,24 @@ def sum_of_squares(grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], 
 
 #: A launch is parallel whatever the size: the CPU kernels' serial choice does not apply.
 serial_sum_of_squares = sum_of_squares
+
+_SUMS: dict[str, Callable[..., None]] = {"native": sum_of_squares}
+
+
+def sum_of_squares_kernel(form: str, parallel: bool) -> Callable[..., None]:
+    """``sum_of_squares`` for gradients of format ``form`` (16-bit memory read through
+    ``numbaopt.halves``): a copy whose global ``READ`` converts each element."""
+    if form not in _SUMS:
+        read = halves.READERS[form]
+        name = f"sum_of_squares_{form}_{code_digest(read, *helpers(read))}"
+        kernel = cuda.jit(cache=True)(renamed(_sum_of_squares.py_func, name, {"READ": _converter(read)}))
+
+        def launch(grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: Any, partial_sums: Any) -> None:
+            blocks, threads = _blocks(len(chunks)), _threads_per_block()
+            kernel[blocks, threads](_on_device(grads), _on_device(chunks), like, partial_sums, _scratch((blocks, threads)))
+
+        _SUMS[form] = launch
+    return _SUMS[form]
 
 
 def total(values: Any) -> float:

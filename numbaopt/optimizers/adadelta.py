@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, Slot, StepInputs
 
 
 def adadelta_rule(
@@ -40,7 +40,7 @@ class Adadelta(Optimizer):
         Hyperparameter("epsilon", 1e-8),
         Hyperparameter("decay", 0.0),
     )
-    slot_names = ("accumulators", "delta_accumulators")
+    slots = (Slot("accumulators", sign="nonnegative"), Slot("delta_accumulators", sign="nonnegative"))
     keras2_iterations = False
     rule = staticmethod(adadelta_rule)
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, Slot, StepInputs
 
 
 def adagrad_rule(p: float, g: float, a: float, lr: float, epsilon: float) -> tuple[float, float]:
@@ -34,7 +34,7 @@ class Adagrad(Optimizer):
         Hyperparameter("epsilon", 1e-8),
         Hyperparameter("decay", 0.0),
     )
-    slot_names = ("accumulators",)
+    slots = (Slot("accumulators", sign="nonnegative"),)
     keras2_iterations = False
     rule = staticmethod(adagrad_rule)
 

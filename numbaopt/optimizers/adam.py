@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, Slot, StepInputs
 
 
 def adam_rule(
@@ -41,7 +41,7 @@ class Adam(Optimizer):
         Hyperparameter("epsilon", 1e-8),
         Hyperparameter("decay", 0.0),
     )
-    slot_names = ("ms", "vs")
+    slots = (Slot("ms"), Slot("vs", sign="nonnegative"))
     rule = staticmethod(adam_rule)
 
     # What later Kerases make of it (numbaopt.declarations).

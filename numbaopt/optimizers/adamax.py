@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, Slot, StepInputs
 
 
 def adamax_rule(
@@ -45,7 +45,7 @@ class Adamax(Optimizer):
         Hyperparameter("epsilon", 1e-8),
         Hyperparameter("decay", 0.0),
     )
-    slot_names = ("ms", "us")
+    slots = (Slot("ms"), Slot("us", sign="nonnegative"))
     rule = staticmethod(adamax_rule)
 
     # What later Kerases make of it (numbaopt.declarations).

@@ -19,11 +19,12 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import keras_config, keras_weights, registry
+from numbaopt import halves, keras_config, keras_weights, registry
 from numbaopt.hyperparameters import (
     ALIASES,
     CLIPPING,
     DEVICE,
+    MEMORY,
     Hyperparameter,
     StepInputs,
     bind_arguments,
@@ -35,7 +36,7 @@ from numbaopt.slots import SlotStore, check_slots_match
 from numbaopt.state import OptimizerState, Slot, check_slots
 from numbaopt.step_checks import names_tuple
 
-__all__ = ["ALIASES", "CLIPPING", "DEVICE", "Hyperparameter", "Optimizer", "OptimizerState", "Slot", "StepInputs"]
+__all__ = ["ALIASES", "CLIPPING", "DEVICE", "MEMORY", "Hyperparameter", "Optimizer", "OptimizerState", "Slot", "StepInputs"]
 
 _O = TypeVar("_O", bound="Optimizer")
 
@@ -103,11 +104,12 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
         ]
         declared = {h.name for h in cls.hyperparameters}
         parameters += [
-            inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY, default=None) for h in CLIPPING + DEVICE if h.name not in declared
+            inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY, default=None)
+            for h in CLIPPING + DEVICE + MEMORY if h.name not in declared
         ]
         parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         cls.__signature__ = inspect.Signature(parameters)
-        cls.settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE}
+        cls.settable = {h.name: h for h in cls.hyperparameters + CLIPPING + DEVICE + MEMORY}
         # Hyperparameters read as attributes, as in Keras (opt.lr, opt.beta_1, opt.clipnorm):
         # a property per name is read in a tenth of the time ``__getattr__`` takes (every
         # step reads several), which stays for the names a class does not declare.
@@ -118,6 +120,7 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock = threading.RLock()  # see _locked; reentrant: get_weights calls state
         self._hyper = self.bind_arguments(args, kwargs)
+        self.slots = self.stored_slots(type(self).__name__, self.slots, self.phases, self._hyper.get("slot_dtype"))
         self._fitting: set[np.dtype[Any]] = set()  # dtypes the hyperparameters were found to fit
         self._iterations = 0
         self._scalars = {name: float(value) for name, value in self.scalar_state}
@@ -151,6 +154,8 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
         # hyperparameter on a user's subclass, is a typo (opt.lrr = 0.5) that would do nothing.
         key = ALIASES.get(name, name)
         declared = type(self).settable
+        if key == "slot_dtype" and "_hyper" in self.__dict__:
+            raise AttributeError("slot_dtype chooses how the slots are stored; set it when constructing the optimizer")
         if key in declared and "_hyper" in self.__dict__:
             checked = declared[key].check(value)
             with self._lock:  # never in the middle of another thread's step
@@ -228,8 +233,9 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
     @classmethod
     def part_settings(cls) -> tuple[str, ...]:
         """The settings a part of a step may give its own values (``apply_gradient_parts``:
-        a torch param group's): every setting but the device, here."""
-        return tuple(name for name in cls.settable if name != "device")
+        a torch param group's): every setting but the device and the memory settings (the
+        slots' storage, and stochastic rounding, seeded once per step), here."""
+        return tuple(name for name in cls.settable if name not in ("device", "slot_dtype", "stochastic_rounding"))
 
     def check_part_stepping(self) -> None:
         """Raise ValueError naming a setting that steps by parts (``apply_gradient_parts``,
@@ -239,7 +245,7 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
     def declared_slots(cls, config: dict[str, Any]) -> tuple[Slot, ...]:
         """The slots an optimizer built from ``config`` keeps: ``slots``, here; a class
         whose slots depend on its settings (``numbaopt.keras3``) answers per config."""
-        return cls.slots
+        return cls.stored_slots(cls.__name__, cls.slots, cls.phases, config.get("slot_dtype"))
 
     @classmethod
     def from_checkpoint_config(cls: type[_O], config: dict[str, Any], **options: Any) -> _O:
@@ -290,6 +296,15 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
         return OptimizerState(self._iterations, dict(self._scalars), slots, self._names, parameters)
 
     @locked
+    def slot_views(self) -> dict[str, list[Any]] | None:
+        """Every slot kind as views of the memory the kernels update (on the slots' device),
+        one per parameter: what a framework shows as its live state (``numbaopt.torch``'s
+        ``opt.state``). None until the slots are bound to parameters, at the first step."""
+        if self._slots is None:
+            return None
+        return {kind: self._slots.views(kind) for kind in self._slots.slot_names}
+
+    @locked
     def load_state(self, state: OptimizerState) -> None:
         """Take a whole ``OptimizerState`` (``state()``'s, a checkpoint's, a framework's).
 
@@ -303,7 +318,7 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
             weights += list(state.slots.get(kind, []))
         if state.parameters is not None and state.slots and self._slots is None:
             shapes = tuple(tuple(shape) for shape, _ in state.parameters)
-            dtypes = tuple(np.dtype(dtype) for _, dtype in state.parameters)
+            dtypes = tuple(halves.as_dtype(dtype) for _, dtype in state.parameters)
             check_slots_match(self.slots, state.slots, shapes, dtypes, "load_state")
         self.set_weights(weights)
         if state.parameters is not None and self._slots is None and (state.slots or not self.slots):
@@ -352,6 +367,7 @@ class Optimizer(Step, metaclass=abc.ABCMeta):
         if n_params is None and self._pending_slots is not None:
             n_params = len(next(iter(self._pending_slots.values())))
         scalars, slot_lists = keras_weights.split(self, weights, n_params)
+        slot_lists = keras_weights.stored(self, slot_lists)
         iterations, scalar_values = keras_weights.check_scalars(scalars)
         if self._slots is not None:
             self._slots.check_host_slots(slot_lists)

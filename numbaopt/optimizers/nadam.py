@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, Slot, StepInputs
 
 #: A scalar of the parameters' dtype, or a Python float (``advance_scalar_state``).
 _F = TypeVar("_F", float, np.floating[Any])
@@ -57,7 +57,7 @@ class Nadam(Optimizer):
         Hyperparameter("epsilon", 1e-8),
         Hyperparameter("schedule_decay", 0.004),
     )
-    slot_names = ("ms", "vs")
+    slots = (Slot("ms"), Slot("vs", sign="nonnegative"))
     scalar_state = (("m_schedule", 1.0),)
     rule = staticmethod(nadam_rule)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from numbaopt.declarations import KerasClass, KerasDescription
-from numbaopt.optimizers.base import Hyperparameter, Optimizer, StepInputs
+from numbaopt.optimizers.base import Hyperparameter, Optimizer, Slot, StepInputs
 
 
 def rmsprop_rule(
@@ -37,7 +37,7 @@ class RMSprop(Optimizer):
         Hyperparameter("epsilon", 1e-8),
         Hyperparameter("decay", 0.0),
     )
-    slot_names = ("accumulators",)
+    slots = (Slot("accumulators", sign="nonnegative"),)
     keras2_iterations = False
     rule = staticmethod(rmsprop_rule)
 

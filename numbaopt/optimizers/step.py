@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import devices
+from numbaopt import devices, halves
 from numbaopt.clipping import clip_arguments
-from numbaopt.hyperparameters import StepInputs
+from numbaopt.hyperparameters import SLOT_DTYPES, StepInputs
 from numbaopt.phases import Phase
 from numbaopt.slots import Layout, SlotStore
 from numbaopt.state import Slot
@@ -43,6 +43,9 @@ class Step:
     """The step of ``numbaopt.optimizers.base.Optimizer`` (its only subclass here)."""
 
     slots: tuple[Slot, ...] = ()  # a class's declaration; an instance may hold its own (numbaopt.keras3)
+    #: The slot storage (``slot_dtype``) the class can keep besides its declaration's: a
+    #: class that updates slots outside the kernels (Keras 3's Muon) declares fewer.
+    slot_dtypes: ClassVar[tuple[str, ...]] = SLOT_DTYPES
     phases: tuple[Phase, ...] = ()
     rule: Callable[..., tuple[float, ...]] | None = None
     #: Whether the kernels clip the gradients (Keras 2.0's clipnorm by the global norm, and
@@ -74,6 +77,28 @@ class Step:
     def advance_scalar_state(h: StepInputs) -> dict[str, float]:
         """The extra scalar state after a step of ``h`` (Nadam's ``m_schedule``): a pure function too."""
         return {}
+
+    @classmethod
+    def stored_slots(cls, owner: str, slots: tuple[Slot, ...], phases: tuple[Phase, ...], slot_dtype: str | None) -> tuple[Slot, ...]:
+        """``slots`` kept in the storage ``slot_dtype`` asks for (None: as declared), or a
+        ValueError naming ``slot_dtype`` where the step cannot keep them so: one the class
+        does not take (``slot_dtypes``), or 16-bit and 8-bit storage for phases (tensor
+        passes over the state, factored or per-tensor slots), which read float32 or the
+        parameters' dtype only."""
+        if slot_dtype is None:
+            return slots
+        if slot_dtype not in cls.slot_dtypes:
+            taken = ", ".join(repr(d) for d in cls.slot_dtypes) or "none"
+            raise ValueError(f"slot_dtype={slot_dtype!r}: {owner} keeps its slots as declared (slot_dtype None); "
+                             f"other storage it takes: {taken}")
+        if slot_dtype in ("bfloat16", "q8") and (phases or any(slot.shape != "element" for slot in slots)):
+            raise ValueError(
+                f"slot_dtype={slot_dtype!r}: {owner} steps in phases over state not shaped like its parameters, "
+                "which keep their slots as declared or in float32 (slot_dtype None or 'float32')"
+            )
+        if slot_dtype == "bfloat16":
+            halves.bfloat16()  # an ImportError naming the extra, now rather than at the first step
+        return tuple(slot.stored_as(slot_dtype) for slot in slots)
 
     def step_inputs(self, hyper: Mapping[str, Any] | None = None) -> StepInputs:
         """What this step's scalars are computed from: ``hyper`` (a param group's) or the
@@ -205,9 +230,10 @@ class Step:
         hypers: list[Mapping[str, Any] | None] = [None] if parts is None else [hyper for hyper, _ in parts]
         for hyper in hypers:
             for dtype in layout.distinct_dtypes:
-                self._check_fits(dtype, hyper)
+                self._check_fits(halves.compute_dtype(dtype), hyper)
         layout.check_gradients(addresses)
         store = self._slots if self._slots is not None else self._create_slots(layout)
+        seed = self._iterations if self._hyper.get("stochastic_rounding") else None
         grad_at = store.split(addresses)
         norm = global_norm
         clipping = self.kernel_clipping and (
@@ -220,10 +246,10 @@ class Step:
         if parts is None and not self.phases:  # the usual step, in the fewest calls: it is per step
             rule = self.rule
             for group, params, grads, (clip, scalars) in zip(store.groups, parameter_at, grad_at, arguments[0]):
-                store.run(rule, group, params, grads, clip, scalars)  # type: ignore[arg-type]  # as in _launch
+                store.run(rule, group, params, grads, clip, scalars, seed=seed)  # type: ignore[arg-type]  # as in _launch
         else:
             for at, part_arguments in zip([None] if parts is None else [at for _, at in parts], arguments):
-                self._launch(store, parameter_at, grad_at, part_arguments, at)
+                self._launch(store, parameter_at, grad_at, part_arguments, at, seed)
         if self._scalars:  # extra scalar state (Nadam's schedule) advances with the first part's settings
             self._scalars.update(self.advance_scalar_state(self.step_inputs(hypers[0])))
         self._iterations += 1
@@ -235,8 +261,10 @@ class Step:
         grad_at: list[npt.NDArray[np.int64]],
         arguments: list[tuple[tuple[Any, ...], tuple[Any, ...]]],
         at: npt.NDArray[np.intp] | None,
+        seed: int | None = None,
     ) -> None:
-        """The kernels of one part of a step (every parameter when ``at`` is None), group by group."""
+        """The kernels of one part of a step (every parameter when ``at`` is None), group by
+        group; ``seed`` for stochastic rounding (``SlotStore.run``)."""
         chunks = store.chunks_of(at)
         if self.phases:
             for group, params, grads, (clip, scalars), table, tensors in zip(
@@ -246,7 +274,7 @@ class Step:
             return
         rule = self.rule
         for group, params, grads, (clip, scalars), table in zip(store.groups, parameter_at, grad_at, arguments, chunks):
-            store.run(rule, group, params, grads, clip, scalars, None if at is None else table)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
+            store.run(rule, group, params, grads, clip, scalars, None if at is None else table, seed)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
 
     def _step_arguments(
         self, store: SlotStore, norm: float | None, hyper: Mapping[str, Any] | None = None
@@ -270,7 +298,7 @@ class Step:
     ) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
         clipnorm, clipvalue = (inputs.get("clipnorm"), inputs.get("clipvalue")) if self.kernel_clipping else (None, None)
         return [
-            (clip_arguments(clipnorm, clipvalue, norm, group.dtype.type), self.step_scalars(inputs, group.dtype.type))
+            (clip_arguments(clipnorm, clipvalue, norm, group.compute.type), self.step_scalars(inputs, group.compute.type))
             for group in store.groups
         ]
 

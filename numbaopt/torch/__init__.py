@@ -42,23 +42,30 @@ def _cores() -> dict[str, type[optimizers.Optimizer]]:
     return {cls.__name__: cls for cls in optimizers.rule_based()}
 
 
-def torch_class(core: type[optimizers.Optimizer]) -> type[TorchOptimizer]:
-    """The ``numbaopt.torch`` class whose ``core`` is ``core`` (made on the first call).
+#: The module of each family's torch classes, where ``pickle`` finds them.
+_MODULES = {"keras2": __name__, "keras3": f"{__name__}.keras3", "torch_optim": f"{__name__}.optim"}
+
+
+def torch_class(core: type[optimizers.Optimizer], base: type[TorchOptimizer] = TorchOptimizer) -> type[TorchOptimizer]:
+    """The ``numbaopt.torch`` class whose ``core`` is ``core`` (made on the first call), a
+    subclass of ``base`` (a family's own, ``numbaopt.torch.optim``'s for torch.optim's).
 
     It has ``core``'s name and lives in this module (``numbaopt.torch.<name>``) for Keras
-    2.0's family, in ``numbaopt.torch.keras3`` for Keras 3's, where ``pickle`` finds it
-    while ``core`` is registered.
+    2.0's family, in ``numbaopt.torch.keras3`` for Keras 3's, in ``numbaopt.torch.optim``
+    for torch.optim's, where ``pickle`` finds it while ``core`` is registered.
     """
     made = _MADE.get(core)
     if made is None:
+        if registry.family_of(core) == "torch_optim" and base is TorchOptimizer:
+            raise TypeError(f"{core.__name__} keeps torch.optim's state dicts: its class is numbaopt.torch.optim.{core.__name__}")
         summary = (core.__doc__ or "").strip().split("\n")[0]
         family = registry.family_of(core)
         namespace = {
-            "__module__": __name__ if family == "keras2" else f"{__name__}.{family}",
+            "__module__": _MODULES[family],
             "__qualname__": core.__name__,
             "__doc__": f"numbaopt's {core.__name__} as a torch optimizer. {summary}".strip(),
         }
-        made = _MADE[core] = type(core.__name__, (TorchOptimizer,), namespace, core=core)
+        made = _MADE[core] = type(core.__name__, (base,), namespace, core=core)
     return made
 
 
@@ -86,6 +93,9 @@ def load_optimizer(path: str | os.PathLike[str], params: Iterable[Any]) -> Torch
     core = registry.optimizer_class(checkpoint.class_name)
     if core not in registry.rule_based(registry.family_of(core)):
         raise CheckpointError(f"{path}: holds a {checkpoint.class_name}, which has no numbaopt.torch counterpart")
+    if registry.family_of(core) == "torch_optim":
+        raise CheckpointError(f"{path}: holds a {checkpoint.class_name}, whose torch class (numbaopt.torch.optim) resumes "
+                              "from torch.optim's state dicts (state_dict / load_state_dict), not yet from a checkpoint")
     cls = torch_class(core)
     try:
         opt: TorchOptimizer = cls(params, **checkpoint.config)

@@ -1,0 +1,434 @@
+"""16-bit parameters and slot storage (``slot_dtype``): conversions, the 8-bit scheme, the
+kernels against NumPy references of the same arithmetic, stochastic rounding, checkpoints.
+
+Run over every element-wise optimizer of both families (the registry), each with the
+settings the other tests use (``keras3_cases.CUSTOM``).
+"""
+import os
+import tempfile
+
+import numba
+import numpy as np
+import pytest
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+from numbaopt import halves, quantization, registry, tuning  # noqa: E402
+from numbaopt.checkpoint import load_optimizer, save_optimizer  # noqa: E402
+from numbaopt.kernels import with_helpers  # noqa: E402
+from numbaopt.state import OptimizerState  # noqa: E402
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+HALVES = {"bfloat16": BF16, "float16": np.dtype(np.float16)}
+
+#: Every optimizer whose slots can be quantized: an element rule, every family.
+QUANTIZABLE = [cls for family in registry.FAMILIES for cls in registry.rule_based(family)
+               if "q8" in cls.slot_dtypes and not cls.phases]
+#: And those that keep their slots as declared (tensor passes, host-side updates).
+NOT_QUANTIZABLE = [cls for family in registry.FAMILIES for cls in registry.rule_based(family) if cls not in QUANTIZABLE]
+SHAPES = [(300,), (3, 4), (), (517,)]
+
+
+def _id(cls):
+    return registry.qualified_name(cls).replace(".", "-").lower()
+
+
+def _settings(cls):
+    """Settings away from the defaults where the optimizer has them (SGD's momentum, so it keeps a slot)."""
+    if cls.family == "keras3":
+        from tests.keras3_cases import CUSTOM
+        return dict(CUSTOM.get(cls.__name__, [{}])[0])
+    from tests.cases import non_default
+    return non_default(cls)
+
+
+def _steps(shapes, dtype, n=3, seed=1):
+    rng = np.random.default_rng(seed)
+    return [[(0.5 * rng.standard_normal(s)).astype(dtype) for s in shapes] for _ in range(n)]
+
+
+def _params(shapes, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def _bits(arrays):
+    return [a.tobytes() for a in arrays]
+
+
+@pytest.fixture(scope="module")
+def converters():
+    """The element conversions of ``numbaopt.halves``, compiled as the kernels compile them,
+    applied to arrays."""
+    compiled = {}
+
+    @numba.njit
+    def apply(values, function, out):
+        for i in range(values.size):
+            out[i] = function(values[i])
+
+    def converter(name, out_dtype):
+        if name not in compiled:
+            compiled[name] = numba.njit(with_helpers(getattr(halves, name), numba.njit, {}))
+        return lambda values: (apply(values, compiled[name], out := np.empty(values.size, out_dtype)), out)[1]
+
+    return converter
+
+
+# ---------------------------------------------------------------- 16-bit conversions
+
+
+@pytest.mark.parametrize("form", sorted(HALVES))
+def test_every_16_bit_value_reads_exactly(converters, form):
+    every = np.arange(1 << 16, dtype=np.uint16)
+    ours = converters(f"from_{form}", np.float32)(every)
+    reference = every.view(HALVES[form]).astype(np.float32)
+    assert np.array_equal(ours, reference, equal_nan=True)
+    assert np.array_equal(ours[~np.isnan(ours)].view(np.uint32), reference[~np.isnan(reference)].view(np.uint32))
+
+
+@pytest.mark.parametrize("form", sorted(HALVES))
+def test_float32_rounds_to_nearest_even_as_numpy(converters, form):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(200_000) * 10.0 ** rng.integers(-10, 7, 200_000)).astype(np.float32)
+    edges = np.array([0, -0.0, np.inf, -np.inf, np.nan, 65504, 65519.99, 65520, 6e-8, 2.98e-8, 3e-8, 3.4e38], np.float32)
+    # every float32 halfway between two neighbouring 16-bit values: ties go to even
+    halfway = (np.arange(0, 1 << 15, 7, dtype=np.uint32) << np.uint32(16 if form == "bfloat16" else 13))
+    halfway |= np.uint32(0x8000 if form == "bfloat16" else 0x1000)
+    x = np.concatenate([x, edges, halfway.view(np.float32)])
+    x = x[~np.isnan(x) | (x != x)]
+    ours = converters(f"to_{form}", np.uint16)(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        reference = x.astype(HALVES[form]).view(np.uint16)
+    numbers = ~np.isnan(x)
+    assert np.array_equal(ours[numbers], reference[numbers])
+    assert np.isnan(ours[~numbers].view(HALVES[form]).astype(np.float32)).all()
+
+
+@pytest.mark.parametrize("form", sorted(HALVES))
+def test_stochastic_rounding_is_unbiased_and_picks_a_neighbour(form):
+    function = numba.njit(with_helpers(halves.WRITERS[form, True], numba.njit, {}))
+
+    @numba.njit
+    def draws(x, seed, n, out):
+        for i in range(n):
+            out[i] = function(x, seed, i)
+
+    for x in (np.float32(1.0 + 2.0**-9 + 2.0**-12), np.float32(-3.3e-3), np.float32(1e-6)):
+        out = np.empty(200_000, np.uint16)
+        draws(x, np.uint64(7), out.size, out)
+        values = out.view(HALVES[form]).astype(np.float64)
+        lower, upper = np.unique(values)[[0, -1]]
+        assert len(np.unique(values)) <= 2 and lower <= x <= upper
+        share = (x - lower) / (upper - lower) if upper > lower else 0.0
+        spread = 5 * np.sqrt(share * (1 - share) / out.size) * (upper - lower) + 1e-12
+        assert abs(values.mean() - np.float64(x)) <= spread
+        again = np.empty_like(out)
+        draws(x, np.uint64(7), out.size, again)
+        assert np.array_equal(out, again)  # a function of (seed, index) alone
+
+
+# ---------------------------------------------------------------- the 8-bit scheme
+
+
+def reference_quantize(values, sign):
+    """A block at a time: absmax, then the number of thresholds below each ``x / absmax``."""
+    maps, thresholds, _ = quantization.scheme()
+    k = quantization.SIGNS.index(sign)
+    flat = np.asarray(values, np.float32).reshape(-1)
+    out = np.zeros(quantization.blocks(flat.size), quantization.HOST_DTYPE)
+    for b in range(out.size):
+        block = flat[b * quantization.BLOCK : (b + 1) * quantization.BLOCK]
+        absmax = np.float32(np.max(np.abs(block), initial=np.float32(0)))
+        inverse = np.float32(1) / absmax if absmax > 0 else np.float32(0)
+        out["codes"][b, : block.size] = np.searchsorted(thresholds[k][:255], block * inverse, side="left")
+        out["absmax"][b] = absmax
+    return out
+
+
+def test_the_maps_are_bitsandbytes_dynamic_maps():
+    maps, thresholds, tables = quantization.scheme()
+    assert maps.shape == (2, 256) and np.all(np.diff(maps, axis=1) > 0)
+    assert maps[0, -1] == 1 and 0 in maps[0] and maps[0, 0] > -1  # signed: 127 negative values, zero, 128 positive
+    assert maps[1, 0] == 0 and maps[1, -1] == 1
+    assert np.isclose(np.min(np.abs(maps[0][maps[0] != 0])), 0.55e-6, rtol=1e-6)
+
+
+def test_the_lookup_table_finds_the_searched_code():
+    _, thresholds, tables = quantization.scheme()
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(300_000) * 10.0 ** rng.integers(-9, 1, 300_000)).astype(np.float32)
+    t = thresholds[:, :255].reshape(-1)
+    x = np.concatenate([x, t, np.nextafter(t, np.float32(2)), np.nextafter(t, np.float32(-2)), [0, -0.0, 1, -1, 1.0000001]])
+    x = x.astype(np.float32)
+    for k in range(2):
+        code = tables[k][x.view(np.uint32) >> np.uint32(16)].astype(np.int64)
+        code += x > thresholds[k][code]
+        assert np.array_equal(code, np.searchsorted(thresholds[k][:255], x, side="left"))
+
+
+@pytest.mark.parametrize("sign", quantization.SIGNS)
+def test_quantize_round_trip_within_the_maps_error_per_block(sign):
+    rng = np.random.default_rng(2)
+    values = rng.standard_normal(5000).astype(np.float32) * 10.0 ** rng.integers(-6, 3, 5000)
+    values[1000:1300] = 0  # a block of zeros
+    if sign == "nonnegative":
+        values = np.abs(values)
+    host = quantization.quantize(values, sign)
+    assert host.dtype == quantization.HOST_DTYPE and host.shape == (quantization.blocks(values.size),)
+    assert host.tobytes() == reference_quantize(values, sign).tobytes()
+    back = quantization.dequantize(host, values.shape, sign)
+    maps = quantization.scheme()[0][quantization.SIGNS.index(sign)]
+    worst = max(np.max(np.diff(maps)) / 2, 1 + maps[0] if sign == "signed" else 0)  # the signed map stops at -0.993
+    for b in range(host.size):
+        block = slice(b * quantization.BLOCK, (b + 1) * quantization.BLOCK)
+        bound = host["absmax"][b] * worst * (1 + 1e-5)
+        assert np.max(np.abs(back[block] - values[block])) <= bound
+    assert not back[1024:1280].any()
+    assert np.array_equal(quantization.quantize(back, sign)["codes"], host["codes"]) or sign == "signed"
+
+
+# ---------------------------------------------------------------- the kernels
+
+
+def _rounded(arrays, dtype):
+    return [np.asarray(a, np.float32).astype(dtype) for a in arrays]
+
+
+@pytest.mark.parametrize("form", sorted(HALVES))
+@pytest.mark.parametrize("cls", QUANTIZABLE, ids=_id)
+def test_16_bit_parameters_step_as_float32_rounded_once(cls, form):
+    """A 16-bit step is the float32 step of the same values (float32 slots, the same
+    gradients widened), its parameters rounded to the nearest 16-bit value once."""
+    dtype = HALVES[form]
+    ours, reference = cls(**_settings(cls)), cls(**_settings(cls))
+    params = _params(SHAPES, dtype)
+    for grads in _steps(SHAPES, dtype):
+        wide = [p.astype(np.float32) for p in params]
+        reference.apply_gradients(zip([g.astype(np.float32) for g in grads], wide))
+        ours.apply_gradients(zip(grads, params))
+        assert _bits(params) == _bits(_rounded(wide, dtype))
+        assert _bits(sum(ours.state().slots.values(), [])) == _bits(sum(reference.state().slots.values(), []))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, BF16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("cls", QUANTIZABLE, ids=_id)
+def test_q8_step_is_the_numpy_reference_of_the_scheme(cls, dtype):
+    """Each step: the 8-bit state decoded, the optimizer's own float32-slot step, then the
+    new slots quantized by ``reference_quantize``: bitwise the 8-bit kernel's state."""
+    ours = cls(slot_dtype="q8", **_settings(cls))
+    params = _params(SHAPES, dtype)
+    for grads in _steps(SHAPES, dtype, n=3):
+        before = ours.state()
+        reference = cls(slot_dtype="float32", **_settings(cls))
+        if before.slots:
+            slots = {slot.name: [quantization.dequantize(a, s, slot.sign) for a, s in zip(before.slots[slot.name], SHAPES)]
+                     for slot in ours.slots}
+            reference.load_state(before._replace(slots=slots))
+            reference.load_checkpoint_arrays(ours.checkpoint_arrays())  # torch.optim's per-parameter steps
+        expected = [p.copy() for p in params]
+        reference.apply_gradients(zip(grads, expected))
+        ours.apply_gradients(zip(grads, params))
+        assert _bits(params) == _bits(expected)
+        after = reference.state().slots
+        for slot in ours.slots:
+            for ours_host, values in zip(ours.state().slots[slot.name], after[slot.name]):
+                assert ours_host.tobytes() == reference_quantize(values, slot.sign).tobytes()
+
+
+def test_q8_results_do_not_depend_on_the_thread_count(monkeypatch):
+    cls = registry.optimizer_class("Adam")
+    size = tuning.PARALLEL_MIN_ELEMENTS * 2 + 77
+    monkeypatch.setattr(tuning, "ADAPTIVE_THREADS", False)
+    results = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(threads)
+        try:
+            opt = cls(slot_dtype="q8", stochastic_rounding=True)
+            params = _params([(size,)], BF16)
+            for grads in _steps([(size,)], BF16, n=2):
+                opt.apply_gradients(zip(grads, params))
+            results.append((_bits(params), [a.tobytes() for a in opt.state().slots["vs"]]))
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert results[0] == results[1]
+
+
+def test_stochastic_rounding_is_seeded_by_the_step_count():
+    cls = registry.optimizer_class("Adam")
+    steps = _steps(SHAPES, BF16, n=4)
+    runs = []
+    for _ in range(2):
+        opt, params = cls(lr=0.01, stochastic_rounding=True), _params(SHAPES, BF16)
+        for grads in steps:
+            opt.apply_gradients(zip(grads, params))
+        runs.append(_bits(params))
+    nearest, params = cls(lr=0.01), _params(SHAPES, BF16)
+    for grads in steps:
+        nearest.apply_gradients(zip(grads, params))
+    assert runs[0] == runs[1] and runs[0] != _bits(params)
+
+
+# ---------------------------------------------------------------- settings and state
+
+
+@pytest.mark.parametrize("cls", NOT_QUANTIZABLE, ids=_id)
+def test_an_optimizer_that_cannot_quantize_names_slot_dtype(cls):
+    with pytest.raises(ValueError, match="slot_dtype"):
+        cls(slot_dtype="q8")
+
+
+def test_slot_dtype_is_checked_and_fixed():
+    cls = registry.optimizer_class("Adam")
+    with pytest.raises(ValueError, match="slot_dtype"):
+        cls(slot_dtype="int8")
+    opt = cls(slot_dtype="q8")
+    with pytest.raises(AttributeError, match="slot_dtype"):
+        opt.slot_dtype = "float32"
+    assert opt.get_config()["slot_dtype"] == "q8" and "slot_dtype" not in cls().get_config()
+
+
+@pytest.mark.parametrize("slot_dtype", [None, "float32", "bfloat16", "q8"])
+@pytest.mark.parametrize("cls", [registry.optimizer_class("Adam"), registry.optimizer_class("keras3.Adam"), registry.optimizer_class("keras3.Adagrad")], ids=_id)
+@pytest.mark.parametrize("dtype", [np.float32, BF16, np.float16], ids=["float32", "bfloat16", "float16"])
+def test_a_checkpoint_resumes_bitwise(cls, slot_dtype, dtype):
+    steps = _steps(SHAPES, dtype, n=4)
+    opt, params = cls(slot_dtype=slot_dtype, stochastic_rounding=True), _params(SHAPES, dtype)
+    for grads in steps[:2]:
+        opt.apply_gradients(zip(grads, params))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "state.h5")
+        save_optimizer(opt, path)
+        resumed = load_optimizer(path)
+    copies = [p.copy() for p in params]
+    for grads in steps[2:]:
+        opt.apply_gradients(zip(grads, params))
+        resumed.apply_gradients(zip(grads, copies))
+    assert _bits(params) == _bits(copies)
+    assert [a.tobytes() for a in sum(opt.state().slots.values(), [])] == \
+           [a.tobytes() for a in sum(resumed.state().slots.values(), [])]
+
+
+@pytest.mark.parametrize("slot_dtype", ["bfloat16", "q8"])
+def test_get_weights_gives_float32_values_and_set_weights_stores_them(slot_dtype):
+    cls = registry.optimizer_class("Adam")
+    opt, params = cls(slot_dtype=slot_dtype), _params(SHAPES, np.float32)
+    for grads in _steps(SHAPES, np.float32, n=2):
+        opt.apply_gradients(zip(grads, params))
+    weights = opt.get_weights()
+    assert all(w.dtype == np.float32 and w.shape == s for w, s in zip(weights[1:], SHAPES * 2))
+    again = cls(slot_dtype=slot_dtype)
+    again.set_weights(weights)
+    again.apply_gradients(zip(_steps(SHAPES, np.float32, n=1)[0], [p.copy() for p in params]))
+    state = again.state()
+    assert state.slots["ms"][0].dtype == opt.state().slots["ms"][0].dtype
+
+
+def test_quantized_state_is_about_two_bytes_per_parameter():
+    cls = registry.optimizer_class("Adam")
+    opt, params = cls(slot_dtype="q8"), _params([(1 << 20,)], np.float32)
+    opt.apply_gradients(zip(_steps([(1 << 20,)], np.float32, n=1)[0], params))
+    stored = sum(a.nbytes for a in sum(opt.state().slots.values(), []))
+    assert stored / params[0].size == pytest.approx(2 * (1 + 4 / quantization.BLOCK))
+
+
+def test_a_bad_state_is_refused_before_anything_changes():
+    cls = registry.optimizer_class("Adam")
+    opt, params = cls(slot_dtype="q8"), _params(SHAPES, np.float32)
+    opt.apply_gradients(zip(_steps(SHAPES, np.float32, n=1)[0], params))
+    state = opt.state()
+    wrong = {k: [np.zeros(a.size + 1, a.dtype) for a in v] for k, v in state.slots.items()}
+    with pytest.raises(ValueError):
+        opt.load_state(OptimizerState(5, {}, wrong))
+    assert opt.iterations == 1 and _bits(sum(opt.state().slots.values(), [])) == _bits(sum(state.slots.values(), []))
+
+
+# ---------------------------------------------------------------- CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("slot_dtype", ["bfloat16", "q8", None])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("cls", [registry.optimizer_class("Adam"), registry.optimizer_class("keras3.Adam")], ids=_id)
+def test_cuda_steps_as_the_cpu(cls, dtype, slot_dtype, monkeypatch):
+    """The CUDA kernels against the CPU's: bitwise under the simulator (a GPU contracts
+    multiply-adds, so there the 16-bit results may differ by a rounding)."""
+    from numba import cuda
+
+    from numbaopt.kernels.cuda import SIMULATOR
+
+    monkeypatch.setattr(tuning, "CUDA_THREADS_PER_BLOCK", 8)
+    monkeypatch.setattr(tuning, "CUDA_BLOCKS_PER_SM", 2)
+    settings = {"amsgrad": True} if cls.family == "keras3" else {"clipnorm": 1.0}
+    shapes = [(600,), (3, 4), ()]
+    host, device = cls(slot_dtype=slot_dtype, stochastic_rounding=True, **settings), cls(
+        slot_dtype=slot_dtype, stochastic_rounding=True, **settings)
+    params = _params(shapes, dtype)
+    on_device = [cuda.to_device(p) for p in params]
+    for grads in _steps(shapes, dtype, n=2):
+        host.apply_gradients(zip(grads, params))
+        device.apply_gradients(zip([cuda.to_device(g) for g in grads], on_device))
+    if SIMULATOR:
+        assert _bits(params) == _bits([p.copy_to_host() for p in on_device])
+        assert [a.tobytes() for a in sum(host.state().slots.values(), [])] == \
+               [a.tobytes() for a in sum(device.state().slots.values(), [])]
+    else:
+        for ours, theirs in zip(params, on_device):
+            np.testing.assert_allclose(ours.astype(np.float32), theirs.copy_to_host().astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+# ---------------------------------------------------------------- Keras files
+
+
+@pytest.mark.parametrize("case", ["k3_adam", "legacy_adam"])
+def test_export_refuses_8_bit_state_unless_dequantized(case, tmp_path):
+    """A Keras file holds float variables: 8-bit slots go in only as their values, when asked."""
+    import numbaopt
+    from tests.test_keras_files import copy_of, recorded
+
+    imported, params = numbaopt.import_keras_optimizer(recorded(case)[0])
+    opt = type(imported).from_config({**imported.get_config(), "slot_dtype": "q8"})
+    grads = recorded(case)[3][0]
+    opt.apply_gradients(zip(grads, params.values()), names=list(params))
+    path = copy_of(case, tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="dequantize=True"):
+        numbaopt.export_keras_optimizer(opt, path, parameters=params)
+    assert path.read_bytes() == before
+    numbaopt.export_keras_optimizer(opt, path, parameters=params, dequantize=True)
+    again, _ = numbaopt.import_keras_optimizer(path)
+    for ours, theirs in zip(opt.get_weights()[1:], again.get_weights()[1:]):
+        assert np.array_equal(ours, theirs.astype(ours.dtype))
+
+
+# ---------------------------------------------------------------- the documentation
+
+
+def test_the_memory_page_example_runs():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "memory.md").read_text()
+    exec(compile(page.split("```python\n", 1)[1].split("```", 1)[0], "docs/memory.md", "exec"), {})
+
+
+def test_bfloat16_without_ml_dtypes_names_the_extra(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ml_dtypes", None)
+    with pytest.raises(ImportError, match="bfloat16 extra"):
+        registry.optimizer_class("Adam")(slot_dtype="bfloat16")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_torch_cpu_tensors_of_16_bits_update_in_place(dtype):
+    """The core takes a 16-bit CPU tensor as a view of its memory (bfloat16: its bits as
+    ml_dtypes' bfloat16): the tensor itself changes, as the NumPy array of the same values would."""
+    torch = pytest.importorskip("torch")
+    values = _params([(40, 3)], HALVES[dtype])[0]
+    grads = _steps([(40, 3)], HALVES[dtype], n=1)[0][0]
+    as_torch = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    tensor = torch.from_numpy(values.view(np.int16).copy()).view(as_torch)
+    gradient = torch.from_numpy(grads.view(np.int16).copy()).view(as_torch)
+    cls = registry.optimizer_class("Adam")
+    cls(slot_dtype="q8").apply_gradients([(gradient, tensor)])
+    cls(slot_dtype="q8").apply_gradients([(grads, values)])
+    assert tensor.view(torch.int16).numpy().tobytes() == values.view(np.int16).tobytes()
