@@ -294,3 +294,34 @@ def test_an_older_state_dict_without_torchs_newer_flags_loads_as_torch_loads_it(
         assert all(group[k] == twin[k] or (k == "fused" and not group[k] and not twin[k]) for k in group if k != "params")
     _steps(pair, rng, np.float32, 5, skipping=True)
     _assert_close(pair, np.float32)
+
+
+def _optim_db_inputs():
+    """Every input torch's own tests give each optimizer numbaopt has (``optim_db``, CPU, float64)."""
+    from torch.testing._internal.common_optimizers import optim_db  # needs expecttest
+
+    from tests.conftest import load_hypothesis_profile
+
+    load_hypothesis_profile()
+    for info in optim_db:
+        name = info.optim_cls.__name__
+        if name in CLASSES:  # LBFGS, Muon and SparseAdam are not numbaopt's
+            for number, oi in enumerate(info.optim_inputs_func(device="cpu", dtype=torch.float64)):
+                yield pytest.param(name, oi.kwargs, id=f"{name}-{number}-{oi.desc}")
+
+
+@pytest.mark.parametrize("name, kwargs", list(_optim_db_inputs()))
+def test_every_optim_db_input_steps_as_torch(name, kwargs):
+    """torch's optimizer tests' own settings (``torch.testing._internal.common_optimizers``):
+    10 float64 steps as torch's single-tensor step, or refused as documented (a tensor ``lr``)."""
+    if any(torch.is_tensor(value) for value in kwargs.values()):
+        with pytest.raises(TypeError, match="takes numbers, not tensors"):
+            getattr(nto, name)([torch.zeros(2, requires_grad=True)], **kwargs)
+        return
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=shape) for shape in SHAPES]
+    ours = [torch.tensor(v, requires_grad=True) for v in values]
+    theirs = [torch.tensor(v, requires_grad=True) for v in values]
+    pair = (getattr(nto, name)(ours, **kwargs), ours), (getattr(torch.optim, name)(theirs, **{"foreach": False, **kwargs}), theirs)
+    _steps(pair, rng, np.float64, 10, skipping=False)
+    _assert_close(pair, np.float64)

@@ -339,10 +339,11 @@ CONVERTED_TEMPLATES: dict[int, Callable[..., None]] = {
     0: _converted_no_slot, 1: _converted_one_slot, 2: _converted_two_slots, 3: _converted_three_slots,
 }
 
-# 8-bit slots: one thread per block of ``BLOCK`` elements (the rows of ``blocks``, a chunk
-# table cut at every block), which decodes, updates, finds the new absmax and encodes in
-# one pass over its block, as a CPU thread does. Correct and deterministic; a block's
-# elements are not yet spread over a warp (reads are strided by the block size).
+# 8-bit slots: one thread block per quantization block of ``BLOCK`` elements (the rows of
+# ``blocks``, a chunk table cut at every block). Its threads decode, update and stage their
+# elements (coalesced, as the update kernels), take the block's new absmax together (a tree
+# over shared memory: a maximum is exact, so it is the CPU's serial absmax), then encode.
+# One pass over the state, no float32 copy of it in global memory.
 
 BLOCK = quantization.BLOCK
 
@@ -354,10 +355,27 @@ def _largest(top: Any, x: Any) -> Any:
 
 
 @_device
+def _block_absmax(tops: Any, row: int, top: Any) -> Any:
+    """The largest of every thread's ``top`` (none is NaN: ``_largest`` skips NaN), in every
+    thread. The block's thread count is a power of two (``_threads_per_block``)."""
+    t = cuda.threadIdx.x
+    tops[row, t] = top
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if t < half:
+            tops[row, t] = _largest(tops[row, t], tops[row, t + half])
+        cuda.syncthreads()
+        half //= 2
+    return tops[row, 0]
+
+
+@_device
 def _encode(codes: Any, o: int, staged: Any, row: int, first: int, last: int, absmax: Any, thresholds: Any,
             table: Any) -> None:
+    """This thread's elements of the block, as codes of ``staged / absmax``."""
     inverse = float32(1) / absmax if absmax > 0 else float32(0)
-    for i in range(first, last):
+    for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
         x = float32(staged[row, i - first] * inverse)
         code = table[np.float32(x).view(np.uint32) >> np.uint32(16)]
         codes[o + i] = code + (1 if x > thresholds[code] else 0)
@@ -365,48 +383,60 @@ def _encode(codes: Any, o: int, staged: Any, row: int, first: int, last: int, ab
 
 def _q8_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
                  seed: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
-    a, staged = slots[0], cuda.local.array((1, BLOCK), float32)
-    for q in range(cuda.grid(1), blocks.shape[0], cuda.gridsize(1)):
+    a = slots[0]
+    shared = cuda.shared.array((2, 1, BLOCK), float32)  # one array: the simulator keys them by line
+    staged, tops = shared[0], shared[1]
+    for q in range(cuda.blockIdx.x, blocks.shape[0], cuda.gridDim.x):
         p, g, o, first, last = _chunk(params, grads, offsets, blocks, q, like)
         k = (o + first) // BLOCK
         scale_a, top_a = scales[0, k], float32(0)
-        for i in range(first, last):
+        for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
             x, y = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), maps[signs[0], a[o + i]] * scale_a,  # noqa: F821
                         *scalars)
             p[i] = WRITE_P(x, seed, _key(blocks, q) + i)  # noqa: F821
             staged[0, i - first] = y
             top_a = _largest(top_a, staged[0, i - first])
-        scales[0, k] = top_a
+        top_a = _block_absmax(tops, 0, top_a)
+        if cuda.threadIdx.x == 0:
+            scales[0, k] = top_a
         _encode(a, o, staged, 0, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
+        cuda.syncthreads()
 
 
 def _q8_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
                   seed: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
-    a, b, staged = slots[0], slots[1], cuda.local.array((2, BLOCK), float32)
-    for q in range(cuda.grid(1), blocks.shape[0], cuda.gridsize(1)):
+    a, b = slots[0], slots[1]
+    shared = cuda.shared.array((2, 2, BLOCK), float32)  # one array: the simulator keys them by line
+    staged, tops = shared[0], shared[1]
+    for q in range(cuda.blockIdx.x, blocks.shape[0], cuda.gridDim.x):
         p, g, o, first, last = _chunk(params, grads, offsets, blocks, q, like)
         k = (o + first) // BLOCK
         scale_a, scale_b, top_a, top_b = scales[0, k], scales[1, k], float32(0), float32(0)
-        for i in range(first, last):
+        for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
             x, y, z = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), maps[signs[0], a[o + i]] * scale_a,  # noqa: F821
                            maps[signs[1], b[o + i]] * scale_b, *scalars)
             p[i] = WRITE_P(x, seed, _key(blocks, q) + i)  # noqa: F821
             staged[0, i - first], staged[1, i - first] = y, z
             top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
-        scales[0, k], scales[1, k] = top_a, top_b
+        top_a, top_b = _block_absmax(tops, 0, top_a), _block_absmax(tops, 1, top_b)
+        if cuda.threadIdx.x == 0:
+            scales[0, k], scales[1, k] = top_a, top_b
         _encode(a, o, staged, 0, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
         _encode(b, o, staged, 1, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
+        cuda.syncthreads()
 
 
 def _q8_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
                     seed: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
-    a, b, d, staged = slots[0], slots[1], slots[2], cuda.local.array((3, BLOCK), float32)
-    for q in range(cuda.grid(1), blocks.shape[0], cuda.gridsize(1)):
+    a, b, d = slots[0], slots[1], slots[2]
+    shared = cuda.shared.array((2, 3, BLOCK), float32)  # one array: the simulator keys them by line
+    staged, tops = shared[0], shared[1]
+    for q in range(cuda.blockIdx.x, blocks.shape[0], cuda.gridDim.x):
         p, g, o, first, last = _chunk(params, grads, offsets, blocks, q, like)
         k = (o + first) // BLOCK
         scale_a, scale_b, scale_d = scales[0, k], scales[1, k], scales[2, k]
         top_a, top_b, top_d = float32(0), float32(0), float32(0)
-        for i in range(first, last):
+        for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
             x, y, z, w = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip),  # noqa: F821
                               maps[signs[0], a[o + i]] * scale_a, maps[signs[1], b[o + i]] * scale_b,
                               maps[signs[2], d[o + i]] * scale_d, *scalars)
@@ -414,10 +444,13 @@ def _q8_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: A
             staged[0, i - first], staged[1, i - first], staged[2, i - first] = y, z, w
             top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
             top_d = _largest(top_d, staged[2, i - first])
-        scales[0, k], scales[1, k], scales[2, k] = top_a, top_b, top_d
+        top_a, top_b, top_d = _block_absmax(tops, 0, top_a), _block_absmax(tops, 1, top_b), _block_absmax(tops, 2, top_d)
+        if cuda.threadIdx.x == 0:
+            scales[0, k], scales[1, k], scales[2, k] = top_a, top_b, top_d
         _encode(a, o, staged, 0, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
         _encode(b, o, staged, 1, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
         _encode(d, o, staged, 2, first, last, top_d, thresholds[signs[2]], tables[signs[2]])
+        cuda.syncthreads()
 
 
 #: The 8-bit kernel template for each number of slots.
@@ -452,7 +485,7 @@ class StorageLauncher:
         if self.quantized:
             blocks = _block_table(chunks)
             scales, maps, thresholds, tables, signs = quantization_arguments
-            self.kernel[_blocks(math.ceil(len(blocks) / threads)), threads](
+            self.kernel[_blocks(len(blocks)), min(threads, BLOCK)](
                 _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(blocks), clip, scalars,
                 like, seed, scales, maps, thresholds, tables, _on_device(signs),
             )
