@@ -50,12 +50,13 @@ class TorchOptim(TorchOptimizer):
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         if "scalar_dtype" in kwargs:
             raise TypeError(f"{type(self).__name__} takes no scalar_dtype: it follows torch.get_default_dtype()")
-        tensors = [key for key, value in [*enumerate(args), *kwargs.items()] if torch.is_tensor(value)
+        named = dict(zip(list(inspect.signature(type(self)).parameters)[1:], args)) | kwargs
+        tensors = [name for name, value in named.items() if torch.is_tensor(value)
                    or (isinstance(value, tuple) and any(torch.is_tensor(v) for v in value))]
-        if tensors:
-            raise TypeError(f"{type(self).__name__} takes numbers, not tensors (argument {tensors[0]}): torch computes "
-                            "with a tensor lr or betas in tensor ops, in other roundings than the single-tensor step "
-                            "numbaopt reproduces; pass float(value)")
+        if tensors:  # a ValueError with torch's words, as torch refuses a tensor lr where it cannot take one
+            raise ValueError(f"{tensors[0]} as a Tensor is not supported by {type(self).__name__}: torch computes with "
+                             f"a tensor {tensors[0]} in tensor ops, in other roundings than the single-tensor step "
+                             "numbaopt reproduces; pass float(value)")
         if torch.get_default_dtype() == torch.float64:
             kwargs["scalar_dtype"] = "float64"
         super().__init__(params, *args, **kwargs)
