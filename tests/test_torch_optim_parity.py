@@ -301,7 +301,7 @@ def test_an_older_state_dict_without_torchs_newer_flags_loads_as_torch_loads_it(
 
 def _optim_db_inputs():
     """Every input torch's own tests give each optimizer numbaopt has (``optim_db``, CPU, float64)."""
-    from torch.testing._internal.common_optimizers import optim_db  # needs expecttest
+    from torch.testing._internal.common_optimizers import optim_db  # needs expecttest (the test extra)
 
     from tests.conftest import load_hypothesis_profile
 
