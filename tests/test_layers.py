@@ -30,7 +30,7 @@ LAYERS = (
      "numbaopt.keras3.adam", "numbaopt.keras3.adamw", "numbaopt.keras3.adamax", "numbaopt.keras3.nadam",
      "numbaopt.keras3.ftrl", "numbaopt.keras3.lion", "numbaopt.keras3.schedule_free_adamw", "numbaopt.keras3.lamb",
      "numbaopt.keras3.adafactor", "numbaopt.keras3.muon", "numbaopt.keras3"),
-    ("numbaopt.torch_optim.base", "numbaopt.torch_optim.sgd", "numbaopt.torch_optim.adam", "numbaopt.torch_optim.adamw",
+    ("numbaopt.torch_optim.base", "numbaopt.torch_optim.elements", "numbaopt.torch_optim.sgd", "numbaopt.torch_optim.adam", "numbaopt.torch_optim.adamw",
      "numbaopt.torch_optim.adamax", "numbaopt.torch_optim.nadam", "numbaopt.torch_optim.radam", "numbaopt.torch_optim.rmsprop",
      "numbaopt.torch_optim.rprop", "numbaopt.torch_optim.adagrad", "numbaopt.torch_optim.adadelta", "numbaopt.torch_optim.asgd",
      "numbaopt.torch_optim.adafactor", "numbaopt.torch_optim"),

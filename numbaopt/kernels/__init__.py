@@ -72,14 +72,16 @@ def renamed(
 
 
 def helpers(function: Callable[..., Any]) -> list[types.FunctionType]:
-    """The plain Python functions of ``function``'s own module that it calls, and theirs:
-    a phase may share code between its passes (compiled with it, part of its digest)."""
+    """The plain Python functions of ``function``'s own package that it calls, and theirs:
+    a phase may share code between its passes, and the rules of a family their element
+    arithmetic (``numbaopt.torch_optim.elements``); compiled with it, part of its digest."""
+    package = function.__module__.rpartition(".")[0]
     found: dict[types.FunctionType, None] = {}
 
     def visit(f: Callable[..., Any]) -> None:
         for name in _names(f.__code__):
             target = f.__globals__.get(name)
-            if isinstance(target, types.FunctionType) and target.__module__ == function.__module__ and target not in found:
+            if isinstance(target, types.FunctionType) and target.__module__.rpartition(".")[0] == package and target not in found:
                 if target is not function:
                     found[target] = None
                     visit(target)

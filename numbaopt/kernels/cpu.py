@@ -418,6 +418,11 @@ _CONVERTER_CODE: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.W
 _CONVERTER_CODE += [helper for function in list(_CONVERTER_CODE) for helper in helpers(function)]
 
 
+def _compiled_rule(rule: Callable[..., tuple[float, ...]]) -> Any:
+    """``rule`` compiled, with the helpers of its package it calls (``numbaopt.kernels.helpers``)."""
+    return _element(with_helpers(rule, _element, {}))
+
+
 def _storage_kernel(
     rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool, formats: tuple[str, str], stochastic: bool
 ) -> Any:
@@ -425,7 +430,7 @@ def _storage_kernel(
     parameters, slots = formats
     quantized = slots == "q8" and n_slots > 0
     compiled = {
-        "RULE": _element(rule),
+        "RULE": _compiled_rule(rule),
         "ELEMENTS": loop_for(Q8_LOOPS if quantized else CONVERTED_LOOPS, rule, n_slots),
         "READ_P": _READ[parameters], "WRITE_P": _WRITE[parameters, stochastic and parameters != "native"],
         "READ_S": _READ["bfloat16" if slots == "bfloat16" else "native"],
@@ -434,7 +439,8 @@ def _storage_kernel(
     rounding = "stochastic" if stochastic and parameters != "native" else "nearest"
     variant = f"{parameters}_{slots}_{rounding}" + ("" if parallel else "_serial")
     template = _q8_step if quantized else _converted_step
-    function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *_CONVERTER_CODE), variant=variant)
+    function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *_CONVERTER_CODE, *helpers(rule)),
+                          variant=variant)
     return (_kernel if parallel else _serial_kernel)(function)
 
 
@@ -465,9 +471,9 @@ def update_kernel(
         return kernel
     kernel = _UPDATE_KERNELS.get((rule, n_slots, parallel))
     if kernel is None:
-        compiled = {"RULE": _element(rule), "ELEMENTS": loop_for(ELEMENT_LOOPS, rule, n_slots)}
+        compiled = {"RULE": _compiled_rule(rule), "ELEMENTS": loop_for(ELEMENT_LOOPS, rule, n_slots)}
         variant = "" if parallel else "serial"
-        function = specialise(_update_step, rule, compiled, depends_on=(_clip_gradient,), variant=variant)
+        function = specialise(_update_step, rule, compiled, depends_on=(_clip_gradient, *helpers(rule)), variant=variant)
         kernel = (_kernel if parallel else _serial_kernel)(function)
         _UPDATE_KERNELS[rule, n_slots, parallel] = kernel
     return kernel

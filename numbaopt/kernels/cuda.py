@@ -522,6 +522,11 @@ def _converted(key: Any, function: Callable[..., Any]) -> Any:
 _STORAGE_KERNELS: dict[tuple[Any, ...], StorageLauncher] = {}
 
 
+def _compiled_rule(rule: Callable[..., tuple[float, ...]]) -> Any:
+    """``rule`` as a device function, with the helpers of its package it calls (``numbaopt.kernels.helpers``)."""
+    return _device(with_helpers(rule, _device, {}))
+
+
 def _storage_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, formats: tuple[str, str],
                     stochastic: bool) -> StorageLauncher:
     parameters, slots = formats
@@ -529,7 +534,7 @@ def _storage_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, format
     stored = "bfloat16" if slots == "bfloat16" else "native"
     written = (parameters, stochastic and parameters != "native")
     compiled = {
-        "RULE": _device(rule),
+        "RULE": _compiled_rule(rule),
         "READ_P": _converted(parameters, halves.READERS[parameters]), "WRITE_P": _converted(written, halves.WRITERS[written]),
         "READ_S": _converted(stored, halves.READERS[stored]), "WRITE_S": _converted((stored, False), halves.WRITERS[stored, False]),
     }
@@ -537,7 +542,7 @@ def _storage_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, format
     code: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values()]
     code += [helper for function in list(code) for helper in helpers(function)]
     variant = f"{parameters}_{slots}_{'stochastic' if written[1] else 'nearest'}"
-    function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *code), variant=variant)
+    function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *code, *helpers(rule)), variant=variant)
     return StorageLauncher(cuda.jit(cache=True)(function), quantized)
 
 
@@ -560,7 +565,7 @@ def update_kernel(
     launcher = _UPDATE_KERNELS.get((rule, n_slots))
     if launcher is None:
         template = loop_for(UPDATE_TEMPLATES, rule, n_slots)
-        function = specialise(template, rule, {"RULE": _device(rule)}, depends_on=(_clip_gradient,))
+        function = specialise(template, rule, {"RULE": _compiled_rule(rule)}, depends_on=(_clip_gradient, *helpers(rule)))
         launcher = _UPDATE_KERNELS[rule, n_slots] = UpdateLauncher(cuda.jit(cache=True)(function))
     return launcher
 

@@ -16,15 +16,13 @@ import numpy as np
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.state import Slot
 from numbaopt.torch_optim.base import Argument, TorchOptimOptimizer, at_least_zero
+from numbaopt.torch_optim.elements import coupled
 
 
 def adadelta_rule(p: float, g: float, s: float, a: float, maximize: bool, weight_decay: float, rho: float,
                   one_minus_rho: float, eps: float, neg_lr: float) -> tuple[float, float, float]:
     """One element of Adadelta; returns the new (p, s, a). Compiled for the CPU and for CUDA."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    g = coupled(p, g, maximize, weight_decay)
     s = s * rho + one_minus_rho * g * g
     delta = math.sqrt(a + eps) / math.sqrt(s + eps) * g
     a = a * rho + one_minus_rho * delta * delta

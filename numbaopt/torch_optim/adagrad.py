@@ -16,15 +16,13 @@ import numpy as np
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.state import Slot
 from numbaopt.torch_optim.base import Argument, TorchOptimOptimizer, at_least_zero
+from numbaopt.torch_optim.elements import coupled
 
 
 def adagrad_rule(p: float, g: float, total: float, maximize: bool, weight_decay: float, first: bool, initial: float,
                  eps: float, neg_clr: float) -> tuple[float, float]:
     """One element of Adagrad; returns the new (p, sum). Compiled for the CPU and for CUDA."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    g = coupled(p, g, maximize, weight_decay)
     if first:
         total = initial
     total = total + g * g

@@ -22,20 +22,15 @@ import numpy as np
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.state import Slot
 from numbaopt.torch_optim.base import Argument, TorchOptimOptimizer, Variant, at_least_zero, check_betas, lerp_weight
+from numbaopt.torch_optim.elements import decayed, lerped
 
 
 def adam_rule(p: float, g: float, m: float, v: float, maximize: bool, weight_decay: float, decoupled: bool, decay: float,
               w: float, small: bool, w_complement: float, beta2: float, one_minus_beta2: float, bias_correction2_sqrt: float,
               eps: float, neg_step_size: float) -> tuple[float, float, float]:
     """One element of Adam; returns the new (p, m, v). Compiled for the CPU and for CUDA."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        if decoupled:
-            p = p * decay
-        else:
-            g = g + weight_decay * p
-    m = m + w * (g - m) if small else g - (g - m) * w_complement
+    p, g = decayed(p, g, maximize, weight_decay, decoupled, decay)
+    m = lerped(m, g, w, small, w_complement)
     v = v * beta2 + one_minus_beta2 * g * g
     return p + neg_step_size * m / (math.sqrt(v) / bias_correction2_sqrt + eps), m, v
 
@@ -44,14 +39,8 @@ def amsgrad_rule(p: float, g: float, m: float, v: float, v_max: float, maximize:
                  decay: float, w: float, small: bool, w_complement: float, beta2: float, one_minus_beta2: float,
                  bias_correction2_sqrt: float, eps: float, neg_step_size: float) -> tuple[float, float, float, float]:
     """One element of AMSGrad; returns the new (p, m, v, v_max)."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        if decoupled:
-            p = p * decay
-        else:
-            g = g + weight_decay * p
-    m = m + w * (g - m) if small else g - (g - m) * w_complement
+    p, g = decayed(p, g, maximize, weight_decay, decoupled, decay)
+    m = lerped(m, g, w, small, w_complement)
     v = v * beta2 + one_minus_beta2 * g * g
     v_max = max(v_max, v)
     return p + neg_step_size * m / (math.sqrt(v_max) / bias_correction2_sqrt + eps), m, v, v_max

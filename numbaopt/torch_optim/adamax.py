@@ -14,16 +14,14 @@ import numpy as np
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.state import Slot
 from numbaopt.torch_optim.base import Argument, TorchOptimOptimizer, at_least_zero, check_betas, lerp_weight
+from numbaopt.torch_optim.elements import coupled, lerped
 
 
 def adamax_rule(p: float, g: float, m: float, u: float, maximize: bool, weight_decay: float, w: float, small: bool,
                 w_complement: float, beta2: float, eps: float, neg_clr: float) -> tuple[float, float, float]:
     """One element of Adamax; returns the new (p, m, u). Compiled for the CPU and for CUDA."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
-    m = m + w * (g - m) if small else g - (g - m) * w_complement
+    g = coupled(p, g, maximize, weight_decay)
+    m = lerped(m, g, w, small, w_complement)
     u = max(u * beta2, abs(g) + eps)
     return p + neg_clr * m / u, m, u
 

@@ -15,15 +15,13 @@ import numpy as np
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.state import Slot
 from numbaopt.torch_optim.base import Argument, TorchOptimOptimizer, at_least_zero
+from numbaopt.torch_optim.elements import coupled
 
 
 def asgd_rule(p: float, g: float, ax: float, maximize: bool, weight_decay: float, decay: float, neg_eta: float,
               averaging: bool, mu: float) -> tuple[float, float]:
     """One element of ASGD; returns the new (p, ax). Compiled for the CPU and for CUDA."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    g = coupled(p, g, maximize, weight_decay)
     p = p * decay
     p = p + neg_eta * g
     ax = ax + (p - ax) * mu if averaging else p

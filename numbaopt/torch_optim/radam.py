@@ -17,20 +17,15 @@ import numpy as np
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.state import Slot
 from numbaopt.torch_optim.base import Argument, TorchOptimOptimizer, at_least_zero, check_betas, lerp_weight
+from numbaopt.torch_optim.elements import decayed, lerped
 
 
 def radam_rule(p: float, g: float, m: float, v: float, maximize: bool, weight_decay: float, decoupled: bool, decay: float,
                w: float, small: bool, w_complement: float, beta2: float, one_minus_beta2: float, bias_correction1: float,
                lr: float, rectified: bool, bias_correction2_sqrt: float, eps: float, rect: float) -> tuple[float, float, float]:
     """One element of RAdam; returns the new (p, m, v). Compiled for the CPU and for CUDA."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        if decoupled:
-            p = p * decay
-        else:
-            g = g + weight_decay * p
-    m = m + w * (g - m) if small else g - (g - m) * w_complement
+    p, g = decayed(p, g, maximize, weight_decay, decoupled, decay)
+    m = lerped(m, g, w, small, w_complement)
     v = v * beta2 + one_minus_beta2 * g * g
     corrected = m / bias_correction1
     if rectified:

@@ -21,15 +21,13 @@ import numpy as np
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.state import Slot
 from numbaopt.torch_optim.base import Argument, TorchOptimOptimizer, Variant, at_least_zero, lerp_weight
+from numbaopt.torch_optim.elements import coupled, lerped
 
 
 def rmsprop_rule(p: float, g: float, s: float, maximize: bool, weight_decay: float, alpha: float, one_minus_alpha: float,
                  w: float, small: bool, w_complement: float, eps: float, momentum: float, neg_lr: float) -> tuple[float, float]:
     """One element of RMSprop; returns the new (p, s). Compiled for the CPU and for CUDA."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    g = coupled(p, g, maximize, weight_decay)
     s = s * alpha + one_minus_alpha * g * g
     return p + neg_lr * g / (math.sqrt(s) + eps), s
 
@@ -38,10 +36,7 @@ def momentum_rule(p: float, g: float, s: float, b: float, maximize: bool, weight
                   one_minus_alpha: float, w: float, small: bool, w_complement: float, eps: float, momentum: float,
                   neg_lr: float) -> tuple[float, float, float]:
     """One element of RMSprop with momentum; returns the new (p, s, b)."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    g = coupled(p, g, maximize, weight_decay)
     s = s * alpha + one_minus_alpha * g * g
     b = b * momentum + g / (math.sqrt(s) + eps)
     return p + neg_lr * b, s, b
@@ -51,12 +46,9 @@ def centered_rule(p: float, g: float, s: float, a: float, maximize: bool, weight
                   one_minus_alpha: float, w: float, small: bool, w_complement: float, eps: float, momentum: float,
                   neg_lr: float) -> tuple[float, float, float]:
     """One element of centered RMSprop; returns the new (p, s, a)."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    g = coupled(p, g, maximize, weight_decay)
     s = s * alpha + one_minus_alpha * g * g
-    a = a + w * (g - a) if small else g - (g - a) * w_complement
+    a = lerped(a, g, w, small, w_complement)
     return p + neg_lr * g / (math.sqrt(s + -a * a) + eps), s, a
 
 
@@ -64,12 +56,9 @@ def centered_momentum_rule(p: float, g: float, s: float, b: float, a: float, max
                            alpha: float, one_minus_alpha: float, w: float, small: bool, w_complement: float, eps: float,
                            momentum: float, neg_lr: float) -> tuple[float, float, float, float]:
     """One element of centered RMSprop with momentum; returns the new (p, s, b, a)."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    g = coupled(p, g, maximize, weight_decay)
     s = s * alpha + one_minus_alpha * g * g
-    a = a + w * (g - a) if small else g - (g - a) * w_complement
+    a = lerped(a, g, w, small, w_complement)
     b = b * momentum + g / (math.sqrt(s + -a * a) + eps)
     return p + neg_lr * b, s, b, a
 

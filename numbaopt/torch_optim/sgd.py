@@ -17,24 +17,19 @@ import numpy as np
 from numbaopt.hyperparameters import StepInputs
 from numbaopt.state import Slot
 from numbaopt.torch_optim.base import Argument, TorchOptimOptimizer, Variant
+from numbaopt.torch_optim.elements import coupled
 
 
 def sgd_rule(p: float, g: float, maximize: bool, weight_decay: float, neg_lr: float) -> tuple[float]:
     """One element of plain SGD; returns the new (p,). Compiled for the CPU and for CUDA."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    g = coupled(p, g, maximize, weight_decay)
     return (p + neg_lr * g,)
 
 
 def momentum_rule(p: float, g: float, b: float, maximize: bool, weight_decay: float, neg_lr: float, first: bool,
                   momentum: float, one_minus_dampening: float, nesterov: bool) -> tuple[float, float]:
     """One element of SGD with momentum; returns the new (p, b)."""
-    if maximize:
-        g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    g = coupled(p, g, maximize, weight_decay)
     b = g if first else b * momentum + one_minus_dampening * g
     if nesterov:
         g = g + momentum * b
