@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import threading
+import time
 import zipfile
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -175,6 +177,13 @@ def export_keras_optimizer(
     dequantized float values (the 8-bit state itself lives in numbaopt's checkpoints).
     bfloat16 slots are written as their values, which float32 holds exactly.
     """
+    with _export_lock(path):  # this process's exports to one file take turns
+        _export(optimizer, path, parameters, dequantize)
+
+
+def _export(optimizer: Optimizer | Keras3Optimizer, path: str | os.PathLike[str],
+            parameters: Mapping[str, npt.ArrayLike] | None, dequantize: bool) -> None:
+    """``export_keras_optimizer``, under its lock."""
     if isinstance(optimizer, Keras3Optimizer):
         pass
     elif not isinstance(optimizer, Optimizer) or getattr(type(optimizer), "rule", None) is None:
@@ -205,13 +214,15 @@ def export_keras_optimizer(
         else:
             keras_legacy_files.export(optimizer, found, parameters, read_from)
     except keras3_export.ReplacedMeanwhile:
-        # Another export replaced the file after this one read it: start again from that
-        # file, so that no file holds one export's settings with another's slots.
+        # Another process's export replaced the file after this one read it: start again
+        # from that file, so that no file holds one export's settings with another's slots,
+        # after a random pause that grows with the attempts (two exports never retry in step).
         _EXPORTS.depth = getattr(_EXPORTS, "depth", 0) + 1
         try:
             if _EXPORTS.depth > _EXPORT_ATTEMPTS:
                 raise CheckpointError(f"{found.path}: other exports kept replacing the file; nothing was written") from None
-            export_keras_optimizer(optimizer, path, parameters, dequantize=dequantize)
+            time.sleep(random.uniform(0, 0.001 * _EXPORTS.depth))
+            _export(optimizer, path, parameters, dequantize)
         finally:
             _EXPORTS.depth -= 1
 
@@ -235,3 +246,11 @@ def _as_keras_keeps_it(optimizer: _AnyOptimizer) -> _AnyOptimizer:
 #: How many times an export starts again while other exports replace the file under it.
 _EXPORT_ATTEMPTS = 20
 _EXPORTS = threading.local()
+_EXPORT_LOCKS: dict[str, threading.RLock] = {}
+_EXPORT_LOCKS_GUARD = threading.Lock()
+
+
+def _export_lock(path: str | os.PathLike[str]) -> Any:
+    """The lock of the file at ``path`` (by its real path) for this process's exports."""
+    with _EXPORT_LOCKS_GUARD:
+        return _EXPORT_LOCKS.setdefault(os.path.realpath(path), threading.RLock())
