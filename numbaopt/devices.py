@@ -268,10 +268,10 @@ def torch_parameter_view(param: Any, index: int) -> Any:
             f"parameter {index} is not C-contiguous; pass a contiguous tensor "
             "(.contiguous() makes a copy, which would not be updated in place)"
         )
-    return _torch_numpy(param.detach())
+    return torch_numpy(param.detach())
 
 
-def _torch_numpy(tensor: Any) -> npt.NDArray[Any]:
+def torch_numpy(tensor: Any) -> npt.NDArray[Any]:
     """A NumPy view of a CPU tensor's memory; a bfloat16 tensor's as ml_dtypes' bfloat16
     (NumPy has none, so torch gives none: its bits are viewed as int16, then retyped)."""
     if str(tensor.dtype) == "torch.bfloat16":
@@ -301,7 +301,7 @@ def _torch_host_array(grad: Any, dtype: np.dtype[Any], index: int) -> npt.NDArra
     if str(grad.dtype) != f"torch.{dtype.name}":
         grad = grad.to(getattr(sys.modules["torch"], dtype.name))  # a safe cast: exact
     try:
-        return _torch_numpy(grad)
+        return torch_numpy(grad)
     except (TypeError, RuntimeError) as error:  # a meta or conjugate-view tensor, say
         raise TypeError(f"gradient {index} cannot be read as an array on the host: {error}") from None
 

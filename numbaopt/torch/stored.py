@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from numbaopt import halves, quantization
+from numbaopt import devices, quantization
 from numbaopt.state import Slot
 from numbaopt.torch.working import Order, in_order, logical, slot_dtype
 
@@ -39,7 +39,7 @@ def host(tensor: torch.Tensor, slot: Slot, order: Order) -> npt.NDArray[Any]:
     if slot.dtype == "q8":
         return np.ascontiguousarray(tensor.numpy()).view(quantization.HOST_DTYPE).reshape(-1)
     if slot.dtype == "bfloat16":
-        return in_order(tensor, order).view(torch.int16).numpy().view(halves.bfloat16())
+        return devices.torch_numpy(in_order(tensor, order))
     return in_order(tensor, order).numpy()
 
 
@@ -49,10 +49,8 @@ def slot_array(value: object, param: torch.Tensor, slot: Slot, where: str) -> np
     slot, float values of the parameter's shape, stored as a step stores them."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
-        if tensor.dtype is torch.bfloat16:
-            value = tensor.view(torch.int16).numpy().view(halves.bfloat16())
-        elif tensor.dtype in (torch.float32, torch.float64, torch.uint8):
-            value = tensor.numpy()
+        if tensor.dtype in (torch.bfloat16, torch.float32, torch.float64, torch.uint8):
+            value = devices.torch_numpy(tensor)
         else:
             raise TypeError(f"{where} has dtype {str(tensor.dtype).removeprefix('torch.')}; slots are float32, "
                             "float64, bfloat16 or (8-bit) uint8 blocks")
