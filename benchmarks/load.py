@@ -9,58 +9,31 @@ Adam, float32, three cases: one tensor of 1e6, one of 1e7, and the 20 tensors of
 alternating rounds so that load from elsewhere hits them alike: numbaopt's NumPy API,
 ``numbaopt.torch.Adam``, and ``torch.optim.Adam(fused=True)`` on 1 and on 2 torch threads
 (the faster of the two is "torch fused"), and numbaopt with ``tuning.ADAPTIVE_THREADS``
-off, every parallel step on all threads as before issue 24. Each contender is timed step by step, first on
+off, every parallel step on every thread of Numba's team, as before issue 24. Each contender is timed step by step, first on
 the machine as it is ("quiet"), then with ``--busy`` processes spinning in a Python loop
-("busy"); the table gives medians and 90th percentiles of single steps, and the goals of
-issue 24: busy median <= 3x quiet median, busy median <= torch fused's, busy p90 <= 1.5x
-torch fused's p90.
+("busy"); the table gives medians and 90th percentiles of single steps (and the busy mean,
+what a training run's time is made of), and the goals of issue 24: busy median <= 3x quiet
+median, busy median <= torch fused's, busy p90 <= 1.5x torch fused's p90.
 
 The busy processes stop by themselves after ``--limit`` seconds whatever happens to this
 one, and are killed when the measurement ends (``finally``, and at exit).
 """
 import argparse
-import atexit
-import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
 import numbaopt.torch as nt
 from numbaopt import optimizers, threads, tuning
+from busy import busy_processes
 from torch_step import MLP, tensors
 
 CASES = {"1e6": [(1_000_000,)], "1e7": [(10_000_000,)], "MLP": MLP}
 QUICK_CASES = {"1e6": [(100_000,)], "1e7": [(300_000,)], "MLP": MLP[:4]}
-
-#: A busy process: a Python loop that ends by itself after argv[1] seconds.
-BUSY = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
-
-
-@contextlib.contextmanager
-def busy_processes(count, limit):
-    """``count`` processes spinning on the CPU for at most ``limit`` seconds; killed on exit."""
-    processes = [subprocess.Popen([sys.executable, "-c", BUSY, str(limit)]) for _ in range(count)]
-
-    def stop():
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-
-    atexit.register(stop)
-    try:
-        time.sleep(0.3)  # let the scheduler see them
-        yield processes
-    finally:
-        stop()
-        atexit.unregister(stop)
-
 
 def contenders(shapes):
     """name -> (step, torch threads or None)."""
@@ -112,6 +85,7 @@ def summary(times):
     ordered = sorted(times)
     return {"median_ms": statistics.median(ordered) * 1e3,
             "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1e3,
+            "mean_ms": statistics.fmean(ordered) * 1e3,
             "steps": len(ordered)}
 
 
@@ -130,7 +104,7 @@ def run(busy=2, quick=False, seconds=None, n_rounds=4, limit=300.0):
         }
         print(f"{case}: done, load {os.getloadavg()[0]:.2f}", file=sys.stderr)
     results["load_after"] = os.getloadavg()[0]
-    results["threads_chosen"] = {f"{getattr(k[0], '__name__', k[0])} {k[1]} ~2^{k[2] - 1} chunks": c.threads
+    results["ways_chosen"] = {f"{getattr(k[0], '__name__', k[0])} {k[1]} ~2^{k[2] - 1} chunks": c.way._asdict()
                                  for k, c in threads.choosers().items()}
     return results
 
@@ -145,6 +119,7 @@ def goals(case):
             "busy/quiet median": busy["median_ms"] / quiet["median_ms"],
             "median/torch fused": busy["median_ms"] / torch_busy["median_ms"],
             "p90/torch fused p90": busy["p90_ms"] / torch_busy["p90_ms"],
+            "mean/torch fused mean": busy["mean_ms"] / torch_busy["mean_ms"],
         }
     return out
 
@@ -153,14 +128,14 @@ def table(results):
     lines = [f"{results['busy_processes']} busy processes; load average (1 min) "
              f"{results['load_before']:.2f} before, {results['load_after']:.2f} after",
              "",
-             "| case | contender | quiet median | quiet p90 | busy median | busy p90 |",
-             "|---|---|---|---|---|---|"]
+             "| case | contender | quiet median | quiet p90 | busy median | busy p90 | busy mean |",
+             "|---|---|---|---|---|---|---|"]
     for case, timed in results["cases"].items():
         for name, t in timed.items():
             lines.append(f"| {case} | {name} | {t['quiet']['median_ms']:.3g} ms | {t['quiet']['p90_ms']:.3g} ms "
-                         f"| {t['busy']['median_ms']:.3g} ms | {t['busy']['p90_ms']:.3g} ms |")
+                         f"| {t['busy']['median_ms']:.3g} ms | {t['busy']['p90_ms']:.3g} ms | {t['busy']['mean_ms']:.3g} ms |")
     lines += ["", "| case | contender | busy / quiet median (<= 3) | busy median / torch fused's (<= 1) "
-              "| busy p90 / torch fused's (<= 1.5) |", "|---|---|---|---|---|"]
+              "| busy p90 / torch fused's (<= 1.5) | busy mean / torch fused's |", "|---|---|---|---|---|---|"]
     for case, timed in results["cases"].items():
         for name, ratios in goals(timed).items():
             lines.append(f"| {case} | {name} | " + " | ".join(f"{v:.2f}" for v in ratios.values()) + " |")

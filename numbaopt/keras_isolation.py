@@ -13,12 +13,12 @@ import os
 import pickle
 import select
 import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from numbaopt import threads
 from numbaopt.checkpoint import CheckpointError
 
 _T = TypeVar("_T")
@@ -50,10 +50,10 @@ def read_until_done(fd: int, pid: int, seconds: float) -> bytes:
 def isolated(read: Callable[[str], _T], path: str) -> _T:
     """``read(path)`` in a forked child process, where POSIX allows it, returning its result or
     raising its exception here; a crash or hang of the child is a CheckpointError. Without ``os.fork``, or
-    with other Python threads running (one could hold h5py's lock as the child starts), the
-    file is read in this process.
+    with other Python threads running (one could hold h5py's lock as the child starts; the
+    helpers of ``numbaopt.threads`` hold none), the file is read in this process.
     """
-    if not hasattr(os, "fork") or threading.active_count() > 1:
+    if not hasattr(os, "fork") or not threads.others_are_helpers():
         return read(path)
     readable, writable = os.pipe()
     with warnings.catch_warnings():  # Python 3.12+ warns of native threads (Numba's); the child uses none

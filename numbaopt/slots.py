@@ -8,8 +8,6 @@ the whole group, and the global norm sums fixed chunks in a fixed order.
 """
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -24,31 +22,6 @@ from numbaopt.state import Slot
 if TYPE_CHECKING:
     from numbaopt.devices import Backend
 
-class _LaunchGuard:
-    """Serialises the launches that need it. Numba's "workqueue" threading layer (the
-    fallback where neither OpenMP nor TBB is present, as on macOS wheels) aborts the process
-    when two Python threads launch parallel kernels at once; OpenMP and TBB take concurrent
-    launches. Until the first parallel CPU launch has shown which layer Numba chose, and for
-    CUDA launches, every parallel launch takes the lock; serial steps never do."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.cpu_layer_is_threadsafe = False
-
-    def __call__(self, backend: Backend, parallel: bool) -> contextlib.AbstractContextManager[Any]:
-        if not parallel or (backend.name == "cpu" and self.cpu_layer_is_threadsafe):
-            return contextlib.nullcontext()
-        return self.lock
-
-    def launched(self, backend: Backend, parallel: bool) -> None:
-        """Learn the threading layer after a parallel CPU launch (Numba picks it then)."""
-        if parallel and backend.name == "cpu" and not self.cpu_layer_is_threadsafe:
-            import numba
-
-            self.cpu_layer_is_threadsafe = numba.threading_layer() in ("omp", "tbb")
-
-
-_LAUNCH = _LaunchGuard()
 
 
 _shape, _dtype = attrgetter("shape"), attrgetter("dtype")
@@ -409,12 +382,7 @@ class SlotStore:
             self._run_stored(rule, group, param_addresses, grad_addresses, clip, scalars, chunks, seed, launch)
             return
         step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel)
-        if launch is threads.SERIAL:  # on the calling thread, as chosen by size: nothing to guard or time
-            step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like)
-            return
-        with _LAUNCH(self.backend, launch.parallel), launch:
-            step(param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like)
-        _LAUNCH.launched(self.backend, launch.parallel)
+        launch.run(step, (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like))
 
     def _run_stored(
         self, rule: Callable[..., tuple[float, ...]], group: ParamGroup, param_addresses: npt.NDArray[np.int64],
@@ -423,15 +391,14 @@ class SlotStore:
     ) -> None:
         """``run`` through the converting kernels (``storage_formats``): the seed of
         stochastic rounding and, for 8-bit slots, the scales and the scheme's tables."""
-        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel, group.formats, seed is not None)
+        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel, group.formats,
+                                                  seed is not None)
         # The group's first parameter tells the groups' random streams apart.
         arguments: tuple[Any, ...] = (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars,
                                       group.like, np.uint64(((seed or 0) * 0x10001 + int(group.positions[0])) % 2**64))
         if group.formats[1] == "q8" and self.slot_names:
             arguments += (group.scales, *self.backend.quantization_scheme(), group.signs)
-        with _LAUNCH(self.backend, launch.parallel), launch:
-            step(*arguments)
-        _LAUNCH.launched(self.backend, launch.parallel)
+        launch.run(step, arguments)
 
     def run_phases(
         self,
@@ -468,9 +435,7 @@ class SlotStore:
                 kernel = kernels.phase_kernel("tensor", phase.function, len(self.declared), launch.parallel)
                 arguments = (param_addresses, grad_addresses, group.buffer, group.slot_offsets, group.slot_sizes,
                              group.dims, tensors, clip, scalars, group.like)
-            with _LAUNCH(self.backend, launch.parallel), launch:
-                kernel(*arguments)
-            _LAUNCH.launched(self.backend, launch.parallel)
+            launch.run(kernel, arguments)
 
 
 
@@ -483,9 +448,7 @@ def chunk_sums(backend: Backend, addresses: npt.NDArray[np.int64], chunks: npt.N
     launch = threads.plan(backend.name, parallel, "norm", like.dtype, len(chunks))
     kernel = backend.kernels.sum_of_squares_kernel(form, launch.parallel)
     partial_sums = backend.zeros(len(chunks), np.float64)
-    with _LAUNCH(backend, launch.parallel), launch:
-        kernel(addresses, chunks, like, partial_sums)
-    _LAUNCH.launched(backend, launch.parallel)
+    launch.run(kernel, (addresses, chunks, like, partial_sums))
     return partial_sums
 
 

@@ -1,4 +1,5 @@
-"""How many threads a CPU step runs on: chosen from the measured times of the choices.
+"""How a CPU step runs: on Numba's team, on the calling thread with helpers, or alone;
+chosen from the measured times of the choices.
 
 Why. A parallel region of Numba's threading layers ends when every thread of its team
 has done its share. When the machine has more runnable threads than cores (other
@@ -6,23 +7,30 @@ processes, data-loading workers, torch's own OpenMP pool in the same process, MP
 sharing a node), one of those threads is often off its core, and the whole step waits for
 its next time slice: measured on a 2-core machine with two busy processes beside it, a
 step of 1e6 float32 went from 0.3 ms to 16 ms, while the same step on the calling thread
-alone took 0.5 ms (issue 24, ``benchmarks/load.py``). On a quiet machine the parallel
-step is the faster one. Neither choice is right everywhere, and nothing cheap predicts
-which is (the load average lags by a minute and sees the whole host from inside a
-container), so each step measures it.
+alone took 0.5 ms (issue 24, ``benchmarks/load.py``). On a quiet machine the team is the
+fastest. Nothing cheap predicts which way wins (the load average lags by a minute and sees
+the whole host from inside a container), so each step measures it.
+
+Three ways (``Way``). Numba's team: the parallel build of the kernel under
+``numba.set_num_threads``, restored afterwards. The calling thread with ``Helpers``: the
+other build, run by the calling thread and by helper threads that claim chunks one at a
+time while they are free (``numbaopt.kernels.cpu``), so the step never waits for a thread
+that is off its core, only for the few chunks helpers hold; a helper reaches a launch some
+microseconds later than a team thread, which costs a step of a millisecond on a quiet
+machine 10 to 20%, and on a busy one lets a big step use the cores it can get. And the
+calling thread alone.
 
 What. Per kind of launch (an update rule, or the global norm's sums), dtype and size class
 (the number of chunks, rounded down to a power of two), a ``Chooser`` keeps the last few
-times per chunk of each thread count on a ladder ``1, 2, 4, ..., cap`` and runs the
-fastest. It starts at the top (every thread, the quiet-machine choice) and now and then
-tries the other counts on the ladder: at once after a switch or when the chosen count
-gets ``tuning.THREADS_SLOWDOWN`` times slower than its best, otherwise after a doubling
-number of steps, and never more often than lets the time the tries lose stay under
-``tuning.THREADS_PROBE_BUDGET`` of the time that passes. A count that wins two tries in a
-row becomes the choice. A step that waits a time slice now and then loses to one that
-never waits, so on a machine that is busy at all most steps run on the calling thread.
-One thread is the serial kernel (no parallel region at all); more is the parallel kernel
-with ``numba.set_num_threads`` for the launch, restored afterwards.
+times per chunk of each way on a ladder (one thread; 2, 4, ..., cap threads with helpers;
+the same on the team) and runs the fastest. It starts at the top (every thread of the
+team, the quiet-machine choice) and now and then tries the others: at once after a switch
+or when the chosen way gets ``tuning.THREADS_SLOWDOWN`` times slower than its best,
+otherwise after a doubling number of steps, and never more often than lets the time the
+tries lose stay under ``tuning.THREADS_PROBE_BUDGET`` of the time that passes. A way that
+wins two tries in a row becomes the choice. A step that waits a time slice now and then
+loses to one that never waits, so on a machine that is busy at all most steps run on the
+calling thread, helped where helpers pay.
 
 Results never depend on the choice: every chunk is updated by one thread with the same
 code, and the global norm adds per-chunk sums in a fixed order (``tests/test_threads.py``).
@@ -38,12 +46,15 @@ Imports Numba only when a parallel step is planned (``import numbaopt`` does not
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Hashable
-from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from numbaopt import tuning
 
@@ -63,27 +74,36 @@ def _median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
-def ladder(cap: int) -> tuple[int, ...]:
-    """The thread counts a chooser picks from: powers of two below ``cap``, and ``cap``."""
+class Way(NamedTuple):
+    """How a CPU launch runs: on ``threads`` threads, Numba's team of them (``team``, the
+    parallel build of the kernel) or the calling thread and ``threads - 1`` ``Helpers``."""
+
+    threads: int
+    team: bool
+
+
+def ladder(cap: int) -> tuple[Way, ...]:
+    """The ways a chooser picks from: one thread; then powers of two below ``cap``, and
+    ``cap``, with helpers and on Numba's team; every thread of the team last."""
     counts = [1]
     while counts[-1] * 2 < cap:
         counts.append(counts[-1] * 2)
     if cap > 1:
         counts.append(cap)
-    return tuple(counts)
+    return (Way(1, False), *(Way(n, False) for n in counts[1:]), *(Way(n, True) for n in counts[1:]))
 
 
 class Chooser:
-    """The thread count for one kind of launch, from measured times (see the module's doc).
+    """The way to run one kind of launch, from measured times (see the module's doc).
 
     ``pick(now)`` gives the index on ``ladder`` to run; ``record(index, seconds, chunks,
     now)`` tells how long that launch took. ``now`` is ``time.perf_counter()``; tests pass
     their own clock.
     """
 
-    def __init__(self, counts: tuple[int, ...]) -> None:
-        self.ladder = counts
-        n = len(counts)
+    def __init__(self, ways: tuple[Way, ...]) -> None:
+        self.ladder = ways
+        n = len(ways)
         self.current = n - 1
         self.times: list[list[float]] = [[] for _ in range(n)]  # recent seconds per chunk
         self.seen = [False] * n  # the first launch of each count compiles or starts the pool
@@ -161,47 +181,189 @@ class Chooser:
         self._schedule()
 
     @property
-    def threads(self) -> int:
-        """The thread count chosen now."""
+    def way(self) -> Way:
+        """The way chosen now."""
         return self.ladder[self.current]
 
 
+class Helpers:
+    """Threads that join a CPU launch while they are free: the chunks are claimed one at a
+    time (``numbaopt.kernels.cpu``), so the calling thread never waits for a helper that
+    is off its core, only for the chunks helpers already hold. A helper that has run a
+    launch watches for the next one for ``tuning.HELPER_WATCH_SECONDS`` (the next launch of
+    a step comes within microseconds), then sleeps until woken. Started when a launch
+    first asks for them; a forked child starts its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wakes: list[threading.Event] = []
+        self._job: tuple[Callable[..., None], tuple[Any, ...], int] | None = None
+        self.threads: list[threading.Thread] = []
+        self._watch_cycles = self._join_cycles = 0
+        self._signals = np.zeros(1, np.int64)  # what watching helpers watch (``cpu.LAUNCHES``)
+
+    def run(self, kernel: Callable[..., None], arguments: tuple[Any, ...], work: Any, helpers: int, chunks: int) -> None:
+        """``kernel(*arguments, work)`` on the calling thread and up to ``helpers`` others;
+        returns once all ``chunks`` are done."""
+        from numbaopt.kernels import cpu
+
+        if len(self._wakes) < helpers:
+            self._start(helpers)
+        self._job = job = (kernel, (*arguments, work), helpers)
+        for wake in self._wakes[:helpers]:
+            wake.set()  # the sleeping ones
+        cpu.announce(self._signals, work, self._join_cycles)
+        kernel(*arguments, work)
+        cpu.wait(work, chunks)
+        if self._job is job:  # hold no array of a step past its end (another launch may have replaced it)
+            self._job = None
+
+    def _start(self, helpers: int) -> None:
+        with self._lock:
+            if not self.threads:
+                self._watch_cycles, self._join_cycles = _spin_cycles()
+            while len(self._wakes) < helpers:
+                wake = threading.Event()
+                number = len(self._wakes)
+                thread = threading.Thread(target=self._serve, args=(wake, number), name="numbaopt-helper", daemon=True)
+                thread.start()
+                self.threads.append(thread)
+                self._wakes.append(wake)
+
+    def _serve(self, wake: threading.Event, number: int) -> None:
+        from numbaopt.kernels import cpu
+
+        seen = 0
+        while True:
+            latest = cpu.watch(self._signals, seen, self._watch_cycles)
+            if latest == seen:
+                wake.wait()
+                latest = int(self._signals[cpu.LAUNCHES])
+            wake.clear()
+            seen = latest
+            job = self._job
+            if job is None or number >= job[2]:
+                continue
+            # Running a job twice, or after its caller returned, is harmless: every chunk is
+            # claimed by one thread, and a thread that finds none left does nothing.
+            kernel, arguments, _ = job
+            del job
+            try:
+                kernel(*arguments)
+            except Exception:  # noqa: BLE001 - the calling thread makes the same call, and raises
+                pass
+            del kernel, arguments
+
+
+def _spin_cycles() -> tuple[int, int]:
+    """``tuning.HELPER_WATCH_SECONDS`` and ``HELPER_JOIN_SECONDS`` in cycles of the counter the
+    spins read, whose rate is measured here (a few gigahertz on x86; where there is none,
+    0: helpers then sleep between launches, and the calling thread starts at once)."""
+    from numbaopt.kernels import cpu
+
+    began, first = time.perf_counter(), cpu.cycles()
+    time.sleep(2e-3)
+    rate = (cpu.cycles() - first) / (time.perf_counter() - began)
+    return int(rate * tuning.HELPER_WATCH_SECONDS), int(rate * tuning.HELPER_JOIN_SECONDS)
+
+
+HELPERS = Helpers()
+
+
+def others_are_helpers() -> bool:
+    """Whether every other Python thread of the process is a helper. Helpers run numbaopt's
+    own kernels and wait on their own signals, and a forked child starts its own, so a fork
+    is as safe beside them as beside no thread (``numbaopt.keras_isolation`` forks)."""
+    helpers = set(HELPERS.threads)
+    current = threading.current_thread()
+    return all(thread is current or thread in helpers for thread in threading.enumerate())
+
+
+def _forget_helpers_after_fork() -> None:
+    """A forked child has none of its parent's threads."""
+    global HELPERS
+    HELPERS = Helpers()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers_after_fork)
+
+
+class _Turns:
+    """The launches that must take turns. CUDA launches: the reductions share their device
+    buffers (``numbaopt.kernels.cuda``). Launches on Numba's team, until the first has shown
+    which threading layer Numba chose: its "workqueue" layer (where neither OpenMP nor TBB
+    is present, as on macOS wheels) aborts the process when two Python threads launch
+    parallel kernels at once; OpenMP and TBB take concurrent launches."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.team_is_threadsafe = False
+
+    def for_team(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext() if self.team_is_threadsafe else self.lock
+
+    def launched_team(self) -> None:
+        if not self.team_is_threadsafe:
+            import numba
+
+            self.team_is_threadsafe = numba.threading_layer() in ("omp", "tbb")
+
+
+_TURNS = _Turns()
+
+
 class Launch:
-    """One CPU kernel launch: ``parallel`` says which kernel to call; as a context manager
-    around the call it sets Numba's thread count for it and reports the time it took."""
+    """One kernel launch over ``chunks`` chunks (or tensors): ``run(kernel, arguments)``.
 
-    __slots__ = ("parallel", "threads", "_chooser", "_index", "_chunks", "_set", "_restore", "_began")
+    ``parallel`` says which build of the kernel to pass: Numba's team's, or the other. On
+    the CPU, ``run`` calls ``kernel(*arguments, work)`` the ``way`` its ``Chooser`` picked and
+    reports the time; on a device, ``kernel(*arguments)``."""
 
-    def __init__(self, parallel: bool, threads: int = 1, chooser: Chooser | None = None, index: int = 0,
-                 chunks: int = 0, restore: int = 0) -> None:
-        self.parallel = parallel
-        self.threads = threads
+    __slots__ = ("way", "parallel", "device", "_chooser", "_index", "_chunks", "_own")
+
+    def __init__(self, way: Way = Way(1, False), chooser: Chooser | None = None, index: int = 0, chunks: int = 0,
+                 own: int = 0, device: bool = False) -> None:
+        self.way, self.parallel, self.device = way, way.team or device, device
         self._chooser, self._index, self._chunks = chooser, index, chunks
-        self._set = parallel and 0 < restore != threads
-        self._restore = restore
-        self._began = 0.0
+        self._own = own  # the calling thread's Numba thread count, restored after a team launch
 
-    def __enter__(self) -> Launch:
-        if self._set:
-            import numba
+    def run(self, kernel: Callable[..., None], arguments: tuple[Any, ...]) -> None:
+        if self.device:
+            with _TURNS.lock:
+                kernel(*arguments)
+            return
+        threads, team = self.way
+        work = np.array([0, 0, threads if team else 1], np.int64)
+        began = time.perf_counter()
+        if team:
+            with _TURNS.for_team():
+                self._run_on_team(kernel, (*arguments, work), threads)
+            _TURNS.launched_team()
+        elif threads > 1:
+            HELPERS.run(kernel, arguments, work, threads - 1, self._chunks)
+        else:
+            kernel(*arguments, work)
+        if self._chooser is not None:
+            now = time.perf_counter()
+            self._chooser.record(self._index, now - began, self._chunks, now)
 
-            numba.set_num_threads(self.threads)
-        self._began = time.perf_counter()
-        return self
+    def _run_on_team(self, kernel: Callable[..., None], arguments: tuple[Any, ...], threads: int) -> None:
+        if self._own == threads:
+            kernel(*arguments)
+            return
+        import numba
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        now = time.perf_counter()
-        if self._set:
-            import numba
-
-            numba.set_num_threads(self._restore)
-        if kind is None and self._chooser is not None:
-            self._chooser.record(self._index, now - self._began, self._chunks, now)
+        numba.set_num_threads(threads)
+        try:
+            kernel(*arguments)
+        finally:
+            numba.set_num_threads(self._own)
 
 
-#: The launches that choose nothing: a serial step, a CUDA launch, a parallel one left as it is.
-SERIAL = Launch(False)
-UNCHOSEN = Launch(True)
+#: The launches that choose nothing: on the calling thread alone, and on a device.
+SERIAL = Launch()
+DEVICE = Launch(device=True)
 
 _CHOOSERS: dict[Hashable, Chooser] = {}
 _CPU_LIMIT: list[int] = []  # available_cpus() // local_processes(), or none; computed once
@@ -209,18 +371,18 @@ _CPU_LIMIT: list[int] = []  # available_cpus() // local_processes(), or none; co
 
 def plan(device: str, parallel: bool, kind: Hashable, dtype: Any, chunks: int) -> Launch:
     """How to launch a kernel of ``kind`` (an update rule, ``"norm"``) over ``chunks`` chunks
-    of ``dtype`` on ``device``, whose caller would run it ``parallel``-ly: the serial kernel,
-    or the parallel one on some number of threads. Only parallel CPU launches choose."""
+    of ``dtype`` on ``device``, whose caller would run it ``parallel``-ly (on more than the
+    calling thread): on how many threads. Only parallel CPU launches choose."""
+    if device != "cpu":
+        return DEVICE
     if not parallel:
         return SERIAL
-    if device != "cpu":
-        return UNCHOSEN
     own = _NUM_THREADS[0]() if _NUM_THREADS else _num_threads()
     top = min(own, _CPU_LIMIT[0] if _CPU_LIMIT else max_threads(own), chunks)
     if top <= 1:
         return SERIAL
     if not tuning.ADAPTIVE_THREADS:
-        return Launch(True, top, None, 0, 0, own)
+        return Launch(Way(top, True), None, 0, chunks, own)
     key = (kind, dtype, chunks.bit_length(), top)
     chooser = _CHOOSERS.get(key)
     if chooser is None:
@@ -228,8 +390,7 @@ def plan(device: str, parallel: bool, kind: Hashable, dtype: Any, chunks: int) -
             _CHOOSERS.clear()
         chooser = _CHOOSERS[key] = Chooser(ladder(top))
     index = chooser.pick(time.perf_counter())
-    threads = chooser.ladder[index]
-    return Launch(threads > 1, threads, chooser, index, chunks, own)
+    return Launch(chooser.ladder[index], chooser, index, chunks, own)
 
 
 _NUM_THREADS: list[Callable[[], int]] = []

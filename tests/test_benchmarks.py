@@ -72,3 +72,13 @@ def test_the_keras3_benchmark_measures_every_keras3_optimizer(tmp_path):
     assert measured == {cls.__name__ for cls in registry.rule_based("keras3")} - {"Muon"}
     for row in results["big"]:
         assert row["numbaopt_ms"] > 0 and row["roofline_ms"] > 0
+
+
+def test_the_ways_benchmark_times_each_way_quiet_and_busy():
+    script = SUITE.parent / "ways.py"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--busy", "1"], capture_output=True, text=True,
+                         timeout=600, cwd=script.parent)
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| 1e+05") or line.startswith("| 3e+05")]
+    assert len(rows) == 6 and all(line.count(" ms") == 6 for line in rows)
+    assert {"calling thread alone", "calling thread and helpers", "Numba's team"} <= {r.split(" | ")[1] for r in rows}

@@ -39,7 +39,13 @@ def _step_arguments(name, dtype, n=100):
     return (
         devices.CPU.addresses([p]), devices.CPU.addresses([g]), slots, np.zeros(1, np.int64),
         np.array([[0, 0, n]], np.int64), (one, one, dtype(np.inf)), opt.step_scalars(opt.step_inputs(), dtype), np.empty(0, dtype),
+        _work(),
     ), (p, g)
+
+
+def _work():
+    """A launch's counters for a kernel run on the calling thread alone (``numbaopt.kernels.cpu``)."""
+    return np.array([0, 0, 1], np.int64)
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86 assembly")
@@ -58,7 +64,7 @@ def test_sum_of_squares_is_vectorised():
     g = np.ones(1000, np.float32)
     partial = np.zeros(1)
     asm = _fresh_asm(cpu.sum_of_squares_kernel("native", True), devices.CPU.addresses([g]), np.array([[0, 0, 1000]], np.int64),
-                     np.zeros((1, 1), np.float32), partial)
+                     np.zeros((1, 1), np.float32), partial, _work())
     assert re.search(r"\bv?(add|mul)pd\b", asm), "sum_of_squares has no packed float64 arithmetic"
 
 
@@ -74,7 +80,7 @@ def test_unclipped_loop_equals_clipped_loop_with_nothing_to_clip(name, dtype):
         args, _ = _step_arguments(name, dtype, 257)
         slots = args[2]
         kernel(devices.CPU.addresses(params), devices.CPU.addresses(grads), slots, args[3],
-               np.array([[0, 0, 200], [0, 200, 257]], np.int64), clip, args[6], args[7])
+               np.array([[0, 0, 200], [0, 200, 257]], np.int64), clip, args[6], args[7], _work())
         results.append((params[0].copy(), slots.copy()))
     assert results[0][0].tobytes() == results[1][0].tobytes()
     assert results[0][1].tobytes() == results[1][1].tobytes()

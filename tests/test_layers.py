@@ -19,7 +19,7 @@ LAYERS = (
     ("numbaopt.version", "numbaopt.tuning", "numbaopt.extras", "numbaopt.clipping", "numbaopt.schedules",
      "numbaopt.hyperparameters", "numbaopt.registry", "numbaopt.halves", "numbaopt.quantization", "numbaopt.state", "numbaopt.phases", "numbaopt.declarations",
      "numbaopt.keras_config", "numbaopt.keras_weights", "numbaopt.step_checks"),
-    ("numbaopt.threads", "numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda", "numbaopt.kernels.object_layout"),
+    ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda", "numbaopt.kernels.object_layout", "numbaopt.threads"),
     ("numbaopt.devices", "numbaopt.slots"),
     ("numbaopt.optimizers.step", "numbaopt.optimizers.base"),
     ("numbaopt.optimizers.adadelta", "numbaopt.optimizers.adagrad", "numbaopt.optimizers.adam",

@@ -111,7 +111,7 @@ class _Clock:
 
 
 def _drive(chooser, clock, cost, steps, chunks=32):
-    """``steps`` steps of ``chooser``; ``cost(threads)`` is a step's time. Returns the counts run."""
+    """``steps`` steps of ``chooser``; ``cost(way)`` is a step's time. Returns the ways run."""
     ran = []
     for _ in range(steps):
         index = chooser.pick(clock.now)
@@ -122,75 +122,83 @@ def _drive(chooser, clock, cost, steps, chunks=32):
     return ran
 
 
-def _quiet(threads):
-    return 0.4e-3 if threads > 1 else 0.8e-3
+SERIAL, HELPED, TEAM = threads.Way(1, False), threads.Way(2, False), threads.Way(2, True)
 
 
-def _busy(threads):
-    return 16e-3 if threads > 1 else 0.5e-3
+def _quiet(way):  # Numba's team is the fastest way on a quiet machine
+    return 0.8e-3 if way.threads == 1 else 0.4e-3 if way.team else 0.5e-3
 
 
-def test_the_ladder_of_thread_counts():
-    assert threads.ladder(1) == (1,)
-    assert threads.ladder(2) == (1, 2)
-    assert threads.ladder(6) == (1, 2, 4, 6)
-    assert threads.ladder(8) == (1, 2, 4, 8)
+def _busy(way):  # beside busy processes, a team waits for time slices; helpers join when free
+    return 16e-3 if way.team else 0.5e-3 if way.threads == 1 else 0.4e-3
 
 
-def test_a_chooser_keeps_every_thread_on_a_quiet_machine():
-    chooser, clock = threads.Chooser((1, 2)), _Clock()
+def test_the_ladder_of_ways():
+    W = threads.Way
+    assert threads.ladder(1) == (SERIAL,)
+    assert threads.ladder(2) == (SERIAL, HELPED, TEAM)
+    assert threads.ladder(6) == (SERIAL, HELPED, W(4, False), W(6, False), TEAM, W(4, True), W(6, True))
+    assert [w.threads for w in threads.ladder(8)] == [1, 2, 4, 8, 2, 4, 8]
+
+
+def test_a_chooser_keeps_every_thread_of_the_team_on_a_quiet_machine():
+    chooser, clock = threads.Chooser(threads.ladder(2)), _Clock()
     ran = _drive(chooser, clock, _quiet, 2000)
-    assert chooser.threads == 2
-    assert ran[-1000:].count(1) <= 5  # rare tries of one thread
+    assert chooser.way == TEAM
+    assert ran[-1000:].count(TEAM) >= 990  # rare tries of the others
 
 
-def test_a_chooser_goes_serial_under_load_and_back_when_it_ends():
-    chooser, clock = threads.Chooser((1, 2)), _Clock()
+def test_a_chooser_leaves_the_team_under_load_and_comes_back_when_it_ends():
+    chooser, clock = threads.Chooser(threads.ladder(2)), _Clock()
     _drive(chooser, clock, _quiet, 300)
     ran = _drive(chooser, clock, _busy, 2000)
-    assert chooser.threads == 1
-    assert ran[:10].count(2) <= 6 and ran[8:10] == [1, 1]  # it notices within a few steps
-    tries = ran[100:].count(2)
+    assert chooser.way == HELPED
+    assert ran[:10].count(TEAM) <= 6 and TEAM not in ran[8:10]  # it notices within a few steps
+    tries = ran[100:].count(TEAM)
     assert tries * 16e-3 <= 2 * tuning.THREADS_PROBE_BUDGET * clock.now  # tries lose little time
     assert tries <= 0.05 * len(ran[100:])  # so the 90th percentile never sees them
-    ran = _drive(chooser, clock, _quiet, 2 * tuning.THREADS_PROBE_MAX_STEPS + 50)
-    assert chooser.threads == 2
-    assert ran[-50:].count(2) >= 45
+    ran = _drive(chooser, clock, _quiet, 4 * tuning.THREADS_PROBE_MAX_STEPS)  # about 3 s
+    assert chooser.way == TEAM
+    assert ran[-50:].count(TEAM) >= 45
 
 
-def test_a_chooser_climbs_a_longer_ladder_to_the_best_count():
-    def cost(n):  # four cores free: more threads help up to four, then wait for time slices
-        return 8e-3 / n if n <= 4 else 20e-3
+def test_a_chooser_climbs_a_longer_ladder_to_the_best_way():
+    def cost(way):  # four cores free: more threads help up to four, then wait for time slices
+        n = way.threads
+        return (8e-3 / n if n <= 4 else 20e-3) * (1 if way.team else 1.3)
 
     chooser, clock = threads.Chooser(threads.ladder(16)), _Clock()
-    _drive(chooser, clock, cost, 200)
-    assert chooser.threads == 4
+    _drive(chooser, clock, cost, 300)
+    assert chooser.way == threads.Way(4, True)
 
 
-def _forced(count, monkeypatch):
-    """Every chooser picks ``count`` threads (or the nearest on its ladder)."""
-    monkeypatch.setattr(threads.Chooser, "pick",
-                        lambda self, now: max(i for i, n in enumerate(self.ladder) if n <= count))
+def _forced(way, monkeypatch):
+    """Every chooser picks ``way`` (or, with fewer threads, the most it has of that kind)."""
+    def pick(self, now):
+        return max((i for i, w in enumerate(self.ladder) if w.threads <= way.threads and w.team == way.team), default=0)
+
+    monkeypatch.setattr(threads.Chooser, "pick", pick)
 
 
 @pytest.mark.parametrize("clip", [{}, {"clipnorm": 1.0}], ids=["no-clip", "clipnorm"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("name", ["Adam", "Nadam", "SGD"])
-def test_every_thread_count_gives_bitwise_the_same_step(name, dtype, clip, monkeypatch):
+def test_every_way_gives_bitwise_the_same_step(name, dtype, clip, monkeypatch):
     import numba
 
     results = []
-    for count in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
+    most = numba.config.NUMBA_NUM_THREADS
+    for way in (SERIAL, HELPED, TEAM, threads.Way(most, False), threads.Way(most, True)):
         threads.reset()
-        _forced(count, monkeypatch)
+        _forced(way, monkeypatch)
         results.append(_run(name, dtype, clip, threshold=0, monkeypatch=monkeypatch))
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert a.tobytes() == b.tobytes()
 
 
-def test_a_step_that_slows_down_under_load_moves_to_the_serial_kernel_with_the_same_results(monkeypatch):
-    """Simulated load: the clock the policy reads runs 20 ms during every parallel launch."""
+def test_a_step_that_slows_down_under_load_leaves_the_team_with_the_same_results(monkeypatch):
+    """Simulated load: the clock the policy reads runs 20 ms during every launch on Numba's team."""
     import numba
 
     from numbaopt.kernels import cpu
@@ -220,8 +228,8 @@ def test_a_step_that_slows_down_under_load_moves_to_the_serial_kernel_with_the_s
     for _ in range(60):
         opt.apply_gradients([(grad, param)])
         clock.now += 1e-3
-    assert launched[:2] == [True, True]  # every thread at first
-    assert launched[-40:].count(True) <= 2  # then the calling thread alone
+    assert launched[:2] == [True, True]  # every thread of the team at first
+    assert launched[-40:].count(True) <= 2  # then the calling thread, helped or alone
     monkeypatch.undo()
     threads.reset()
     alone, alone_param = optimizers.Adam(), np.zeros(size)
@@ -232,17 +240,23 @@ def test_a_step_that_slows_down_under_load_moves_to_the_serial_kernel_with_the_s
         assert a.tobytes() == b.tobytes()
 
 
-def test_a_launch_on_fewer_threads_sets_numba_for_it_and_restores_the_callers_count():
+def test_a_launch_on_a_smaller_team_sets_numba_for_it_and_restores_the_callers_count():
     import numba
 
     before = numba.get_num_threads()
     if before < 2:
         pytest.skip("one Numba thread: nothing fewer to run on")
-    with threads.Launch(True, 1, None, 0, 0, before) as launch:
-        assert launch.parallel and numba.get_num_threads() == 1
-    assert numba.get_num_threads() == before
-    with pytest.raises(RuntimeError), threads.Launch(True, 1, None, 0, 0, before):
+    seen = []
+    launch = threads.Launch(threads.Way(1, True), None, 0, 1, before)
+    assert launch.parallel
+    launch.run(lambda work: seen.append((numba.get_num_threads(), list(work))), ())
+    assert seen == [(1, [0, 0, 1])] and numba.get_num_threads() == before
+
+    def fails(work):
         raise RuntimeError("a kernel that fails")
+
+    with pytest.raises(RuntimeError):
+        launch.run(fails, ())
     assert numba.get_num_threads() == before
 
 
@@ -260,7 +274,7 @@ def test_the_callers_numba_thread_count_is_the_most_a_step_uses(monkeypatch):
 
 def test_small_steps_and_cuda_launches_choose_nothing():
     assert threads.plan("cpu", False, "norm", np.float64, 64) is threads.SERIAL
-    assert threads.plan("cuda", True, "norm", np.float64, 64) is threads.UNCHOSEN
+    assert threads.plan("cuda", True, "norm", np.float64, 64) is threads.DEVICE
 
 
 def test_without_adaptation_a_step_uses_every_thread_it_may(monkeypatch):
@@ -268,7 +282,7 @@ def test_without_adaptation_a_step_uses_every_thread_it_may(monkeypatch):
 
     monkeypatch.setattr(tuning, "ADAPTIVE_THREADS", False)
     launch = threads.plan("cpu", True, "norm", np.float64, 1024)
-    assert launch.threads == threads.max_threads(numba.get_num_threads())
+    assert launch.way == threads.Way(threads.max_threads(numba.get_num_threads()), True)
     assert not threads.choosers() or all(key[0] != "norm" or key[2] != 11 for key in threads.choosers())
 
 
@@ -371,7 +385,7 @@ def test_the_torch_optimizers_choose_their_thread_count_the_same_way(monkeypatch
 
     if threads.max_threads(numba.get_num_threads()) > 1:  # else every step is serial, nothing to choose
         assert [key[:3] for key in threads.choosers()] == [(adam_rule, np.dtype(np.float32), 3)]
-    _forced(1, monkeypatch)
+    _forced(SERIAL, monkeypatch)
     threads.reset()
     serial = torch.nn.Parameter(torch.zeros(4 * tuning.CHUNK_ELEMENTS))
     serial.grad = torch.ones_like(serial)
@@ -382,15 +396,138 @@ def test_the_torch_optimizers_choose_their_thread_count_the_same_way(monkeypatch
 
 
 def test_one_try_that_met_a_pause_does_not_pin_the_choice():
-    chooser, clock = threads.Chooser((1, 2)), _Clock()
+    chooser, clock = threads.Chooser(threads.ladder(2)), _Clock()
     _drive(chooser, clock, _busy, 300)
-    assert chooser.threads == 1
+    assert chooser.way == HELPED
     index = chooser.pick(clock.now)
-    while chooser.ladder[index] != 2:  # run serial steps until the next try of two threads
-        chooser.record(index, 0.5e-3, 32, clock.now)
+    while chooser.ladder[index] != TEAM:  # run steps until the next try of the team
+        chooser.record(index, _busy(chooser.ladder[index]), 32, clock.now)
         clock.now += 1.5e-3
         index = chooser.pick(clock.now)
     clock.now += 5.0
     chooser.record(index, 5.0, 32, clock.now)  # that try met a five-second pause
     _drive(chooser, clock, _quiet, 12_000)  # 12,000 quiet steps: about 17 s
-    assert chooser.threads == 2
+    assert chooser.way == TEAM
+
+
+# ---------------------------------------------------------------- helper threads (issue 24)
+
+
+def _adam_steps(way, monkeypatch, size=6 * 8192 + 5, steps=4):
+    monkeypatch.setattr(tuning, "CHUNK_ELEMENTS", 8192)
+    monkeypatch.setattr(tuning, "PARALLEL_MIN_ELEMENTS", 0)
+    threads.reset()
+    _forced(way, monkeypatch)
+    grads = np.linspace(-1, 1, size, dtype=np.float32)
+    param, opt = np.linspace(1, 2, size, dtype=np.float32), optimizers.Adam(clipnorm=1.0)
+    for _ in range(steps):
+        opt.apply_gradients([(grads, param)])
+    return [param, *opt.get_weights()]
+
+
+def _same(a, b):
+    return all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
+
+
+def test_launches_from_two_threads_at_once_share_the_helpers_and_step_as_one_at_a_time(monkeypatch):
+    alone = _adam_steps(SERIAL, monkeypatch)
+    results, errors = [None] * 4, []
+
+    def step(k):
+        try:
+            results[k] = _adam_steps(HELPED, monkeypatch, steps=4)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=step, args=(k,)) for k in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    assert all(_same(alone, result) for result in results)
+
+
+def test_a_launch_whose_helpers_never_come_is_done_by_the_calling_thread(monkeypatch):
+    alone = _adam_steps(SERIAL, monkeypatch)
+    absent = threads.Helpers()
+    monkeypatch.setattr(absent, "_serve", lambda wake, number: None)  # started, and gone at once
+    monkeypatch.setattr(threads, "HELPERS", absent)
+    assert _same(alone, _adam_steps(threads.Way(4, False), monkeypatch))
+
+
+def test_a_helper_that_runs_a_launch_after_it_ended_changes_nothing():
+    from numbaopt.kernels import cpu
+
+    size = 5 * 8192
+    param, grad = np.ones(size), np.full(size, 0.5)
+    chunks = np.array([[0, k * 8192, (k + 1) * 8192] for k in range(5)], np.int64)
+    opt = optimizers.SGD(momentum=0.9)
+    kernel = cpu.update_kernel(opt.rule, len(opt.slot_names), False)
+    arguments = (np.array([param.ctypes.data]), np.array([grad.ctypes.data]), np.zeros((len(opt.slot_names), size)),
+                 np.zeros(1, np.int64), chunks, (1.0, 1.0, np.inf), opt.step_scalars(opt.step_inputs(), np.float64),
+                 np.empty(0))
+    work = np.array([0, 0, 1], np.int64)
+    threads.HELPERS.run(kernel, arguments, work, 1, len(chunks))
+    after = param.copy()
+    assert not np.array_equal(after, np.ones(size)) and list(work[1:]) == [5, 1]
+    kernel(*arguments, work)  # a late helper: every chunk is claimed already
+    assert param.tobytes() == after.tobytes()
+
+
+def _fork_and_step(queue):
+    size = 6 * 8192
+    grads, param = np.linspace(-1, 1, size), np.zeros(size)
+    opt = optimizers.Adam()
+    for _ in range(3):
+        opt.apply_gradients([(grads, param)])
+    queue.put((param.tobytes(), len(threads.HELPERS.threads)))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's")
+def test_a_forked_child_steps_with_helpers_of_its_own(monkeypatch):
+    import multiprocessing
+
+    _adam_steps(HELPED, monkeypatch)  # the parent's helpers are running
+    assert threads.HELPERS.threads
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_fork_and_step, args=(queue,))
+    child.start()
+    stepped, helpers = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and helpers >= 1  # its own
+    size = 6 * 8192
+    grads, param = np.linspace(-1, 1, size), np.zeros(size)
+    opt = optimizers.Adam()
+    for _ in range(3):
+        opt.apply_gradients([(grads, param)])
+    assert stepped == param.tobytes()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's")
+def test_a_keras_file_is_still_read_in_a_forked_child_beside_the_helpers(monkeypatch, tmp_path):
+    import os
+
+    from numbaopt import keras_isolation
+
+    _adam_steps(HELPED, monkeypatch)
+    assert threads.HELPERS.threads and threads.others_are_helpers()
+    path = tmp_path / "file.h5"
+    path.write_bytes(b"")
+    assert keras_isolation.isolated(lambda p: os.getpid(), str(path)) != os.getpid()
+    other = threading.Thread(target=threading.Event().wait, args=(2,))
+    other.start()
+    assert not threads.others_are_helpers()  # another thread could hold h5py's lock
+    other.join()
+
+
+def test_helpers_that_never_spin_still_join_and_give_the_same_step(monkeypatch):
+    """Where there is no cycle counter to time spins with (``kernels.cpu.cycles`` gives 0),
+    helpers sleep between launches and are woken for each."""
+    alone = _adam_steps(SERIAL, monkeypatch)
+    monkeypatch.setattr(threads, "_spin_cycles", lambda: (0, 0))
+    sleeping = threads.Helpers()
+    monkeypatch.setattr(threads, "HELPERS", sleeping)
+    assert _same(alone, _adam_steps(HELPED, monkeypatch, steps=4))
+    assert len(sleeping.threads) == 1

@@ -1,10 +1,15 @@
-"""CPU kernels: one parallel loop per shape of rule, over the chunks of all tensors at once.
+"""CPU kernels: one loop per shape of rule, over the chunks of all tensors at once.
 
 A step of a parameter group is one kernel call, whatever the number of tensors: the
 kernel gets the data addresses of the parameters and gradients, the group's slots as one
-buffer (a row per slot kind), and a table of chunks ``(tensor, start, stop)``; the
-threads share out the chunks. The per-element math is each optimizer's rule, handed to
-``update_kernel`` and compiled here with ``njit``; the CUDA kernels compile the same functions.
+buffer (a row per slot kind), a table of chunks ``(tensor, start, stop)`` and the
+launch's ``work`` counters. The threads of a launch claim chunks one at a time from
+``work`` until none is left: Numba's team, in the parallel build of a kernel, or, in the
+other build, the calling thread and the helper threads of ``numbaopt.threads`` that are
+free (``announce``, ``watch`` and ``wait`` are their signals). Each chunk is one thread's,
+with the same code, so results never depend on which threads ran, or how many. The
+per-element math is each optimizer's rule, handed to ``update_kernel`` and compiled here
+with ``njit``; the CUDA kernels compile the same functions.
 
 What makes the loops run at the speed of the memory:
 
@@ -28,6 +33,7 @@ The callers check every address, size and dtype before a kernel runs: nothing he
 checks bounds.
 """
 import math
+import platform
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +41,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 from numba import njit, prange, types
+from llvmlite import ir  # type: ignore[import-untyped]
 from numba.extending import intrinsic
 
 from numbaopt import halves, quantization
@@ -44,11 +51,11 @@ from numbaopt.kernels import code_digest, helpers, loop_for, renamed, specialise
 #: The compile options of every function here (see the module docstring for why).
 _element = njit(error_model="numpy")
 _template = njit(inline="always", error_model="numpy")
+#: Two builds of each kernel, the same loops and results: one whose chunks Numba's threads
+#: share (``parallel``), and one that releases the GIL, run on the calling thread alone or
+#: beside ``numbaopt.threads``'s helper threads.
 _kernel = njit(parallel=True, cache=True, error_model="numpy")
-#: The same kernels on the calling thread alone, for steps too small to gain from threads
-#: (``tuning.PARALLEL_MIN_ELEMENTS``): a parallel region costs microseconds, and far more
-#: when another process holds a core the region waits for. Same loops, same results.
-_serial_kernel = njit(cache=True, error_model="numpy")
+_serial_kernel = njit(nogil=True, cache=True, error_model="numpy")
 
 clip_gradient = _element(_clip_gradient)
 
@@ -77,6 +84,108 @@ def _row(typingctx: Any, slots: Any, kind: Any, offset: Any) -> tuple[Any, Calla
     return pointer_type(slots, types.intp, types.intp), codegen
 
 
+@intrinsic
+def _fetch_add(typingctx: Any, counters: Any, index: Any) -> tuple[Any, Callable[..., Any]]:
+    """Atomically add 1 to ``counters[index]`` (int64) and return the value it had."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        array = context.make_array(signature.args[0])(context, builder, value=args[0])
+        one = context.get_constant(types.int64, 1)
+        return builder.atomic_rmw("add", builder.gep(array.data, [args[1]]), one, "seq_cst")
+
+    return types.int64(counters, types.intp), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx: Any, counters: Any, index: Any) -> tuple[Any, Callable[..., Any]]:
+    """``counters[index]`` (int64), read atomically: what other threads wrote before it is seen."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        array = context.make_array(signature.args[0])(context, builder, value=args[0])
+        return builder.load_atomic(builder.gep(array.data, [args[1]]), "seq_cst", 8)
+
+    return types.int64(counters, types.intp), codegen
+
+
+#: Whether the cycle counter below is x86's time-stamp counter, readable by any program.
+#: (Arm's ``llvm.readcyclecounter`` reads a performance counter that Linux usually keeps
+#: from user programs, which would kill the process; there the spins below end at once.)
+_HAS_CYCLE_COUNTER = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
+@intrinsic
+def _cycles(typingctx: Any) -> tuple[Any, Callable[..., Any]]:
+    """The processor's cycle counter, a clock for spins: x86's time-stamp counter, else 0."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        if not _HAS_CYCLE_COUNTER:
+            return context.get_constant(types.int64, 0)
+        function = builder.module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(ir.IntType(64), []))
+        return builder.call(function, [])
+
+    return types.int64(), codegen
+
+
+#: A launch's ``work``: ``work[CLAIMED]``, chunks claimed so far (the next one to claim);
+#: ``work[DONE]``, chunks done; ``work[WORKERS]``, the loops the parallel build runs, one
+#: per thread of Numba's team (1 for the other build, whose loop is the calling thread's).
+CLAIMED, DONE, WORKERS = 0, 1, 2
+
+
+@njit(inline="always")
+def _claim(work: npt.NDArray[np.int64]) -> int:
+    """The next unclaimed chunk (>= the chunk count once all are claimed)."""
+    return int(_fetch_add(work, CLAIMED))
+
+
+@njit(inline="always")
+def _done(work: npt.NDArray[np.int64]) -> None:
+    _fetch_add(work, DONE)
+
+
+@njit(nogil=True, cache=True)
+def cycles() -> int:
+    """The cycle counter ``watch`` and ``announce`` time their spins with (0 where there is
+    none: they then return at once, and helpers sleep between launches)."""
+    return int(_cycles())
+
+
+#: ``signals[LAUNCHES]``: launches announced to the helper threads (``numbaopt.threads``).
+LAUNCHES = 0
+
+
+@njit(nogil=True, cache=True)
+def watch(signals: npt.NDArray[np.int64], seen: int, budget: int) -> int:
+    """``signals[LAUNCHES]`` once it differs from ``seen``, or ``seen`` after ``budget``
+    cycles: how an idle helper thread catches the next launch without sleeping."""
+    start = _cycles()
+    while _cycles() - start < budget:
+        value = int(_atomic_load(signals, LAUNCHES))
+        if value != seen:
+            return value
+    return seen
+
+
+@njit(nogil=True, cache=True)
+def announce(signals: npt.NDArray[np.int64], work: npt.NDArray[np.int64], budget: int) -> None:
+    """Announce a launch to the watching helpers, then return once one has claimed a chunk
+    of ``work``, or after ``budget`` cycles. The calling thread does this without the GIL,
+    so a helper takes it at once (a thread that has to wait for the GIL sleeps, and wakes
+    tens of microseconds later), and starts its kernel before the caller starts its own."""
+    _fetch_add(signals, LAUNCHES)
+    start = _cycles()
+    while _cycles() - start < budget and _atomic_load(work, CLAIMED) == 0:
+        pass
+
+
+@njit(nogil=True, cache=True)
+def wait(work: npt.NDArray[np.int64], n: int) -> None:
+    """Return once ``n`` chunks of ``work`` are done: those that helper threads still hold
+    when the caller finds none left to claim (a spin: a chunk takes microseconds)."""
+    while _atomic_load(work, DONE) < n:
+        pass
+
+
 #: Accumulators per chunk of the global norm: enough independent float64 sums that the
 #: loop is limited by memory, not by the latency of one vector addition after another.
 _LANES = 64
@@ -87,35 +196,40 @@ READ: Callable[[Any], float]
 
 
 def _sum_of_squares(
-    grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: npt.NDArray[Any], partial_sums: npt.NDArray[np.float64]
+    grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: npt.NDArray[Any], partial_sums: npt.NDArray[np.float64],
+    work: npt.NDArray[np.int64],
 ) -> None:
     """``partial_sums[c]`` = the float64 sum of squares of chunk ``c`` of the gradients.
 
     Each chunk is summed by one thread in a fixed order: element ``i`` goes to accumulator
     ``i % 64`` (counted from the chunk's start), and the 64 sums are then added pairwise
-    in a fixed tree. So the result never depends on the thread count (a prange reduction
+    in a fixed tree. So the result never depends on the thread count (a reduction
     would), and LLVM can keep the accumulators in vector registers without reordering a
     single float64 addition. Eight accumulators were latency-bound at half the bandwidth.
     """
-    for c in prange(chunks.shape[0]):
-        tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        g = pointer(grads[tensor], like)
-        acc = np.zeros(_LANES)
-        blocks = (stop - start) // _LANES
-        for k in range(blocks):
-            base = start + _LANES * k
-            for lane in range(_LANES):
-                x = numba.float64(READ(g[base + lane]))  # noqa: F821
-                acc[lane] += x * x
-        for i in range(start + _LANES * blocks, stop):
-            x = numba.float64(READ(g[i]))  # noqa: F821
-            acc[i - start - _LANES * blocks] += x * x
-        width = _LANES
-        while width > 1:
-            width //= 2
-            for lane in range(width):
-                acc[lane] += acc[lane + width]
-        partial_sums[c] = acc[0]
+    for _ in prange(work[WORKERS]):
+        c = _claim(work)
+        while c < chunks.shape[0]:
+            tensor, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+            g = pointer(grads[tensor], like)
+            acc = np.zeros(_LANES)
+            blocks = (stop - start) // _LANES
+            for k in range(blocks):
+                base = start + _LANES * k
+                for lane in range(_LANES):
+                    x = numba.float64(READ(g[base + lane]))  # noqa: F821
+                    acc[lane] += x * x
+            for i in range(start + _LANES * blocks, stop):
+                x = numba.float64(READ(g[i]))  # noqa: F821
+                acc[i - start - _LANES * blocks] += x * x
+            width = _LANES
+            while width > 1:
+                width //= 2
+                for lane in range(width):
+                    acc[lane] += acc[lane + width]
+            partial_sums[c] = acc[0]
+            _done(work)
+            c = _claim(work)
 
 
 @njit(inline="always")
@@ -188,18 +302,23 @@ ELEMENTS: Callable[..., None]
 def _update_step(
     params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
     chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
+    work: npt.NDArray[np.int64],
 ) -> None:
     """One step of ``RULE`` over every chunk of a group, in place (``RULE`` and ``ELEMENTS``
     are the globals ``update_kernel`` binds). ``like`` has the parameters' dtype, which
     may differ from the slots'."""
     clipping = _clipping(clip)
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = pointer(params[j], like), pointer(grads[j], like)
-        if clipping:
-            ELEMENTS(RULE, clip_gradient, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
-        else:
-            ELEMENTS(RULE, _unclipped, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
+    for _ in prange(work[WORKERS]):
+        c = _claim(work)
+        while c < chunks.shape[0]:
+            j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+            p, g = pointer(params[j], like), pointer(grads[j], like)
+            if clipping:
+                ELEMENTS(RULE, clip_gradient, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
+            else:
+                ELEMENTS(RULE, _unclipped, p, g, slots, offsets[j], start, stop, clip, scalars)  # noqa: F821
+            _done(work)
+            c = _claim(work)
 
 
 
@@ -263,19 +382,23 @@ CONVERTED_LOOPS: dict[int, Any] = {0: _converted_no_slot, 1: _converted_one_slot
 def _converted_step(
     params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
     chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
-    seed: np.uint64,
+    seed: np.uint64, work: npt.NDArray[np.int64],
 ) -> None:
     """``_update_step`` through the converters: 16-bit parameters, bfloat16 slots."""
     clipping = _clipping(clip)
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = pointer(params[j], like), pointer(grads[j], like)
-        if clipping:
-            ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                     g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j))
-        else:
-            ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                     g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j))
+    for _ in prange(work[WORKERS]):
+        c = _claim(work)
+        while c < chunks.shape[0]:
+            j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+            p, g = pointer(params[j], like), pointer(grads[j], like)
+            if clipping:
+                ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j))
+            else:
+                ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j))
+            _done(work)
+            c = _claim(work)
 
 
 @njit(inline="always")
@@ -390,21 +513,25 @@ def _q8_step(
     params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64],
     chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
     seed: np.uint64, scales: npt.NDArray[np.float32], maps: npt.NDArray[np.float32], thresholds: npt.NDArray[np.float32],
-    tables: npt.NDArray[np.uint8], signs: npt.NDArray[np.int64],
+    tables: npt.NDArray[np.uint8], signs: npt.NDArray[np.int64], work: npt.NDArray[np.int64],
 ) -> None:
     """``_update_step`` over 8-bit slots (``slots`` the codes, ``scales`` each block's absmax)."""
     clipping = _clipping(clip)
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = pointer(params[j], like), pointer(grads[j], like)
-        if clipping:
-            ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                     g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j),
-                     scales, maps, thresholds, tables, signs)
-        else:
-            ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                     g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j),
-                     scales, maps, thresholds, tables, signs)
+    for _ in prange(work[WORKERS]):
+        c = _claim(work)
+        while c < chunks.shape[0]:
+            j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+            p, g = pointer(params[j], like), pointer(grads[j], like)
+            if clipping:
+                ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j),
+                         scales, maps, thresholds, tables, signs)
+            else:
+                ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j),
+                         scales, maps, thresholds, tables, signs)
+            _done(work)
+            c = _claim(work)
 
 
 def _converter(function: Callable[..., Any]) -> Any:
@@ -453,13 +580,13 @@ def update_kernel(
     formats: tuple[str, str] = ("native", "native"), stochastic: bool = False,
 ) -> Any:
     """The CPU kernel that applies ``rule`` (a plain Python element rule) with ``n_slots``
-    slots per element: ``kernel(params, grads, slots, offsets, chunks, clip, scalars, like)``, on
-    every thread (``parallel``) or on the calling one (``like``: an empty array of the
-    parameters' dtype, last). Made once per rule and process;
-    compiled on its first call, or loaded from the on-disk cache.
+    slots per element: ``kernel(params, grads, slots, offsets, chunks, clip, scalars, like,
+    work)`` (``like``: an empty array of the parameters' dtype; ``work``: the launch's
+    counters, see the module's docstring). Made once per rule and process; compiled on
+    its first call, or loaded from the on-disk cache.
 
     Other ``formats`` (16-bit parameters, bfloat16 or 8-bit slots: ``slots.storage_formats``)
-    take a converting kernel whose arguments go on with a ``seed`` (uint64; ``stochastic``
+    take a converting kernel whose arguments before ``work`` go on with a ``seed`` (uint64; ``stochastic``
     rounding of 16-bit parameters draws from it) and, for 8-bit slots, the blocks'
     ``scales``, the ``maps``, ``thresholds`` and ``tables`` of ``quantization.scheme()``
     and each slot's map (``signs``)."""
@@ -474,8 +601,7 @@ def update_kernel(
         compiled = {"RULE": _compiled_rule(rule), "ELEMENTS": loop_for(ELEMENT_LOOPS, rule, n_slots)}
         variant = "" if parallel else "serial"
         function = specialise(_update_step, rule, compiled, depends_on=(_clip_gradient, *helpers(rule)), variant=variant)
-        kernel = (_kernel if parallel else _serial_kernel)(function)
-        _UPDATE_KERNELS[rule, n_slots, parallel] = kernel
+        kernel = _UPDATE_KERNELS[rule, n_slots, parallel] = (_kernel if parallel else _serial_kernel)(function)
     return kernel
 
 
@@ -484,9 +610,8 @@ _SUMS: dict[tuple[str, bool], Any] = {}
 
 def sum_of_squares_kernel(form: str, parallel: bool) -> Any:
     """The kernel of the global norm's chunk sums for gradients of format ``form``
-    (``"native"``, ``"bfloat16"``, ``"float16"``: ``slots.storage_formats``), on every
-    thread or on the calling one (the same sums, bitwise):
-    ``kernel(grads, chunks, like, partial_sums)``."""
+    (``"native"``, ``"bfloat16"``, ``"float16"``: ``slots.storage_formats``), the same sums
+    bitwise whatever the threads: ``kernel(grads, chunks, like, partial_sums, work)``."""
     kernel = _SUMS.get((form, parallel))
     if kernel is None:
         digest = "" if form == "native" else "_" + code_digest(halves.READERS[form], *helpers(halves.READERS[form]))
@@ -554,13 +679,18 @@ def _element_pass(
     params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
     chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
     buffer: npt.NDArray[Any], tensor_base: npt.NDArray[np.int64], n_tensor_slots: int,
+    work: npt.NDArray[np.int64],
 ) -> None:
     """An element pass of ``RULE`` over every chunk of a group (``ELEMENTS``: its loop)."""
-    for c in prange(chunks.shape[0]):
-        j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g = pointer(params[j], like), pointer(grads[j], like)
-        t = buffer[tensor_base[j] : tensor_base[j] + n_tensor_slots]
-        ELEMENTS(RULE, p, g, slots, offsets[j], start, stop, clip, t, scalars)  # noqa: F821
+    for _ in prange(work[WORKERS]):
+        c = _claim(work)
+        while c < chunks.shape[0]:
+            j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+            p, g = pointer(params[j], like), pointer(grads[j], like)
+            t = buffer[tensor_base[j] : tensor_base[j] + n_tensor_slots]
+            ELEMENTS(RULE, p, g, slots, offsets[j], start, stop, clip, t, scalars)  # noqa: F821
+            _done(work)
+            c = _claim(work)
 
 
 # The call of a tensor pass's function, per number of declared slots: the views of slot
@@ -607,12 +737,17 @@ def _tensor_pass(
     params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], buffer: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
     sizes: npt.NDArray[np.int64], dims: npt.NDArray[np.int64], tensors: npt.NDArray[np.int64],
     clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
+    work: npt.NDArray[np.int64],
 ) -> None:
-    """A tensor pass of ``FUNCTION`` over the group's ``tensors``, one tensor per thread at a time."""
-    for q in prange(tensors.shape[0]):
-        j = tensors[q]
-        p, g = pointer(params[j], like), pointer(grads[j], like)
-        CALL(FUNCTION, p, g, buffer, offsets, sizes, j, dims, clip, scalars)  # noqa: F821
+    """A tensor pass of ``FUNCTION`` over the group's ``tensors``, a tensor at a time per thread."""
+    for _ in prange(work[WORKERS]):
+        q = _claim(work)
+        while q < tensors.shape[0]:
+            j = tensors[q]
+            p, g = pointer(params[j], like), pointer(grads[j], like)
+            CALL(FUNCTION, p, g, buffer, offsets, sizes, j, dims, clip, scalars)  # noqa: F821
+            _done(work)
+            q = _claim(work)
 
 
 _PHASE_KERNELS: dict[tuple[str, Callable[..., Any], int, bool], Any] = {}

@@ -589,9 +589,6 @@ def sum_of_squares(grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], 
     )
 
 
-#: A launch is parallel whatever the size: the CPU kernels' serial choice does not apply.
-serial_sum_of_squares = sum_of_squares
-
 _SUMS: dict[str, Callable[..., None]] = {"native": sum_of_squares}
 
 
