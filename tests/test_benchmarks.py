@@ -82,3 +82,16 @@ def test_the_ways_benchmark_times_each_way_quiet_and_busy():
     rows = [line for line in run.stdout.splitlines() if line.startswith("| 1e+05") or line.startswith("| 3e+05")]
     assert len(rows) == 6 and all(line.count(" ms") == 6 for line in rows)
     assert {"calling thread alone", "calling thread and helpers", "Numba's team"} <= {r.split(" | ")[1] for r in rows}
+
+
+def test_the_memory_benchmark_runs_quickly_and_reports_each_seed(tmp_path):
+    script = SUITE.parent / "memory.py"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--seeds", "2", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900, cwd=script.parent)
+    assert run.returncode == 0, run.stderr
+    results = json.loads((tmp_path / "memory.json").read_text())
+    assert 2.0 < results["state_bytes_per_parameter"]["q8"] <= 2.1
+    convergence = results["convergence"]
+    if convergence["status"] == "ok":  # scikit-learn ships the digits
+        assert all(len(finals) == 2 for finals in convergence["final_by_seed"].values())
+        assert "| q8 slots |" in run.stdout
