@@ -1,7 +1,9 @@
-"""Busy processes beside a measurement (``load.py``, ``ways.py``): each spins in a Python loop
-and stops by itself after a time limit, whatever happens to the process that started it."""
+"""Measuring beside busy processes (``load.py``, ``ways.py``): the processes, each spinning in
+a Python loop until a time limit, whatever happens to the process that started it, and the
+summary of single-step times."""
 import atexit
 import contextlib
+import statistics
 import subprocess
 import sys
 import time
@@ -28,3 +30,12 @@ def busy_processes(count, limit):
     finally:
         stop()
         atexit.unregister(stop)
+
+
+def summary(times):
+    """Median, 90th percentile and mean of single-step ``times`` (seconds), in milliseconds."""
+    ordered = sorted(times)
+    return {"median_ms": statistics.median(ordered) * 1e3,
+            "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1e3,
+            "mean_ms": statistics.fmean(ordered) * 1e3,
+            "steps": len(ordered)}

@@ -21,7 +21,6 @@ one, and are killed when the measurement ends (``finally``, and at exit).
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -29,7 +28,7 @@ import torch
 
 import numbaopt.torch as nt
 from numbaopt import optimizers, threads, tuning
-from busy import busy_processes
+from busy import busy_processes, summary
 from torch_step import MLP, tensors
 
 CASES = {"1e6": [(1_000_000,)], "1e7": [(10_000_000,)], "MLP": MLP}
@@ -79,14 +78,6 @@ def rounds(steps, seconds, n_rounds, warmup):
     finally:
         torch.set_num_threads(threads)
     return samples
-
-
-def summary(times):
-    ordered = sorted(times)
-    return {"median_ms": statistics.median(ordered) * 1e3,
-            "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1e3,
-            "mean_ms": statistics.fmean(ordered) * 1e3,
-            "steps": len(ordered)}
 
 
 def run(busy=2, quick=False, seconds=None, n_rounds=4, limit=300.0):

@@ -11,13 +11,12 @@ machine as it is ("quiet"), then beside ``--busy`` processes spinning in a Pytho
 chooser picks from.
 """
 import argparse
-import statistics
 import time
 
 import numba
 import numpy as np
 
-from busy import busy_processes
+from busy import busy_processes, summary
 from numbaopt import optimizers, threads
 
 
@@ -42,9 +41,7 @@ def rounds(step, ways, n_rounds, steps_per_round):
     return samples
 
 
-def summary(times):
-    ordered = sorted(times)
-    return (statistics.median(ordered) * 1e3, ordered[int(0.9 * (len(ordered) - 1))] * 1e3, statistics.fmean(ordered) * 1e3)
+KEYS = ("median_ms", "p90_ms", "mean_ms")
 
 
 def main():
@@ -69,8 +66,8 @@ def main():
         with busy_processes(args.busy, 300.0):
             busy = rounds(step, ways, n_rounds, per_round)
         for name in ways:
-            q, b = summary(quiet[name]), summary(busy[name])
-            print(f"| {size:.0e} | {name} | " + " | ".join(f"{v:.3g} ms" for v in (*q, *b)) + " |")
+            times = [summary(quiet[name])[k] for k in KEYS] + [summary(busy[name])[k] for k in KEYS]
+            print(f"| {size:.0e} | {name} | " + " | ".join(f"{v:.3g} ms" for v in times) + " |")
 
 
 if __name__ == "__main__":

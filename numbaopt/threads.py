@@ -17,8 +17,8 @@ other build, run by the calling thread and by helper threads that claim chunks o
 time while they are free (``numbaopt.kernels.cpu``), so the step never waits for a thread
 that is off its core, only for the few chunks helpers hold; a helper reaches a launch some
 microseconds later than a team thread, which costs a step of a millisecond on a quiet
-machine 10 to 20%, and on a busy one lets a big step use the cores it can get. And the
-calling thread alone.
+2-core machine some 30% (``benchmarks/ways.py``), and on a busy one lets a big step use the
+cores it can get. And the calling thread alone.
 
 What. Per kind of launch (an update rule, or the global norm's sums), dtype and size class
 (the number of chunks, rounded down to a power of two), a ``Chooser`` keeps the last few

@@ -180,6 +180,13 @@ def _forced(way, monkeypatch):
     monkeypatch.setattr(threads.Chooser, "pick", pick)
 
 
+def _run_forced(way, monkeypatch, name="Adam", dtype=np.float32, clip=None):
+    """``_run`` with every launch of a parallel size taking ``way``."""
+    threads.reset()
+    _forced(way, monkeypatch)
+    return _run(name, dtype, {"clipnorm": 1.0} if clip is None else clip, threshold=0, monkeypatch=monkeypatch)
+
+
 @pytest.mark.parametrize("clip", [{}, {"clipnorm": 1.0}], ids=["no-clip", "clipnorm"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("name", ["Adam", "Nadam", "SGD"])
@@ -189,9 +196,7 @@ def test_every_way_gives_bitwise_the_same_step(name, dtype, clip, monkeypatch):
     results = []
     most = numba.config.NUMBA_NUM_THREADS
     for way in (SERIAL, HELPED, TEAM, threads.Way(most, False), threads.Way(most, True)):
-        threads.reset()
-        _forced(way, monkeypatch)
-        results.append(_run(name, dtype, clip, threshold=0, monkeypatch=monkeypatch))
+        results.append(_run_forced(way, monkeypatch, name, dtype, clip))
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert a.tobytes() == b.tobytes()
@@ -413,16 +418,6 @@ def test_one_try_that_met_a_pause_does_not_pin_the_choice():
 # ---------------------------------------------------------------- helper threads (issue 24)
 
 
-def _adam_steps(way, monkeypatch, size=6 * 8192 + 5, steps=4):
-    monkeypatch.setattr(tuning, "CHUNK_ELEMENTS", 8192)
-    monkeypatch.setattr(tuning, "PARALLEL_MIN_ELEMENTS", 0)
-    threads.reset()
-    _forced(way, monkeypatch)
-    grads = np.linspace(-1, 1, size, dtype=np.float32)
-    param, opt = np.linspace(1, 2, size, dtype=np.float32), optimizers.Adam(clipnorm=1.0)
-    for _ in range(steps):
-        opt.apply_gradients([(grads, param)])
-    return [param, *opt.get_weights()]
 
 
 def _same(a, b):
@@ -430,12 +425,12 @@ def _same(a, b):
 
 
 def test_launches_from_two_threads_at_once_share_the_helpers_and_step_as_one_at_a_time(monkeypatch):
-    alone = _adam_steps(SERIAL, monkeypatch)
+    alone = _run_forced(SERIAL, monkeypatch)
     results, errors = [None] * 4, []
 
     def step(k):
         try:
-            results[k] = _adam_steps(HELPED, monkeypatch, steps=4)
+            results[k] = _run_forced(HELPED, monkeypatch)
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
@@ -449,11 +444,11 @@ def test_launches_from_two_threads_at_once_share_the_helpers_and_step_as_one_at_
 
 
 def test_a_launch_whose_helpers_never_come_is_done_by_the_calling_thread(monkeypatch):
-    alone = _adam_steps(SERIAL, monkeypatch)
+    alone = _run_forced(SERIAL, monkeypatch)
     absent = threads.Helpers()
     monkeypatch.setattr(absent, "_serve", lambda wake, number: None)  # started, and gone at once
     monkeypatch.setattr(threads, "HELPERS", absent)
-    assert _same(alone, _adam_steps(threads.Way(4, False), monkeypatch))
+    assert _same(alone, _run_forced(threads.Way(4, False), monkeypatch))
 
 
 def test_a_helper_that_runs_a_launch_after_it_ended_changes_nothing():
@@ -475,34 +470,25 @@ def test_a_helper_that_runs_a_launch_after_it_ended_changes_nothing():
     assert param.tobytes() == after.tobytes()
 
 
-def _fork_and_step(queue):
-    size = 6 * 8192
-    grads, param = np.linspace(-1, 1, size), np.zeros(size)
-    opt = optimizers.Adam()
-    for _ in range(3):
-        opt.apply_gradients([(grads, param)])
-    queue.put((param.tobytes(), len(threads.HELPERS.threads)))
+def _fork_and_step(queue, monkeypatch):
+    stepped = _run_forced(HELPED, monkeypatch)
+    queue.put(([a.tobytes() for a in stepped], len(threads.HELPERS.threads)))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's")
 def test_a_forked_child_steps_with_helpers_of_its_own(monkeypatch):
     import multiprocessing
 
-    _adam_steps(HELPED, monkeypatch)  # the parent's helpers are running
+    expected = _run_forced(HELPED, monkeypatch)  # the parent's helpers are running
     assert threads.HELPERS.threads
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    child = context.Process(target=_fork_and_step, args=(queue,))
+    child = context.Process(target=_fork_and_step, args=(queue, monkeypatch))
     child.start()
     stepped, helpers = queue.get(timeout=120)
     child.join(timeout=60)
     assert child.exitcode == 0 and helpers >= 1  # its own
-    size = 6 * 8192
-    grads, param = np.linspace(-1, 1, size), np.zeros(size)
-    opt = optimizers.Adam()
-    for _ in range(3):
-        opt.apply_gradients([(grads, param)])
-    assert stepped == param.tobytes()
+    assert stepped == [a.tobytes() for a in expected]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's")
@@ -511,7 +497,7 @@ def test_a_keras_file_is_still_read_in_a_forked_child_beside_the_helpers(monkeyp
 
     from numbaopt import keras_isolation
 
-    _adam_steps(HELPED, monkeypatch)
+    _run_forced(HELPED, monkeypatch)
     assert threads.HELPERS.threads and threads.others_are_helpers()
     path = tmp_path / "file.h5"
     path.write_bytes(b"")
@@ -525,9 +511,9 @@ def test_a_keras_file_is_still_read_in_a_forked_child_beside_the_helpers(monkeyp
 def test_helpers_that_never_spin_still_join_and_give_the_same_step(monkeypatch):
     """Where there is no cycle counter to time spins with (``kernels.cpu.cycles`` gives 0),
     helpers sleep between launches and are woken for each."""
-    alone = _adam_steps(SERIAL, monkeypatch)
+    alone = _run_forced(SERIAL, monkeypatch)
     monkeypatch.setattr(threads, "_spin_cycles", lambda: (0, 0))
     sleeping = threads.Helpers()
     monkeypatch.setattr(threads, "HELPERS", sleeping)
-    assert _same(alone, _adam_steps(HELPED, monkeypatch, steps=4))
+    assert _same(alone, _run_forced(HELPED, monkeypatch))
     assert len(sleeping.threads) == 1
