@@ -51,6 +51,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
@@ -186,6 +187,10 @@ class Chooser:
         return self.ladder[self.current]
 
 
+#: Every helper thread started, by any ``Helpers`` (``others_are_helpers``).
+_HELPER_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
 class Helpers:
     """Threads that join a CPU launch while they are free: the chunks are claimed one at a
     time (``numbaopt.kernels.cpu``), so the calling thread never waits for a helper that
@@ -228,6 +233,7 @@ class Helpers:
                 thread = threading.Thread(target=self._serve, args=(wake, number), name="numbaopt-helper", daemon=True)
                 thread.start()
                 self.threads.append(thread)
+                _HELPER_THREADS.add(thread)
                 self._wakes.append(wake)
 
     def _serve(self, wake: threading.Event, number: int) -> None:
@@ -271,12 +277,12 @@ HELPERS = Helpers()
 
 
 def others_are_helpers() -> bool:
-    """Whether every other Python thread of the process is a helper. Helpers run numbaopt's
-    own kernels and wait on their own signals, and a forked child starts its own, so a fork
-    is as safe beside them as beside no thread (``numbaopt.keras_isolation`` forks)."""
-    helpers = set(HELPERS.threads)
+    """Whether every other Python thread of the process is a helper (of any ``Helpers``).
+    Helpers run numbaopt's own kernels and wait on their own signals, and a forked child
+    starts its own, so a fork is as safe beside them as beside no thread
+    (``numbaopt.keras_isolation`` forks)."""
     current = threading.current_thread()
-    return all(thread is current or thread in helpers for thread in threading.enumerate())
+    return all(thread is current or thread in _HELPER_THREADS for thread in threading.enumerate())
 
 
 def _forget_helpers_after_fork() -> None:

@@ -517,3 +517,5 @@ def test_helpers_that_never_spin_still_join_and_give_the_same_step(monkeypatch):
     monkeypatch.setattr(threads, "HELPERS", sleeping)
     assert _same(alone, _run_forced(HELPED, monkeypatch))
     assert len(sleeping.threads) == 1
+    monkeypatch.undo()
+    assert threads.others_are_helpers()  # the replaced instance's helper is still a helper
