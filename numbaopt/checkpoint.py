@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from numbaopt import quantization
 from numbaopt import keras3  # noqa: F401  # imports Keras 3's family
 from numbaopt import torch_optim  # noqa: F401  # imports torch.optim's family: the registry is complete
 from numbaopt.optimizers import Optimizer  # imports every optimizer of Keras 2.0's family
@@ -58,8 +59,9 @@ FORMAT = "numbaopt optimizer checkpoint"
 #: The format this version writes; it reads every version up to this one. Format 3 records
 #: each slot's declaration (``slots``: name, shape kind, storage), so a slot's dataset has
 #: the shape and dtype its declaration gives; formats 1 and 2 hold slots shaped and typed
-#: like their parameters, which is what the declarations of their optimizers give.
-FORMAT_VERSION = 3
+#: like their parameters, which is what the declarations of their optimizers give. Format 4
+#: changed the codes of 8-bit slots (``numbaopt.quantization``); format 3's are converted.
+FORMAT_VERSION = 4
 
 #: The ending of temporary files; the next save to the same path sweeps those of dead writers.
 TEMPORARY_SUFFIX = ".numbaopt-tmp"
@@ -581,6 +583,8 @@ def _read(f: Any) -> Checkpoint:
             array = _from_disk(array, slot.dtype_of(parameter.dtype))
             if _array_digest(array) != digests[i][kind]:
                 raise CheckpointError(f"{where} is corrupted: its data does not match its sha256 attribute")
+            if version < 4 and slot.dtype == "q8":
+                array = quantization.from_legacy(array, slot.sign)
             slots[kind].append(array)
     arrays: dict[str, npt.NDArray[Any]] = {}
     for record in records or []:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from numbaopt import halves, quantization
+from numbaopt import halves
 from numbaopt.extras import install_command
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -133,11 +133,6 @@ class CPUBackend:
     @staticmethod
     def copy_from_host(target: npt.NDArray[Any], source: npt.ArrayLike) -> None:
         target[...] = source
-
-    @staticmethod
-    def quantization_scheme() -> tuple[Any, ...]:
-        """The 8-bit kernels' maps, thresholds and lookup tables (``quantization.scheme``)."""
-        return quantization.scheme()
 
     @staticmethod
     def addresses(arrays: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.int64]:
@@ -371,11 +366,6 @@ class CUDABackend:
     def pair_reader(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype[Any]]) -> PairReader | None:
         """None: CUDA arrays take the full checks at every step (a launch costs more)."""
         return None
-
-    @functools.cache  # noqa: B019  # one backend per process, kept for good
-    def quantization_scheme(self) -> tuple[Any, ...]:
-        """The 8-bit kernels' maps, thresholds and lookup tables, copied to the device once."""
-        return tuple(self._cuda.to_device(np.ascontiguousarray(table)) for table in quantization.scheme())
 
     def check_parameter(self, param: Any, index: int) -> Any:
         """A Numba device array over ``param``'s memory, once it is updatable in place."""

@@ -369,17 +369,19 @@ class SlotStore:
         clip: tuple[Any, Any, Any],
         scalars: tuple[Any, ...],
         chunks: npt.NDArray[np.int64] | None = None,
-        seed: int | None = None,
+        seed: int = 0,
+        stochastic: bool = False,
     ) -> None:
         """One step of the element ``rule`` over every tensor of ``group`` (or over its
         ``chunks``, a table from ``chunks_of``). ``seed`` (a step's own, from the
-        optimizer's counter) rounds 16-bit parameters stochastically; None to nearest."""
+        optimizer's counter) rounds 8-bit slots, and 16-bit parameters if ``stochastic``
+        (else they round to nearest)."""
         chunks = group.chunks if chunks is None else chunks
         if not len(chunks):
             return
         launch = threads.plan(self.backend.name, self.parallel(), rule, group.dtype, len(chunks))
         if group.formats is not NATIVE:  # 16-bit parameters, or slots in bfloat16 or 8 bits
-            self._run_stored(rule, group, param_addresses, grad_addresses, clip, scalars, chunks, seed, launch)
+            self._run_stored(rule, group, param_addresses, grad_addresses, clip, scalars, chunks, seed, stochastic, launch)
             return
         step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel)
         launch.run(step, (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like))
@@ -387,17 +389,16 @@ class SlotStore:
     def _run_stored(
         self, rule: Callable[..., tuple[float, ...]], group: ParamGroup, param_addresses: npt.NDArray[np.int64],
         grad_addresses: npt.NDArray[np.int64], clip: tuple[Any, Any, Any], scalars: tuple[Any, ...],
-        chunks: npt.NDArray[np.int64], seed: int | None, launch: Any,
+        chunks: npt.NDArray[np.int64], seed: int, stochastic: bool, launch: Any,
     ) -> None:
         """``run`` through the converting kernels (``storage_formats``): the seed of
-        stochastic rounding and, for 8-bit slots, the scales and the scheme's tables."""
-        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel, group.formats,
-                                                  seed is not None)
+        stochastic rounding and, for 8-bit slots, the scales and each slot kind's map."""
+        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel, group.formats, stochastic)
         # The group's first parameter tells the groups' random streams apart.
         arguments: tuple[Any, ...] = (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars,
-                                      group.like, np.uint64(((seed or 0) * 0x10001 + int(group.positions[0])) % 2**64))
+                                      group.like, np.uint64((seed * 0x10001 + int(group.positions[0])) % 2**64))
         if group.formats[1] == "q8" and self.slot_names:
-            arguments += (group.scales, *self.backend.quantization_scheme(), group.signs)
+            arguments += (group.scales, group.signs)
         launch.run(step, arguments)
 
     def run_phases(

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import numbaopt
-from numbaopt import checkpoint, optimizers, registry
+from numbaopt import checkpoint, optimizers, quantization, registry
 from numbaopt.checkpoint import CheckpointError, load_optimizer, save_optimizer
 from numbaopt.cli import main as cli_main
 from tests.cases import DTYPES, NAMES, SHAPES, gradient_steps, make_params, option_sets
@@ -346,7 +346,7 @@ BAD_FILES = {
     "truncated": (lambda path: path.write_bytes(good_checkpoint_bytes()[: len(good_checkpoint_bytes()) // 2]), "truncated"),
     "flipped-slot-byte": (flip_slot_byte, "/parameters/0/ms is corrupted"),
     "foreign-hdf5": (foreign_hdf5, "not a numbaopt checkpoint"),
-    "future-version": (edit(lambda f: f.attrs.modify("format_version", 4)), "format version 4.*reads versions 1 to 3"),
+    "future-version": (edit(lambda f: f.attrs.modify("format_version", 5)), "format version 5.*reads versions 1 to 4"),
     "edited-header": (edit(lambda f: f.attrs.modify("iterations", 99), digest=False), "header is corrupted"),
     "wrong-slot-shape": (edit(replace_dataset(np.zeros((4, 3)))), r"/parameters/0/vs has shape \(4, 3\).*\(3, 4\)"),
     "wrong-slot-dtype": (edit(replace_dataset(np.zeros((3, 4), np.int64))), "/parameters/0/vs has dtype int64"),
@@ -605,7 +605,7 @@ def test_format_records_what_the_documentation_promises(tmp_path):
     path = tmp_path / "good.h5"
     path.write_bytes(good_checkpoint_bytes())
     with h5py.File(path) as f:
-        assert f.attrs["format"] == checkpoint.FORMAT and f.attrs["format_version"] == 3
+        assert f.attrs["format"] == checkpoint.FORMAT and f.attrs["format_version"] == 4
         assert json.loads(f.attrs["slots"]) == [{"name": n, "shape": "element", "dtype": None} for n in ("ms", "vs")]
         assert f.attrs["array_names"] == "[]" and len(f["arrays"]) == 0
         assert f.attrs["numbaopt_version"] == numbaopt.__version__
@@ -645,6 +645,33 @@ def test_checkpoint_format_3_still_loads():
     loaded = load_optimizer(path)
     assert loaded.get_config() == good_optimizer().get_config()
     assert_same_state(loaded.state(), good_optimizer().state())
+
+
+def test_checkpoint_format_3_8_bit_state_converts_to_todays_codes():
+    """Format 3 held codes of bitsandbytes' map (``quantization.legacy_values``): Adam with
+    8-bit slots saved by numbaopt 0.1.0 at e8dab86 (``tests/data/checkpoint-v3-q8.h5``) loads
+    with each value rounded to today's nearest code, each block keeping its absmax, and steps on."""
+    path = ROOT / "tests" / "data" / "checkpoint-v3-q8.h5"
+    assert checkpoint.read_checkpoint(path).format_version == 3
+    with h5py.File(path) as f:
+        saved = {kind: [np.asarray(f["parameters"][str(i)][kind][()]) for i in range(2)] for kind in ("ms", "vs")}
+    loaded = load_optimizer(path)
+    assert loaded.get_config()["slot_dtype"] == "q8" and loaded.iterations == 3
+    for slot in loaded.slots:
+        for host, old in zip(loaded.state().slots[slot.name], saved[slot.name]):
+            assert np.array_equal(host["absmax"], old["absmax"])
+            assert host.tobytes() == quantization.from_legacy(old, slot.sign).tobytes()
+            decoded = quantization.legacy_values(slot.sign)[old["codes"]] * old["absmax"][:, None]
+            back = quantization.values(slot.sign)[host["codes"]] * host["absmax"][:, None]
+            assert np.all(np.abs(back - decoded) <= np.abs(decoded) / 16 + old["absmax"][:, None] * 2.0**-15)
+    state, shapes = loaded.state(), [(30, 20), (300,)]
+    reference = type(loaded)(**{**loaded.get_config(), "slot_dtype": "float32"})
+    reference.load_state(state._replace(slots={slot.name: [quantization.dequantize(a, shape, slot.sign) for a, shape in
+                                                           zip(state.slots[slot.name], shapes)] for slot in loaded.slots}))
+    params, expected = [np.zeros(s, np.float32) for s in shapes], [np.zeros(s, np.float32) for s in shapes]
+    loaded.apply_gradients([(np.ones_like(p), p) for p in params])
+    reference.apply_gradients([(np.ones_like(p), p) for p in expected])
+    assert loaded.iterations == 4 and all(np.array_equal(p, e) and np.any(p != 0) for p, e in zip(params, expected))
 
 
 # ----------------------------------------------------------------- inspect

@@ -144,8 +144,11 @@ def test_a_torch_optim_state_dict_loads_into_the_8_bit_optimizer_quantized():
             assert ours.state_dict()["state"][i][kind].numpy().tobytes() == expected.tobytes()
     train(nets[0], reference, 3, first=2)
     train(nets[1], ours, 3, first=2)
-    for p, q in zip(nets[0].parameters(), nets[1].parameters()):  # 8-bit state: close, not equal
-        assert torch.allclose(p, q, rtol=0, atol=2e-3)
+    # 8-bit state: close, not equal. An AdamW step moves an element by at most about lr; the
+    # codes' relative error (at most 1/16 for m, 1/32 through sqrt(v)) makes each of the 3
+    # steps at most 1/8 of lr off.
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=3 * 0.01 / 8)
 
 
 def test_a_bfloat16_state_dict_loads_into_torch_optim():

@@ -409,100 +409,111 @@ def _key(j: int) -> Any:
     return np.uint64(j) << np.uint64(40)
 
 
-# 8-bit slots: a block of ``BLOCK`` elements at a time. Each slot value is decoded
-# (``maps[code] * absmax``), the rule runs, the new values wait in ``staged`` (one block per
-# slot, float32) while their new absmax is found, and are then encoded: the code is the
-# number of thresholds below ``value / absmax``, from the bucket of its top 16 bits
-# (``tables``) and one comparison. One pass over the state; a block is one thread's.
+# 8-bit slots: a block of ``BLOCK`` elements at a time, in short loops over it that each
+# vectorise (one loop doing it all ran 4 lanes a vector, and took twice as long): each
+# slot's codes decoded (``quantization.decode`` times the block's absmax) into ``staged``
+# (one block per slot, float32); the rule over ``staged`` in place, as the float32 loop;
+# the block's random words (``quantization.random_word``); then per slot the new absmax
+# (the maximum of the magnitudes' bits: a non-negative float32 orders as its bits do, and
+# an integer maximum vectorises) and the codes (``quantization.encode``), rounded by the
+# slot's half of the words. One pass over the state; a block is one thread's.
 
 BLOCK = quantization.BLOCK
+_ENCODE, _DECODE, _ROUNDING, _STREAM, _WORD, _HALF = (_element(with_helpers(f, _element, {})) for f in quantization.ELEMENT_FUNCTIONS)
+_MAGNITUDE, _INFINITY = np.int32(0x7FFFFFFF), np.int32(0x7F800000)
 
 
 @_template
-def _encode(codes: Any, staged: Any, first: int, last: int, absmax: Any, thresholds: Any, table: Any) -> None:
+def _bits_magnitude(x: Any) -> Any:
+    """The bits of ``|x|`` (a float32) as int32, or 0 for NaN: what the absmax takes the
+    maximum of (int32 throughout: see ``numbaopt.quantization`` on why)."""
+    bits = np.int32(np.float32(x).view(np.int32) & _MAGNITUDE)
+    return bits if bits <= _INFINITY else np.int32(0)
+
+
+@_template
+def _decode(staged: Any, codes: Any, first: int, last: int, row: Any, scale: Any) -> None:
+    for i in range(first, last):
+        staged[i - first] = _DECODE(codes[i], row) * scale
+
+
+@_template
+def _random_words(words: Any, first: int, last: int, seed: Any, pair: int, key: Any) -> None:
+    """The block's random words of slot kinds ``2 * pair`` and ``2 * pair + 1``: a block's
+    elements share ``index >> 32`` (blocks are aligned), hence one stream."""
+    stream, low = _STREAM(seed, pair, key + np.uint64(first)), np.uint32(first)  # the key's low 32 bits are 0
+    for j in range(last - first):
+        words[j] = _WORD(stream, np.uint32(low + np.uint32(j)))  # the index's low 32 bits
+
+
+@_template
+def _encode(codes: Any, staged: Any, first: int, last: int, row: Any, words: Any, slot: int) -> Any:
+    """Encodes ``staged`` into ``codes[first:last]`` over its absmax, rounded by slot kind
+    ``slot``'s half of ``words``; returns the absmax."""
+    top = np.int32(0)
+    for j in range(last - first):
+        top = max(top, _bits_magnitude(staged[j]))
+    absmax = np.int32(top).view(np.float32)
     inverse = np.float32(1) / absmax if absmax > 0 else np.float32(0)
     for i in range(first, last):
-        x = staged[i - first] * inverse
-        code = table[np.float32(x).view(np.uint32) >> np.uint32(16)]
-        codes[i] = code + (x > thresholds[code])
-
-
-@_template
-def _largest(top: Any, x: Any) -> Any:
-    """The running absmax (a NaN is passed over, as the NumPy reference does)."""
-    magnitude = abs(x)
-    return magnitude if magnitude > top else top
-
-
-@_template
-def _decode(staged: Any, codes: Any, first: int, last: int, values: Any, scale: Any) -> None:
-    for i in range(first, last):
-        staged[i - first] = values[codes[i]] * scale
-
-
-@_template
-def _absmax(staged: Any, n: int) -> Any:
-    top = np.float32(0)
-    for i in range(n):
-        top = _largest(top, staged[i])
-    return top
+        codes[i] = _ENCODE(staged[i - first] * inverse, row, _ROUNDING(row, _HALF(words[i - first], slot)))
+    return absmax
 
 
 @_template
 def _q8_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
-                 scalars: Any, seed: Any, key: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+                 scalars: Any, seed: Any, key: Any, scales: Any, signs: Any) -> None:
     a = _row(slots, 0, offset)
-    sa = np.empty(BLOCK, np.float32)
+    sa, words = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.uint32)
     for first in range(start, stop, BLOCK):
         last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
-        _decode(sa, a, first, last, maps[signs[0]], scales[0, k])
-        for i in range(first, last):  # contiguous loads and stores: vectorised as the float32 loop is
+        _decode(sa, a, first, last, signs[0], scales[0, k])
+        for i in range(first, last):
             j = i - first
             x, sa[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], *scalars)
             p[i] = write_p(x, seed, key + i)
-        scales[0, k] = top = _absmax(sa, last - first)
-        _encode(a, sa, first, last, top, thresholds[signs[0]], tables[signs[0]])
+        _random_words(words, first, last, seed, 0, key)
+        scales[0, k] = _encode(a, sa, first, last, signs[0], words, 0)
 
 
 @_template
 def _q8_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
-                  scalars: Any, seed: Any, key: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+                  scalars: Any, seed: Any, key: Any, scales: Any, signs: Any) -> None:
     a, b = _row(slots, 0, offset), _row(slots, 1, offset)
-    sa, sb = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32)
+    sa, sb, words = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32), np.empty(BLOCK, np.uint32)
     for first in range(start, stop, BLOCK):
         last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
-        _decode(sa, a, first, last, maps[signs[0]], scales[0, k])
-        _decode(sb, b, first, last, maps[signs[1]], scales[1, k])
+        _decode(sa, a, first, last, signs[0], scales[0, k])
+        _decode(sb, b, first, last, signs[1], scales[1, k])
         for i in range(first, last):
             j = i - first
             x, sa[j], sb[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], *scalars)
             p[i] = write_p(x, seed, key + i)
-        scales[0, k] = top_a = _absmax(sa, last - first)
-        scales[1, k] = top_b = _absmax(sb, last - first)
-        _encode(a, sa, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
-        _encode(b, sb, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
+        _random_words(words, first, last, seed, 0, key)
+        scales[0, k] = _encode(a, sa, first, last, signs[0], words, 0)
+        scales[1, k] = _encode(b, sb, first, last, signs[1], words, 1)
 
 
 @_template
 def _q8_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
-                    scalars: Any, seed: Any, key: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+                    scalars: Any, seed: Any, key: Any, scales: Any, signs: Any) -> None:
     a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
     sa, sb, sc = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32)
+    words = np.empty(BLOCK, np.uint32)
     for first in range(start, stop, BLOCK):
         last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
-        _decode(sa, a, first, last, maps[signs[0]], scales[0, k])
-        _decode(sb, b, first, last, maps[signs[1]], scales[1, k])
-        _decode(sc, c, first, last, maps[signs[2]], scales[2, k])
+        _decode(sa, a, first, last, signs[0], scales[0, k])
+        _decode(sb, b, first, last, signs[1], scales[1, k])
+        _decode(sc, c, first, last, signs[2], scales[2, k])
         for i in range(first, last):
             j = i - first
             x, sa[j], sb[j], sc[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], sc[j], *scalars)
             p[i] = write_p(x, seed, key + i)
-        scales[0, k] = top_a = _absmax(sa, last - first)
-        scales[1, k] = top_b = _absmax(sb, last - first)
-        scales[2, k] = top_c = _absmax(sc, last - first)
-        _encode(a, sa, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
-        _encode(b, sb, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
-        _encode(c, sc, first, last, top_c, thresholds[signs[2]], tables[signs[2]])
+        _random_words(words, first, last, seed, 0, key)
+        scales[0, k] = _encode(a, sa, first, last, signs[0], words, 0)
+        scales[1, k] = _encode(b, sb, first, last, signs[1], words, 1)
+        _random_words(words, first, last, seed, 1, key)
+        scales[2, k] = _encode(c, sc, first, last, signs[2], words, 2)
 
 
 #: The 8-bit element loop for each number of slots.
@@ -512,8 +523,7 @@ Q8_LOOPS: dict[int, Any] = {1: _q8_one_slot, 2: _q8_two_slots, 3: _q8_three_slot
 def _q8_step(
     params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64],
     chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
-    seed: np.uint64, scales: npt.NDArray[np.float32], maps: npt.NDArray[np.float32], thresholds: npt.NDArray[np.float32],
-    tables: npt.NDArray[np.uint8], signs: npt.NDArray[np.int64], work: npt.NDArray[np.int64],
+    seed: np.uint64, scales: npt.NDArray[np.float32], signs: npt.NDArray[np.int64], work: npt.NDArray[np.int64],
 ) -> None:
     """``_update_step`` over 8-bit slots (``slots`` the codes, ``scales`` each block's absmax)."""
     clipping = _clipping(clip)
@@ -524,12 +534,10 @@ def _q8_step(
             p, g = pointer(params[j], like), pointer(grads[j], like)
             if clipping:
                 ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j),
-                         scales, maps, thresholds, tables, signs)
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), scales, signs)
             else:
                 ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j),
-                         scales, maps, thresholds, tables, signs)
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), scales, signs)
             _done(work)
             c = _claim(work)
 
@@ -541,7 +549,7 @@ def _converter(function: Callable[..., Any]) -> Any:
 
 _READ = {form: _converter(function) for form, function in halves.READERS.items()}
 _WRITE = {key: _converter(function) for key, function in halves.WRITERS.items()}
-_CONVERTER_CODE: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values()]
+_CONVERTER_CODE: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values(), *quantization.ELEMENT_FUNCTIONS]
 _CONVERTER_CODE += [helper for function in list(_CONVERTER_CODE) for helper in helpers(function)]
 
 
@@ -586,10 +594,9 @@ def update_kernel(
     its first call, or loaded from the on-disk cache.
 
     Other ``formats`` (16-bit parameters, bfloat16 or 8-bit slots: ``slots.storage_formats``)
-    take a converting kernel whose arguments before ``work`` go on with a ``seed`` (uint64; ``stochastic``
-    rounding of 16-bit parameters draws from it) and, for 8-bit slots, the blocks'
-    ``scales``, the ``maps``, ``thresholds`` and ``tables`` of ``quantization.scheme()``
-    and each slot's map (``signs``)."""
+    take a converting kernel whose arguments before ``work`` go on with a ``seed`` (uint64;
+    8-bit slots, and 16-bit parameters if ``stochastic``, round by random bits drawn from it)
+    and, for 8-bit slots, the blocks' ``scales`` and each slot's map (``signs``)."""
     if formats != ("native", "native"):
         key = (rule, n_slots, parallel, formats, stochastic)
         kernel = _STORAGE_KERNELS.get(key)

@@ -350,6 +350,7 @@ BLOCK = quantization.BLOCK
 
 @_device
 def _largest(top: Any, x: Any) -> Any:
+    """The running absmax (a NaN is passed over, as on the CPU)."""
     magnitude = abs(x)
     return magnitude if magnitude > top else top
 
@@ -371,85 +372,87 @@ def _block_absmax(tops: Any, row: int, top: Any) -> Any:
 
 
 @_device
-def _encode(codes: Any, o: int, staged: Any, row: int, first: int, last: int, absmax: Any, thresholds: Any,
-            table: Any) -> None:
-    """This thread's elements of the block, as codes of ``staged / absmax``."""
+def _encode(codes: Any, o: int, staged: Any, row: int, first: int, last: int, absmax: Any, sign: Any, seed: Any,
+            slot: int, key: Any) -> None:
+    """This thread's elements of the block, as codes of ``staged / absmax`` rounded by slot
+    kind ``slot``'s random bits (``quantization.encode`` and ``random_for``: a block's
+    elements share one stream, as blocks are aligned)."""
     inverse = float32(1) / absmax if absmax > 0 else float32(0)
+    stream = _STREAM(seed, slot // 2, key + np.uint64(first))
     for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
-        x = float32(staged[row, i - first] * inverse)
-        code = table[np.float32(x).view(np.uint32) >> np.uint32(16)]
-        codes[o + i] = code + (1 if x > thresholds[code] else 0)
+        random = _ROUNDING(sign, _HALF(_WORD(stream, np.uint32(i)), slot))  # the index's low 32 bits: the key's are 0
+        codes[o + i] = _ENCODE(float32(staged[row, i - first] * inverse), sign, random)
 
 
 def _q8_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
-                 seed: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+                 seed: Any, scales: Any, signs: Any) -> None:
     a = slots[0]
     shared = cuda.shared.array((2, 1, BLOCK), float32)  # one array: the simulator keys them by line
     staged, tops = shared[0], shared[1]
     for q in range(cuda.blockIdx.x, blocks.shape[0], cuda.gridDim.x):
         p, g, o, first, last = _chunk(params, grads, offsets, blocks, q, like)
-        k = (o + first) // BLOCK
+        k, key = (o + first) // BLOCK, _key(blocks, q)
         scale_a, top_a = scales[0, k], float32(0)
         for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
-            x, y = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), maps[signs[0], a[o + i]] * scale_a,  # noqa: F821
+            x, y = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), _DECODE(a[o + i], signs[0]) * scale_a,  # noqa: F821
                         *scalars)
-            p[i] = WRITE_P(x, seed, _key(blocks, q) + i)  # noqa: F821
+            p[i] = WRITE_P(x, seed, key + i)  # noqa: F821
             staged[0, i - first] = y
             top_a = _largest(top_a, staged[0, i - first])
         top_a = _block_absmax(tops, 0, top_a)
         if cuda.threadIdx.x == 0:
             scales[0, k] = top_a
-        _encode(a, o, staged, 0, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
+        _encode(a, o, staged, 0, first, last, top_a, signs[0], seed, 0, key)
         cuda.syncthreads()
 
 
 def _q8_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
-                  seed: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+                  seed: Any, scales: Any, signs: Any) -> None:
     a, b = slots[0], slots[1]
     shared = cuda.shared.array((2, 2, BLOCK), float32)  # one array: the simulator keys them by line
     staged, tops = shared[0], shared[1]
     for q in range(cuda.blockIdx.x, blocks.shape[0], cuda.gridDim.x):
         p, g, o, first, last = _chunk(params, grads, offsets, blocks, q, like)
-        k = (o + first) // BLOCK
+        k, key = (o + first) // BLOCK, _key(blocks, q)
         scale_a, scale_b, top_a, top_b = scales[0, k], scales[1, k], float32(0), float32(0)
         for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
-            x, y, z = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), maps[signs[0], a[o + i]] * scale_a,  # noqa: F821
-                           maps[signs[1], b[o + i]] * scale_b, *scalars)
-            p[i] = WRITE_P(x, seed, _key(blocks, q) + i)  # noqa: F821
+            x, y, z = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), _DECODE(a[o + i], signs[0]) * scale_a,  # noqa: F821
+                           _DECODE(b[o + i], signs[1]) * scale_b, *scalars)
+            p[i] = WRITE_P(x, seed, key + i)  # noqa: F821
             staged[0, i - first], staged[1, i - first] = y, z
             top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
         top_a, top_b = _block_absmax(tops, 0, top_a), _block_absmax(tops, 1, top_b)
         if cuda.threadIdx.x == 0:
             scales[0, k], scales[1, k] = top_a, top_b
-        _encode(a, o, staged, 0, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
-        _encode(b, o, staged, 1, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
+        _encode(a, o, staged, 0, first, last, top_a, signs[0], seed, 0, key)
+        _encode(b, o, staged, 1, first, last, top_b, signs[1], seed, 1, key)
         cuda.syncthreads()
 
 
 def _q8_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
-                    seed: Any, scales: Any, maps: Any, thresholds: Any, tables: Any, signs: Any) -> None:
+                    seed: Any, scales: Any, signs: Any) -> None:
     a, b, d = slots[0], slots[1], slots[2]
     shared = cuda.shared.array((2, 3, BLOCK), float32)  # one array: the simulator keys them by line
     staged, tops = shared[0], shared[1]
     for q in range(cuda.blockIdx.x, blocks.shape[0], cuda.gridDim.x):
         p, g, o, first, last = _chunk(params, grads, offsets, blocks, q, like)
-        k = (o + first) // BLOCK
+        k, key = (o + first) // BLOCK, _key(blocks, q)
         scale_a, scale_b, scale_d = scales[0, k], scales[1, k], scales[2, k]
         top_a, top_b, top_d = float32(0), float32(0), float32(0)
         for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
             x, y, z, w = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip),  # noqa: F821
-                              maps[signs[0], a[o + i]] * scale_a, maps[signs[1], b[o + i]] * scale_b,
-                              maps[signs[2], d[o + i]] * scale_d, *scalars)
-            p[i] = WRITE_P(x, seed, _key(blocks, q) + i)  # noqa: F821
+                              _DECODE(a[o + i], signs[0]) * scale_a, _DECODE(b[o + i], signs[1]) * scale_b,
+                              _DECODE(d[o + i], signs[2]) * scale_d, *scalars)
+            p[i] = WRITE_P(x, seed, key + i)  # noqa: F821
             staged[0, i - first], staged[1, i - first], staged[2, i - first] = y, z, w
             top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
             top_d = _largest(top_d, staged[2, i - first])
         top_a, top_b, top_d = _block_absmax(tops, 0, top_a), _block_absmax(tops, 1, top_b), _block_absmax(tops, 2, top_d)
         if cuda.threadIdx.x == 0:
             scales[0, k], scales[1, k], scales[2, k] = top_a, top_b, top_d
-        _encode(a, o, staged, 0, first, last, top_a, thresholds[signs[0]], tables[signs[0]])
-        _encode(b, o, staged, 1, first, last, top_b, thresholds[signs[1]], tables[signs[1]])
-        _encode(d, o, staged, 2, first, last, top_d, thresholds[signs[2]], tables[signs[2]])
+        _encode(a, o, staged, 0, first, last, top_a, signs[0], seed, 0, key)
+        _encode(b, o, staged, 1, first, last, top_b, signs[1], seed, 1, key)
+        _encode(d, o, staged, 2, first, last, top_d, signs[2], seed, 2, key)
         cuda.syncthreads()
 
 
@@ -484,10 +487,10 @@ class StorageLauncher:
         threads = _threads_per_block()
         if self.quantized:
             blocks = _block_table(chunks)
-            scales, maps, thresholds, tables, signs = quantization_arguments
+            scales, signs = quantization_arguments
             self.kernel[_blocks(len(blocks)), min(threads, BLOCK)](
                 _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(blocks), clip, scalars,
-                like, seed, scales, maps, thresholds, tables, _on_device(signs),
+                like, seed, scales, _on_device(signs),
             )
         else:
             self.kernel[_blocks(len(chunks)), threads](
@@ -509,6 +512,9 @@ def _converter(function: Callable[..., Any]) -> Any:
         return _device(quiet)
     return _device(compiled)
 
+
+#: The 8-bit codes' functions, as device functions (the 8-bit templates call them).
+_ENCODE, _DECODE, _ROUNDING, _STREAM, _WORD, _HALF = (_converter(function) for function in quantization.ELEMENT_FUNCTIONS)
 
 _CONVERTERS: dict[Any, Any] = {}
 
@@ -539,7 +545,7 @@ def _storage_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, format
         "READ_S": _converted(stored, halves.READERS[stored]), "WRITE_S": _converted((stored, False), halves.WRITERS[stored, False]),
     }
     template = loop_for(Q8_TEMPLATES if quantized else CONVERTED_TEMPLATES, rule, n_slots)
-    code: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values()]
+    code: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values(), *quantization.ELEMENT_FUNCTIONS]
     code += [helper for function in list(code) for helper in helpers(function)]
     variant = f"{parameters}_{slots}_{'stochastic' if written[1] else 'nearest'}"
     function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *code, *helpers(rule)), variant=variant)

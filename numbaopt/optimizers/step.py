@@ -233,7 +233,7 @@ class Step:
                 self._check_fits(halves.compute_dtype(dtype), hyper)
         layout.check_gradients(addresses)
         store = self._slots if self._slots is not None else self._create_slots(layout)
-        seed = self._iterations if self._hyper.get("stochastic_rounding") else None
+        rounding = (self._iterations, bool(self._hyper.get("stochastic_rounding")))
         grad_at = store.split(addresses)
         norm = global_norm
         clipping = self.kernel_clipping and (
@@ -246,10 +246,10 @@ class Step:
         if parts is None and not self.phases:  # the usual step, in the fewest calls: it is per step
             rule = self.rule
             for group, params, grads, (clip, scalars) in zip(store.groups, parameter_at, grad_at, arguments[0]):
-                store.run(rule, group, params, grads, clip, scalars, seed=seed)  # type: ignore[arg-type]  # as in _launch
+                store.run(rule, group, params, grads, clip, scalars, None, *rounding)  # type: ignore[arg-type]  # as in _launch
         else:
             for at, part_arguments in zip([None] if parts is None else [at for _, at in parts], arguments):
-                self._launch(store, parameter_at, grad_at, part_arguments, at, seed)
+                self._launch(store, parameter_at, grad_at, part_arguments, at, rounding)
         if self._scalars:  # extra scalar state (Nadam's schedule) advances with the first part's settings
             self._scalars.update(self.advance_scalar_state(self.step_inputs(hypers[0])))
         self._iterations += 1
@@ -261,10 +261,11 @@ class Step:
         grad_at: list[npt.NDArray[np.int64]],
         arguments: list[tuple[tuple[Any, ...], tuple[Any, ...]]],
         at: npt.NDArray[np.intp] | None,
-        seed: int | None = None,
+        rounding: tuple[int, bool] = (0, False),
     ) -> None:
         """The kernels of one part of a step (every parameter when ``at`` is None), group by
-        group; ``seed`` for stochastic rounding (``SlotStore.run``)."""
+        group; ``rounding``: the step's seed and whether 16-bit parameters round
+        stochastically (``SlotStore.run``)."""
         chunks = store.chunks_of(at)
         if self.phases:
             for group, params, grads, (clip, scalars), table, tensors in zip(
@@ -274,7 +275,7 @@ class Step:
             return
         rule = self.rule
         for group, params, grads, (clip, scalars), table in zip(store.groups, parameter_at, grad_at, arguments, chunks):
-            store.run(rule, group, params, grads, clip, scalars, None if at is None else table, seed)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
+            store.run(rule, group, params, grads, clip, scalars, None if at is None else table, *rounding)  # type: ignore[arg-type]  # rule is None only on the abstract base, whose step_scalars raised
 
     def _step_arguments(
         self, store: SlotStore, norm: float | None, hyper: Mapping[str, Any] | None = None
