@@ -72,6 +72,10 @@ _NAN_SIGNED, _NAN_NONNEGATIVE = np.int32(0x7F), np.int32(0xFF)
 _ABS, _INF, _QUIET_NAN = np.int32(0x7FFFFFFF), np.int32(0x7F800000), np.int32(0x7FC00000)
 _SIGN_BIT = np.int32(-0x80000000)
 
+#: The smallest absmax a block keeps: below it (a subnormal float32) ``1 / absmax`` would
+#: overflow, so such a block is stored as zeros, where its values would flush to anyway.
+SMALLEST_ABSMAX = np.float32(2.0**-126)
+
 #: The random bits that round to nearest (ties away from zero): half a code's width.
 NEAREST = np.uint32(0x80000000)
 
@@ -84,8 +88,8 @@ def map_index(sign: str) -> int:
 def encode(y: float, row: Any, random: Any) -> Any:
     """The code (uint8) of ``y``, a slot value over its block's absmax (in [-1, 1]), in map
     ``row``: its float32 bits below the mantissa's plus the top bits of ``random`` (uint32),
-    cut; ``NEAREST`` rounds to nearest. Beyond 1 stays 1; NaN gets the NaN code; a negative
-    value in the unsigned map, 0."""
+    cut; ``NEAREST`` rounds to nearest. Beyond 1 stays 1; NaN and infinity get the NaN code;
+    a negative value in the unsigned map, 0."""
     bits = np.float32(y).view(np.int32)
     magnitude = np.int32(bits & _ABS)
     signed = row == 0
@@ -94,7 +98,7 @@ def encode(y: float, row: Any, random: Any) -> Any:
     noise = np.int32(np.uint32(random) >> np.uint32(32 - 23 + MANTISSA))
     rounded = np.int32(np.int32(min(magnitude, _INF) + noise) >> _SHIFT)
     code = np.int32(min(max(np.int32(rounded - base), np.int32(0)), one))
-    if magnitude > _INF:
+    if magnitude >= _INF:
         code = _NAN_SIGNED if signed else _NAN_NONNEGATIVE
     elif signed:
         code = np.int32(code | np.int32(np.int32(bits >> np.int32(24)) & np.int32(0x80)))
@@ -190,7 +194,7 @@ def codes_of(normalised: npt.NDArray[np.float32], sign: str, random: npt.NDArray
         code |= (bits >> 24) & 0x80
     else:
         code[bits < 0] = 0
-    code[magnitude > _INF] = _NAN_SIGNED if signed else _NAN_NONNEGATIVE
+    code[magnitude >= _INF] = _NAN_SIGNED if signed else _NAN_NONNEGATIVE
     out: npt.NDArray[np.uint8] = code.astype(np.uint8)
     return out
 
@@ -198,12 +202,15 @@ def codes_of(normalised: npt.NDArray[np.float32], sign: str, random: npt.NDArray
 def quantize(values_: npt.ArrayLike, sign: str) -> npt.NDArray[Any]:
     """``values_`` (any shape; read as float32) in host form, rounded to nearest:
     ``blocks(size)`` records of ``HOST_DTYPE``. The padding past the last element holds
-    code 0, as new storage does. A NaN is passed over by the absmax, as the kernels do."""
+    code 0, as new storage does. NaN and infinity are passed over by the absmax (and stored
+    as NaN), and a subnormal absmax stores its block as zeros, as the kernels do."""
     flat = np.asarray(values_, np.float32).reshape(-1)
     padded = np.zeros(blocks(flat.size) * BLOCK, np.float32)
     padded[: flat.size] = flat
     rows = padded.reshape(-1, BLOCK)
-    absmax = np.max(np.nan_to_num(np.abs(rows), nan=0.0), axis=1, initial=np.float32(0)).astype(np.float32)
+    magnitudes = np.abs(rows)
+    absmax = np.max(np.where(np.isfinite(magnitudes), magnitudes, 0), axis=1, initial=np.float32(0)).astype(np.float32)
+    absmax[absmax < SMALLEST_ABSMAX] = 0
     with np.errstate(divide="ignore", invalid="ignore"):
         inverse = np.where(absmax > 0, np.float32(1) / absmax, np.float32(0)).astype(np.float32)
         codes = codes_of(rows * inverse[:, None], sign)

@@ -135,13 +135,14 @@ def reference_codes(normalised, sign, random=None):
     """The codes of values over their absmax, from the scheme's definition: the float32
     magnitude's bits, plus the top 20 bits of ``random`` (half a code's width: to nearest),
     cut below ``MANTISSA`` mantissa bits; then counted from code 1's bits (2**-15 signed,
-    2**-31 unsigned), at most the code of 1, the sign in bit 7. Plain Python integers."""
+    2**-31 unsigned), at most the code of 1, the sign in bit 7; NaN and infinity the NaN
+    code. Plain Python integers."""
     codes = []
     bottom, one = (-15, 121) if sign == "signed" else (-31, 249)
     for y, r in zip(np.asarray(normalised, np.float32).reshape(-1), np.broadcast_to(np.uint32(0x80000000) if random is None else random, np.shape(normalised)).reshape(-1)):
         bits = int(np.float32(y).view(np.uint32))
         magnitude = bits & 0x7FFFFFFF
-        if magnitude > 0x7F800000:
+        if magnitude >= 0x7F800000:
             codes.append(0x7F if sign == "signed" else 0xFF)
             continue
         rounded = (magnitude + (int(r) >> 12)) >> 20
@@ -162,7 +163,9 @@ def reference_quantize(values, sign, seed=None, slot=0, tensor=0):
     out = np.zeros(quantization.blocks(flat.size), quantization.HOST_DTYPE)
     for b in range(out.size):
         block = flat[b * quantization.BLOCK : (b + 1) * quantization.BLOCK]
-        absmax = np.float32(np.max(np.nan_to_num(np.abs(block), nan=0), initial=np.float32(0)))
+        finite = np.abs(block)[np.isfinite(block)]
+        absmax = np.float32(np.max(finite, initial=np.float32(0)))
+        absmax = absmax if absmax >= 2.0**-126 else np.float32(0)  # a subnormal absmax: zeros
         inverse = np.float32(1) / absmax if absmax > 0 else np.float32(0)
         random = None
         if seed is not None and sign == "nonnegative":
@@ -250,6 +253,44 @@ def test_format_3_codes_convert_to_the_nearest_code(sign):
 
 
 # ---------------------------------------------------------------- the kernels
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the simulator's NumPy scalars meet the NaN
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_a_non_finite_or_tiny_value_spoils_nothing_else(device):
+    """NaN and infinity in 8-bit state are NaN in their own element only (the absmax passes
+    them over), and a block whose absmax is subnormal (a momentum decayed over hundreds of
+    steps of zero gradients) stores zeros, not the NaN of ``0 * (1 / absmax)``."""
+    opt = registry.optimizer_class("Adam")(lr=0.01, slot_dtype="q8")
+    param = np.ones(3 * quantization.BLOCK, np.float32)
+    small = np.zeros(param.size, np.float32)
+    small[1 : quantization.BLOCK] = 1.2e-38  # block 0: a normal absmax, 1 / absmax overflows after 14 steps of decay
+    opt.set_weights([np.int64(5), small, small])
+    grad = np.zeros_like(param)
+    grad[quantization.BLOCK :] = 0.1
+    spoilt = grad.copy()
+    spoilt[[300, 600]], spoilt[301] = np.nan, np.inf
+    if device == "cuda":
+        from numba import cuda
+
+        on_device = cuda.to_device(param)
+        for g in [grad] * 19 + [spoilt]:
+            opt.apply_gradients([(cuda.to_device(g), on_device)])
+        param = on_device.copy_to_host()
+    else:
+        for g in [grad] * 19 + [spoilt]:
+            opt.apply_gradients([(g, param)])
+    spoiled = np.zeros(param.size, bool)
+    spoiled[[300, 301, 600]] = True
+    assert np.all(np.isnan(param[spoiled])) and np.all(np.isfinite(param[~spoiled]))
+    for slot in opt.slots:
+        host = opt.state().slots[slot.name][0]
+        values = quantization.dequantize(host, param.shape, slot.sign)
+        assert np.all(np.isnan(values[spoiled])) and np.all(np.isfinite(values[~spoiled]))
+        assert np.all(np.isfinite(host["absmax"]))
+    ms = opt.state().slots["ms"][0]  # 0.9 ** 19 of its first absmax: subnormal, stored as zeros
+    assert ms["absmax"][0] == 0 and not ms["codes"][0].any()
+
 
 
 def _rounded(arrays, dtype):

@@ -421,14 +421,15 @@ def _key(j: int) -> Any:
 BLOCK = quantization.BLOCK
 _ENCODE, _DECODE, _ROUNDING, _STREAM, _WORD, _HALF = (_element(with_helpers(f, _element, {})) for f in quantization.ELEMENT_FUNCTIONS)
 _MAGNITUDE, _INFINITY = np.int32(0x7FFFFFFF), np.int32(0x7F800000)
+_SMALLEST_ABSMAX = quantization.SMALLEST_ABSMAX
 
 
 @_template
 def _bits_magnitude(x: Any) -> Any:
-    """The bits of ``|x|`` (a float32) as int32, or 0 for NaN: what the absmax takes the
-    maximum of (int32 throughout: see ``numbaopt.quantization`` on why)."""
+    """The bits of ``|x|`` (a float32) as int32, or 0 for NaN and infinity: what the absmax
+    takes the maximum of (int32 throughout: see ``numbaopt.quantization`` on why)."""
     bits = np.int32(np.float32(x).view(np.int32) & _MAGNITUDE)
-    return bits if bits <= _INFINITY else np.int32(0)
+    return bits if bits < _INFINITY else np.int32(0)
 
 
 @_template
@@ -448,12 +449,14 @@ def _random_words(words: Any, first: int, last: int, seed: Any, pair: int, key: 
 
 @_template
 def _encode(codes: Any, staged: Any, first: int, last: int, row: Any, words: Any, slot: int) -> Any:
-    """Encodes ``staged`` into ``codes[first:last]`` over its absmax, rounded by slot kind
-    ``slot``'s half of ``words``; returns the absmax."""
+    """Encodes ``staged`` into ``codes[first:last]`` over its absmax (of the finite values;
+    0 if subnormal), rounded by slot kind ``slot``'s half of ``words``; returns the absmax."""
     top = np.int32(0)
     for j in range(last - first):
         top = max(top, _bits_magnitude(staged[j]))
     absmax = np.int32(top).view(np.float32)
+    if absmax < _SMALLEST_ABSMAX:
+        absmax = np.float32(0)
     inverse = np.float32(1) / absmax if absmax > 0 else np.float32(0)
     for i in range(first, last):
         codes[i] = _ENCODE(staged[i - first] * inverse, row, _ROUNDING(row, _HALF(words[i - first], slot)))

@@ -346,19 +346,21 @@ CONVERTED_TEMPLATES: dict[int, Callable[..., None]] = {
 # One pass over the state, no float32 copy of it in global memory.
 
 BLOCK = quantization.BLOCK
+_SMALLEST_ABSMAX = quantization.SMALLEST_ABSMAX
 
 
 @_device
 def _largest(top: Any, x: Any) -> Any:
-    """The running absmax (a NaN is passed over, as on the CPU)."""
+    """The running absmax (NaN and infinity are passed over, as on the CPU)."""
     magnitude = abs(x)
-    return magnitude if magnitude > top else top
+    return magnitude if magnitude > top and magnitude < math.inf else top
 
 
 @_device
 def _block_absmax(tops: Any, row: int, top: Any) -> Any:
-    """The largest of every thread's ``top`` (none is NaN: ``_largest`` skips NaN), in every
-    thread. The block's thread count is a power of two (``_threads_per_block``)."""
+    """The largest of every thread's ``top`` (each finite: ``_largest`` skips the others), in
+    every thread, or 0 if subnormal (``quantization.SMALLEST_ABSMAX``). The block's thread
+    count is a power of two (``_threads_per_block``)."""
     t = cuda.threadIdx.x
     tops[row, t] = top
     cuda.syncthreads()
@@ -368,7 +370,8 @@ def _block_absmax(tops: Any, row: int, top: Any) -> Any:
             tops[row, t] = _largest(tops[row, t], tops[row, t + half])
         cuda.syncthreads()
         half //= 2
-    return tops[row, 0]
+    largest = tops[row, 0]
+    return largest if largest >= _SMALLEST_ABSMAX else float32(0)
 
 
 @_device
