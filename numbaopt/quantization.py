@@ -57,6 +57,9 @@ HOST_DTYPE = np.dtype([("codes", np.uint8, (BLOCK,)), ("absmax", np.float32)])
 #: is its sign's index here (``map_index``), the ``row`` of ``encode`` and ``decode``.
 SIGNS = ("signed", "nonnegative")
 
+#: The map whose codes round by random bits (``rounding``): the unsigned one.
+RANDOM_ROW = SIGNS.index("nonnegative")
+
 #: Mantissa bits of a code: the float32 bits are rounded at bit ``23 - MANTISSA``.
 MANTISSA = 3
 
@@ -153,7 +156,7 @@ def rounding(row: Any, random: Any) -> Any:
     the unsigned map (slow averages of squares, which rounding to nearest freezes),
     ``NEAREST`` for the signed one (a momentum's steps are large against its code width:
     its random rounding only added noise, 0.7% on the digits MLP's loss)."""
-    return random if row == 1 else NEAREST
+    return random if row == RANDOM_ROW else NEAREST
 
 
 def random_for(seed: Any, slot: Any, index: Any) -> Any:

@@ -395,11 +395,9 @@ class SlotStore:
         stochastic rounding and, for 8-bit slots, the scales and each slot kind's map."""
         step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel, group.formats, stochastic)
         # The group's first parameter tells the groups' random streams apart.
-        arguments: tuple[Any, ...] = (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars,
-                                      group.like, np.uint64((seed * 0x10001 + int(group.positions[0])) % 2**64))
-        if group.formats[1] == "q8" and self.slot_names:
-            arguments += (group.scales, group.signs)
-        launch.run(step, arguments)
+        quantized = (group.scales, group.signs) if group.formats[1] == "q8" and self.slot_names else ()
+        launch.run(step, (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like,
+                          np.uint64((seed * 0x10001 + int(group.positions[0])) % 2**64), quantized))
 
     def run_phases(
         self,

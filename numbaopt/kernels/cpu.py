@@ -339,7 +339,7 @@ WRITE_S: Callable[[Any, Any, Any], Any]
 
 @_template
 def _converted_no_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
-                       clip: Any, scalars: Any, seed: Any, key: Any) -> None:
+                       clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
     for i in range(start, stop):
         (x,) = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), *scalars)
         p[i] = write_p(x, seed, key + i)
@@ -347,7 +347,7 @@ def _converted_no_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read
 
 @_template
 def _converted_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
-                        clip: Any, scalars: Any, seed: Any, key: Any) -> None:
+                        clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
     a = _row(slots, 0, offset)
     for i in range(start, stop):
         x, y = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), *scalars)
@@ -356,7 +356,7 @@ def _converted_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, rea
 
 @_template
 def _converted_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
-                         clip: Any, scalars: Any, seed: Any, key: Any) -> None:
+                         clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
     a, b = _row(slots, 0, offset), _row(slots, 1, offset)
     for i in range(start, stop):
         x, y, z = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), read_s(b[i]), *scalars)
@@ -365,7 +365,7 @@ def _converted_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, re
 
 @_template
 def _converted_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
-                           clip: Any, scalars: Any, seed: Any, key: Any) -> None:
+                           clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
     a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
     for i in range(start, stop):
         x, y, z, w = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), read_s(b[i]), read_s(c[i]),
@@ -379,12 +379,15 @@ CONVERTED_LOOPS: dict[int, Any] = {0: _converted_no_slot, 1: _converted_one_slot
                                    3: _converted_three_slots}
 
 
-def _converted_step(
+def _stored_step(
     params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[Any], offsets: npt.NDArray[np.int64],
     chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
-    seed: np.uint64, work: npt.NDArray[np.int64],
+    seed: np.uint64, quantized: tuple[Any, ...], work: npt.NDArray[np.int64],
 ) -> None:
-    """``_update_step`` through the converters: 16-bit parameters, bfloat16 slots."""
+    """``_update_step`` through the converters: 16-bit parameters, bfloat16 or 8-bit slots.
+    ``quantized`` goes on to the element loops: ``()`` (the converting loops pass it over),
+    or for 8-bit slots (whose ``slots`` are the codes) each block's absmax and each slot's
+    map, ``(scales, signs)``."""
     clipping = _clipping(clip)
     for _ in prange(work[WORKERS]):
         c = _claim(work)
@@ -393,10 +396,10 @@ def _converted_step(
             p, g = pointer(params[j], like), pointer(grads[j], like)
             if clipping:
                 ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j))
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), quantized)
             else:
                 ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j))
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), quantized)
             _done(work)
             c = _claim(work)
 
@@ -422,6 +425,8 @@ BLOCK = quantization.BLOCK
 _ENCODE, _DECODE, _ROUNDING, _STREAM, _WORD, _HALF = (_element(with_helpers(f, _element, {})) for f in quantization.ELEMENT_FUNCTIONS)
 _MAGNITUDE, _INFINITY = np.int32(0x7FFFFFFF), np.int32(0x7F800000)
 _SMALLEST_ABSMAX = quantization.SMALLEST_ABSMAX
+#: Only slots of this map round by the random words (``quantization.rounding``): no words for the others.
+_RANDOM_ROW = quantization.RANDOM_ROW
 
 
 @_template
@@ -465,7 +470,8 @@ def _encode(codes: Any, staged: Any, first: int, last: int, row: Any, words: Any
 
 @_template
 def _q8_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
-                 scalars: Any, seed: Any, key: Any, scales: Any, signs: Any) -> None:
+                 scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
+    scales, signs = quantized
     a = _row(slots, 0, offset)
     sa, words = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.uint32)
     for first in range(start, stop, BLOCK):
@@ -475,13 +481,15 @@ def _q8_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: An
             j = i - first
             x, sa[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], *scalars)
             p[i] = write_p(x, seed, key + i)
-        _random_words(words, first, last, seed, 0, key)
+        if signs[0] == _RANDOM_ROW:
+            _random_words(words, first, last, seed, 0, key)
         scales[0, k] = _encode(a, sa, first, last, signs[0], words, 0)
 
 
 @_template
 def _q8_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
-                  scalars: Any, seed: Any, key: Any, scales: Any, signs: Any) -> None:
+                  scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
+    scales, signs = quantized
     a, b = _row(slots, 0, offset), _row(slots, 1, offset)
     sa, sb, words = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32), np.empty(BLOCK, np.uint32)
     for first in range(start, stop, BLOCK):
@@ -492,14 +500,16 @@ def _q8_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: A
             j = i - first
             x, sa[j], sb[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], *scalars)
             p[i] = write_p(x, seed, key + i)
-        _random_words(words, first, last, seed, 0, key)
+        if signs[0] == _RANDOM_ROW or signs[1] == _RANDOM_ROW:
+            _random_words(words, first, last, seed, 0, key)
         scales[0, k] = _encode(a, sa, first, last, signs[0], words, 0)
         scales[1, k] = _encode(b, sb, first, last, signs[1], words, 1)
 
 
 @_template
 def _q8_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
-                    scalars: Any, seed: Any, key: Any, scales: Any, signs: Any) -> None:
+                    scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
+    scales, signs = quantized
     a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
     sa, sb, sc = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32)
     words = np.empty(BLOCK, np.uint32)
@@ -512,37 +522,17 @@ def _q8_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s:
             j = i - first
             x, sa[j], sb[j], sc[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], sc[j], *scalars)
             p[i] = write_p(x, seed, key + i)
-        _random_words(words, first, last, seed, 0, key)
+        if signs[0] == _RANDOM_ROW or signs[1] == _RANDOM_ROW:
+            _random_words(words, first, last, seed, 0, key)
         scales[0, k] = _encode(a, sa, first, last, signs[0], words, 0)
         scales[1, k] = _encode(b, sb, first, last, signs[1], words, 1)
-        _random_words(words, first, last, seed, 1, key)
+        if signs[2] == _RANDOM_ROW:
+            _random_words(words, first, last, seed, 1, key)
         scales[2, k] = _encode(c, sc, first, last, signs[2], words, 2)
 
 
 #: The 8-bit element loop for each number of slots.
 Q8_LOOPS: dict[int, Any] = {1: _q8_one_slot, 2: _q8_two_slots, 3: _q8_three_slots}
-
-
-def _q8_step(
-    params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64],
-    chunks: npt.NDArray[np.int64], clip: tuple[float, float, float], scalars: tuple[float, ...], like: npt.NDArray[Any],
-    seed: np.uint64, scales: npt.NDArray[np.float32], signs: npt.NDArray[np.int64], work: npt.NDArray[np.int64],
-) -> None:
-    """``_update_step`` over 8-bit slots (``slots`` the codes, ``scales`` each block's absmax)."""
-    clipping = _clipping(clip)
-    for _ in prange(work[WORKERS]):
-        c = _claim(work)
-        while c < chunks.shape[0]:
-            j, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-            p, g = pointer(params[j], like), pointer(grads[j], like)
-            if clipping:
-                ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), scales, signs)
-            else:
-                ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), scales, signs)
-            _done(work)
-            c = _claim(work)
 
 
 def _converter(function: Callable[..., Any]) -> Any:
@@ -576,8 +566,7 @@ def _storage_kernel(
     }
     rounding = "stochastic" if stochastic and parameters != "native" else "nearest"
     variant = f"{parameters}_{slots}_{rounding}" + ("" if parallel else "_serial")
-    template = _q8_step if quantized else _converted_step
-    function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *_CONVERTER_CODE, *helpers(rule)),
+    function = specialise(_stored_step, rule, compiled, depends_on=(_clip_gradient, *_CONVERTER_CODE, *helpers(rule)),
                           variant=variant)
     return (_kernel if parallel else _serial_kernel)(function)
 
@@ -599,7 +588,7 @@ def update_kernel(
     Other ``formats`` (16-bit parameters, bfloat16 or 8-bit slots: ``slots.storage_formats``)
     take a converting kernel whose arguments before ``work`` go on with a ``seed`` (uint64;
     8-bit slots, and 16-bit parameters if ``stochastic``, round by random bits drawn from it)
-    and, for 8-bit slots, the blocks' ``scales`` and each slot's map (``signs``)."""
+    and a tuple: empty, or for 8-bit slots the blocks' ``scales`` and each slot's map (``signs``)."""
     if formats != ("native", "native"):
         key = (rule, n_slots, parallel, formats, stochastic)
         kernel = _STORAGE_KERNELS.get(key)

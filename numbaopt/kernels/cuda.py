@@ -486,11 +486,11 @@ class StorageLauncher:
 
     def __call__(self, params: npt.NDArray[np.int64], grads: npt.NDArray[np.int64], slots: Any,
                  offsets: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], clip: tuple[float, float, float],
-                 scalars: tuple[float, ...], like: Any, seed: Any, *quantization_arguments: Any) -> None:
+                 scalars: tuple[float, ...], like: Any, seed: Any, quantized: tuple[Any, ...]) -> None:
         threads = _threads_per_block()
         if self.quantized:
             blocks = _block_table(chunks)
-            scales, signs = quantization_arguments
+            scales, signs = quantized
             self.kernel[_blocks(len(blocks)), min(threads, BLOCK)](
                 _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(blocks), clip, scalars,
                 like, seed, scales, _on_device(signs),
