@@ -120,7 +120,7 @@ class ParamGroup(NamedTuple):
     compute: np.dtype[Any]  # the dtype the step computes in (``halves.compute_dtype``)
     formats: tuple[str, str]  # how the kernels read parameters and slots (``storage_formats``)
     scales: Any  # q8: the blocks' absmax, (n_element_kinds, total // BLOCK) float32 on the device; else empty
-    signs: npt.NDArray[np.int64]  # q8: each element slot's map (``quantization.map_index``)
+    maps: tuple[int, ...]  # q8: each element slot's map (``quantization.map_index``), compiled into the kernels
 
 
 #: The formats of float32 and float64 parameters with slots of their own dtype (or float32).
@@ -187,9 +187,9 @@ def _group(layout: Layout, declared: tuple[Slot, ...], dtype: np.dtype[Any]) -> 
     # 8-bit slots: one scale per block of each tensor, the blocks aligned to the tensor (see
     # ``offsets``), so a chunk, a thread's work, is whole blocks, and no block spans tensors.
     scales = layout.backend.zeros((len(element), total // quantization.BLOCK if formats[1] == "q8" else 0), np.float32)
-    signs = np.array([quantization.map_index(declared[k].sign) for k in element], np.int64)
+    maps = tuple(quantization.map_index(declared[k].sign) for k in element) if formats[1] == "q8" else ()
     return ParamGroup(dtype, positions, offsets, chunks, rows, buffer, slot_offsets, slot_sizes, dims, tensor_base, like,
-                      halves.compute_dtype(dtype), formats, scales, signs)
+                      halves.compute_dtype(dtype), formats, scales, maps)
 
 
 class SlotStore:
@@ -392,10 +392,11 @@ class SlotStore:
         chunks: npt.NDArray[np.int64], seed: int, stochastic: bool, launch: Any,
     ) -> None:
         """``run`` through the converting kernels (``storage_formats``): the seed of
-        stochastic rounding and, for 8-bit slots, the scales and each slot kind's map."""
-        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel, group.formats, stochastic)
+        stochastic rounding and, for 8-bit slots, the scales and the slots' maps."""
+        step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel, group.formats, stochastic,
+                                                  group.maps)
         # The group's first parameter tells the groups' random streams apart.
-        quantized = (group.scales, group.signs) if group.formats[1] == "q8" and self.slot_names else ()
+        quantized = (group.scales,) if group.formats[1] == "q8" and self.slot_names else ()
         launch.run(step, (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like,
                           np.uint64((seed * 0x10001 + int(group.positions[0])) % 2**64), quantized))
 

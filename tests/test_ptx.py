@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import pytest
 
-from numbaopt import optimizers
+from numbaopt import optimizers, quantization
 from numbaopt.clipping import clip_arguments
 from numbaopt.phases import ElementPass
 from tests.cases import DTYPES, NAMES
@@ -168,7 +168,8 @@ def test_storage_kernels_compile(kernels, name, formats):
     a float32 step with no float64 arithmetic (the bit conversions are integer code)."""
     parameters, slots, stochastic = formats
     cls = getattr(optimizers, name)
-    launcher = kernels.update_kernel(cls.rule, len(cls.slot_names), True, (parameters, slots), stochastic)
+    maps = tuple(quantization.map_index(slot.sign) for slot in cls.slots) if slots == "q8" else ()
+    launcher = kernels.update_kernel(cls.rule, len(cls.slot_names), True, (parameters, slots), stochastic, maps)
     memory = numba.uint16 if parameters != "native" else numba.float32
     stored = {"native": numba.float32, "bfloat16": numba.uint16, "q8": numba.uint8}[slots]
     clip = numba.typeof(clip_arguments(1.0, 0.5, 2.0, np.float32))
@@ -176,7 +177,7 @@ def test_storage_kernels_compile(kernels, name, formats):
     i64 = numba.int64[::1]
     signature = (i64, i64, stored[:, ::1], i64, numba.int64[:, ::1], clip, scalars, memory[::1], numba.uint64)
     if slots == "q8":
-        signature += (numba.float32[:, ::1], i64)  # the scales, each slot's map
+        signature += (numba.float32[:, ::1],)  # the scales (the maps are compiled in)
     ptx = compile_ptx(launcher.kernel, signature)
     assert ".entry" in ptx and ".f64" not in ptx
 

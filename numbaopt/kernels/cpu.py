@@ -329,12 +329,14 @@ def _update_step(
 # and write: the float32 and float64 loops stay exactly as they were. The converters are
 # the globals of each copy: ``READ_P`` / ``WRITE_P`` for parameters and gradients,
 # ``READ_S`` / ``WRITE_S`` for slots. ``WRITE_P(x, seed, index)`` may round
-# stochastically, from ``seed`` and the element's index in its group's rows.
+# stochastically, from ``seed`` and the element's index in its group's rows. ``MAPS``:
+# the 8-bit slots' maps (``quantization.map_index``), constants of the kernel.
 
 READ_P: Callable[[Any], Any]
 WRITE_P: Callable[[Any, Any, Any], Any]
 READ_S: Callable[[Any], Any]
 WRITE_S: Callable[[Any, Any, Any], Any]
+MAPS: tuple[int, ...]
 
 
 @_template
@@ -385,9 +387,9 @@ def _stored_step(
     seed: np.uint64, quantized: tuple[Any, ...], work: npt.NDArray[np.int64],
 ) -> None:
     """``_update_step`` through the converters: 16-bit parameters, bfloat16 or 8-bit slots.
-    ``quantized`` goes on to the element loops: ``()`` (the converting loops pass it over),
-    or for 8-bit slots (whose ``slots`` are the codes) each block's absmax and each slot's
-    map, ``(scales, signs)``."""
+    ``quantized`` is ``()``, or for 8-bit slots (whose ``slots`` are the codes) the blocks'
+    absmax, ``(scales,)``; the element loops get it with the slots' maps, ``MAPS``, a
+    constant of the kernel (the converting loops pass both over)."""
     clipping = _clipping(clip)
     for _ in prange(work[WORKERS]):
         c = _claim(work)
@@ -396,10 +398,10 @@ def _stored_step(
             p, g = pointer(params[j], like), pointer(grads[j], like)
             if clipping:
                 ELEMENTS(RULE, clip_gradient, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), quantized)
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), quantized + (MAPS,))  # noqa: F821
             else:
                 ELEMENTS(RULE, _unclipped, READ_P, WRITE_P, READ_S, WRITE_S, p,  # noqa: F821
-                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), quantized)
+                         g, slots, offsets[j], start, stop, clip, scalars, seed, _key(j), quantized + (MAPS,))  # noqa: F821
             _done(work)
             c = _claim(work)
 
@@ -471,64 +473,64 @@ def _encode(codes: Any, staged: Any, first: int, last: int, row: Any, words: Any
 @_template
 def _q8_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
                  scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
-    scales, signs = quantized
+    scales, maps = quantized
     a = _row(slots, 0, offset)
     sa, words = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.uint32)
     for first in range(start, stop, BLOCK):
         last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
-        _decode(sa, a, first, last, signs[0], scales[0, k])
+        _decode(sa, a, first, last, maps[0], scales[0, k])
         for i in range(first, last):
             j = i - first
             x, sa[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], *scalars)
             p[i] = write_p(x, seed, key + i)
-        if signs[0] == _RANDOM_ROW:
+        if maps[0] == _RANDOM_ROW:
             _random_words(words, first, last, seed, 0, key)
-        scales[0, k] = _encode(a, sa, first, last, signs[0], words, 0)
+        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0)
 
 
 @_template
 def _q8_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
                   scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
-    scales, signs = quantized
+    scales, maps = quantized
     a, b = _row(slots, 0, offset), _row(slots, 1, offset)
     sa, sb, words = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32), np.empty(BLOCK, np.uint32)
     for first in range(start, stop, BLOCK):
         last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
-        _decode(sa, a, first, last, signs[0], scales[0, k])
-        _decode(sb, b, first, last, signs[1], scales[1, k])
+        _decode(sa, a, first, last, maps[0], scales[0, k])
+        _decode(sb, b, first, last, maps[1], scales[1, k])
         for i in range(first, last):
             j = i - first
             x, sa[j], sb[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], *scalars)
             p[i] = write_p(x, seed, key + i)
-        if signs[0] == _RANDOM_ROW or signs[1] == _RANDOM_ROW:
+        if maps[0] == _RANDOM_ROW or maps[1] == _RANDOM_ROW:
             _random_words(words, first, last, seed, 0, key)
-        scales[0, k] = _encode(a, sa, first, last, signs[0], words, 0)
-        scales[1, k] = _encode(b, sb, first, last, signs[1], words, 1)
+        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0)
+        scales[1, k] = _encode(b, sb, first, last, maps[1], words, 1)
 
 
 @_template
 def _q8_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int, clip: Any,
                     scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
-    scales, signs = quantized
+    scales, maps = quantized
     a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
     sa, sb, sc = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32)
     words = np.empty(BLOCK, np.uint32)
     for first in range(start, stop, BLOCK):
         last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
-        _decode(sa, a, first, last, signs[0], scales[0, k])
-        _decode(sb, b, first, last, signs[1], scales[1, k])
-        _decode(sc, c, first, last, signs[2], scales[2, k])
+        _decode(sa, a, first, last, maps[0], scales[0, k])
+        _decode(sb, b, first, last, maps[1], scales[1, k])
+        _decode(sc, c, first, last, maps[2], scales[2, k])
         for i in range(first, last):
             j = i - first
             x, sa[j], sb[j], sc[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], sc[j], *scalars)
             p[i] = write_p(x, seed, key + i)
-        if signs[0] == _RANDOM_ROW or signs[1] == _RANDOM_ROW:
+        if maps[0] == _RANDOM_ROW or maps[1] == _RANDOM_ROW:
             _random_words(words, first, last, seed, 0, key)
-        scales[0, k] = _encode(a, sa, first, last, signs[0], words, 0)
-        scales[1, k] = _encode(b, sb, first, last, signs[1], words, 1)
-        if signs[2] == _RANDOM_ROW:
+        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0)
+        scales[1, k] = _encode(b, sb, first, last, maps[1], words, 1)
+        if maps[2] == _RANDOM_ROW:
             _random_words(words, first, last, seed, 1, key)
-        scales[2, k] = _encode(c, sc, first, last, signs[2], words, 2)
+        scales[2, k] = _encode(c, sc, first, last, maps[2], words, 2)
 
 
 #: The 8-bit element loop for each number of slots.
@@ -552,20 +554,24 @@ def _compiled_rule(rule: Callable[..., tuple[float, ...]]) -> Any:
 
 
 def _storage_kernel(
-    rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool, formats: tuple[str, str], stochastic: bool
+    rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool, formats: tuple[str, str], stochastic: bool,
+    maps: tuple[int, ...],
 ) -> Any:
-    """The kernel of ``rule`` for parameters and slots of ``formats`` (``slots.storage_formats``)."""
+    """The kernel of ``rule`` for parameters and slots of ``formats`` (``slots.storage_formats``),
+    8-bit slots in ``maps``."""
     parameters, slots = formats
     quantized = slots == "q8" and n_slots > 0
     compiled = {
-        "RULE": _compiled_rule(rule),
+        "RULE": _compiled_rule(rule), "MAPS": maps,
         "ELEMENTS": loop_for(Q8_LOOPS if quantized else CONVERTED_LOOPS, rule, n_slots),
         "READ_P": _READ[parameters], "WRITE_P": _WRITE[parameters, stochastic and parameters != "native"],
         "READ_S": _READ["bfloat16" if slots == "bfloat16" else "native"],
         "WRITE_S": _WRITE["bfloat16" if slots == "bfloat16" else "native", False],
     }
     rounding = "stochastic" if stochastic and parameters != "native" else "nearest"
-    variant = f"{parameters}_{slots}_{rounding}" + ("" if parallel else "_serial")
+    # The maps are compiled in (each map's own arithmetic, 10% faster than choosing per value):
+    # Numba's cache does not tell globals apart, so the name does.
+    variant = f"{parameters}_{slots}{''.join(map(str, maps))}_{rounding}" + ("" if parallel else "_serial")
     function = specialise(_stored_step, rule, compiled, depends_on=(_clip_gradient, *_CONVERTER_CODE, *helpers(rule)),
                           variant=variant)
     return (_kernel if parallel else _serial_kernel)(function)
@@ -577,7 +583,7 @@ _STORAGE_KERNELS: dict[tuple[Any, ...], Any] = {}
 
 def update_kernel(
     rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool = True,
-    formats: tuple[str, str] = ("native", "native"), stochastic: bool = False,
+    formats: tuple[str, str] = ("native", "native"), stochastic: bool = False, maps: tuple[int, ...] = (),
 ) -> Any:
     """The CPU kernel that applies ``rule`` (a plain Python element rule) with ``n_slots``
     slots per element: ``kernel(params, grads, slots, offsets, chunks, clip, scalars, like,
@@ -588,12 +594,13 @@ def update_kernel(
     Other ``formats`` (16-bit parameters, bfloat16 or 8-bit slots: ``slots.storage_formats``)
     take a converting kernel whose arguments before ``work`` go on with a ``seed`` (uint64;
     8-bit slots, and 16-bit parameters if ``stochastic``, round by random bits drawn from it)
-    and a tuple: empty, or for 8-bit slots the blocks' ``scales`` and each slot's map (``signs``)."""
+    and a tuple: empty, or for 8-bit slots the blocks' absmax, ``(scales,)``. 8-bit slots
+    are in ``maps``, one ``quantization.map_index`` per slot."""
     if formats != ("native", "native"):
-        key = (rule, n_slots, parallel, formats, stochastic)
+        key = (rule, n_slots, parallel, formats, stochastic, maps)
         kernel = _STORAGE_KERNELS.get(key)
         if kernel is None:
-            kernel = _STORAGE_KERNELS[key] = _storage_kernel(rule, n_slots, parallel, formats, stochastic)
+            kernel = _STORAGE_KERNELS[key] = _storage_kernel(rule, n_slots, parallel, formats, stochastic, maps)
         return kernel
     kernel = _UPDATE_KERNELS.get((rule, n_slots, parallel))
     if kernel is None:

@@ -277,12 +277,14 @@ class UpdateLauncher:
 #
 # The CPU kernels' converting loops (``numbaopt.kernels.cpu``): 16-bit parameters and
 # bfloat16 slots through ``READ_P`` / ``WRITE_P`` / ``READ_S`` / ``WRITE_S``, the globals of
-# each copy (``numbaopt.halves``), laid out like the update kernels above.
+# each copy (``numbaopt.halves``), laid out like the update kernels above; the 8-bit
+# templates below read their slots' maps from ``MAPS``, as the CPU's.
 
 READ_P: Callable[[Any], Any]
 WRITE_P: Callable[[Any, Any, Any], Any]
 READ_S: Callable[[Any], Any]
 WRITE_S: Callable[[Any, Any, Any], Any]
+MAPS: tuple[int, ...]
 
 
 @_device
@@ -388,7 +390,7 @@ def _encode(codes: Any, o: int, staged: Any, row: int, first: int, last: int, ab
 
 
 def _q8_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
-                 seed: Any, scales: Any, signs: Any) -> None:
+                 seed: Any, scales: Any) -> None:
     a = slots[0]
     shared = cuda.shared.array((2, 1, BLOCK), float32)  # one array: the simulator keys them by line
     staged, tops = shared[0], shared[1]
@@ -397,7 +399,7 @@ def _q8_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any,
         k, key = (o + first) // BLOCK, _key(blocks, q)
         scale_a, top_a = scales[0, k], float32(0)
         for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
-            x, y = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), _DECODE(a[o + i], signs[0]) * scale_a,  # noqa: F821
+            x, y = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), _DECODE(a[o + i], MAPS[0]) * scale_a,  # noqa: F821
                         *scalars)
             p[i] = WRITE_P(x, seed, key + i)  # noqa: F821
             staged[0, i - first] = y
@@ -405,12 +407,12 @@ def _q8_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any,
         top_a = _block_absmax(tops, 0, top_a)
         if cuda.threadIdx.x == 0:
             scales[0, k] = top_a
-        _encode(a, o, staged, 0, first, last, top_a, signs[0], seed, 0, key)
+        _encode(a, o, staged, 0, first, last, top_a, MAPS[0], seed, 0, key)  # noqa: F821
         cuda.syncthreads()
 
 
 def _q8_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
-                  seed: Any, scales: Any, signs: Any) -> None:
+                  seed: Any, scales: Any) -> None:
     a, b = slots[0], slots[1]
     shared = cuda.shared.array((2, 2, BLOCK), float32)  # one array: the simulator keys them by line
     staged, tops = shared[0], shared[1]
@@ -419,21 +421,21 @@ def _q8_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any
         k, key = (o + first) // BLOCK, _key(blocks, q)
         scale_a, scale_b, top_a, top_b = scales[0, k], scales[1, k], float32(0), float32(0)
         for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
-            x, y, z = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), _DECODE(a[o + i], signs[0]) * scale_a,  # noqa: F821
-                           _DECODE(b[o + i], signs[1]) * scale_b, *scalars)
+            x, y, z = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), _DECODE(a[o + i], MAPS[0]) * scale_a,  # noqa: F821
+                           _DECODE(b[o + i], MAPS[1]) * scale_b, *scalars)  # noqa: F821
             p[i] = WRITE_P(x, seed, key + i)  # noqa: F821
             staged[0, i - first], staged[1, i - first] = y, z
             top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
         top_a, top_b = _block_absmax(tops, 0, top_a), _block_absmax(tops, 1, top_b)
         if cuda.threadIdx.x == 0:
             scales[0, k], scales[1, k] = top_a, top_b
-        _encode(a, o, staged, 0, first, last, top_a, signs[0], seed, 0, key)
-        _encode(b, o, staged, 1, first, last, top_b, signs[1], seed, 1, key)
+        _encode(a, o, staged, 0, first, last, top_a, MAPS[0], seed, 0, key)  # noqa: F821
+        _encode(b, o, staged, 1, first, last, top_b, MAPS[1], seed, 1, key)  # noqa: F821
         cuda.syncthreads()
 
 
 def _q8_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any, clip: Any, scalars: Any, like: Any,
-                    seed: Any, scales: Any, signs: Any) -> None:
+                    seed: Any, scales: Any) -> None:
     a, b, d = slots[0], slots[1], slots[2]
     shared = cuda.shared.array((2, 3, BLOCK), float32)  # one array: the simulator keys them by line
     staged, tops = shared[0], shared[1]
@@ -444,8 +446,8 @@ def _q8_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: A
         top_a, top_b, top_d = float32(0), float32(0), float32(0)
         for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
             x, y, z, w = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip),  # noqa: F821
-                              _DECODE(a[o + i], signs[0]) * scale_a, _DECODE(b[o + i], signs[1]) * scale_b,
-                              _DECODE(d[o + i], signs[2]) * scale_d, *scalars)
+                              _DECODE(a[o + i], MAPS[0]) * scale_a, _DECODE(b[o + i], MAPS[1]) * scale_b,  # noqa: F821
+                              _DECODE(d[o + i], MAPS[2]) * scale_d, *scalars)  # noqa: F821
             p[i] = WRITE_P(x, seed, key + i)  # noqa: F821
             staged[0, i - first], staged[1, i - first], staged[2, i - first] = y, z, w
             top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
@@ -453,9 +455,9 @@ def _q8_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: A
         top_a, top_b, top_d = _block_absmax(tops, 0, top_a), _block_absmax(tops, 1, top_b), _block_absmax(tops, 2, top_d)
         if cuda.threadIdx.x == 0:
             scales[0, k], scales[1, k], scales[2, k] = top_a, top_b, top_d
-        _encode(a, o, staged, 0, first, last, top_a, signs[0], seed, 0, key)
-        _encode(b, o, staged, 1, first, last, top_b, signs[1], seed, 1, key)
-        _encode(d, o, staged, 2, first, last, top_d, signs[2], seed, 2, key)
+        _encode(a, o, staged, 0, first, last, top_a, MAPS[0], seed, 0, key)  # noqa: F821
+        _encode(b, o, staged, 1, first, last, top_b, MAPS[1], seed, 1, key)  # noqa: F821
+        _encode(d, o, staged, 2, first, last, top_d, MAPS[2], seed, 2, key)  # noqa: F821
         cuda.syncthreads()
 
 
@@ -490,10 +492,10 @@ class StorageLauncher:
         threads = _threads_per_block()
         if self.quantized:
             blocks = _block_table(chunks)
-            scales, signs = quantized
+            (scales,) = quantized
             self.kernel[_blocks(len(blocks)), min(threads, BLOCK)](
                 _on_device(params), _on_device(grads), slots, _on_device(offsets), _on_device(blocks), clip, scalars,
-                like, seed, scales, _on_device(signs),
+                like, seed, scales,
             )
         else:
             self.kernel[_blocks(len(chunks)), threads](
@@ -537,20 +539,20 @@ def _compiled_rule(rule: Callable[..., tuple[float, ...]]) -> Any:
 
 
 def _storage_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, formats: tuple[str, str],
-                    stochastic: bool) -> StorageLauncher:
+                    stochastic: bool, maps: tuple[int, ...]) -> StorageLauncher:
     parameters, slots = formats
     quantized = slots == "q8" and n_slots > 0
     stored = "bfloat16" if slots == "bfloat16" else "native"
     written = (parameters, stochastic and parameters != "native")
     compiled = {
-        "RULE": _compiled_rule(rule),
+        "RULE": _compiled_rule(rule), "MAPS": maps,
         "READ_P": _converted(parameters, halves.READERS[parameters]), "WRITE_P": _converted(written, halves.WRITERS[written]),
         "READ_S": _converted(stored, halves.READERS[stored]), "WRITE_S": _converted((stored, False), halves.WRITERS[stored, False]),
     }
     template = loop_for(Q8_TEMPLATES if quantized else CONVERTED_TEMPLATES, rule, n_slots)
     code: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values(), *quantization.ELEMENT_FUNCTIONS]
     code += [helper for function in list(code) for helper in helpers(function)]
-    variant = f"{parameters}_{slots}_{'stochastic' if written[1] else 'nearest'}"
+    variant = f"{parameters}_{slots}{''.join(map(str, maps))}_{'stochastic' if written[1] else 'nearest'}"
     function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *code, *helpers(rule)), variant=variant)
     return StorageLauncher(cuda.jit(cache=True)(function), quantized)
 
@@ -560,16 +562,16 @@ _UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int], UpdateLaunch
 
 def update_kernel(
     rule: Callable[..., tuple[float, ...]], n_slots: int, parallel: bool = True,
-    formats: tuple[str, str] = ("native", "native"), stochastic: bool = False,
+    formats: tuple[str, str] = ("native", "native"), stochastic: bool = False, maps: tuple[int, ...] = (),
 ) -> UpdateLauncher | StorageLauncher:
     """The launcher of the CUDA kernel that applies ``rule`` with ``n_slots`` slots per
     element; made once per rule and process, compiled at its first launch (or loaded from
     the on-disk cache). ``parallel`` is the CPU kernels' choice: a launch always is.
-    ``formats`` and ``stochastic`` as for ``numbaopt.kernels.cpu.update_kernel``."""
+    ``formats``, ``stochastic`` and ``maps`` as for ``numbaopt.kernels.cpu.update_kernel``."""
     if formats != ("native", "native"):
-        key = (rule, n_slots, formats, stochastic)
+        key = (rule, n_slots, formats, stochastic, maps)
         if key not in _STORAGE_KERNELS:
-            _STORAGE_KERNELS[key] = _storage_kernel(rule, n_slots, formats, stochastic)
+            _STORAGE_KERNELS[key] = _storage_kernel(rule, n_slots, formats, stochastic, maps)
         return _STORAGE_KERNELS[key]
     launcher = _UPDATE_KERNELS.get((rule, n_slots))
     if launcher is None:
