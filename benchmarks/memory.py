@@ -1,4 +1,4 @@
-"""Optimizer memory: 16-bit parameters and 8-bit state against float32, and against torchao.
+"""Optimizer memory: 16-bit parameters and 8-bit state against float32, and against torchao and bitsandbytes.
 
     python benchmarks/memory.py [--n 5e7] [--rounds 3] [--steps 600] [--seeds 1] [--out docs] [--quick]
 
@@ -10,9 +10,10 @@ Four measurements of Adam, each printed as a markdown table and kept in ``OUT/me
   process, and above what it held with the parameters and gradients alone (what the
   optimizer adds, its state and any temporaries of a step);
 * step time at ``n`` parameters, numbaopt's float32 slots against its 8-bit ones, and
-  torchao's ``AdamW8bit`` / ``AdamW`` where installed: the median of the timed steps of
-  ``--rounds`` processes per configuration, started in alternating rounds, so that a
-  machine that gets busier or quieter during the run weighs on every configuration alike;
+  torchao's and bitsandbytes' ``AdamW8bit`` and torch's fused ``AdamW`` where installed:
+  the median of the timed steps of ``--rounds`` processes per configuration, started in
+  alternating rounds, so that a machine that gets busier or quieter during the run weighs
+  on every configuration alike;
 * convergence: a 64-128-10 MLP on the handwritten digits scikit-learn ships as a CSV
   (read as a file, no scikit-learn import), trained with float32 parameters and slots, with
   bfloat16 parameters and float32 slots, and with 8-bit slots; the loss curves go to
@@ -40,6 +41,7 @@ CONFIGS = {
     "numbaopt bfloat16 + q8": ("numbaopt", "bfloat16", "q8"),
     "torch AdamW (fused)": ("torch", "float32", None),
     "torchao AdamW8bit": ("torchao", "float32", "q8"),
+    "bitsandbytes AdamW8bit": ("bitsandbytes", "float32", "q8"),
 }
 
 
@@ -84,6 +86,10 @@ def _torch_step(library, n):
             from torchao.optim import AdamW8bit
 
             return p, AdamW8bit([p], lr=1e-3, weight_decay=0.0)
+        if library == "bitsandbytes":  # its CPU backend (0.50): blocks of 256, as torchao's
+            import bitsandbytes
+
+            return p, bitsandbytes.optim.AdamW8bit([p], lr=1e-3, weight_decay=0.0)
         return p, torch.optim.AdamW([p], lr=1e-3, weight_decay=0.0, fused=True)
 
     torch.manual_seed(0)
