@@ -5,6 +5,8 @@ Every torch family (Keras 2.0's, Keras 3's, torch.optim's, and the 8-bit names) 
 the same memory, the state dict resumes bitwise through ``torch.save``, and ``opt.state``
 shows what the core keeps (``numbaopt.torch.stored``).
 """
+import inspect
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -194,3 +196,20 @@ def test_the_8_bit_names_take_torchaos_arguments():
         nto.AdamW8bit(params, block_size=128)
     with pytest.raises(ValueError, match="slot_dtype"):
         nto.Adafactor(params, slot_dtype="q8")  # factored state: not quantizable
+
+
+@pytest.mark.parametrize("name", ["AdamW8bit", "Adam8bit"])
+def test_the_8_bit_names_take_bitsandbytes_arguments(name):
+    """bitsandbytes' keywords at the values that mean what numbaopt does give its optimizer;
+    any other value is refused by name, before anything is made."""
+    cls = getattr(nto, name)
+    params = list(model(torch.float32).parameters())
+    plain = cls(params, lr=1e-3)
+    same = cls(params, lr=1e-3, optim_bits=32, args=None, min_8bit_size=16384, is_paged=False, percentile_clipping=100,
+               block_wise=True)
+    assert same._core.get_config() == plain._core.get_config()
+    assert {"optim_bits", "min_8bit_size", "is_paged"} <= set(inspect.signature(cls).parameters)
+    for keyword, value in [("optim_bits", 8), ("is_paged", True), ("percentile_clipping", 95), ("block_wise", False),
+                           ("args", {"lr": 0.1}), ("optim_bits", "32")]:
+        with pytest.raises(ValueError, match=f"{keyword}={value!r}"):
+            cls(params, **{keyword: value})

@@ -14,11 +14,12 @@ shapes), what ``load_state_dict`` reads (``_checked_core``), and a group added a
 and it keeps the per-parameter scalars in float64 where torch's default dtype is float64
 when the optimizer is made, as torch's ``_get_scalar_dtype()`` does. Hooks, copies and the
 compile guard are ``TorchOptimizer``'s. ``AdamW8bit`` and ``Adam8bit`` are AdamW and Adam
-with 8-bit state, under bitsandbytes' and torchao's names.
+with 8-bit state, under bitsandbytes' and torchao's names and keyword arguments.
 """
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -237,9 +238,24 @@ def _eight_bit_names() -> dict[str, str]:
     return {core.eight_bit_name: name for name, core in _cores().items() if core.eight_bit_name}
 
 
+#: bitsandbytes' keyword arguments of ``AdamW8bit`` and ``Adam8bit`` (0.50, and
+#: ``percentile_clipping`` / ``block_wise`` of earlier versions), with the one value each
+#: that means what numbaopt does. ``min_8bit_size`` is taken at any value and not applied:
+#: numbaopt quantizes every tensor's slots (docs/memory.md, "In PyTorch").
+_BITSANDBYTES_KEYWORDS = {"optim_bits": 32, "args": None, "is_paged": False, "percentile_clipping": 100,
+                          "block_wise": True}
+_WHY_NOT = {"optim_bits": "bitsandbytes itself takes only 32 here, for compatibility",
+            "args": "bitsandbytes' per-parameter overrides (GlobalOptimManager) have no counterpart",
+            "is_paged": "the state is ordinary memory of the parameters' device, not CUDA paged memory",
+            "percentile_clipping": "clip gradients with clipnorm or clipvalue instead",
+            "block_wise": "the state is always quantized in blocks"}
+
+
 def _eight_bit(name: str) -> type[TorchOptim]:
-    """``AdamW8bit`` or ``Adam8bit``: torchao's signature (``block_size``, which must be
-    numbaopt's 256, and ``bf16_stochastic_round``) over torch.optim's class of that rule."""
+    """``AdamW8bit`` or ``Adam8bit``: torchao's keyword arguments (``block_size``, which
+    must be numbaopt's 256, and ``bf16_stochastic_round``) and bitsandbytes' (at the values
+    that mean what numbaopt does: ``_BITSANDBYTES_KEYWORDS``) over torch.optim's class of
+    that rule."""
     made = _MADE_8BIT.get(name)
     if made is not None:
         return made
@@ -247,10 +263,15 @@ def _eight_bit(name: str) -> type[TorchOptim]:
     base: type[TorchOptim] = __getattr__(rule)
 
     def __init__(self: TorchOptim, params: Any, *args: Any, block_size: int = quantization.BLOCK,
-                 bf16_stochastic_round: bool = False, **kwargs: Any) -> None:
+                 bf16_stochastic_round: bool = False, min_8bit_size: int = 4096, **kwargs: Any) -> None:
         if block_size != quantization.BLOCK:
             raise ValueError(f"{name} quantizes in blocks of {quantization.BLOCK} elements (numbaopt.quantization), "
                              f"got block_size={block_size!r}")
+        for keyword, value in _BITSANDBYTES_KEYWORDS.items():
+            given = kwargs.pop(keyword, value)
+            if not (given is value or (isinstance(given, numbers.Real) and given == value)):
+                raise ValueError(f"{name} takes bitsandbytes' {keyword}={value!r} only, got {keyword}={given!r}: "
+                                 f"{_WHY_NOT[keyword]}")
         kwargs.setdefault("slot_dtype", "q8")
         if bf16_stochastic_round:
             kwargs.setdefault("stochastic_rounding", True)
@@ -258,8 +279,10 @@ def _eight_bit(name: str) -> type[TorchOptim]:
 
     signature = inspect.signature(base)
     parameters = [p.replace(default="q8") if p.name == "slot_dtype" else p for p in signature.parameters.values()]
-    parameters += [inspect.Parameter("block_size", inspect.Parameter.KEYWORD_ONLY, default=quantization.BLOCK),
-                   inspect.Parameter("bf16_stochastic_round", inspect.Parameter.KEYWORD_ONLY, default=False)]
+    keywords = {"block_size": quantization.BLOCK, "bf16_stochastic_round": False, "min_8bit_size": 4096,
+                **_BITSANDBYTES_KEYWORDS}
+    parameters += [inspect.Parameter(keyword, inspect.Parameter.KEYWORD_ONLY, default=value)
+                   for keyword, value in keywords.items()]
     namespace = {"__init__": __init__, "__module__": __name__, "__qualname__": name,
                  "__signature__": signature.replace(parameters=parameters),
                  "__doc__": f"torch.optim's {rule} with 8-bit block-wise quantized slots (slot_dtype='q8'), "
