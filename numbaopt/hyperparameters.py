@@ -34,9 +34,11 @@ class Hyperparameter(NamedTuple):
                 raise ValueError(f"{self.name} must be 'auto', 'cpu' or 'cuda', got {value!r}")
             return value
         if self.kind == "slot_dtype":
-            if value is not None and (not isinstance(value, str) or value not in SLOT_DTYPES):
-                raise ValueError(f"{self.name} must be None or one of {SLOT_DTYPES}, got {value!r}")
-            return value  # type: ignore[return-value]  # None: as declared
+            name = value if value is None or isinstance(value, str) else _dtype_name(value)
+            if name is not None and name not in SLOT_DTYPES:
+                raise ValueError(f"{self.name} must be None or one of {SLOT_DTYPES} (or a NumPy or torch float32 or "
+                                 f"bfloat16 dtype), got {value!r}")
+            return name  # type: ignore[return-value]  # None: as declared
         if self.kind == "flag":
             if value is None and self.default is None:  # a setting that is off unless given
                 return None  # type: ignore[return-value]
@@ -56,6 +58,17 @@ class Hyperparameter(NamedTuple):
         if self.kind == "fraction" and value >= 1:
             raise ValueError(f"{self.name} must be in [0, 1), got {value!r}")
         return value
+
+
+def _dtype_name(value: object) -> str:
+    """The name of the dtype ``value`` (``np.float32``, ``ml_dtypes.bfloat16``,
+    ``torch.bfloat16``): the ``slot_dtype`` it means, or ``""`` for none."""
+    if type(value).__module__ == "torch":  # torch's dtypes print as "torch.bfloat16"; NumPy does not know them
+        return str(value).removeprefix("torch.")
+    try:
+        return np.dtype(value).name  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        return ""
 
 
 #: Keyword arguments every optimizer accepts besides its own (Keras 2.0: clipnorm, clipvalue).

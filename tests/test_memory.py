@@ -391,6 +391,21 @@ def test_slot_dtype_is_checked_and_fixed():
     assert opt.get_config()["slot_dtype"] == "q8" and "slot_dtype" not in cls().get_config()
 
 
+@pytest.mark.parametrize("given, name", [(np.float32, "float32"), (np.dtype("float32"), "float32"),
+                                         (ml_dtypes.bfloat16, "bfloat16"), ("bfloat16", "bfloat16")])
+def test_slot_dtype_takes_a_dtype_and_keeps_its_name(given, name):
+    """A NumPy dtype (or ml_dtypes' bfloat16) means the slot_dtype of its name, which the
+    config holds, so that a config records the same optimizer whichever was given."""
+    cls = registry.optimizer_class("Adam")
+    assert cls(slot_dtype=given).get_config()["slot_dtype"] == name
+
+
+@pytest.mark.parametrize("given", [np.float16, np.float64, np.dtype("int8"), float, "Q8", b"q8", "f4", object()])
+def test_slot_dtype_refuses_what_is_not_one_by_name(given):
+    with pytest.raises(ValueError, match="slot_dtype must be None or one of"):
+        registry.optimizer_class("Adam")(slot_dtype=given)
+
+
 @pytest.mark.parametrize("slot_dtype", [None, "float32", "bfloat16", "q8"])
 @pytest.mark.parametrize("cls", [registry.optimizer_class("Adam"), registry.optimizer_class("keras3.Adam"), registry.optimizer_class("keras3.Adagrad")], ids=_id)
 @pytest.mark.parametrize("dtype", [np.float32, BF16, np.float16], ids=["float32", "bfloat16", "float16"])

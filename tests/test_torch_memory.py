@@ -198,6 +198,14 @@ def test_the_8_bit_names_take_torchaos_arguments():
         nto.Adafactor(params, slot_dtype="q8")  # factored state: not quantizable
 
 
+def test_slot_dtype_takes_torch_dtypes_by_name():
+    params = list(model(torch.float32).parameters())
+    assert nto.AdamW(params, slot_dtype=torch.bfloat16)._core.get_config()["slot_dtype"] == "bfloat16"
+    assert nt.Adam(params, slot_dtype=torch.float32)._core.get_config()["slot_dtype"] == "float32"
+    with pytest.raises(ValueError, match="slot_dtype must be None or one of.*torch.float16"):
+        nto.AdamW(params, slot_dtype=torch.float16)
+
+
 @pytest.mark.parametrize("name", ["AdamW8bit", "Adam8bit"])
 def test_the_8_bit_names_take_bitsandbytes_arguments(name):
     """bitsandbytes' keywords at the values that mean what numbaopt does give its optimizer;
