@@ -239,16 +239,16 @@ def _eight_bit_names() -> dict[str, str]:
 
 
 #: bitsandbytes' keyword arguments of ``AdamW8bit`` and ``Adam8bit`` (0.50, and
-#: ``percentile_clipping`` / ``block_wise`` of earlier versions), with the one value each
-#: that means what numbaopt does. ``min_8bit_size`` is taken at any value and not applied:
-#: numbaopt quantizes every tensor's slots (docs/memory.md, "In PyTorch").
-_BITSANDBYTES_KEYWORDS = {"optim_bits": 32, "args": None, "is_paged": False, "percentile_clipping": 100,
-                          "block_wise": True}
-_WHY_NOT = {"optim_bits": "bitsandbytes itself takes only 32 here, for compatibility",
-            "args": "bitsandbytes' per-parameter overrides (GlobalOptimManager) have no counterpart",
-            "is_paged": "the state is ordinary memory of the parameters' device, not CUDA paged memory",
-            "percentile_clipping": "clip gradients with clipnorm or clipvalue instead",
-            "block_wise": "the state is always quantized in blocks"}
+#: ``percentile_clipping`` / ``block_wise`` of earlier versions): the one value each that
+#: means what numbaopt does, and why no other. ``min_8bit_size`` is taken at any value and
+#: not applied: numbaopt quantizes every tensor's slots (docs/memory.md, "In PyTorch").
+_BITSANDBYTES_KEYWORDS = {
+    "optim_bits": (32, "bitsandbytes itself takes only 32 here, for compatibility"),
+    "args": (None, "bitsandbytes' per-parameter overrides (GlobalOptimManager) have no counterpart"),
+    "is_paged": (False, "the state is ordinary memory of the parameters' device, not CUDA paged memory"),
+    "percentile_clipping": (100, "clip gradients with clipnorm or clipvalue instead"),
+    "block_wise": (True, "the state is always quantized in blocks"),
+}
 
 
 def _eight_bit(name: str) -> type[TorchOptim]:
@@ -267,11 +267,10 @@ def _eight_bit(name: str) -> type[TorchOptim]:
         if block_size != quantization.BLOCK:
             raise ValueError(f"{name} quantizes in blocks of {quantization.BLOCK} elements (numbaopt.quantization), "
                              f"got block_size={block_size!r}")
-        for keyword, value in _BITSANDBYTES_KEYWORDS.items():
+        for keyword, (value, why) in _BITSANDBYTES_KEYWORDS.items():
             given = kwargs.pop(keyword, value)
             if not (given is value or (isinstance(given, numbers.Real) and given == value)):
-                raise ValueError(f"{name} takes bitsandbytes' {keyword}={value!r} only, got {keyword}={given!r}: "
-                                 f"{_WHY_NOT[keyword]}")
+                raise ValueError(f"{name} takes bitsandbytes' {keyword}={value!r} only, got {keyword}={given!r}: {why}")
         kwargs.setdefault("slot_dtype", "q8")
         if bf16_stochastic_round:
             kwargs.setdefault("stochastic_rounding", True)
@@ -280,7 +279,7 @@ def _eight_bit(name: str) -> type[TorchOptim]:
     signature = inspect.signature(base)
     parameters = [p.replace(default="q8") if p.name == "slot_dtype" else p for p in signature.parameters.values()]
     keywords = {"block_size": quantization.BLOCK, "bf16_stochastic_round": False, "min_8bit_size": 4096,
-                **_BITSANDBYTES_KEYWORDS}
+                **{keyword: value for keyword, (value, _) in _BITSANDBYTES_KEYWORDS.items()}}
     parameters += [inspect.Parameter(keyword, inspect.Parameter.KEYWORD_ONLY, default=value)
                    for keyword, value in keywords.items()]
     namespace = {"__init__": __init__, "__module__": __name__, "__qualname__": name,
