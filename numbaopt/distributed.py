@@ -29,6 +29,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -54,6 +55,8 @@ except ImportError as error:
 
 #: Byte alignment of every piece in the exchange buffers (float64's).
 _ALIGN = 8
+#: Seconds a rank that aborts the job waits after saying why, so that the launcher forwards it.
+_ABORT_GRACE_S = 0.5
 
 _Ranges = list[tuple[int, int]]  # per parameter: a flat element range [start, stop)
 
@@ -589,9 +592,12 @@ def _watchdog(comm: Any, timeout: float | None, what: str) -> Iterator[None]:
 
 
 def _abort(comm: Any, timeout: float, what: str) -> None:
+    """Say why on stderr, give the launcher a moment to forward it (an abort kills the
+    processes that forward output, and can lose what they have not yet read), then abort."""
     sys.stderr.write(f"numbaopt.distributed: rank {comm.Get_rank()} of {comm.Get_size()} waited more than {timeout} s "
                      f"in {what} (collective): aborting the MPI job\n")
     sys.stderr.flush()
+    time.sleep(_ABORT_GRACE_S)
     comm.Abort(1)
 
 
