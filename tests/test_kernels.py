@@ -161,3 +161,37 @@ def test_8_bit_loops_prefetch_the_blocks_ahead(n_slots, monkeypatch):
     kernel, arguments = launches[-1]
     assert "_q8" in kernel.py_func.__qualname__
     assert re.search(r"\bprefetcht0\b", _fresh_asm(kernel, *arguments, _work())), "the 8-bit loops issue no prefetch"
+
+
+FULL_DISK_PROBE = """
+import errno, json, warnings
+import numpy as np
+from numba.core import caching
+
+def full(self, key, data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+caching.IndexDataCacheFile.save = full  # every write to Numba's cache fails, as on a full disk
+from numbaopt import optimizers
+p, before = np.ones(10, np.float32), np.ones(10, np.float32)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    optimizers.Adam().apply_gradients([(np.full(10, 0.5, np.float32), p)])
+print(json.dumps({"stepped": bool((p < before).all()), "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def test_a_kernel_that_cannot_be_saved_to_the_cache_still_steps(tmp_path):
+    """A full disk (or a cache folder made read-only) made Numba raise OSError from the
+    step that compiled a kernel; the kernel now stays compiled for the process, with a warning."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", FULL_DISK_PROBE], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["stepped"]
+    assert result["warnings"] and all("No space left on device" in message for message in result["warnings"])

@@ -13,8 +13,39 @@ from __future__ import annotations
 
 import hashlib
 import types
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+
+def best_effort_cache(dispatcher: Any) -> Any:
+    """``dispatcher``, a Numba ``cache=True`` dispatcher (CPU or CUDA), made to go on when
+    its on-disk cache cannot be written: a kernel that cannot be saved (a full disk, a cache
+    folder made read-only or removed) warns and stays compiled for the process, where
+    Numba would raise ``OSError`` from the step that compiled it, leaving that step undone."""
+    cache: Any = getattr(dispatcher, "_cache", None)
+    save = getattr(cache, "save_overload", None)
+    if save is None:  # no cache, or a Numba that keeps it elsewhere: nothing to guard
+        return dispatcher
+
+    def save_overload(signature: Any, data: Any) -> None:
+        try:
+            save(signature, data)
+        except OSError as error:
+            warnings.warn(f"numbaopt could not save a compiled kernel to Numba's cache ({error}); it stays compiled "
+                          "in this process, and the next one compiles it again", RuntimeWarning, stacklevel=2)
+
+    cache.save_overload = save_overload
+    return dispatcher
+
+
+def cached(jit: Callable[..., Any], **options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """The decorator ``jit(cache=True, **options)`` (``numba.njit``, ``numba.cuda.jit``), its
+    dispatchers made by ``best_effort_cache``: every kernel here is compiled through it."""
+    def compile_cached(function: Callable[..., Any]) -> Any:
+        return best_effort_cache(jit(cache=True, **options)(function))
+
+    return compile_cached
 
 
 def _digest(code: types.CodeType, hasher: hashlib._Hash) -> None:

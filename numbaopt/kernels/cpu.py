@@ -46,7 +46,7 @@ from numba.extending import intrinsic
 
 from numbaopt import halves, quantization
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.kernels import code_digest, helpers, loop_for, renamed, specialise, with_helpers
+from numbaopt.kernels import cached, code_digest, helpers, loop_for, renamed, specialise, with_helpers
 
 #: The compile options of every function here (see the module docstring for why).
 _element = njit(error_model="numpy")
@@ -54,8 +54,8 @@ _template = njit(inline="always", error_model="numpy")
 #: Two builds of each kernel, the same loops and results: one whose chunks Numba's threads
 #: share (``parallel``), and one that releases the GIL, run on the calling thread alone or
 #: beside ``numbaopt.threads``'s helper threads.
-_kernel = njit(parallel=True, cache=True, error_model="numpy")
-_serial_kernel = njit(nogil=True, cache=True, error_model="numpy")
+_kernel = cached(njit, parallel=True, error_model="numpy")
+_serial_kernel = cached(njit, nogil=True, error_model="numpy")
 
 clip_gradient = _element(_clip_gradient)
 
@@ -161,7 +161,7 @@ def _done(work: npt.NDArray[np.int64]) -> None:
     _fetch_add(work, DONE)
 
 
-@njit(nogil=True, cache=True)
+@cached(njit, nogil=True)
 def cycles() -> int:
     """The cycle counter ``watch`` and ``announce`` time their spins with (0 where there is
     none: they then return at once, and helpers sleep between launches)."""
@@ -172,7 +172,7 @@ def cycles() -> int:
 LAUNCHES = 0
 
 
-@njit(nogil=True, cache=True)
+@cached(njit, nogil=True)
 def watch(signals: npt.NDArray[np.int64], seen: int, budget: int) -> int:
     """``signals[LAUNCHES]`` once it differs from ``seen``, or ``seen`` after ``budget``
     cycles: how an idle helper thread catches the next launch without sleeping."""
@@ -184,7 +184,7 @@ def watch(signals: npt.NDArray[np.int64], seen: int, budget: int) -> int:
     return seen
 
 
-@njit(nogil=True, cache=True)
+@cached(njit, nogil=True)
 def announce(signals: npt.NDArray[np.int64], work: npt.NDArray[np.int64], budget: int) -> None:
     """Announce a launch to the watching helpers, then return once one has claimed a chunk
     of ``work``, or after ``budget`` cycles. The calling thread does this without the GIL,
@@ -196,7 +196,7 @@ def announce(signals: npt.NDArray[np.int64], work: npt.NDArray[np.int64], budget
         pass
 
 
-@njit(nogil=True, cache=True)
+@cached(njit, nogil=True)
 def wait(work: npt.NDArray[np.int64], n: int) -> None:
     """Return once ``n`` chunks of ``work`` are done: those that helper threads still hold
     when the caller finds none left to claim (a spin: a chunk takes microseconds)."""

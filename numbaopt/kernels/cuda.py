@@ -31,7 +31,7 @@ from numba.core import config
 
 from numbaopt import halves, quantization, tuning
 from numbaopt.clipping import clip_gradient as _clip_gradient
-from numbaopt.kernels import code_digest, helpers, loop_for, renamed, specialise, with_helpers
+from numbaopt.kernels import cached, code_digest, helpers, loop_for, renamed, specialise, with_helpers
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
@@ -174,7 +174,7 @@ def _block_sum(row: Any, value: float) -> Any:
 READ = _device(halves.same)
 
 
-@cuda.jit(cache=True)
+@cached(cuda.jit)
 def _sum_of_squares(grads: Any, chunks: Any, like: Any, partial_sums: Any, scratch: Any) -> None:
     row = scratch[cuda.blockIdx.x]
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
@@ -189,7 +189,7 @@ def _sum_of_squares(grads: Any, chunks: Any, like: Any, partial_sums: Any, scrat
             partial_sums[c] = total
 
 
-@cuda.jit(cache=True)
+@cached(cuda.jit)
 def _total(values: Any, out: Any, scratch: Any) -> None:
     """``out[0]`` = the sum of ``values``, by one block in a fixed order."""
     s = 0.0
@@ -200,7 +200,7 @@ def _total(values: Any, out: Any, scratch: Any) -> None:
         out[0] = total
 
 
-@cuda.jit(cache=True)
+@cached(cuda.jit)
 def _fill_zero(rows: Any) -> None:
     """Every element of the 2-d ``rows`` set to zero (new slots start at zero)."""
     start = cuda.grid(1)
@@ -554,7 +554,7 @@ def _storage_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, format
     code += [helper for function in list(code) for helper in helpers(function)]
     variant = f"{parameters}_{slots}{''.join(map(str, maps))}_{'stochastic' if written[1] else 'nearest'}"
     function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *code, *helpers(rule)), variant=variant)
-    return StorageLauncher(cuda.jit(cache=True)(function), quantized)
+    return StorageLauncher(cached(cuda.jit)(function), quantized)
 
 
 _UPDATE_KERNELS: dict[tuple[Callable[..., tuple[float, ...]], int], UpdateLauncher] = {}
@@ -577,7 +577,7 @@ def update_kernel(
     if launcher is None:
         template = loop_for(UPDATE_TEMPLATES, rule, n_slots)
         function = specialise(template, rule, {"RULE": _compiled_rule(rule)}, depends_on=(_clip_gradient, *helpers(rule)))
-        launcher = _UPDATE_KERNELS[rule, n_slots] = UpdateLauncher(cuda.jit(cache=True)(function))
+        launcher = _UPDATE_KERNELS[rule, n_slots] = UpdateLauncher(cached(cuda.jit)(function))
     return launcher
 
 
@@ -609,7 +609,7 @@ def sum_of_squares_kernel(form: str, parallel: bool) -> Callable[..., None]:
     if form not in _SUMS:
         read = halves.READERS[form]
         name = f"sum_of_squares_{form}_{code_digest(read, *helpers(read))}"
-        kernel = cuda.jit(cache=True)(renamed(_sum_of_squares.py_func, name, {"READ": _converter(read)}))
+        kernel = cached(cuda.jit)(renamed(_sum_of_squares.py_func, name, {"READ": _converter(read)}))
 
         def launch(grads: npt.NDArray[np.int64], chunks: npt.NDArray[np.int64], like: Any, partial_sums: Any) -> None:
             blocks, threads = _blocks(len(chunks)), _threads_per_block()
@@ -780,5 +780,5 @@ def phase_kernel(kind: str, function: Callable[..., Any], n_slots: int, parallel
         else:
             template, compiled = loop_for(TENSOR_TEMPLATES, function, n_slots), {"FUNCTION": _with_clipping(function)}
         copy = specialise(template, function, compiled, depends_on=(_clip_gradient, *helpers(function)), variant=kind)
-        launcher = _PHASE_KERNELS[kind, function, n_slots] = PhaseLauncher(kind, cuda.jit(cache=True)(copy))
+        launcher = _PHASE_KERNELS[kind, function, n_slots] = PhaseLauncher(kind, cached(cuda.jit)(copy))
     return launcher

@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from numbaopt.kernels import cached
 from numbaopt.kernels.cpu import pointer
 
 #: Indices into ``fields``: where CPython and NumPy keep what is read, in bytes from the
@@ -63,7 +64,7 @@ def gil_enabled() -> bool:
     return True if is_enabled is None else bool(is_enabled())
 
 
-@njit(cache=True)
+@cached(njit)
 def _read_data(objects: int, fields: npt.NDArray[np.int64], out: npt.NDArray[np.int64]) -> int:
     """``out[k]`` = the data address of item ``k`` of the tuple at address ``objects``;
     -1, or the first item that is not exactly an ``np.ndarray`` (-2: a tuple of another size)."""
@@ -107,7 +108,7 @@ def _not_an_array(array: object, k: int) -> TypeError:
     return TypeError(f"array {k} is a {type(array).__name__}, not exactly a NumPy array (np.ndarray)")
 
 
-@njit(cache=True)
+@cached(njit)
 def _read_pairs(
     pairs: int,
     fields: npt.NDArray[np.int64],
