@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
-def best_effort_cache(dispatcher: Any) -> Any:
+def _best_effort_cache(dispatcher: Any) -> Any:
     """``dispatcher``, a Numba ``cache=True`` dispatcher (CPU or CUDA), made to go on when
     its on-disk cache cannot be written: a kernel that cannot be saved (a full disk, a cache
     folder made read-only or removed) warns and stays compiled for the process, where
@@ -41,9 +41,9 @@ def best_effort_cache(dispatcher: Any) -> Any:
 
 def cached(jit: Callable[..., Any], **options: Any) -> Callable[[Callable[..., Any]], Any]:
     """The decorator ``jit(cache=True, **options)`` (``numba.njit``, ``numba.cuda.jit``), its
-    dispatchers made by ``best_effort_cache``: every kernel here is compiled through it."""
+    dispatchers made by ``_best_effort_cache``: every kernel here is compiled through it."""
     def compile_cached(function: Callable[..., Any]) -> Any:
-        return best_effort_cache(jit(cache=True, **options)(function))
+        return _best_effort_cache(jit(cache=True, **options)(function))
 
     return compile_cached
 
