@@ -435,11 +435,12 @@ def _key(j: int) -> Any:
 # 8-bit slots: a block of ``BLOCK`` elements at a time, in short loops over it that each
 # vectorise (one loop doing it all ran 4 lanes a vector, and took twice as long): each
 # slot's codes decoded (``quantization.decode`` times the block's absmax) into ``staged``
-# (one block per slot, float32); the rule over ``staged`` in place, as the float32 loop;
-# the block's random words (``quantization.random_word``); then per slot the new absmax
-# (the maximum of the magnitudes' bits: a non-negative float32 orders as its bits do, and
-# an integer maximum vectorises) and the codes (``quantization.encode``), rounded by the
-# slot's half of the words. One pass over the state; a block is one thread's.
+# (one block per slot, float32); the rule over ``staged`` in place, as the float32 loop,
+# which also takes each slot's new absmax (the maximum of the magnitudes' bits: a
+# non-negative float32 orders as its bits do, and an integer maximum vectorises; in a loop
+# of its own it cost 7% more); the block's random words (``quantization.random_word``); then
+# per slot the codes (``quantization.encode``), rounded by the slot's half of the words. One
+# pass over the state; a block is one thread's.
 # Each block first prefetches the memory of the block ``_AHEAD`` elements on: these loops
 # compute enough per element that the processor's own prefetching fell behind, and the
 # step at 5e7 took 1.7-1.8 times the float32 step's time instead of 1.6 (``benchmarks/memory.py``).
@@ -496,12 +497,10 @@ def _random_words(words: Any, first: int, last: int, seed: Any, pair: int, key: 
 
 
 @_template
-def _encode(codes: Any, staged: Any, first: int, last: int, row: Any, words: Any, slot: int) -> Any:
-    """Encodes ``staged`` into ``codes[first:last]`` over its absmax (of the finite values;
-    0 if subnormal), rounded by slot kind ``slot``'s half of ``words``; returns the absmax."""
-    top = np.int32(0)
-    for j in range(last - first):
-        top = max(top, _bits_magnitude(staged[j]))
+def _encode(codes: Any, staged: Any, first: int, last: int, row: Any, words: Any, slot: int, top: Any) -> Any:
+    """Encodes ``staged`` into ``codes[first:last]`` over its absmax, whose bits are ``top``
+    (the largest ``_bits_magnitude``: of the finite values; 0 if subnormal), rounded by slot
+    kind ``slot``'s half of ``words``; returns the absmax."""
     absmax = np.int32(top).view(np.float32)
     if absmax < _SMALLEST_ABSMAX:
         absmax = np.float32(0)
@@ -522,13 +521,15 @@ def _q8_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: An
         _prefetch_block(p, g, first + _AHEAD)
         _prefetch_codes(a, first + _AHEAD)
         _decode(sa, a, first, last, maps[0], scales[0, k])
+        ta = np.int32(0)
         for i in range(first, last):
             j = i - first
-            x, sa[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], *scalars)
+            x, ya = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], *scalars)
+            sa[j], ta = ya, max(ta, _bits_magnitude(ya))
             p[i] = write_p(x, seed, key + i)
         if maps[0] == _RANDOM_ROW:
             _random_words(words, first, last, seed, 0, key)
-        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0)
+        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0, ta)
 
 
 @_template
@@ -544,14 +545,17 @@ def _q8_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: A
         _prefetch_codes(b, first + _AHEAD)
         _decode(sa, a, first, last, maps[0], scales[0, k])
         _decode(sb, b, first, last, maps[1], scales[1, k])
+        ta, tb = np.int32(0), np.int32(0)
         for i in range(first, last):
             j = i - first
-            x, sa[j], sb[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], *scalars)
+            x, ya, yb = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], *scalars)
+            sa[j], ta = ya, max(ta, _bits_magnitude(ya))
+            sb[j], tb = yb, max(tb, _bits_magnitude(yb))
             p[i] = write_p(x, seed, key + i)
         if maps[0] == _RANDOM_ROW or maps[1] == _RANDOM_ROW:
             _random_words(words, first, last, seed, 0, key)
-        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0)
-        scales[1, k] = _encode(b, sb, first, last, maps[1], words, 1)
+        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0, ta)
+        scales[1, k] = _encode(b, sb, first, last, maps[1], words, 1, tb)
 
 
 @_template
@@ -570,17 +574,21 @@ def _q8_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s:
         _decode(sa, a, first, last, maps[0], scales[0, k])
         _decode(sb, b, first, last, maps[1], scales[1, k])
         _decode(sc, c, first, last, maps[2], scales[2, k])
+        ta, tb, tc = np.int32(0), np.int32(0), np.int32(0)
         for i in range(first, last):
             j = i - first
-            x, sa[j], sb[j], sc[j] = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], sc[j], *scalars)
+            x, ya, yb, yc = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], sc[j], *scalars)
+            sa[j], ta = ya, max(ta, _bits_magnitude(ya))
+            sb[j], tb = yb, max(tb, _bits_magnitude(yb))
+            sc[j], tc = yc, max(tc, _bits_magnitude(yc))
             p[i] = write_p(x, seed, key + i)
         if maps[0] == _RANDOM_ROW or maps[1] == _RANDOM_ROW:
             _random_words(words, first, last, seed, 0, key)
-        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0)
-        scales[1, k] = _encode(b, sb, first, last, maps[1], words, 1)
+        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0, ta)
+        scales[1, k] = _encode(b, sb, first, last, maps[1], words, 1, tb)
         if maps[2] == _RANDOM_ROW:
             _random_words(words, first, last, seed, 1, key)
-        scales[2, k] = _encode(c, sc, first, last, maps[2], words, 2)
+        scales[2, k] = _encode(c, sc, first, last, maps[2], words, 2, tc)
 
 
 #: The 8-bit element loop for each number of slots.
