@@ -438,7 +438,7 @@ def _key(j: int) -> Any:
 # (one block per slot, float32); the rule over ``staged`` in place, as the float32 loop,
 # which also takes each slot's new absmax (the maximum of the magnitudes' bits: a
 # non-negative float32 orders as its bits do, and an integer maximum vectorises; in a loop
-# of its own it cost 7% more); the block's random words (``quantization.random_word``); then
+# of its own it cost some 10% more); the block's random words (``quantization.random_word``); then
 # per slot the codes (``quantization.encode``), rounded by the slot's half of the words. One
 # pass over the state; a block is one thread's.
 # Each block first prefetches the memory of the block ``_AHEAD`` elements on: these loops
