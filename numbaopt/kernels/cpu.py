@@ -467,13 +467,6 @@ def _prefetch_block(p: Any, g: Any, first: int) -> None:
 
 
 @_template
-def _prefetch_codes(codes: Any, first: int) -> None:
-    """Prefetch a slot's codes of the block at ``first``: 64 bytes a hint."""
-    for i in range(first, first + BLOCK, 64):
-        _prefetch(codes, i)
-
-
-@_template
 def _bits_magnitude(x: Any) -> Any:
     """The bits of ``|x|`` (a float32) as int32, or 0 for NaN and infinity: what the absmax
     takes the maximum of (int32 throughout: see ``numbaopt.quantization`` on why)."""
@@ -483,6 +476,10 @@ def _bits_magnitude(x: Any) -> Any:
 
 @_template
 def _decode(staged: Any, codes: Any, first: int, last: int, row: Any, scale: Any) -> None:
+    """Decodes ``codes[first:last]`` into ``staged``, having prefetched the codes ``_AHEAD``
+    elements on (64 bytes a hint)."""
+    for i in range(first + _AHEAD, first + _AHEAD + BLOCK, 64):
+        _prefetch(codes, i)
     for i in range(first, last):
         staged[i - first] = _DECODE(codes[i], row) * scale
 
@@ -519,7 +516,6 @@ def _q8_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: An
     for first in range(start, stop, BLOCK):
         last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
         _prefetch_block(p, g, first + _AHEAD)
-        _prefetch_codes(a, first + _AHEAD)
         _decode(sa, a, first, last, maps[0], scales[0, k])
         ta = np.int32(0)
         for i in range(first, last):
@@ -541,8 +537,6 @@ def _q8_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: A
     for first in range(start, stop, BLOCK):
         last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
         _prefetch_block(p, g, first + _AHEAD)
-        _prefetch_codes(a, first + _AHEAD)
-        _prefetch_codes(b, first + _AHEAD)
         _decode(sa, a, first, last, maps[0], scales[0, k])
         _decode(sb, b, first, last, maps[1], scales[1, k])
         ta, tb = np.int32(0), np.int32(0)
@@ -568,9 +562,6 @@ def _q8_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s:
     for first in range(start, stop, BLOCK):
         last, k = min(first + BLOCK, stop), (offset + first) // BLOCK
         _prefetch_block(p, g, first + _AHEAD)
-        _prefetch_codes(a, first + _AHEAD)
-        _prefetch_codes(b, first + _AHEAD)
-        _prefetch_codes(c, first + _AHEAD)
         _decode(sa, a, first, last, maps[0], scales[0, k])
         _decode(sb, b, first, last, maps[1], scales[1, k])
         _decode(sc, c, first, last, maps[2], scales[2, k])
