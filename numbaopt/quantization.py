@@ -125,18 +125,19 @@ def decode(code: Any, row: Any) -> Any:
     return np.int32(bits).view(np.float32)
 
 
-def random_stream(seed: Any, pair: Any, index: Any) -> Any:
-    """The stream (uint32) of the random words of slot kinds ``2 * pair`` and ``2 * pair + 1``
-    under the step's ``seed``, for the elements whose ``index >> 32`` is this one's (every
-    element of a block): ``halves.random_bits`` of another stream than the parameters'."""
-    return random_bits(seed + np.uint64(pair + 1) * np.uint64(0xD1B54A32D192ED03), index >> np.uint64(32))
+def random_stream(seed: Any, slot: Any, index: Any) -> Any:
+    """The stream (uint32) of the random words of slot kind ``slot`` under the step's
+    ``seed``, for the elements whose ``index >> 32`` is this one's (every element of a
+    block): ``halves.random_bits`` of another stream than the parameters'."""
+    return random_bits(seed + np.uint64(slot + 1) * np.uint64(0xD1B54A32D192ED03), index >> np.uint64(32))
 
 
-def random_word(stream: Any, low: Any) -> Any:
-    """32 random bits (uint32) for the element of ``stream`` whose index has the low 32 bits
-    ``low``: mixed with the stream by a 32-bit hash (Wellons' "lowbias32"), all 32-bit
-    arithmetic, which the CPU loops run many elements a vector (a 64-bit hash, 4)."""
-    x = np.uint32(np.uint32(low) ^ stream)
+def random_word(stream: Any, pair: Any) -> Any:
+    """32 random bits (uint32) for the two elements of ``stream`` whose index has the low 32
+    bits ``2 * pair`` and ``2 * pair + 1``: mixed with the stream by a 32-bit hash (Wellons'
+    "lowbias32"), all 32-bit arithmetic, which the CPU loops run many elements a vector (a
+    64-bit hash, 4). One hash for two elements: the hashes were a tenth of an 8-bit step."""
+    x = np.uint32(np.uint32(pair) ^ stream)
     x = np.uint32(x ^ (x >> np.uint32(16)))
     x = np.uint32(x * np.uint32(0x7FEB352D))
     x = np.uint32(x ^ (x >> np.uint32(15)))
@@ -144,11 +145,12 @@ def random_word(stream: Any, low: Any) -> Any:
     return np.uint32(x ^ (x >> np.uint32(16)))
 
 
-def random_half(word: Any, slot: Any) -> Any:
-    """The random bits (uint32, the low 16 zero) of slot kind ``slot`` in its ``word``: the
-    low half for an even kind, the high half for an odd one. Sixteen bits are plenty: a
-    code's width over 65536 is 2e-6 of a value."""
-    return np.uint32(word << np.uint32(16)) if slot % 2 == 0 else np.uint32(word & np.uint32(0xFFFF0000))
+def random_half(word: Any, low: Any) -> Any:
+    """The random bits (uint32, the low 16 zero) of the element whose index has the low 32
+    bits ``low`` in its pair's ``word``: the low half for an even element, the high half for
+    an odd one. Sixteen bits are plenty: a code's width over 65536 is 2e-6 of a value."""
+    odd = np.uint32(np.uint32(low) & np.uint32(1))
+    return np.uint32(np.uint32(word << np.uint32(16 - 16 * odd)) & np.uint32(0xFFFF0000))
 
 
 def rounding(row: Any, random: Any) -> Any:
@@ -161,7 +163,8 @@ def rounding(row: Any, random: Any) -> Any:
 
 def random_for(seed: Any, slot: Any, index: Any) -> Any:
     """The random bits of element ``index`` of slot kind ``slot`` (``rounding``)."""
-    return random_half(random_word(random_stream(seed, slot // 2, index), np.uint32(index & np.uint64(0xFFFFFFFF))), slot)
+    low = np.uint32(index & np.uint64(0xFFFFFFFF))
+    return random_half(random_word(random_stream(seed, slot, index), np.uint32(low >> np.uint32(1))), low)
 
 
 #: What the kernels compile (with the ``halves`` functions they call).

@@ -438,9 +438,9 @@ def _key(j: int) -> Any:
 # (one block per slot, float32); the rule over ``staged`` in place, as the float32 loop,
 # which also takes each slot's new absmax (the maximum of the magnitudes' bits: a
 # non-negative float32 orders as its bits do, and an integer maximum vectorises; in a loop
-# of its own it cost some 10% more); the block's random words (``quantization.random_word``); then
-# per slot the codes (``quantization.encode``), rounded by the slot's half of the words. One
-# pass over the state; a block is one thread's.
+# of its own it cost some 10% more); then per slot the codes (``quantization.encode``), those of
+# the unsigned map rounded by the slot's random bits, one hash (``quantization.random_word``) for
+# each two elements. One pass over the state; a block is one thread's.
 # Each block first prefetches the memory of the block ``_AHEAD`` elements on: these loops
 # compute enough per element that the processor's own prefetching fell behind, and the
 # step at 5e7 took 1.7-1.8 times the float32 step's time instead of 1.6 (``benchmarks/memory.py``).
@@ -485,25 +485,31 @@ def _decode(staged: Any, codes: Any, first: int, last: int, row: Any, scale: Any
 
 
 @_template
-def _random_words(words: Any, first: int, last: int, seed: Any, pair: int, key: Any) -> None:
-    """The block's random words of slot kinds ``2 * pair`` and ``2 * pair + 1``: a block's
-    elements share ``index >> 32`` (blocks are aligned), hence one stream."""
-    stream, low = _STREAM(seed, pair, key + np.uint64(first)), np.uint32(first)  # the key's low 32 bits are 0
-    for j in range(last - first):
-        words[j] = _WORD(stream, np.uint32(low + np.uint32(j)))  # the index's low 32 bits
+def _random_words(words: Any, first: int, last: int, seed: Any, slot: int, key: Any) -> None:
+    """The block's random bits of slot kind ``slot``, one word for each two elements, each
+    element its half: a block's elements share ``index >> 32`` (blocks are aligned), hence
+    one stream, and start at an even index."""
+    stream, pair = _STREAM(seed, slot, key + np.uint64(first)), np.uint32(first >> 1)  # the key's low 32 bits are 0
+    for m in range((last - first + 1) // 2):
+        word = _WORD(stream, np.uint32(pair + np.uint32(m)))
+        words[2 * m] = _HALF(word, np.uint32(0))
+        words[2 * m + 1] = _HALF(word, np.uint32(1))
 
 
 @_template
-def _encode(codes: Any, staged: Any, first: int, last: int, row: Any, words: Any, slot: int, top: Any) -> Any:
+def _encode(codes: Any, staged: Any, first: int, last: int, row: Any, top: Any, words: Any, seed: Any, slot: int, key: Any) -> Any:
     """Encodes ``staged`` into ``codes[first:last]`` over its absmax, whose bits are ``top``
-    (the largest ``_bits_magnitude``: of the finite values; 0 if subnormal), rounded by slot
-    kind ``slot``'s half of ``words``; returns the absmax."""
+    (the largest ``_bits_magnitude``: of the finite values; 0 if subnormal), in the unsigned
+    map rounded by slot kind ``slot``'s random bits (``_random_words``, into ``words``);
+    returns the absmax."""
     absmax = np.int32(top).view(np.float32)
     if absmax < _SMALLEST_ABSMAX:
         absmax = np.float32(0)
     inverse = np.float32(1) / absmax if absmax > 0 else np.float32(0)
+    if row == _RANDOM_ROW:
+        _random_words(words, first, last, seed, slot, key)
     for i in range(first, last):
-        codes[i] = _ENCODE(staged[i - first] * inverse, row, _ROUNDING(row, _HALF(words[i - first], slot)))
+        codes[i] = _ENCODE(staged[i - first] * inverse, row, _ROUNDING(row, words[i - first]))
     return absmax
 
 
@@ -523,9 +529,7 @@ def _q8_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: An
             x, ya = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], *scalars)
             sa[j], ta = ya, max(ta, _bits_magnitude(ya))
             p[i] = write_p(x, seed, key + i)
-        if maps[0] == _RANDOM_ROW:
-            _random_words(words, first, last, seed, 0, key)
-        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0, ta)
+        scales[0, k] = _encode(a, sa, first, last, maps[0], ta, words, seed, 0, key)
 
 
 @_template
@@ -546,10 +550,8 @@ def _q8_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: A
             sa[j], ta = ya, max(ta, _bits_magnitude(ya))
             sb[j], tb = yb, max(tb, _bits_magnitude(yb))
             p[i] = write_p(x, seed, key + i)
-        if maps[0] == _RANDOM_ROW or maps[1] == _RANDOM_ROW:
-            _random_words(words, first, last, seed, 0, key)
-        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0, ta)
-        scales[1, k] = _encode(b, sb, first, last, maps[1], words, 1, tb)
+        scales[0, k] = _encode(a, sa, first, last, maps[0], ta, words, seed, 0, key)
+        scales[1, k] = _encode(b, sb, first, last, maps[1], tb, words, seed, 1, key)
 
 
 @_template
@@ -573,13 +575,9 @@ def _q8_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s:
             sb[j], tb = yb, max(tb, _bits_magnitude(yb))
             sc[j], tc = yc, max(tc, _bits_magnitude(yc))
             p[i] = write_p(x, seed, key + i)
-        if maps[0] == _RANDOM_ROW or maps[1] == _RANDOM_ROW:
-            _random_words(words, first, last, seed, 0, key)
-        scales[0, k] = _encode(a, sa, first, last, maps[0], words, 0, ta)
-        scales[1, k] = _encode(b, sb, first, last, maps[1], words, 1, tb)
-        if maps[2] == _RANDOM_ROW:
-            _random_words(words, first, last, seed, 1, key)
-        scales[2, k] = _encode(c, sc, first, last, maps[2], words, 2, tc)
+        scales[0, k] = _encode(a, sa, first, last, maps[0], ta, words, seed, 0, key)
+        scales[1, k] = _encode(b, sb, first, last, maps[1], tb, words, seed, 1, key)
+        scales[2, k] = _encode(c, sc, first, last, maps[2], tc, words, seed, 2, key)
 
 
 #: The 8-bit element loop for each number of slots.

@@ -383,9 +383,10 @@ def _encode(codes: Any, o: int, staged: Any, row: int, first: int, last: int, ab
     kind ``slot``'s random bits (``quantization.encode`` and ``random_for``: a block's
     elements share one stream, as blocks are aligned)."""
     inverse = float32(1) / absmax if absmax > 0 else float32(0)
-    stream = _STREAM(seed, slot // 2, key + np.uint64(first))
+    stream = _STREAM(seed, slot, key + np.uint64(first))
     for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
-        random = _ROUNDING(sign, _HALF(_WORD(stream, np.uint32(i)), slot))  # the index's low 32 bits: the key's are 0
+        low = np.uint32(i)  # the index's low 32 bits: the key's are 0
+        random = _ROUNDING(sign, _HALF(_WORD(stream, np.uint32(low >> np.uint32(1))), low))
         codes[o + i] = _ENCODE(float32(staged[row, i - first] * inverse), sign, random)
 
 
