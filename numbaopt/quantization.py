@@ -14,7 +14,7 @@ second moment is a squared gradient, twice the range); code 0 is zero, below tha
 flushes to zero, and the top codes above 1 hold NaN. Within a binade a value keeps a
 relative error of at most 1/16. Unlike bitsandbytes' tree of decades, such a code is
 found and read by integer arithmetic on the float32 bits, with no table: the CPU loops
-vectorise, and a step takes 1.4-1.5 times the float32 step's time, where a table search took five.
+vectorise, and a step takes 1.15-1.2 times the float32 step's time, where a table search took five.
 
 A nonnegative slot rounds stochastically: up or down to a neighbouring code with the
 probabilities that make the expected value ``x``, from random bits of the step's seed and the
