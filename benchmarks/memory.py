@@ -256,6 +256,20 @@ def plot(result, path):
     return True
 
 
+def convergence_table(result, steps, seeds):
+    """Print the final losses of ``convergence`` as a markdown table; whether it ran."""
+    if result["status"] != "ok":
+        print(f"\nconvergence: {result['status']}")
+        return False
+    final = result["final_by_seed"]
+    print(f"\n| digits MLP, {steps} steps | final training loss, seed 0 to {seeds - 1} "
+          "| mean over float32's |\n|---|---|---:|")
+    for name, values in final.items():
+        ratio = statistics.fmean(values) / statistics.fmean(final["float32"])
+        print(f"| {name} | {', '.join(f'{v:.4f}' for v in values)} | {ratio:.4f} |")
+    return True
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=float, default=5e7, help="parameters of the memory and time runs")
@@ -265,6 +279,8 @@ def main():
     parser.add_argument("--seeds", type=int, default=1, help="seeds of the convergence runs (final losses of each)")
     parser.add_argument("--out", default="docs", help="folder for memory.json and memory.png")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    parser.add_argument("--convergence-only", action="store_true",
+                        help="only the convergence table (many seeds, quickly); writes nothing")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child process: one configuration
     args = parser.parse_args()
     n = int(args.n)
@@ -273,6 +289,9 @@ def main():
         return
     if args.quick:
         n, args.timed, args.rounds, args.steps = 100_000, 3, 1, 30
+    if args.convergence_only:
+        convergence_table(convergence(args.steps, args.seeds), args.steps, args.seeds)
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"n": n, "state_bytes_per_parameter": state_bytes(1 << 20)}
@@ -290,13 +309,7 @@ def main():
         else:
             print(f"| {name} | {row['status']} | | |")
     results["convergence"] = convergence(args.steps, args.seeds)
-    if results["convergence"]["status"] == "ok":
-        final = results["convergence"]["final_by_seed"]
-        print(f"\n| digits MLP, {args.steps} steps | final training loss, seed 0 to {args.seeds - 1} "
-              "| mean over float32's |\n|---|---|---:|")
-        for name, values in final.items():
-            ratio = statistics.fmean(values) / statistics.fmean(final["float32"])
-            print(f"| {name} | {', '.join(f'{v:.4f}' for v in values)} | {ratio:.3f} |")
+    if convergence_table(results["convergence"], args.steps, args.seeds):
         results["plot"] = plot(results["convergence"], out / "memory.png")
     (out / "memory.json").write_text(json.dumps(results, indent=1) + "\n")
 

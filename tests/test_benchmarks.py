@@ -106,3 +106,12 @@ def test_the_gil_free_helper_prototype_times_each_way_quiet_and_busy():
     assert [row[1] for row in rows] == ["calling thread alone", "one helper taking the GIL per launch",
                                         "one helper that never takes the GIL", "Numba's team of two"]
     assert all(" ".join(row).count(" ms") == 4 for row in rows)
+
+
+def test_the_rounding_noise_model_finds_larger_steps_with_8_bit_state():
+    script = SUITE.parent / "rounding_noise.py"
+    run = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300,
+                         cwd=script.parent)
+    assert run.returncode == 0, run.stderr
+    spread, factor = (float(line.rsplit(":", 1)[1]) for line in run.stdout.splitlines()[1:3])
+    assert 0.05 < spread < 0.5 and 1.0 < factor < 1.1
