@@ -32,6 +32,7 @@ Imported only when a kernel is first needed, so ``import numbaopt`` does not imp
 The callers check every address, size and dtype before a kernel runs: nothing here
 checks bounds.
 """
+import contextlib
 import math
 import platform
 from collections.abc import Callable
@@ -140,8 +141,10 @@ def _wide_vectors(typingctx: Any) -> tuple[Any, Callable[..., Any]]:
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         if (numba.config.CPU_NAME or llvm.get_host_cpu_name()) not in _NARROW_VECTOR_CPUS:
-            # llvmlite knows no string attributes; its set of them is printed as it is.
-            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+            # llvmlite checks attribute names against the keywords it knows, and prints its
+            # set of them as it is: a string attribute goes in past the check.
+            with contextlib.suppress(TypeError, AttributeError):  # an llvmlite that keeps them otherwise: no hint
+                set.add(builder.function.attributes, '"prefer-vector-width"="512"')
         return context.get_dummy_value()
 
     return types.none(), codegen
