@@ -120,7 +120,8 @@ class ParamGroup(NamedTuple):
     compute: np.dtype[Any]  # the dtype the step computes in (``halves.compute_dtype``)
     formats: tuple[str, str]  # how the kernels read parameters and slots (``storage_formats``)
     scales: Any  # q8: the blocks' absmax, (n_element_kinds, total // BLOCK) float32 on the device; else empty
-    maps: tuple[int, ...]  # q8: each element slot's map (``quantization.map_index``), compiled into the kernels
+    maps: tuple[int, ...]  # each element slot's map (``quantization.map_index``), compiled into the converting
+    # kernels: a q8 slot's codes, and whether a bfloat16 one rounds stochastically (``quantization.bfloat16_slot``)
 
 
 #: The formats of float32 and float64 parameters with slots of their own dtype (or float32).
@@ -187,7 +188,7 @@ def _group(layout: Layout, declared: tuple[Slot, ...], dtype: np.dtype[Any]) -> 
     # 8-bit slots: one scale per block of each tensor, the blocks aligned to the tensor (see
     # ``offsets``), so a chunk, a thread's work, is whole blocks, and no block spans tensors.
     scales = layout.backend.zeros((len(element), total // quantization.BLOCK if formats[1] == "q8" else 0), np.float32)
-    maps = tuple(quantization.map_index(declared[k].sign) for k in element) if formats[1] == "q8" else ()
+    maps = tuple(quantization.map_index(declared[k].sign) for k in element) if formats != NATIVE else ()
     return ParamGroup(dtype, positions, offsets, chunks, rows, buffer, slot_offsets, slot_sizes, dims, tensor_base, like,
                       halves.compute_dtype(dtype), formats, scales, maps)
 

@@ -168,7 +168,7 @@ def test_storage_kernels_compile(kernels, name, formats):
     a float32 step with no float64 arithmetic (the bit conversions are integer code)."""
     parameters, slots, stochastic = formats
     cls = getattr(optimizers, name)
-    maps = tuple(quantization.map_index(slot.sign) for slot in cls.slots) if slots == "q8" else ()
+    maps = tuple(quantization.map_index(slot.sign) for slot in cls.slots)  # as ``slots`` gives any storage but the native
     launcher = kernels.update_kernel(cls.rule, len(cls.slot_names), True, (parameters, slots), stochastic, maps)
     memory = numba.uint16 if parameters != "native" else numba.float32
     stored = {"native": numba.float32, "bfloat16": numba.uint16, "q8": numba.uint8}[slots]

@@ -372,8 +372,11 @@ def _update_step(
 # and write: the float32 and float64 loops stay exactly as they were. The converters are
 # the globals of each copy: ``READ_P`` / ``WRITE_P`` for parameters and gradients,
 # ``READ_S`` / ``WRITE_S`` for slots. ``WRITE_P(x, seed, index)`` may round
-# stochastically, from ``seed`` and the element's index in its group's rows. ``MAPS``:
-# the 8-bit slots' maps (``quantization.map_index``), constants of the kernel.
+# stochastically, from ``seed`` and the element's index in its group's rows;
+# ``WRITE_S(x, row, random)`` (``quantization.SLOT_WRITERS``) does for a slot of map
+# ``row``, by the slot's random bits (``quantization.random_for``, which the loops of other
+# storage leave unused and LLVM drops). ``MAPS``: the slots' maps
+# (``quantization.map_index``), constants of the kernel.
 
 READ_P: Callable[[Any], Any]
 WRITE_P: Callable[[Any, Any, Any], Any]
@@ -393,30 +396,35 @@ def _converted_no_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read
 @_template
 def _converted_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
                         clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
+    maps = quantized[-1]
     a = _row(slots, 0, offset)
     for i in range(start, stop):
         x, y = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), *scalars)
-        p[i], a[i] = write_p(x, seed, key + i), write_s(y, seed, key + i)
+        p[i], a[i] = write_p(x, seed, key + i), write_s(y, maps[0], _RANDOM(seed, 0, key + np.uint64(i)))
 
 
 @_template
 def _converted_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
                          clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
+    maps = quantized[-1]
     a, b = _row(slots, 0, offset), _row(slots, 1, offset)
     for i in range(start, stop):
         x, y, z = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), read_s(b[i]), *scalars)
-        p[i], a[i], b[i] = write_p(x, seed, key + i), write_s(y, seed, key + i), write_s(z, seed, key + i)
+        p[i] = write_p(x, seed, key + i)
+        a[i], b[i] = write_s(y, maps[0], _RANDOM(seed, 0, key + np.uint64(i))), write_s(z, maps[1], _RANDOM(seed, 1, key + np.uint64(i)))
 
 
 @_template
 def _converted_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
                            clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
+    maps = quantized[-1]
     a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
     for i in range(start, stop):
         x, y, z, w = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), read_s(b[i]), read_s(c[i]),
                           *scalars)
         p[i] = write_p(x, seed, key + i)
-        a[i], b[i], c[i] = write_s(y, seed, key + i), write_s(z, seed, key + i), write_s(w, seed, key + i)
+        a[i], b[i] = write_s(y, maps[0], _RANDOM(seed, 0, key + np.uint64(i))), write_s(z, maps[1], _RANDOM(seed, 1, key + np.uint64(i)))
+        c[i] = write_s(w, maps[2], _RANDOM(seed, 2, key + np.uint64(i)))
 
 
 #: The converting element loop for each number of slots.
@@ -619,7 +627,10 @@ def _converter(function: Callable[..., Any]) -> Any:
 
 _READ = {form: _converter(function) for form, function in halves.READERS.items()}
 _WRITE = {key: _converter(function) for key, function in halves.WRITERS.items()}
-_CONVERTER_CODE: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values(), *quantization.ELEMENT_FUNCTIONS]
+_WRITE_SLOT = {form: _converter(function) for form, function in quantization.SLOT_WRITERS.items()}
+_RANDOM = _converter(quantization.random_for)
+_CONVERTER_CODE: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values(), *quantization.ELEMENT_FUNCTIONS,
+                                             *quantization.SLOT_WRITERS.values(), quantization.random_for]
 _CONVERTER_CODE += [helper for function in list(_CONVERTER_CODE) for helper in helpers(function)]
 
 
@@ -641,7 +652,7 @@ def _storage_kernel(
         "ELEMENTS": loop_for(Q8_LOOPS if quantized else CONVERTED_LOOPS, rule, n_slots),
         "READ_P": _READ[parameters], "WRITE_P": _WRITE[parameters, stochastic and parameters != "native"],
         "READ_S": _READ["bfloat16" if slots == "bfloat16" else "native"],
-        "WRITE_S": _WRITE["bfloat16" if slots == "bfloat16" else "native", False],
+        "WRITE_S": _WRITE_SLOT["bfloat16" if slots == "bfloat16" else "native"],
     }
     rounding = "stochastic" if stochastic and parameters != "native" else "nearest"
     # The maps are compiled in (each map's own arithmetic, 10% faster than choosing per value):

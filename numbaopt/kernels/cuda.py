@@ -277,8 +277,9 @@ class UpdateLauncher:
 #
 # The CPU kernels' converting loops (``numbaopt.kernels.cpu``): 16-bit parameters and
 # bfloat16 slots through ``READ_P`` / ``WRITE_P`` / ``READ_S`` / ``WRITE_S``, the globals of
-# each copy (``numbaopt.halves``), laid out like the update kernels above; the 8-bit
-# templates below read their slots' maps from ``MAPS``, as the CPU's.
+# each copy (``numbaopt.halves``, ``quantization.SLOT_WRITERS``), laid out like the update
+# kernels above; they and the 8-bit templates below read their slots' maps from ``MAPS``,
+# as the CPU's.
 
 READ_P: Callable[[Any], Any]
 WRITE_P: Callable[[Any, Any, Any], Any]
@@ -310,7 +311,8 @@ def _converted_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, chunk
         p, g, o, start, stop = _chunk(params, grads, offsets, chunks, c, like)
         for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
             x, y = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), READ_S(a[o + i]), *scalars)  # noqa: F821
-            p[i], a[o + i] = WRITE_P(x, seed, _key(chunks, c) + i), WRITE_S(y, seed, _key(chunks, c) + i)  # noqa: F821
+            index = _key(chunks, c) + np.uint64(i)
+            p[i], a[o + i] = WRITE_P(x, seed, _key(chunks, c) + i), WRITE_S(y, MAPS[0], _RANDOM(seed, 0, index))  # noqa: F821
 
 
 def _converted_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: Any, scalars: Any, like: Any,
@@ -321,7 +323,9 @@ def _converted_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, chun
         for i in range(start + cuda.threadIdx.x, stop, cuda.blockDim.x):
             x, y, z = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), READ_S(a[o + i]), READ_S(b[o + i]),  # noqa: F821
                            *scalars)
-            p[i], a[o + i], b[o + i] = WRITE_P(x, seed, _key(chunks, c) + i), WRITE_S(y, seed, _key(chunks, c) + i), WRITE_S(z, seed, _key(chunks, c) + i)  # noqa: F821
+            index = _key(chunks, c) + np.uint64(i)
+            p[i] = WRITE_P(x, seed, _key(chunks, c) + i)  # noqa: F821
+            a[o + i], b[o + i] = WRITE_S(y, MAPS[0], _RANDOM(seed, 0, index)), WRITE_S(z, MAPS[1], _RANDOM(seed, 1, index))  # noqa: F821
 
 
 def _converted_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, chunks: Any, clip: Any, scalars: Any,
@@ -333,7 +337,9 @@ def _converted_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, ch
             x, y, z, w = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), READ_S(a[o + i]),  # noqa: F821
                               READ_S(b[o + i]), READ_S(d[o + i]), *scalars)  # noqa: F821
             p[i] = WRITE_P(x, seed, _key(chunks, c) + i)  # noqa: F821
-            a[o + i], b[o + i], d[o + i] = WRITE_S(y, seed, _key(chunks, c) + i), WRITE_S(z, seed, _key(chunks, c) + i), WRITE_S(w, seed, _key(chunks, c) + i)  # noqa: F821
+            index = _key(chunks, c) + np.uint64(i)
+            a[o + i], b[o + i] = WRITE_S(y, MAPS[0], _RANDOM(seed, 0, index)), WRITE_S(z, MAPS[1], _RANDOM(seed, 1, index))  # noqa: F821
+            d[o + i] = WRITE_S(w, MAPS[2], _RANDOM(seed, 2, index))  # noqa: F821
 
 
 #: The converting kernel template for each number of slots.
@@ -521,6 +527,7 @@ def _converter(function: Callable[..., Any]) -> Any:
 
 #: The 8-bit codes' functions, as device functions (the 8-bit templates call them).
 _ENCODE, _DECODE, _ROUNDING, _STREAM, _WORD, _HALF = (_converter(function) for function in quantization.ELEMENT_FUNCTIONS)
+_RANDOM = _converter(quantization.random_for)
 
 _CONVERTERS: dict[Any, Any] = {}
 
@@ -548,10 +555,11 @@ def _storage_kernel(rule: Callable[..., tuple[float, ...]], n_slots: int, format
     compiled = {
         "RULE": _compiled_rule(rule), "MAPS": maps,
         "READ_P": _converted(parameters, halves.READERS[parameters]), "WRITE_P": _converted(written, halves.WRITERS[written]),
-        "READ_S": _converted(stored, halves.READERS[stored]), "WRITE_S": _converted((stored, False), halves.WRITERS[stored, False]),
+        "READ_S": _converted(stored, halves.READERS[stored]), "WRITE_S": _converted(("slot", stored), quantization.SLOT_WRITERS[stored]),
     }
     template = loop_for(Q8_TEMPLATES if quantized else CONVERTED_TEMPLATES, rule, n_slots)
-    code: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values(), *quantization.ELEMENT_FUNCTIONS]
+    code: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values(), *quantization.ELEMENT_FUNCTIONS,
+                                      *quantization.SLOT_WRITERS.values(), quantization.random_for]
     code += [helper for function in list(code) for helper in helpers(function)]
     variant = f"{parameters}_{slots}{''.join(map(str, maps))}_{'stochastic' if written[1] else 'nearest'}"
     function = specialise(template, rule, compiled, depends_on=(_clip_gradient, *code, *helpers(rule)), variant=variant)
