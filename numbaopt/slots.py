@@ -139,9 +139,17 @@ def storage_formats(dtype: np.dtype[Any], declared: Sequence[Slot]) -> tuple[str
 
 def chunk_table(sizes: Sequence[int], chunk: int) -> npt.NDArray[np.int64]:
     """Rows (tensor, start, stop) that split tensors of ``sizes`` elements into chunks of at
-    most ``chunk`` elements, tensor by tensor: the global norm's fixed units of summation."""
-    rows = [(j, start, min(start + chunk, size)) for j, size in enumerate(sizes) for start in range(0, size, chunk)]
+    most ``chunk`` elements, tensor by tensor: the global norm's fixed units of summation.
+    No chunk spans a multiple of 2**32 elements, so that its elements share one stream of
+    random bits (``quantization.random_stream``)."""
+    rows = [(j, start, min(start + chunk, size, (start >> 32) + 1 << 32))
+            for j, size in enumerate(sizes) for start in _chunk_starts(size, chunk)]
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def _chunk_starts(size: int, chunk: int) -> list[int]:
+    """Every ``chunk`` elements, and at each multiple of 2**32."""
+    return sorted({*range(0, size, chunk), *range(1 << 32, size, 1 << 32)})
 
 
 def _size(shape: Sequence[int]) -> int:
@@ -375,8 +383,8 @@ class SlotStore:
     ) -> None:
         """One step of the element ``rule`` over every tensor of ``group`` (or over its
         ``chunks``, a table from ``chunks_of``). ``seed`` (a step's own, from the
-        optimizer's counter) rounds 8-bit slots, and 16-bit parameters if ``stochastic``
-        (else they round to nearest)."""
+        optimizer's counter) rounds 8-bit and bfloat16 slots, and 16-bit parameters if
+        ``stochastic`` (else they round to nearest)."""
         chunks = group.chunks if chunks is None else chunks
         if not len(chunks):
             return
@@ -393,11 +401,11 @@ class SlotStore:
         chunks: npt.NDArray[np.int64], seed: int, stochastic: bool, launch: Any,
     ) -> None:
         """``run`` through the converting kernels (``storage_formats``): the seed of
-        stochastic rounding and, for 8-bit slots, the scales and the slots' maps."""
+        stochastic rounding, and the slots' maps and, for 8-bit slots, their scales."""
         step = self.backend.kernels.update_kernel(rule, len(self.slot_names), launch.parallel, group.formats, stochastic,
                                                   group.maps)
         # The group's first parameter tells the groups' random streams apart.
-        quantized = (group.scales,) if group.formats[1] == "q8" and self.slot_names else ()
+        quantized = (group.scales,)  # none for other storage, but the kernels' argument is of one kind
         launch.run(step, (param_addresses, grad_addresses, group.slots, group.offsets, chunks, clip, scalars, group.like,
                           np.uint64((seed * 0x10001 + int(group.positions[0])) % 2**64), quantized))
 

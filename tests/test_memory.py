@@ -389,7 +389,10 @@ def test_bfloat16_slots_store_the_float32_step_by_their_sign(cls, dtype):
                 assert any(a.tobytes() != np.asarray(v, np.float32).astype(BF16).tobytes() for a, v in zip(stored, values))
 
 
-def test_q8_results_do_not_depend_on_the_thread_count(monkeypatch):
+@pytest.mark.parametrize("slot_dtype, dtype", [("q8", BF16), ("bfloat16", np.float32), ("bfloat16", BF16)],
+                         ids=["q8-bfloat16", "bfloat16-float32", "bfloat16-bfloat16"])
+def test_stored_slots_do_not_depend_on_the_thread_count(monkeypatch, slot_dtype, dtype):
+    """One thread (the serial build) or Numba's team (the parallel build): the same bits."""
     cls = registry.optimizer_class("Adam")
     size = tuning.PARALLEL_MIN_ELEMENTS * 2 + 77
     monkeypatch.setattr(tuning, "ADAPTIVE_THREADS", False)
@@ -397,9 +400,9 @@ def test_q8_results_do_not_depend_on_the_thread_count(monkeypatch):
     for threads in (1, numba.config.NUMBA_NUM_THREADS):
         numba.set_num_threads(threads)
         try:
-            opt = cls(slot_dtype="q8", stochastic_rounding=True)
-            params = _params([(size,)], BF16)
-            for grads in _steps([(size,)], BF16, n=2):
+            opt = cls(slot_dtype=slot_dtype, stochastic_rounding=True)
+            params = _params([(size,)], dtype)
+            for grads in _steps([(size,)], dtype, n=2):
                 opt.apply_gradients(zip(grads, params))
             results.append((_bits(params), [a.tobytes() for a in opt.state().slots["vs"]]))
         finally:

@@ -374,15 +374,23 @@ def _update_step(
 # ``READ_S`` / ``WRITE_S`` for slots. ``WRITE_P(x, seed, index)`` may round
 # stochastically, from ``seed`` and the element's index in its group's rows;
 # ``WRITE_S(x, row, random)`` (``quantization.SLOT_WRITERS``) does for a slot of map
-# ``row``, by the slot's random bits (``quantization.random_for``, which the loops of other
-# storage leave unused and LLVM drops). ``MAPS``: the slots' maps
-# (``quantization.map_index``), constants of the kernel.
+# ``row``, by the slot's random bits (``quantization.random_for``, which float32 slots
+# leave unused and LLVM drops). ``MAPS``: the slots' maps (``quantization.map_index``),
+# constants of the kernel.
 
 READ_P: Callable[[Any], Any]
 WRITE_P: Callable[[Any, Any, Any], Any]
 READ_S: Callable[[Any], Any]
 WRITE_S: Callable[[Any, Any, Any], Any]
 MAPS: tuple[int, ...]
+
+
+@_template
+def _random_bits(stream: Any, i: int) -> Any:
+    """Element ``i``'s random bits in its slot's ``stream``, which a chunk's elements share
+    (``slots.chunk_table``): ``quantization.random_for`` without a stream per element."""
+    low = np.uint32(i)  # the index's low 32 bits: the key's are 0
+    return _HALF(_WORD(stream, np.uint32(low >> np.uint32(1))), low)
 
 
 @_template
@@ -396,35 +404,39 @@ def _converted_no_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read
 @_template
 def _converted_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
                         clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
-    maps = quantized[-1]
+    _, maps = quantized
     a = _row(slots, 0, offset)
+    ra = _STREAM(seed, 0, key + np.uint64(start))
     for i in range(start, stop):
         x, y = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), *scalars)
-        p[i], a[i] = write_p(x, seed, key + i), write_s(y, maps[0], _RANDOM(seed, 0, key + np.uint64(i)))
+        p[i], a[i] = write_p(x, seed, key + i), write_s(y, maps[0], _random_bits(ra, i))
 
 
 @_template
 def _converted_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
                          clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
-    maps = quantized[-1]
+    _, maps = quantized
     a, b = _row(slots, 0, offset), _row(slots, 1, offset)
+    ra, rb = _STREAM(seed, 0, key + np.uint64(start)), _STREAM(seed, 1, key + np.uint64(start))
     for i in range(start, stop):
         x, y, z = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), read_s(b[i]), *scalars)
         p[i] = write_p(x, seed, key + i)
-        a[i], b[i] = write_s(y, maps[0], _RANDOM(seed, 0, key + np.uint64(i))), write_s(z, maps[1], _RANDOM(seed, 1, key + np.uint64(i)))
+        a[i], b[i] = write_s(y, maps[0], _random_bits(ra, i)), write_s(z, maps[1], _random_bits(rb, i))
 
 
 @_template
 def _converted_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: Any, write_s: Any, p: Any, g: Any, slots: Any, offset: int, start: int, stop: int,
                            clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
-    maps = quantized[-1]
+    _, maps = quantized
     a, b, c = _row(slots, 0, offset), _row(slots, 1, offset), _row(slots, 2, offset)
+    first = key + np.uint64(start)
+    ra, rb, rc = _STREAM(seed, 0, first), _STREAM(seed, 1, first), _STREAM(seed, 2, first)
     for i in range(start, stop):
         x, y, z, w = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), read_s(b[i]), read_s(c[i]),
                           *scalars)
         p[i] = write_p(x, seed, key + i)
-        a[i], b[i] = write_s(y, maps[0], _RANDOM(seed, 0, key + np.uint64(i))), write_s(z, maps[1], _RANDOM(seed, 1, key + np.uint64(i)))
-        c[i] = write_s(w, maps[2], _RANDOM(seed, 2, key + np.uint64(i)))
+        a[i], b[i] = write_s(y, maps[0], _random_bits(ra, i)), write_s(z, maps[1], _random_bits(rb, i))
+        c[i] = write_s(w, maps[2], _random_bits(rc, i))
 
 
 #: The converting element loop for each number of slots.
@@ -628,9 +640,8 @@ def _converter(function: Callable[..., Any]) -> Any:
 _READ = {form: _converter(function) for form, function in halves.READERS.items()}
 _WRITE = {key: _converter(function) for key, function in halves.WRITERS.items()}
 _WRITE_SLOT = {form: _converter(function) for form, function in quantization.SLOT_WRITERS.items()}
-_RANDOM = _converter(quantization.random_for)
 _CONVERTER_CODE: list[Callable[..., Any]] = [*halves.READERS.values(), *halves.WRITERS.values(), *quantization.ELEMENT_FUNCTIONS,
-                                             *quantization.SLOT_WRITERS.values(), quantization.random_for]
+                                             *quantization.SLOT_WRITERS.values()]
 _CONVERTER_CODE += [helper for function in list(_CONVERTER_CODE) for helper in helpers(function)]
 
 
