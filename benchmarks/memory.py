@@ -16,7 +16,8 @@ Four measurements of Adam, each printed as a markdown table and kept in ``OUT/me
   on every configuration alike;
 * convergence: a 64-128-10 MLP on the handwritten digits scikit-learn ships as a CSV
   (read as a file, no scikit-learn import), trained with float32 parameters and slots, with
-  bfloat16 parameters and float32 slots, and with 8-bit slots; the loss curves go to
+  bfloat16 parameters and float32 slots, with bfloat16 slots, and with 8-bit slots (also
+  beside bfloat16 parameters); the loss curves go to
   ``OUT/memory.png`` when matplotlib is installed.
 
 Peers that are not installed are reported as missing. Timings are medians on whatever
@@ -225,6 +226,7 @@ def convergence(steps, seeds=1):
     runs = {
         "float32": ("float32", None, False),
         "bfloat16 parameters, float32 slots": ("bfloat16", None, False),
+        "bfloat16 slots": ("float32", "bfloat16", False),
         "q8 slots": ("float32", "q8", False),
         "bfloat16 parameters, q8 slots, stochastic rounding": ("bfloat16", "q8", True),
     }
