@@ -450,9 +450,9 @@ def _stored_step(
     seed: np.uint64, quantized: tuple[Any, ...], work: npt.NDArray[np.int64],
 ) -> None:
     """``_update_step`` through the converters: 16-bit parameters, bfloat16 or 8-bit slots.
-    ``quantized`` is ``()``, or for 8-bit slots (whose ``slots`` are the codes) the blocks'
-    absmax, ``(scales,)``; the element loops get it with the slots' maps, ``MAPS``, a
-    constant of the kernel (the converting loops pass both over)."""
+    ``quantized`` is ``(scales,)``: for 8-bit slots (whose ``slots`` are the codes) the
+    blocks' absmax, else empty; the element loops get it with the slots' maps, ``MAPS``, a
+    constant of the kernel (the converting loops use the maps only)."""
     clipping = _clipping(clip)
     for _ in prange(work[WORKERS]):
         c = _claim(work)
@@ -690,9 +690,10 @@ def update_kernel(
 
     Other ``formats`` (16-bit parameters, bfloat16 or 8-bit slots: ``slots.storage_formats``)
     take a converting kernel whose arguments before ``work`` go on with a ``seed`` (uint64;
-    8-bit slots, and 16-bit parameters if ``stochastic``, round by random bits drawn from it)
-    and a tuple: empty, or for 8-bit slots the blocks' absmax, ``(scales,)``. 8-bit slots
-    are in ``maps``, one ``quantization.map_index`` per slot."""
+    8-bit and bfloat16 slots, and 16-bit parameters if ``stochastic``, round by random bits
+    drawn from it) and a tuple ``(scales,)``: for 8-bit slots the blocks' absmax, else empty. ``maps`` has
+    one ``quantization.map_index`` per slot: an 8-bit slot's map, and whether a bfloat16
+    slot rounds stochastically."""
     if formats != ("native", "native"):
         key = (rule, n_slots, parallel, formats, stochastic, maps)
         kernel = _STORAGE_KERNELS.get(key)
