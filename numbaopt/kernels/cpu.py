@@ -417,7 +417,8 @@ def _converted_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, re
                          clip: Any, scalars: Any, seed: Any, key: Any, quantized: Any) -> None:
     _, maps = quantized
     a, b = _row(slots, 0, offset), _row(slots, 1, offset)
-    ra, rb = _STREAM(seed, 0, key + np.uint64(start)), _STREAM(seed, 1, key + np.uint64(start))
+    first = key + np.uint64(start)
+    ra, rb = _STREAM(seed, 0, first), _STREAM(seed, 1, first)
     for i in range(start, stop):
         x, y, z = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), read_s(a[i]), read_s(b[i]), *scalars)
         p[i] = write_p(x, seed, key + i)
