@@ -59,9 +59,10 @@ FORMAT = "numbaopt optimizer checkpoint"
 #: The format this version writes; it reads every version up to this one. Format 3 records
 #: each slot's declaration (``slots``: name, shape kind, storage), so a slot's dataset has
 #: the shape and dtype its declaration gives; formats 1 and 2 hold slots shaped and typed
-#: like their parameters, which is what the declarations of their optimizers give. Format 4
-#: changed the codes of 8-bit slots (``numbaopt.quantization``); format 3's are converted.
-FORMAT_VERSION = 4
+#: like their parameters, which is what the declarations of their optimizers give. Formats 4
+#: and 5 changed the codes of 8-bit slots (``numbaopt.quantization``: 5 those of nonnegative
+#: slots); earlier codes are converted on reading.
+FORMAT_VERSION = 5
 
 #: The ending of temporary files; the next save to the same path sweeps those of dead writers.
 TEMPORARY_SUFFIX = ".numbaopt-tmp"
@@ -583,8 +584,8 @@ def _read(f: Any) -> Checkpoint:
             array = _from_disk(array, slot.dtype_of(parameter.dtype))
             if _array_digest(array) != digests[i][kind]:
                 raise CheckpointError(f"{where} is corrupted: its data does not match its sha256 attribute")
-            if version < 4 and slot.dtype == "q8":
-                array = quantization.from_legacy(array, slot.sign)
+            if version < quantization.FORMAT and slot.dtype == "q8":
+                array = quantization.from_format(array, slot.sign, version)
             slots[kind].append(array)
     arrays: dict[str, npt.NDArray[Any]] = {}
     for record in records or []:

@@ -7,22 +7,29 @@ per element, the code of ``x / absmax`` in a fixed 256-value map with a dynamic 
 A slot that is never negative (Adam's second moment; ``Slot(..., sign="nonnegative")``)
 uses the unsigned map, any other slot the signed one.
 
-The maps are 8-bit floats below 1 (``values``): a code is, from the top, the sign bit
-(signed map only), then the exponent and ``MANTISSA`` = 3 mantissa bits. The signed map
-keeps 15 binades below 1 (down to 2**-15 of absmax), the unsigned one 31 (2**-31: a
-second moment is a squared gradient, twice the range); code 0 is zero, below that the value
-flushes to zero, and the top codes above 1 hold NaN. Within a binade a value keeps a
-relative error of at most 1/16. Unlike bitsandbytes' tree of decades, such a code is
-found and read by integer arithmetic on the float32 bits, with no table: the CPU loops
-vectorise, and a step takes 1.15-1.2 times the float32 step's time, where a table search took five.
+The maps are 8-bit floats of 15 binades below 1 (``values``). A signed code is the sign
+bit, 4 exponent and 3 mantissa bits of the value (down to 2**-15 of absmax); an unsigned
+code is 4 exponent and 4 mantissa bits of the value's square root over the absmax's
+(``staged``, ``inverse_scale``: down to 2**-30 of absmax, as a second moment is a squared
+gradient, twice the range). Code 0 is zero, below that the value flushes to zero, and the
+top codes above 1 hold NaN. Within a binade a value keeps a relative error of at most 1/16.
+Unlike bitsandbytes' tree of decades, such a code is found and read by integer arithmetic
+on the float32 bits, with no table: the CPU loops vectorise, and a step takes 1.1-1.2 times
+the float32 step's time, where a table search took five. The root costs nothing in Adam's
+kernels: their rule has just computed it.
 
 A nonnegative slot rounds stochastically: up or down to a neighbouring code with the
-probabilities that make the expected value ``x``, from random bits of the step's seed and the
-element (``random_for``: the same on any device and thread count; a resumed run is the
-uninterrupted one). Rounding to nearest freezes such a slow average: Adam's second moment
+probabilities that make the expected root ``sqrt(x)``, from random bits of the step's seed
+and the element (``random_for``: the same on any device and thread count; a resumed run is
+the uninterrupted one). Rounding to nearest freezes such a slow average: Adam's second moment
 moves by 0.1% a step (beta_2 = 0.999), far less than half a code's width, so it stayed at its
 value of the first hundred steps while Adam's bias correction kept growing, and the steps grew
-with it: 8-13% lower loss than float32 on the digits MLP (docs/benchmarks.md), within 1% now.
+with it: 8-13% lower loss than float32 on the digits MLP (docs/benchmarks.md). Why the root:
+random rounding spreads the stored value around float32's (some 22%), and Adam divides by
+its root, a convex function, so a value unbiased itself made the steps 1.9% larger on
+average and the loss 1.05% lower than float32's; unbiased in the root, the value sits a
+little higher, which offsets most of it: steps 0.6% larger, loss 0.3% lower
+(``benchmarks/rounding_noise.py``, ``benchmarks/memory.py``).
 A signed slot (a momentum, whose steps are large against a code's width) rounds to nearest:
 random rounding there only added noise. Values stored from the host (``quantize``:
 ``set_weights``, loading a float32 state) round to nearest, which needs no seed. bfloat16
@@ -36,11 +43,13 @@ block, whose threads share the absmax.
 A quantized slot's host form (``state()``, checkpoints) is an array of ``HOST_DTYPE``
 records, one per block: the block's codes and its absmax. ``get_weights`` and Keras
 files see the dequantized float32 values. Checkpoints of format 3 held codes of
-bitsandbytes' map (``legacy_values``); ``from_legacy`` converts them.
+bitsandbytes' map, those of format 4 unsigned codes of the value itself (5 exponent and
+3 mantissa bits); ``from_format`` converts them (``earlier_values``).
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -50,6 +59,10 @@ from numbaopt.halves import random_bits, to_bfloat16, to_bfloat16_stochastic
 
 #: Elements per block: one float32 scale each.
 BLOCK = 256
+
+#: The checkpoint format (``numbaopt.checkpoint``) that introduced today's codes; those of
+#: earlier formats convert (``from_format``).
+FORMAT = 5
 
 #: The host form of a quantized slot: per block, its codes and its scale.
 HOST_DTYPE = np.dtype([("codes", np.uint8, (BLOCK,)), ("absmax", np.float32)])
@@ -61,17 +74,19 @@ SIGNS = ("signed", "nonnegative")
 #: The map whose codes round by random bits (``rounding``): the unsigned one.
 RANDOM_ROW = SIGNS.index("nonnegative")
 
-#: Mantissa bits of a code: the float32 bits are rounded at bit ``23 - MANTISSA``.
-MANTISSA = 3
+#: Mantissa bits of a code, per map (signed, nonnegative): the float32 bits of the value,
+#: or of its root, are rounded at bit ``23 - MANTISSA[row]``.
+MANTISSA = (3, 4)
 
 # The arithmetic is on int32, every intermediate cast back to it (``np.int32(...)``): Numba
 # widens integer arithmetic to 64 bits, and the casts let LLVM narrow it again to 32-bit
-# lanes, twice as many a vector. Per map (signed, nonnegative): ``_BASE`` is the float32 bits, shifted by
-# ``_SHIFT``, of code 0 (code ``q`` > 0 has bits ``(q + base) << _SHIFT``; code 1 is 2**-15
-# or 2**-31); ``_ONE`` is the code of 1.0, the largest value a block holds.
-_SHIFT = np.int32(23 - MANTISSA)
-_BASE_SIGNED, _BASE_NONNEGATIVE = np.int32(((127 - 15) << MANTISSA) - 1), np.int32(((127 - 31) << MANTISSA) - 1)
-_ONE_SIGNED, _ONE_NONNEGATIVE = np.int32(15 << MANTISSA | 1), np.int32(31 << MANTISSA | 1)
+# lanes, twice as many a vector. Per map (signed, nonnegative): ``_BASE`` is the float32 bits,
+# shifted by ``_SHIFT``, of code 0 (code ``q`` > 0 has bits ``(q + base) << _SHIFT``; code 1
+# is 2**-15, the root's in the unsigned map); ``_ONE`` is the code of 1.0, the largest value a
+# block holds.
+_SHIFT_SIGNED, _SHIFT_NONNEGATIVE = np.int32(23 - MANTISSA[0]), np.int32(23 - MANTISSA[1])
+_BASE_SIGNED, _BASE_NONNEGATIVE = np.int32(((127 - 15) << MANTISSA[0]) - 1), np.int32(((127 - 15) << MANTISSA[1]) - 1)
+_ONE_SIGNED, _ONE_NONNEGATIVE = np.int32(15 << MANTISSA[0] | 1), np.int32(15 << MANTISSA[1] | 1)
 _NAN_SIGNED, _NAN_NONNEGATIVE = np.int32(0x7F), np.int32(0xFF)
 _ABS, _INF, _QUIET_NAN = np.int32(0x7FFFFFFF), np.int32(0x7F800000), np.int32(0x7FC00000)
 _SIGN_BIT = np.int32(-0x80000000)
@@ -89,18 +104,42 @@ def map_index(sign: str) -> int:
     return SIGNS.index(sign)
 
 
+def staged(x: float, row: Any) -> Any:
+    """What a block stages of a slot value ``x`` (float32) of map ``row`` to encode: ``x``
+    itself (signed map) or its square root (unsigned map; a negative value's is 0, a
+    negative infinity's NaN). Adam's rules compute the same root of their new second
+    moment, so a kernel that stages it next to the rule computes it once."""
+    x = np.float32(x)
+    if row == 0:
+        return x
+    if x < 0:
+        return np.float32(0) if x > -np.inf else np.float32(np.nan)
+    return np.float32(math.sqrt(x))
+
+
+def inverse_scale(absmax: Any, row: Any) -> Any:
+    """What a block's staged values are multiplied by to encode (``encode``'s ``y``): the
+    inverse of its absmax (signed map), or of the absmax's root (unsigned map); 0 for a
+    block of absmax 0."""
+    if absmax <= 0:
+        return np.float32(0)
+    return np.float32(1) / (absmax if row == 0 else np.float32(math.sqrt(absmax)))
+
+
 def encode(y: float, row: Any, random: Any) -> Any:
-    """The code (uint8) of ``y``, a slot value over its block's absmax (in [-1, 1]), in map
-    ``row``: its float32 bits below the mantissa's plus the top bits of ``random`` (uint32),
-    cut; ``NEAREST`` rounds to nearest. Beyond 1 stays 1; NaN and infinity get the NaN code;
-    a negative value in the unsigned map, 0."""
+    """The code (uint8) of ``y`` in map ``row``: a staged value times its block's inverse
+    scale (``staged``, ``inverse_scale``: in [-1, 1]). Its float32 magnitude's bits below
+    the mantissa's plus the top bits of ``random`` (uint32), cut; ``NEAREST`` rounds to
+    nearest. Beyond 1 stays 1; NaN and infinity get the NaN code; a negative value in the
+    unsigned map, 0."""
     bits = np.float32(y).view(np.int32)
     magnitude = np.int32(bits & _ABS)
     signed = row == 0
     base = _BASE_SIGNED if signed else _BASE_NONNEGATIVE
     one = _ONE_SIGNED if signed else _ONE_NONNEGATIVE
-    noise = np.int32(np.uint32(random) >> np.uint32(32 - 23 + MANTISSA))
-    rounded = np.int32(np.int32(min(magnitude, _INF) + noise) >> _SHIFT)
+    shift = _SHIFT_SIGNED if signed else _SHIFT_NONNEGATIVE
+    noise = np.int32(np.uint32(random) >> np.uint32(32 - shift))
+    rounded = np.int32(np.int32(min(magnitude, _INF) + noise) >> shift)
     code = np.int32(min(max(np.int32(rounded - base), np.int32(0)), one))
     if magnitude >= _INF:
         code = _NAN_SIGNED if signed else _NAN_NONNEGATIVE
@@ -112,18 +151,21 @@ def encode(y: float, row: Any, random: Any) -> Any:
 
 
 def decode(code: Any, row: Any) -> Any:
-    """The float32 value of ``code`` in map ``row`` (in [-1, 1], or NaN)."""
+    """The float32 value of ``code`` in map ``row`` (in [-1, 1], or NaN): an unsigned code's
+    root squared, which is exact (5 significant bits)."""
     c = np.int32(code)
     signed = row == 0
     q = np.int32(c & np.int32(0x7F)) if signed else c
     base = _BASE_SIGNED if signed else _BASE_NONNEGATIVE
     one = _ONE_SIGNED if signed else _ONE_NONNEGATIVE
-    bits = np.int32(np.int32(q + base) << _SHIFT) if q > 0 else np.int32(0)
+    shift = _SHIFT_SIGNED if signed else _SHIFT_NONNEGATIVE
+    bits = np.int32(np.int32(q + base) << shift) if q > 0 else np.int32(0)
     if q > one:
         bits = _QUIET_NAN
     elif signed and c > np.int32(0x7F):
         bits = np.int32(bits | _SIGN_BIT)
-    return np.int32(bits).view(np.float32)
+    x = np.int32(bits).view(np.float32)
+    return x if signed else np.float32(x * x)
 
 
 def random_stream(seed: Any, slot: Any, index: Any) -> Any:
@@ -169,7 +211,7 @@ def random_for(seed: Any, slot: Any, index: Any) -> Any:
 
 
 #: What the kernels compile (with the ``halves`` functions they call).
-ELEMENT_FUNCTIONS = (encode, decode, rounding, random_stream, random_word, random_half)
+ELEMENT_FUNCTIONS = (staged, inverse_scale, encode, decode, rounding, random_stream, random_word, random_half)
 
 
 def native_slot(x: float, row: Any, random: Any) -> Any:
@@ -205,15 +247,31 @@ def blocks(size: int) -> int:
     return -(-int(size) // BLOCK)
 
 
-def codes_of(normalised: npt.NDArray[np.float32], sign: str, random: npt.NDArray[np.uint32] | None = None) -> npt.NDArray[np.uint8]:
-    """``encode`` over an array of values over their absmax: the same codes, bitwise,
-    by NumPy; rounded by ``random`` (uint32 per element), or to nearest."""
+def scaled(rows: npt.NDArray[np.float32], absmax: npt.NDArray[np.float32], sign: str) -> npt.NDArray[np.float32]:
+    """``staged`` times ``inverse_scale`` over blocks of float32 values (``rows``, one
+    ``absmax`` each): what ``codes_of`` takes, bitwise the kernels' (the same float32
+    operations, each correctly rounded)."""
+    rows, absmax = np.asarray(rows, np.float32), np.asarray(absmax, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if sign == "signed":
+            inverse, staged_ = np.where(absmax > 0, np.float32(1) / absmax, np.float32(0)), rows
+        else:
+            inverse = np.where(absmax > 0, np.float32(1) / np.sqrt(absmax), np.float32(0))
+            staged_ = np.where(rows < 0, np.where(rows > -np.inf, np.float32(0), np.float32(np.nan)), np.sqrt(rows))
+        out: npt.NDArray[np.float32] = staged_.astype(np.float32) * inverse.astype(np.float32)[:, None]
+    return out
+
+
+def codes_of(y: npt.NDArray[np.float32], sign: str, random: npt.NDArray[np.uint32] | None = None) -> npt.NDArray[np.uint8]:
+    """``encode`` over an array ``y`` of ``scaled`` values: the same codes, bitwise, by NumPy;
+    rounded by ``random`` (uint32 per element), or to nearest."""
     row = map_index(sign)
     signed = row == 0
-    bits = np.asarray(normalised, np.float32).view(np.int32)
+    bits = np.asarray(y, np.float32).view(np.int32)
     magnitude = bits & _ABS
+    shift = _SHIFT_SIGNED if signed else _SHIFT_NONNEGATIVE
     noise = np.broadcast_to(NEAREST if random is None else np.asarray(random, np.uint32), bits.shape)
-    rounded = (np.minimum(magnitude, _INF) + (noise >> np.uint32(32 - 23 + MANTISSA)).astype(np.int32)) >> _SHIFT
+    rounded = (np.minimum(magnitude, _INF) + (noise >> np.uint32(32 - shift)).astype(np.int32)) >> shift
     base = _BASE_SIGNED if signed else _BASE_NONNEGATIVE
     code = np.clip(rounded - base, 0, _ONE_SIGNED if signed else _ONE_NONNEGATIVE).astype(np.int32)
     if signed:
@@ -228,9 +286,8 @@ def codes_of(normalised: npt.NDArray[np.float32], sign: str, random: npt.NDArray
 def _codes_over(rows: npt.NDArray[np.float32], absmax: npt.NDArray[np.float32], sign: str) -> npt.NDArray[np.uint8]:
     """The codes, rounded to nearest, of ``rows`` (blocks of float32 values) over their
     blocks' ``absmax`` (0: the block's codes are of zeros, NaN of NaN)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inverse = np.where(absmax > 0, np.float32(1) / absmax, np.float32(0)).astype(np.float32)
-        return codes_of(rows * inverse[:, None], sign)
+    with np.errstate(invalid="ignore"):
+        return codes_of(scaled(rows, absmax, sign), sign)
 
 
 def quantize(values_: npt.ArrayLike, sign: str) -> npt.NDArray[Any]:
@@ -262,10 +319,20 @@ def dequantize(host: npt.NDArray[Any], shape: tuple[int, ...], sign: str) -> npt
     return out
 
 
-def legacy_values(sign: str) -> npt.NDArray[np.float32]:
-    """The 256 values, by code, of the map checkpoints of format 3 used: bitsandbytes'
-    ``create_dynamic_map(signed, 7, 8)``, sorted, as float32 (computed in float64)."""
+def earlier_values(sign: str, version: int) -> npt.NDArray[np.float32]:
+    """The 256 values, by code, of the map of ``sign`` in checkpoints of format ``version``
+    (3 or 4). Format 3: bitsandbytes' ``create_dynamic_map(signed, 7, 8)``, sorted, as
+    float32 (computed in float64). Format 4: today's signed map; an unsigned code was the
+    value's own 5 exponent and 3 mantissa bits, down to 2**-31 (codes above 249 NaN)."""
+    if version not in (3, 4):
+        raise ValueError(f"8-bit codes of checkpoint format {version}: only formats 3 and 4 had other codes than today's")
     signed = sign == "signed"
+    if version == 4:
+        if signed:
+            return values(sign)
+        q = np.arange(256, dtype=np.int32)
+        bits = np.where(q > 0, (q + ((127 - 31) << 3) - 1) << 20, 0).astype(np.int32)
+        return np.where(q > 249, np.float32(np.nan), bits.view(np.float32))
     mapped = [0.0, 1.0]
     for i in range(7):
         items = 2**i + 1 if signed else 2 ** (i + 1) + 1
@@ -277,10 +344,11 @@ def legacy_values(sign: str) -> npt.NDArray[np.float32]:
     return np.sort(np.array(mapped, np.float32))
 
 
-def from_legacy(host: npt.NDArray[Any], sign: str) -> npt.NDArray[Any]:
-    """A slot in host form with codes of ``legacy_values`` (format 3), in today's codes:
-    its values decoded, then rounded to nearest, block by block (each keeps its absmax)."""
-    decoded = legacy_values(sign)[host["codes"]] * host["absmax"][:, None]
+def from_format(host: npt.NDArray[Any], sign: str, version: int) -> npt.NDArray[Any]:
+    """A slot in host form with codes of a checkpoint of format ``version`` (3 or 4:
+    ``earlier_values``), in today's codes: its values decoded, then rounded to nearest, block
+    by block (each keeps its absmax)."""
+    decoded = earlier_values(sign, version)[host["codes"]] * host["absmax"][:, None]
     out = np.array(host, HOST_DTYPE)
     out["codes"] = _codes_over(decoded.astype(np.float32), host["absmax"], sign)
     return out

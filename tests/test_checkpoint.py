@@ -346,7 +346,7 @@ BAD_FILES = {
     "truncated": (lambda path: path.write_bytes(good_checkpoint_bytes()[: len(good_checkpoint_bytes()) // 2]), "truncated"),
     "flipped-slot-byte": (flip_slot_byte, "/parameters/0/ms is corrupted"),
     "foreign-hdf5": (foreign_hdf5, "not a numbaopt checkpoint"),
-    "future-version": (edit(lambda f: f.attrs.modify("format_version", 5)), "format version 5.*reads versions 1 to 4"),
+    "future-version": (edit(lambda f: f.attrs.modify("format_version", 6)), "format version 6.*reads versions 1 to 5"),
     "edited-header": (edit(lambda f: f.attrs.modify("iterations", 99), digest=False), "header is corrupted"),
     "wrong-slot-shape": (edit(replace_dataset(np.zeros((4, 3)))), r"/parameters/0/vs has shape \(4, 3\).*\(3, 4\)"),
     "wrong-slot-dtype": (edit(replace_dataset(np.zeros((3, 4), np.int64))), "/parameters/0/vs has dtype int64"),
@@ -605,7 +605,7 @@ def test_format_records_what_the_documentation_promises(tmp_path):
     path = tmp_path / "good.h5"
     path.write_bytes(good_checkpoint_bytes())
     with h5py.File(path) as f:
-        assert f.attrs["format"] == checkpoint.FORMAT and f.attrs["format_version"] == 4
+        assert f.attrs["format"] == checkpoint.FORMAT and f.attrs["format_version"] == 5
         assert json.loads(f.attrs["slots"]) == [{"name": n, "shape": "element", "dtype": None} for n in ("ms", "vs")]
         assert f.attrs["array_names"] == "[]" and len(f["arrays"]) == 0
         assert f.attrs["numbaopt_version"] == numbaopt.__version__
@@ -647,12 +647,14 @@ def test_checkpoint_format_3_still_loads():
     assert_same_state(loaded.state(), good_optimizer().state())
 
 
-def test_checkpoint_format_3_8_bit_state_converts_to_todays_codes():
-    """Format 3 held codes of bitsandbytes' map (``quantization.legacy_values``): Adam with
-    8-bit slots saved by numbaopt 0.1.0 at e8dab86 (``tests/data/checkpoint-v3-q8.h5``) loads
-    with each value rounded to today's nearest code, each block keeping its absmax, and steps on."""
-    path = ROOT / "tests" / "data" / "checkpoint-v3-q8.h5"
-    assert checkpoint.read_checkpoint(path).format_version == 3
+@pytest.mark.parametrize("version, saved_by", [(3, "e8dab86"), (4, "380f8eb")])
+def test_earlier_8_bit_state_converts_to_todays_codes(version, saved_by):
+    """Format 3 held codes of bitsandbytes' map, format 4 the unsigned codes of the value
+    itself (``quantization.earlier_values``): Adam with 8-bit slots saved by numbaopt 0.1.0 at
+    ``saved_by`` (``tests/data/checkpoint-v{version}-q8.h5``) loads with each value rounded to
+    today's nearest code, each block keeping its absmax, and steps on."""
+    path = ROOT / "tests" / "data" / f"checkpoint-v{version}-q8.h5"
+    assert checkpoint.read_checkpoint(path).format_version == version
     with h5py.File(path) as f:
         saved = {kind: [np.asarray(f["parameters"][str(i)][kind][()]) for i in range(2)] for kind in ("ms", "vs")}
     loaded = load_optimizer(path)
@@ -660,10 +662,12 @@ def test_checkpoint_format_3_8_bit_state_converts_to_todays_codes():
     for slot in loaded.slots:
         for host, old in zip(loaded.state().slots[slot.name], saved[slot.name]):
             assert np.array_equal(host["absmax"], old["absmax"])
-            assert host.tobytes() == quantization.from_legacy(old, slot.sign).tobytes()
-            decoded = quantization.legacy_values(slot.sign)[old["codes"]] * old["absmax"][:, None]
+            assert host.tobytes() == quantization.from_format(old, slot.sign, version).tobytes()
+            decoded = quantization.earlier_values(slot.sign, version)[old["codes"]] * old["absmax"][:, None]
             back = quantization.values(slot.sign)[host["codes"]] * host["absmax"][:, None]
-            assert np.all(np.abs(back - decoded) <= np.abs(decoded) / 16 + old["absmax"][:, None] * 2.0**-15)
+            assert np.all(np.abs(back - decoded) <= np.abs(decoded) / 15 + old["absmax"][:, None] * 2.0**-15)
+            if version == 4 and slot.sign == "nonnegative":
+                assert not np.array_equal(host["codes"], old["codes"])  # the map changed: the codes did
     state, shapes = loaded.state(), [(30, 20), (300,)]
     reference = type(loaded)(**{**loaded.get_config(), "slot_dtype": "float32"})
     reference.load_state(state._replace(slots={slot.name: [quantization.dequantize(a, shape, slot.sign) for a, shape in

@@ -4,6 +4,7 @@ kernels against NumPy references of the same arithmetic, stochastic rounding, ch
 Run over every element-wise optimizer of both families (the registry), each with the
 settings the other tests use (``keras3_cases.CUSTOM``).
 """
+import math
 import os
 import tempfile
 
@@ -132,27 +133,46 @@ def test_stochastic_rounding_is_unbiased_and_picks_a_neighbour(form):
 
 
 def reference_codes(normalised, sign, random=None):
-    """The codes of values over their absmax, from the scheme's definition: the float32
-    magnitude's bits, plus the top 20 bits of ``random`` (half a code's width: to nearest),
-    cut below ``MANTISSA`` mantissa bits; then counted from code 1's bits (2**-15 signed,
-    2**-31 unsigned), at most the code of 1, the sign in bit 7; NaN and infinity the NaN
-    code. Plain Python integers."""
+    """The codes of scaled values (``reference_scaled``), from the scheme's definition: the
+    float32 magnitude's bits, plus the top 20 or 19 bits of ``random`` (half a code's width:
+    to nearest), cut below 3 or 4 mantissa bits (signed or unsigned map); then counted from
+    code 1's bits (2**-15), at most the code of 1, the sign in bit 7; NaN and infinity the
+    NaN code. Plain Python integers."""
     codes = []
-    bottom, one = (-15, 121) if sign == "signed" else (-31, 249)
+    mantissa, one = (3, 121) if sign == "signed" else (4, 241)
     for y, r in zip(np.asarray(normalised, np.float32).reshape(-1), np.broadcast_to(np.uint32(0x80000000) if random is None else random, np.shape(normalised)).reshape(-1)):
         bits = int(np.float32(y).view(np.uint32))
         magnitude = bits & 0x7FFFFFFF
         if magnitude >= 0x7F800000:
             codes.append(0x7F if sign == "signed" else 0xFF)
             continue
-        rounded = (magnitude + (int(r) >> 12)) >> 20
-        code = min(max(rounded - ((127 + bottom) * 8 - 1), 0), one)
+        rounded = (magnitude + (int(r) >> (9 + mantissa))) >> (23 - mantissa)
+        code = min(max(rounded - ((127 - 15 << mantissa) - 1), 0), one)
         if sign == "signed":
             code |= 0x80 if bits >> 31 else 0
         elif bits >> 31:
             code = 0
         codes.append(code)
     return np.array(codes, np.uint8).reshape(np.shape(normalised))
+
+
+def reference_scaled(block, absmax, sign):
+    """A block's float32 values as they are encoded: times the inverse of its absmax
+    (signed), or their square roots times the inverse of the absmax's (unsigned; a negative
+    value's root is 0, minus infinity's NaN); times 0 for an absmax of 0. Element by element
+    in Python, each float64 result of one operation rounded to float32, which is the
+    correctly rounded float32 operation."""
+    f32 = np.float32
+    if absmax > 0:
+        inverse = f32(1.0 / float(absmax if sign == "signed" else f32(math.sqrt(absmax))))
+    else:
+        inverse = f32(0)
+    out = []
+    for x in np.asarray(block, np.float32).reshape(-1):
+        if sign == "nonnegative":
+            x = f32(math.sqrt(x)) if x >= 0 else (f32(0) if x > -np.inf else f32(np.nan))
+        out.append(f32(float(x) * float(inverse)))
+    return np.array(out, np.float32)
 
 
 def reference_quantize(values, sign, seed=None, slot=0, tensor=0):
@@ -166,13 +186,12 @@ def reference_quantize(values, sign, seed=None, slot=0, tensor=0):
         finite = np.abs(block)[np.isfinite(block)]
         absmax = np.float32(np.max(finite, initial=np.float32(0)))
         absmax = absmax if absmax >= 2.0**-126 else np.float32(0)  # a subnormal absmax: zeros
-        inverse = np.float32(1) / absmax if absmax > 0 else np.float32(0)
         random = None
         if seed is not None and sign == "nonnegative":
             index = np.uint64(tensor << 40) + np.arange(b * quantization.BLOCK, b * quantization.BLOCK + block.size, dtype=np.uint64)
             with np.errstate(over="ignore"):
                 random = np.asarray(quantization.random_for(np.uint64(seed), slot, index), np.uint32)
-        out["codes"][b, : block.size] = reference_codes(block * inverse, sign, random)
+        out["codes"][b, : block.size] = reference_codes(reference_scaled(block, absmax, sign), sign, random)
         out["absmax"][b] = absmax
     return out
 
@@ -198,23 +217,46 @@ def test_the_codes_are_the_schemes_definition(sign):
         assert np.array_equal([quantization.encode(np.float32(v), row, np.uint32(n)) for v, n in zip(y[::7], noise[::7])], expected[::7])
     values = quantization.values(sign)
     finite = ~np.isnan(values)
-    assert np.array_equal(quantization.codes_of(values[finite], sign), np.arange(256)[finite])  # each value is its own code
-    assert values[121 if sign == "signed" else 249] == 1 and np.max(values[finite]) == 1
-    assert np.min(np.abs(values[finite & (values != 0)])) == (2.0**-15 if sign == "signed" else 2.0**-31)
+    coded = values[finite] if sign == "signed" else np.sqrt(values[finite])  # a square, exactly
+    assert np.array_equal(quantization.codes_of(coded, sign), np.arange(256)[finite])  # each value is its own code
+    assert values[121 if sign == "signed" else 241] == 1 and np.max(values[finite]) == 1
+    assert np.min(np.abs(values[finite & (values != 0)])) == (2.0**-15 if sign == "signed" else 2.0**-30)
+    assert np.all(np.diff(values[: 122 if sign == "signed" else 242]) > 0)  # codes 0 to 1 in order
+
+
+@pytest.mark.parametrize("sign", quantization.SIGNS)
+def test_scaled_values_are_the_schemes_definition(sign):
+    """``scaled`` (NumPy, the host) and ``staged`` times ``inverse_scale`` (what the kernels
+    compile) agree with float32 arithmetic one operation at a time, on blocks of every scale
+    and the special values."""
+    rng = np.random.default_rng(6)
+    row = quantization.map_index(sign)
+    for absmax in np.float32([1.5, 3e-30, 7.25e12, 2.0**-126, 0]):
+        block = (rng.uniform(-1, 1, 300) * absmax).astype(np.float32)
+        block = np.concatenate([block if sign == "signed" else np.abs(block), SPECIAL])
+        expected = reference_scaled(block, absmax, sign)
+        with np.errstate(invalid="ignore", over="ignore"):
+            host = quantization.scaled(block[None, :], np.float32([absmax]), sign)[0]
+            kernels = np.array([quantization.staged(x, row) * quantization.inverse_scale(absmax, row) for x in block], np.float32)
+        for ours in (host, kernels):  # the same bits, but for a NaN's (any NaN gets the NaN code)
+            nan = np.isnan(expected)
+            assert np.array_equal(np.isnan(ours), nan) and ours[~nan].tobytes() == expected[~nan].tobytes()
 
 
 @pytest.mark.parametrize("sign", quantization.SIGNS)
 def test_stochastic_codes_are_unbiased(sign):
-    """Over many random draws the decoded code of ``y`` averages ``y``: a slow average
-    that moves by less than half a code still moves (why the kernels round so)."""
+    """Over many random draws the code of a scaled ``y`` averages ``y``: the value in the
+    signed map, the root in the unsigned one (what Adam divides by). A slow average that
+    moves by less than half a code still moves (why the kernels round so)."""
     rng = np.random.default_rng(9)
-    values = quantization.values(sign)
+    values = quantization.values(sign).astype(np.float64)
+    coded = values if sign == "signed" else np.sqrt(values)
     for y in np.float32([0.3, 0.0071, 0.9993, 2.0**-14 * 1.3]):
         random = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
         codes = quantization.codes_of(np.full(random.size, y, np.float32), sign, random)
         down, up = quantization.codes_of(np.float32([y, y]), sign, np.uint32([0, 2**32 - 1]))
-        assert set(np.unique(codes)) == {down, up} and values[down] < y < values[up]  # a neighbour either way
-        assert np.mean(values[codes].astype(np.float64)) == pytest.approx(float(y), rel=2e-3)
+        assert set(np.unique(codes)) == {down, up} and coded[down] < y < coded[up]  # a neighbour either way
+        assert np.mean(coded[codes]) == pytest.approx(float(y), rel=2e-3)
 
 
 @pytest.mark.parametrize("sign", quantization.SIGNS)
@@ -228,28 +270,39 @@ def test_quantize_round_trip_within_the_maps_error_per_block(sign):
     assert host.dtype == quantization.HOST_DTYPE and host.shape == (quantization.blocks(values.size),)
     assert host.tobytes() == reference_quantize(values, sign).tobytes()
     back = quantization.dequantize(host, values.shape, sign)
-    bottom = 2.0**-15 if sign == "signed" else 2.0**-31
+    bottom = 2.0**-15 if sign == "signed" else 2.0**-30
     for b in range(host.size):
         block = slice(b * quantization.BLOCK, (b + 1) * quantization.BLOCK)
         error = np.abs(back[block] - values[block])
-        # within 1/16 of the value (half a code of 3 mantissa bits), or below the smallest code
-        assert np.all(error <= np.maximum(np.abs(values[block]) / 16, host["absmax"][b] * bottom) * (1 + 1e-6))
+        # within 1/16 of the value (half a code of 3 mantissa bits, or of 4 of the root:
+        # 1/32 of the root, (1 + 1/32)**2 - 1 of the value), or below the smallest code
+        relative = 1 / 16 if sign == "signed" else (1 + 1 / 32) ** 2 - 1
+        assert np.all(error <= np.maximum(np.abs(values[block]) * relative, host["absmax"][b] * bottom) * (1 + 1e-6))
     assert not back[1024:1280].any()
     assert np.array_equal(quantization.quantize(back, sign)["codes"], host["codes"])
 
 
+@pytest.mark.parametrize("version", [3, 4])
 @pytest.mark.parametrize("sign", quantization.SIGNS)
-def test_format_3_codes_convert_to_the_nearest_code(sign):
+def test_earlier_formats_codes_convert_to_the_nearest_code(sign, version):
     rng = np.random.default_rng(4)
-    legacy = np.zeros(3, quantization.HOST_DTYPE)
-    legacy["codes"] = rng.integers(0, 256, legacy["codes"].shape)
-    legacy["absmax"] = [0, 1.5, 3e-4]
-    converted = quantization.from_legacy(legacy, sign)
-    decoded = quantization.legacy_values(sign)[legacy["codes"]] * legacy["absmax"][:, None]
-    assert np.array_equal(converted["absmax"], legacy["absmax"])
+    earlier = np.zeros(3, quantization.HOST_DTYPE)
+    earlier["codes"] = rng.integers(0, 256, earlier["codes"].shape)
+    earlier["absmax"] = [0, 1.5, 3e-4]
+    converted = quantization.from_format(earlier, sign, version)
+    decoded = quantization.earlier_values(sign, version)[earlier["codes"]] * earlier["absmax"][:, None]
+    assert np.array_equal(converted["absmax"], earlier["absmax"])
     for b in range(3):
-        inverse = np.float32(1) / legacy["absmax"][b] if legacy["absmax"][b] else np.float32(0)
-        assert np.array_equal(converted["codes"][b], reference_codes(decoded[b].astype(np.float32) * inverse, sign))
+        scaled = reference_scaled(decoded[b].astype(np.float32), earlier["absmax"][b], sign)
+        assert np.array_equal(converted["codes"][b], reference_codes(scaled, sign))
+
+
+def test_format_4_unsigned_map_was_the_values_own_bits():
+    """Format 4's unsigned codes, as ``earlier_values`` reads them: 5 exponent and 3 mantissa
+    bits of the value, code 1 at 2**-31, code 249 at 1, NaN above (as numbaopt at 380f8eb)."""
+    old = quantization.earlier_values("nonnegative", 4)
+    assert old[0] == 0 and old[1] == 2.0**-31 and old[249] == 1 and np.all(np.isnan(old[250:]))
+    assert np.all(np.diff(old[:250]) > 0) and np.all(np.diff(np.log2(old[1:250:8])) == 1)
 
 
 # ---------------------------------------------------------------- the kernels

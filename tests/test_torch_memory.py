@@ -97,6 +97,28 @@ def test_a_state_dict_saved_with_torch_resumes_bitwise(name, slot_dtype, dtype, 
     assert same_bits(*nets)
 
 
+def test_a_state_dict_names_its_codes_and_earlier_codes_convert():
+    """The ``numbaopt`` entry names the checkpoint format of its 8-bit codes; a state dict of
+    format 4's codes loads converted as a format-4 checkpoint does, and a later one is refused."""
+    net = model(torch.float32)
+    opt = make("keras2-adam", net.parameters(), "q8")
+    train(net, opt, 2)
+    saved = opt.state_dict()
+    assert saved["numbaopt"]["codes"] == quantization.FORMAT
+    old = {**saved, "numbaopt": {**saved["numbaopt"], "codes": 4}}
+    loaded = make("keras2-adam", net.parameters(), "q8")
+    loaded.load_state_dict(old)
+    for i, entry in saved["state"].items():
+        for slot in opt.core.declared_slots(opt._core.get_config()):
+            blocks = entry[slot.name].numpy().view(quantization.HOST_DTYPE).reshape(-1)
+            expected = quantization.from_format(blocks, slot.sign, 4)
+            assert loaded.state_dict()["state"][i][slot.name].numpy().tobytes() == expected.tobytes()
+    for later in (quantization.FORMAT + 1, "5", None):
+        with pytest.raises(ValueError, match="codes must be"):
+            loaded.load_state_dict({**saved, "numbaopt": {**saved["numbaopt"], "codes": later}})
+    assert loaded.state_dict()["state"][0]["vs"].numpy().tobytes() != saved["state"][0]["vs"].numpy().tobytes()
+
+
 @storages
 @every
 def test_opt_state_shows_the_slots_as_the_core_keeps_them(name, slot_dtype):

@@ -484,7 +484,9 @@ def _key(j: int) -> Any:
 # (one block per slot, float32); the rule over ``staged`` in place, as the float32 loop,
 # which also takes each slot's new absmax (the maximum of the magnitudes' bits: a
 # non-negative float32 orders as its bits do, and an integer maximum vectorises; in a loop
-# of its own it cost some 10% more); then per slot the codes (``quantization.encode``), those of
+# of its own it cost some 10% more) and stages the unsigned map's roots there
+# (``quantization.staged``: the rule has just computed the same root, and LLVM computes it
+# once; in the encode loop it cost 8%); then per slot the codes (``quantization.encode``), those of
 # the unsigned map rounded by the slot's random bits, one hash (``quantization.random_word``) for
 # each two elements. One pass over the state; a block is one thread's.
 # Each block first prefetches the memory of the block ``_AHEAD`` elements on: these loops
@@ -492,7 +494,8 @@ def _key(j: int) -> Any:
 # step at 5e7 took 1.7-1.8 times the float32 step's time instead of 1.6 (``benchmarks/memory.py``).
 
 BLOCK = quantization.BLOCK
-_ENCODE, _DECODE, _ROUNDING, _STREAM, _WORD, _HALF = (_element(with_helpers(f, _element, {})) for f in quantization.ELEMENT_FUNCTIONS)
+_STAGED, _INVERSE_SCALE, _ENCODE, _DECODE, _ROUNDING, _STREAM, _WORD, _HALF = (
+    _element(with_helpers(f, _element, {})) for f in quantization.ELEMENT_FUNCTIONS)
 _MAGNITUDE, _INFINITY = np.int32(0x7FFFFFFF), np.int32(0x7F800000)
 _SMALLEST_ABSMAX = quantization.SMALLEST_ABSMAX
 #: Only slots of this map round by the random words (``quantization.rounding``): no words for the others.
@@ -551,7 +554,7 @@ def _encode(codes: Any, staged: Any, first: int, last: int, row: Any, top: Any, 
     absmax = np.int32(top).view(np.float32)
     if absmax < _SMALLEST_ABSMAX:
         absmax = np.float32(0)
-    inverse = np.float32(1) / absmax if absmax > 0 else np.float32(0)
+    inverse = _INVERSE_SCALE(absmax, row)
     if row == _RANDOM_ROW:
         _random_words(words, first, last, seed, slot, key)
     for i in range(first, last):
@@ -574,7 +577,7 @@ def _q8_one_slot(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: An
         for i in range(first, last):
             j = i - first
             x, ya = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], *scalars)
-            sa[j], ta = ya, max(ta, _bits_magnitude(ya))
+            sa[j], ta = _STAGED(ya, maps[0]), max(ta, _bits_magnitude(ya))
             p[i] = write_p(x, seed, key + i)
         scales[0, k] = _encode(a, sa, first, last, maps[0], ta, words, seed, 0, key)
 
@@ -595,8 +598,8 @@ def _q8_two_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s: A
         for i in range(first, last):
             j = i - first
             x, ya, yb = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], *scalars)
-            sa[j], ta = ya, max(ta, _bits_magnitude(ya))
-            sb[j], tb = yb, max(tb, _bits_magnitude(yb))
+            sa[j], ta = _STAGED(ya, maps[0]), max(ta, _bits_magnitude(ya))
+            sb[j], tb = _STAGED(yb, maps[1]), max(tb, _bits_magnitude(yb))
             p[i] = write_p(x, seed, key + i)
         scales[0, k] = _encode(a, sa, first, last, maps[0], ta, words, seed, 0, key)
         scales[1, k] = _encode(b, sb, first, last, maps[1], tb, words, seed, 1, key)
@@ -620,9 +623,9 @@ def _q8_three_slots(rule: Any, gradient: Any, read_p: Any, write_p: Any, read_s:
         for i in range(first, last):
             j = i - first
             x, ya, yb, yc = rule(read_p(p[i]), gradient(read_p(g[i]), *clip), sa[j], sb[j], sc[j], *scalars)
-            sa[j], ta = ya, max(ta, _bits_magnitude(ya))
-            sb[j], tb = yb, max(tb, _bits_magnitude(yb))
-            sc[j], tc = yc, max(tc, _bits_magnitude(yc))
+            sa[j], ta = _STAGED(ya, maps[0]), max(ta, _bits_magnitude(ya))
+            sb[j], tb = _STAGED(yb, maps[1]), max(tb, _bits_magnitude(yb))
+            sc[j], tc = _STAGED(yc, maps[2]), max(tc, _bits_magnitude(yc))
             p[i] = write_p(x, seed, key + i)
         scales[0, k] = _encode(a, sa, first, last, maps[0], ta, words, seed, 0, key)
         scales[1, k] = _encode(b, sb, first, last, maps[1], tb, words, seed, 1, key)

@@ -349,7 +349,8 @@ CONVERTED_TEMPLATES: dict[int, Callable[..., None]] = {
 
 # 8-bit slots: one thread block per quantization block of ``BLOCK`` elements (the rows of
 # ``blocks``, a chunk table cut at every block). Its threads decode, update and stage their
-# elements (coalesced, as the update kernels), take the block's new absmax together (a tree
+# elements (coalesced, as the update kernels; ``quantization.staged``: the unsigned map's
+# roots), take the block's new absmax together (a tree
 # over shared memory: a maximum is exact, so it is the CPU's serial absmax), then encode.
 # One pass over the state, no float32 copy of it in global memory.
 
@@ -385,10 +386,11 @@ def _block_absmax(tops: Any, row: int, top: Any) -> Any:
 @_device
 def _encode(codes: Any, o: int, staged: Any, row: int, first: int, last: int, absmax: Any, sign: Any, seed: Any,
             slot: int, key: Any) -> None:
-    """This thread's elements of the block, as codes of ``staged / absmax`` rounded by slot
+    """This thread's elements of the block, as codes of ``staged`` times the block's inverse
+    scale (``quantization.inverse_scale``: of ``absmax``) rounded by slot
     kind ``slot``'s random bits (``quantization.encode`` and ``random_for``: a block's
     elements share one stream, as blocks are aligned)."""
-    inverse = float32(1) / absmax if absmax > 0 else float32(0)
+    inverse = _INVERSE_SCALE(absmax, sign)
     stream = _STREAM(seed, slot, key + np.uint64(first))
     for i in range(first + cuda.threadIdx.x, last, cuda.blockDim.x):
         low = np.uint32(i)  # the index's low 32 bits: the key's are 0
@@ -409,8 +411,8 @@ def _q8_one_slot(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any,
             x, y = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), _DECODE(a[o + i], MAPS[0]) * scale_a,  # noqa: F821
                         *scalars)
             p[i] = WRITE_P(x, seed, key + i)  # noqa: F821
-            staged[0, i - first] = y
-            top_a = _largest(top_a, staged[0, i - first])
+            staged[0, i - first] = _STAGED(y, MAPS[0])  # noqa: F821
+            top_a = _largest(top_a, float32(y))
         top_a = _block_absmax(tops, 0, top_a)
         if cuda.threadIdx.x == 0:
             scales[0, k] = top_a
@@ -431,8 +433,8 @@ def _q8_two_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: Any
             x, y, z = RULE(READ_P(p[i]), clip_gradient(READ_P(g[i]), *clip), _DECODE(a[o + i], MAPS[0]) * scale_a,  # noqa: F821
                            _DECODE(b[o + i], MAPS[1]) * scale_b, *scalars)  # noqa: F821
             p[i] = WRITE_P(x, seed, key + i)  # noqa: F821
-            staged[0, i - first], staged[1, i - first] = y, z
-            top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
+            staged[0, i - first], staged[1, i - first] = _STAGED(y, MAPS[0]), _STAGED(z, MAPS[1])  # noqa: F821
+            top_a, top_b = _largest(top_a, float32(y)), _largest(top_b, float32(z))
         top_a, top_b = _block_absmax(tops, 0, top_a), _block_absmax(tops, 1, top_b)
         if cuda.threadIdx.x == 0:
             scales[0, k], scales[1, k] = top_a, top_b
@@ -456,9 +458,9 @@ def _q8_three_slots(params: Any, grads: Any, slots: Any, offsets: Any, blocks: A
                               _DECODE(a[o + i], MAPS[0]) * scale_a, _DECODE(b[o + i], MAPS[1]) * scale_b,  # noqa: F821
                               _DECODE(d[o + i], MAPS[2]) * scale_d, *scalars)  # noqa: F821
             p[i] = WRITE_P(x, seed, key + i)  # noqa: F821
-            staged[0, i - first], staged[1, i - first], staged[2, i - first] = y, z, w
-            top_a, top_b = _largest(top_a, staged[0, i - first]), _largest(top_b, staged[1, i - first])
-            top_d = _largest(top_d, staged[2, i - first])
+            staged[0, i - first], staged[1, i - first] = _STAGED(y, MAPS[0]), _STAGED(z, MAPS[1])  # noqa: F821
+            staged[2, i - first] = _STAGED(w, MAPS[2])  # noqa: F821
+            top_a, top_b, top_d = _largest(top_a, float32(y)), _largest(top_b, float32(z)), _largest(top_d, float32(w))
         top_a, top_b, top_d = _block_absmax(tops, 0, top_a), _block_absmax(tops, 1, top_b), _block_absmax(tops, 2, top_d)
         if cuda.threadIdx.x == 0:
             scales[0, k], scales[1, k], scales[2, k] = top_a, top_b, top_d
@@ -526,7 +528,8 @@ def _converter(function: Callable[..., Any]) -> Any:
 
 
 #: The 8-bit codes' functions, as device functions (the 8-bit templates call them).
-_ENCODE, _DECODE, _ROUNDING, _STREAM, _WORD, _HALF = (_converter(function) for function in quantization.ELEMENT_FUNCTIONS)
+_STAGED, _INVERSE_SCALE, _ENCODE, _DECODE, _ROUNDING, _STREAM, _WORD, _HALF = (
+    _converter(function) for function in quantization.ELEMENT_FUNCTIONS)
 _RANDOM = _converter(quantization.random_for)
 
 _CONVERTERS: dict[Any, Any] = {}

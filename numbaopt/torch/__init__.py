@@ -25,7 +25,7 @@ except ImportError as error:  # name the extra and how to install it, not only t
         f"{install_command('torch')}", name="torch"
     ) from error
 
-from numbaopt import optimizers, registry
+from numbaopt import optimizers, quantization, registry
 from numbaopt.checkpoint import CheckpointError, read_checkpoint
 from numbaopt.torch.optimizer import STATE_KEY, TorchOptimizer
 
@@ -105,7 +105,8 @@ def load_optimizer(path: str | os.PathLike[str], params: Iterable[Any]) -> Torch
         kinds = core.declared_slots(checkpoint.config)
         n_slots = len(checkpoint.parameters) if kinds else 0
         state = {i: {slot.name: torch.from_numpy(checkpoint.slots[slot.name][i]) for slot in kinds} for i in range(n_slots)}
-        own = {"class_name": checkpoint.class_name, "iterations": checkpoint.iterations, "scalar_state": checkpoint.scalars}
+        own = {"class_name": checkpoint.class_name, "iterations": checkpoint.iterations, "scalar_state": checkpoint.scalars,
+               "codes": quantization.FORMAT}  # read_checkpoint converted earlier codes
         opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"], STATE_KEY: own})
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot load the {checkpoint.class_name} into numbaopt.torch.{cls.__name__}: {error}") from error

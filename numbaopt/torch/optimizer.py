@@ -29,7 +29,7 @@ import numpy.typing as npt
 import torch
 from torch._compile import _disable_dynamo as eager  # torch.optim's own: imports torch._dynamo at the first call
 
-from numbaopt import devices, registry
+from numbaopt import devices, quantization, registry
 from numbaopt.declarations import scalar_state_advances_with
 from numbaopt.optimizers.base import Hyperparameter
 from numbaopt.state import OptimizerState, Slot
@@ -405,7 +405,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         """torch's layout: ``state`` (each parameter's state by index, ``_parameter_state``:
         the tensors ``opt.state`` holds, empty before the first step) and ``param_groups``
         (settings, ``params`` as index lists), plus ``numbaopt``: the class name,
-        ``iterations`` and the scalar state. Tensors, numbers and strings only, so
+        ``iterations``, the scalar state and the format of 8-bit codes. Tensors, numbers and strings only, so
         ``torch.load`` reads it with ``weights_only=True``. The state dict hooks run as
         torch's run them."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
@@ -427,9 +427,11 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def _own_entry(self) -> dict[str, Any]:
         """What a state dict holds beside torch's layout: ``numbaopt``, the class name,
-        ``iterations`` and the scalar state."""
+        ``iterations``, the scalar state, and ``codes``: the checkpoint format whose codes
+        8-bit slots hold (``quantization.FORMAT``), so that a later numbaopt converts them."""
         return {STATE_KEY: {"class_name": registry.qualified_name(self.core), "iterations": self._core.iterations,
-                            "scalar_state": dict(self._core.state().scalars) if self.core.scalar_state else {}}}
+                            "scalar_state": dict(self._core.state().scalars) if self.core.scalar_state else {},
+                            "codes": quantization.FORMAT}}
 
     @eager
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -476,6 +478,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         for key, value in scalars.items():
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"{name}.load_state_dict: scalar state {key} must be a finite number, got {value!r}")
+        codes = own.get("codes", quantization.FORMAT)  # state dicts before format 5 name none
+        if type(codes) is not int or codes not in (3, 4, quantization.FORMAT):
+            raise ValueError(f"{name}.load_state_dict: codes must be the checkpoint format of its 8-bit codes, 3 to "
+                             f"{quantization.FORMAT}, got {codes!r} (a later numbaopt's state dict?)")
 
         groups = self._checked_groups(state_dict["param_groups"])
         params = self._parameters()
@@ -491,7 +497,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             if entry is None or sorted(entry) != sorted(self._core.slot_names):
                 raise ValueError(f"{name}.load_state_dict: state {i} must hold {list(self._core.slot_names)}")
             for slot in self._core.slots:
-                array = stored.slot_array(entry[slot.name], p, slot, f"{name}.load_state_dict: state {i} {slot.name}")
+                array = stored.slot_array(entry[slot.name], p, slot, f"{name}.load_state_dict: state {i} {slot.name}", codes)
                 slots[slot.name].append(stored.laid_out(array, slot, self._working.order(p)))
         parameters = tuple((tuple(p.shape), self._working.core_dtype_name(p)) for p in params) if state else None
         core = self.core(**self._core.get_config())

@@ -4,7 +4,8 @@ A slot kept in the parameter's dtype or float32 is a float tensor indexed like i
 parameter; in bfloat16, a ``torch.bfloat16`` tensor over the same memory. An 8-bit slot
 (``"q8"``) is its blocks as numbaopt keeps them: a uint8 tensor of one row per block of
 256 elements, the 256 codes then the block's float32 scale (``numbaopt.quantization``'s
-host form, byte for byte), so a state dict resumes bitwise. Loading also takes a float
+host form, byte for byte), so a state dict resumes bitwise; the state dict names the
+format of its codes, and earlier codes convert on loading. Loading also takes a float
 tensor of the parameter's shape for a 16-bit or 8-bit slot (a torch.optim state dict, or
 one saved at another ``slot_dtype``): its values rounded or quantized as a step stores them.
 """
@@ -43,10 +44,11 @@ def host(tensor: torch.Tensor, slot: Slot, order: Order) -> npt.NDArray[Any]:
     return in_order(tensor, order).numpy()
 
 
-def slot_array(value: object, param: torch.Tensor, slot: Slot, where: str) -> npt.NDArray[Any]:
+def slot_array(value: object, param: torch.Tensor, slot: Slot, where: str, codes: int = quantization.FORMAT) -> npt.NDArray[Any]:
     """A saved slot (a tensor or array) as a host array of ``slot`` for ``param``, indexed
-    like the parameter: exactly the shape and dtype the slot keeps, or, for a 16-bit or 8-bit
-    slot, float values of the parameter's shape, stored as a step stores them."""
+    like the parameter: exactly the shape and dtype the slot keeps (an 8-bit slot's blocks
+    in the codes of checkpoint format ``codes``, converted to today's), or, for a 16-bit or
+    8-bit slot, float values of the parameter's shape, stored as a step stores them."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
         if tensor.dtype in (torch.bfloat16, torch.float32, torch.float64, torch.uint8):
@@ -70,7 +72,7 @@ def slot_array(value: object, param: torch.Tensor, slot: Slot, where: str) -> np
                              f"{shape[0]} blocks of {BLOCK_BYTES} bytes (uint8), or given as float values of shape "
                              f"{tuple(param.shape)}")
         blocks: npt.NDArray[Any] = np.ascontiguousarray(array).view(quantization.HOST_DTYPE).reshape(-1).copy()
-        return blocks
+        return blocks if codes == quantization.FORMAT else quantization.from_format(blocks, slot.sign, codes)
     if array.shape != shape:
         owned = "its parameter has shape" if slot.shape == "element" else f"its parameter of shape {tuple(param.shape)} keeps one of shape"
         raise ValueError(f"{where} has shape {array.shape}, but {owned} {shape}")
