@@ -64,6 +64,9 @@ BLOCK = 256
 #: earlier formats convert (``from_format``).
 FORMAT = 5
 
+#: The checkpoint formats whose 8-bit codes differ from today's and convert (``earlier_values``).
+EARLIER_FORMATS = (3, 4)
+
 #: The host form of a quantized slot: per block, its codes and its scale.
 HOST_DTYPE = np.dtype([("codes", np.uint8, (BLOCK,)), ("absmax", np.float32)])
 
@@ -324,8 +327,8 @@ def earlier_values(sign: str, version: int) -> npt.NDArray[np.float32]:
     (3 or 4). Format 3: bitsandbytes' ``create_dynamic_map(signed, 7, 8)``, sorted, as
     float32 (computed in float64). Format 4: today's signed map; an unsigned code was the
     value's own 5 exponent and 3 mantissa bits, down to 2**-31 (codes above 249 NaN)."""
-    if version not in (3, 4):
-        raise ValueError(f"8-bit codes of checkpoint format {version}: only formats 3 and 4 had other codes than today's")
+    if version not in EARLIER_FORMATS:
+        raise ValueError(f"8-bit codes of checkpoint format {version}: only formats {EARLIER_FORMATS} had other codes than today's")
     signed = sign == "signed"
     if version == 4:
         if signed:

@@ -405,8 +405,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         """torch's layout: ``state`` (each parameter's state by index, ``_parameter_state``:
         the tensors ``opt.state`` holds, empty before the first step) and ``param_groups``
         (settings, ``params`` as index lists), plus ``numbaopt``: the class name,
-        ``iterations``, the scalar state and the format of 8-bit codes. Tensors, numbers and strings only, so
-        ``torch.load`` reads it with ``weights_only=True``. The state dict hooks run as
+        ``iterations``, the scalar state and the format of 8-bit codes. Tensors, numbers
+        and strings only, so ``torch.load`` reads it with ``weights_only=True``. The state dict hooks run as
         torch's run them."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
@@ -479,9 +479,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"{name}.load_state_dict: scalar state {key} must be a finite number, got {value!r}")
         codes = own.get("codes", quantization.FORMAT)  # state dicts before format 5 name none
-        if type(codes) is not int or codes not in (3, 4, quantization.FORMAT):
-            raise ValueError(f"{name}.load_state_dict: codes must be the checkpoint format of its 8-bit codes, 3 to "
-                             f"{quantization.FORMAT}, got {codes!r} (a later numbaopt's state dict?)")
+        if type(codes) is not int or codes not in (*quantization.EARLIER_FORMATS, quantization.FORMAT):
+            raise ValueError(f"{name}.load_state_dict: codes must be the checkpoint format of its 8-bit codes, "
+                             f"{quantization.EARLIER_FORMATS[0]} to {quantization.FORMAT}, got {codes!r} "
+                             "(a later numbaopt's state dict?)")
 
         groups = self._checked_groups(state_dict["param_groups"])
         params = self._parameters()
