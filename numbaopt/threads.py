@@ -15,10 +15,10 @@ Three ways (``Way``). Numba's team: the parallel build of the kernel under
 ``numba.set_num_threads``, restored afterwards. The calling thread with ``Helpers``: the
 other build, run by the calling thread and by helper threads that claim chunks one at a
 time while they are free (``numbaopt.kernels.cpu``), so the step never waits for a thread
-that is off its core, only for the few chunks helpers hold; a helper reaches a launch some
-microseconds later than a team thread, which costs a step of a millisecond on a quiet
-2-core machine some 30% (``benchmarks/ways.py``), and on a busy one lets a big step use the
-cores it can get. And the calling thread alone.
+that is off its core, only for the few chunks helpers hold. Helpers never take the GIL
+(``numbaopt.kernels.handoff``): on a quiet machine they are as fast as the team, and on a
+busy one a step uses the cores it can get and never waits a time slice for one it cannot
+(``benchmarks/ways.py``). And the calling thread alone.
 
 What. Per kind of launch (an update rule, or the global norm's sums), dtype and size class
 (the number of chunks, rounded down to a power of two), a ``Chooser`` keeps the last few
@@ -83,15 +83,17 @@ class Way(NamedTuple):
     team: bool
 
 
-def ladder(cap: int) -> tuple[Way, ...]:
+def ladder(cap: int, helpers: bool = True) -> tuple[Way, ...]:
     """The ways a chooser picks from: one thread; then powers of two below ``cap``, and
-    ``cap``, with helpers and on Numba's team; every thread of the team last."""
+    ``cap``, with helpers (where ``helpers`` can run) and on Numba's team; every thread of
+    the team last."""
     counts = [1]
     while counts[-1] * 2 < cap:
         counts.append(counts[-1] * 2)
     if cap > 1:
         counts.append(cap)
-    return (Way(1, False), *(Way(n, False) for n in counts[1:]), *(Way(n, True) for n in counts[1:]))
+    helped = tuple(Way(n, False) for n in counts[1:]) if helpers else ()
+    return (Way(1, False), *helped, *(Way(n, True) for n in counts[1:]))
 
 
 class Chooser:
@@ -194,83 +196,70 @@ _HELPER_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 class Helpers:
     """Threads that join a CPU launch while they are free: the chunks are claimed one at a
     time (``numbaopt.kernels.cpu``), so the calling thread never waits for a helper that
-    is off its core, only for the chunks helpers already hold. A helper that has run a
-    launch watches for the next one for ``tuning.HELPER_WATCH_SECONDS`` (the next launch of
-    a step comes within microseconds), then sleeps until woken. Started when a launch
-    first asks for them; a forked child starts its own."""
+    is off its core, only for the chunks helpers already hold. Helpers live in compiled
+    code and never take the GIL (``numbaopt.kernels.handoff``, which also says where they
+    can run): a helper that has run a launch watches for the next one for
+    ``tuning.HELPER_WATCH_SECONDS`` (the next launch of a step comes within microseconds),
+    then sleeps until one is announced. Started when a launch first asks for them; a
+    forked child starts its own. One launch at a time: a launch that finds the helpers
+    busy with another thread's runs on its calling thread alone."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._wakes: list[threading.Event] = []
-        self._job: tuple[Callable[..., None], tuple[Any, ...], int] | None = None
+        self._lock = threading.Lock()  # held by the launch the helpers serve
         self.threads: list[threading.Thread] = []
-        self._watch_cycles = self._join_cycles = 0
-        self._signals = np.zeros(1, np.int64)  # what watching helpers watch (``cpu.LAUNCHES``)
+        self._signals = np.zeros(0, np.int64)
+        self._packet = np.zeros(0, np.int64)
+        self._watch_cycles = 0
 
     def run(self, kernel: Callable[..., None], arguments: tuple[Any, ...], work: Any, helpers: int, chunks: int) -> None:
         """``kernel(*arguments, work)`` on the calling thread and up to ``helpers`` others;
         returns once all ``chunks`` are done."""
-        from numbaopt.kernels import cpu
+        from numba._dispatcher import compute_fingerprint
 
-        if len(self._wakes) < helpers:
-            self._start(helpers)
-        self._job = job = (kernel, (*arguments, work), helpers)
-        for wake in self._wakes[:helpers]:
-            wake.set()  # the sleeping ones
-        cpu.announce(self._signals, work, self._join_cycles)
-        kernel(*arguments, work)
-        cpu.wait(work, chunks)
-        if self._job is job:  # hold no array of a step past its end (another launch may have replaced it)
-            self._job = None
+        from numbaopt.kernels import handoff
+
+        full = (*arguments, work)
+        try:
+            key: Hashable = (kernel, compute_fingerprint(full))
+        except (TypeError, ValueError, NotImplementedError):  # a type Numba fingerprints only the slow way
+            key = None
+        hand = handoff.launcher(kernel, full, key) if key is not None else None
+        if hand is None or not self._lock.acquire(blocking=False):
+            kernel(*full)
+            return
+        try:
+            if len(self.threads) < helpers:
+                self._start(helpers)
+            if len(self._packet) < hand.words:
+                self._packet = np.zeros(hand.words, np.int64)
+            hand.launch(self._signals, self._packet, hand.trampoline, helpers, chunks, full)
+        finally:
+            self._lock.release()
 
     def _start(self, helpers: int) -> None:
-        with self._lock:
-            if not self.threads:
-                self._watch_cycles, self._join_cycles = _spin_cycles()
-            while len(self._wakes) < helpers:
-                wake = threading.Event()
-                number = len(self._wakes)
-                thread = threading.Thread(target=self._serve, args=(wake, number), name="numbaopt-helper", daemon=True)
-                thread.start()
-                self.threads.append(thread)
-                _HELPER_THREADS.add(thread)
-                self._wakes.append(wake)
+        from numbaopt.kernels import handoff
 
-    def _serve(self, wake: threading.Event, number: int) -> None:
-        from numbaopt.kernels import cpu
-
-        seen = 0
-        while True:
-            latest = cpu.watch(self._signals, seen, self._watch_cycles)
-            if latest == seen:
-                wake.wait()
-                latest = int(self._signals[cpu.LAUNCHES])
-            wake.clear()
-            seen = latest
-            job = self._job
-            if job is None or number >= job[2]:
-                continue
-            # Running a job twice, or after its caller returned, is harmless: every chunk is
-            # claimed by one thread, and a thread that finds none left does nothing.
-            kernel, arguments, _ = job
-            del job
-            try:
-                kernel(*arguments)
-            except Exception:  # noqa: BLE001 - the calling thread makes the same call, and raises
-                pass
-            del kernel, arguments
+        if not self.threads:
+            self._signals = np.zeros(handoff.SIGNALS, np.int64)
+            self._watch_cycles = _spin_cycles()
+        while len(self.threads) < helpers:
+            thread = threading.Thread(target=handoff.serve, args=(self._signals, len(self.threads), self._watch_cycles),
+                                      name="numbaopt-helper", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+            _HELPER_THREADS.add(thread)
 
 
-def _spin_cycles() -> tuple[int, int]:
-    """``tuning.HELPER_WATCH_SECONDS`` and ``HELPER_JOIN_SECONDS`` in cycles of the counter the
-    spins read, whose rate is measured here (a few gigahertz on x86; where there is none,
-    0: helpers then sleep between launches, and the calling thread starts at once)."""
-    from numbaopt.kernels import cpu
+def _spin_cycles() -> int:
+    """``tuning.HELPER_WATCH_SECONDS`` in cycles of the counter helpers' spins read, whose
+    rate is measured here (a few gigahertz on x86; where there is none, 0: helpers then
+    sleep between launches)."""
+    from numbaopt.kernels import handoff
 
-    began, first = time.perf_counter(), cpu.cycles()
+    began, first = time.perf_counter(), handoff.cycles()
     time.sleep(2e-3)
-    rate = (cpu.cycles() - first) / (time.perf_counter() - began)
-    return int(rate * tuning.HELPER_WATCH_SECONDS), int(rate * tuning.HELPER_JOIN_SECONDS)
+    rate = (handoff.cycles() - first) / (time.perf_counter() - began)
+    return int(rate * tuning.HELPER_WATCH_SECONDS)
 
 
 HELPERS = Helpers()
@@ -394,7 +383,9 @@ def plan(device: str, parallel: bool, kind: Hashable, dtype: Any, chunks: int) -
     if chooser is None:
         if len(_CHOOSERS) >= 256:  # kinds and sizes come and go; a few recur every step
             _CHOOSERS.clear()
-        chooser = _CHOOSERS[key] = Chooser(ladder(top))
+        from numbaopt.kernels import handoff
+
+        chooser = _CHOOSERS[key] = Chooser(ladder(top, handoff.AVAILABLE))
     index = chooser.pick(time.perf_counter())
     return Launch(chooser.ladder[index], chooser, index, chunks, own)
 

@@ -41,13 +41,8 @@ THREADS_PROBE_BUDGET = 0.02
 
 #: Seconds a helper thread watches for the next launch before it sleeps: the launches of a
 #: step, and steps in a loop, follow each other closer than that, and a sleeping helper
-#: takes tens of microseconds to wake and get the GIL.
+#: takes tens of microseconds to wake, often too late to share a step of a millisecond.
 HELPER_WATCH_SECONDS = 0.5e-3
-
-#: Seconds the calling thread of a launch waits, at most, for a helper to start before it
-#: starts itself: meanwhile the GIL is free, so a helper that watches takes it at once
-#: instead of sleeping until the caller's kernel releases it.
-HELPER_JOIN_SECONDS = 30e-6
 
 #: At most this many steps between two tries of each neighbouring thread count: how long a
 #: machine that became quiet may wait before its steps use every thread again.

@@ -97,17 +97,6 @@ def test_the_memory_benchmark_runs_quickly_and_reports_each_seed(tmp_path):
         assert "| q8 slots |" in run.stdout
 
 
-def test_the_gil_free_helper_prototype_times_each_way_quiet_and_busy():
-    script = SUITE.parent / "gil_free_helper.py"
-    run = subprocess.run([sys.executable, str(script), "--quick", "--busy", "1"], capture_output=True, text=True,
-                         timeout=600, cwd=script.parent)
-    assert run.returncode == 0, run.stderr
-    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.startswith("| 3e+05")]
-    assert [row[1] for row in rows] == ["calling thread alone", "one helper taking the GIL per launch",
-                                        "one helper that never takes the GIL", "Numba's team of two"]
-    assert all(" ".join(row).count(" ms") == 4 for row in rows)
-
-
 def test_the_rounding_noise_model_finds_larger_steps_with_8_bit_state():
     script = SUITE.parent / "rounding_noise.py"
     run = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300,

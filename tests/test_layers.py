@@ -19,7 +19,8 @@ LAYERS = (
     ("numbaopt.version", "numbaopt.tuning", "numbaopt.extras", "numbaopt.clipping", "numbaopt.schedules",
      "numbaopt.hyperparameters", "numbaopt.registry", "numbaopt.halves", "numbaopt.quantization", "numbaopt.state", "numbaopt.phases", "numbaopt.declarations",
      "numbaopt.keras_config", "numbaopt.keras_weights", "numbaopt.step_checks"),
-    ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda", "numbaopt.kernels.object_layout", "numbaopt.threads"),
+    ("numbaopt.kernels", "numbaopt.kernels.handoff", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda", "numbaopt.kernels.object_layout",
+     "numbaopt.threads"),
     ("numbaopt.devices", "numbaopt.slots"),
     ("numbaopt.optimizers.step", "numbaopt.optimizers.base"),
     ("numbaopt.optimizers.adadelta", "numbaopt.optimizers.adagrad", "numbaopt.optimizers.adam",
@@ -91,7 +92,8 @@ def test_imports_point_down(module):
 
 def test_kernels_never_import_an_optimizer():
     """The rules come down to the kernels as arguments: adding an optimizer touches no kernel code."""
-    for module in ("numbaopt.kernels", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda", "numbaopt.kernels.object_layout"):
+    for module in ("numbaopt.kernels", "numbaopt.kernels.handoff", "numbaopt.kernels.cpu", "numbaopt.kernels.cuda",
+                   "numbaopt.kernels.object_layout"):
         assert not {m for m in imports(module) if m.startswith("numbaopt.optimizers")}
 
 

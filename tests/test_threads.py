@@ -444,11 +444,14 @@ def test_launches_from_two_threads_at_once_share_the_helpers_and_step_as_one_at_
 
 
 def test_a_launch_whose_helpers_never_come_is_done_by_the_calling_thread(monkeypatch):
+    from numbaopt.kernels import handoff
+
     alone = _run_forced(SERIAL, monkeypatch)
     absent = threads.Helpers()
-    monkeypatch.setattr(absent, "_serve", lambda wake, number: None)  # started, and gone at once
+    monkeypatch.setattr(handoff, "serve", lambda signals, number, budget: None)  # started, and gone at once
     monkeypatch.setattr(threads, "HELPERS", absent)
     assert _same(alone, _run_forced(threads.Way(4, False), monkeypatch))
+    assert absent.threads and absent._signals[handoff.LAUNCHES] > 0  # the launches were announced
 
 
 def test_a_helper_that_runs_a_launch_after_it_ended_changes_nothing():
@@ -509,10 +512,10 @@ def test_a_keras_file_is_still_read_in_a_forked_child_beside_the_helpers(monkeyp
 
 
 def test_helpers_that_never_spin_still_join_and_give_the_same_step(monkeypatch):
-    """Where there is no cycle counter to time spins with (``kernels.cpu.cycles`` gives 0),
+    """Where there is no cycle counter to time spins with (``kernels.handoff.cycles`` gives 0),
     helpers sleep between launches and are woken for each."""
     alone = _run_forced(SERIAL, monkeypatch)
-    monkeypatch.setattr(threads, "_spin_cycles", lambda: (0, 0))
+    monkeypatch.setattr(threads, "_spin_cycles", lambda: 0)
     sleeping = threads.Helpers()
     monkeypatch.setattr(threads, "HELPERS", sleeping)
     assert _same(alone, _run_forced(HELPED, monkeypatch))

@@ -6,7 +6,7 @@ buffer (a row per slot kind), a table of chunks ``(tensor, start, stop)`` and th
 launch's ``work`` counters. The threads of a launch claim chunks one at a time from
 ``work`` until none is left: Numba's team, in the parallel build of a kernel, or, in the
 other build, the calling thread and the helper threads of ``numbaopt.threads`` that are
-free (``announce``, ``watch`` and ``wait`` are their signals). Each chunk is one thread's,
+free (``numbaopt.kernels.handoff`` hands them the launch). Each chunk is one thread's,
 with the same code, so results never depend on which threads ran, or how many. The
 per-element math is each optimizer's rule, handed to ``update_kernel`` and compiled here
 with ``njit``; the CUDA kernels compile the same functions.
@@ -34,7 +34,6 @@ checks bounds.
 """
 import contextlib
 import math
-import platform
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +47,7 @@ from numba.extending import intrinsic
 from numbaopt import halves, quantization
 from numbaopt.clipping import clip_gradient as _clip_gradient
 from numbaopt.kernels import cached, code_digest, helpers, loop_for, renamed, specialise, with_helpers
+from numbaopt.kernels.handoff import CLAIMED, DONE, WORKERS, fetch_add
 
 #: The compile options of every function here (see the module docstring for why).
 _element = njit(error_model="numpy")
@@ -83,29 +83,6 @@ def _row(typingctx: Any, slots: Any, kind: Any, offset: Any) -> tuple[Any, Calla
         return builder.gep(array.data, [builder.add(builder.mul(args[1], width), args[2])])
 
     return pointer_type(slots, types.intp, types.intp), codegen
-
-
-@intrinsic
-def _fetch_add(typingctx: Any, counters: Any, index: Any) -> tuple[Any, Callable[..., Any]]:
-    """Atomically add 1 to ``counters[index]`` (int64) and return the value it had."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        array = context.make_array(signature.args[0])(context, builder, value=args[0])
-        one = context.get_constant(types.int64, 1)
-        return builder.atomic_rmw("add", builder.gep(array.data, [args[1]]), one, "seq_cst")
-
-    return types.int64(counters, types.intp), codegen
-
-
-@intrinsic
-def _atomic_load(typingctx: Any, counters: Any, index: Any) -> tuple[Any, Callable[..., Any]]:
-    """``counters[index]`` (int64), read atomically: what other threads wrote before it is seen."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        array = context.make_array(signature.args[0])(context, builder, value=args[0])
-        return builder.load_atomic(builder.gep(array.data, [args[1]]), "seq_cst", 8)
-
-    return types.int64(counters, types.intp), codegen
 
 
 @intrinsic
@@ -150,83 +127,15 @@ def _wide_vectors(typingctx: Any) -> tuple[Any, Callable[..., Any]]:
     return types.none(), codegen
 
 
-#: Whether the cycle counter below is x86's time-stamp counter, readable by any program.
-#: (Arm's ``llvm.readcyclecounter`` reads a performance counter that Linux usually keeps
-#: from user programs, which would kill the process; there the spins below end at once.)
-_HAS_CYCLE_COUNTER = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
-
-
-@intrinsic
-def _cycles(typingctx: Any) -> tuple[Any, Callable[..., Any]]:
-    """The processor's cycle counter, a clock for spins: x86's time-stamp counter, else 0."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        if not _HAS_CYCLE_COUNTER:
-            return context.get_constant(types.int64, 0)
-        function = builder.module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(ir.IntType(64), []))
-        return builder.call(function, [])
-
-    return types.int64(), codegen
-
-
-#: A launch's ``work``: ``work[CLAIMED]``, chunks claimed so far (the next one to claim);
-#: ``work[DONE]``, chunks done; ``work[WORKERS]``, the loops the parallel build runs, one
-#: per thread of Numba's team (1 for the other build, whose loop is the calling thread's).
-CLAIMED, DONE, WORKERS = 0, 1, 2
-
-
 @njit(inline="always")
 def _claim(work: npt.NDArray[np.int64]) -> int:
     """The next unclaimed chunk (>= the chunk count once all are claimed)."""
-    return int(_fetch_add(work, CLAIMED))
+    return int(fetch_add(work, CLAIMED, 1))
 
 
 @njit(inline="always")
 def _done(work: npt.NDArray[np.int64]) -> None:
-    _fetch_add(work, DONE)
-
-
-@cached(njit, nogil=True)
-def cycles() -> int:
-    """The cycle counter ``watch`` and ``announce`` time their spins with (0 where there is
-    none: they then return at once, and helpers sleep between launches)."""
-    return int(_cycles())
-
-
-#: ``signals[LAUNCHES]``: launches announced to the helper threads (``numbaopt.threads``).
-LAUNCHES = 0
-
-
-@cached(njit, nogil=True)
-def watch(signals: npt.NDArray[np.int64], seen: int, budget: int) -> int:
-    """``signals[LAUNCHES]`` once it differs from ``seen``, or ``seen`` after ``budget``
-    cycles: how an idle helper thread catches the next launch without sleeping."""
-    start = _cycles()
-    while _cycles() - start < budget:
-        value = int(_atomic_load(signals, LAUNCHES))
-        if value != seen:
-            return value
-    return seen
-
-
-@cached(njit, nogil=True)
-def announce(signals: npt.NDArray[np.int64], work: npt.NDArray[np.int64], budget: int) -> None:
-    """Announce a launch to the watching helpers, then return once one has claimed a chunk
-    of ``work``, or after ``budget`` cycles. The calling thread does this without the GIL,
-    so a helper takes it at once (a thread that has to wait for the GIL sleeps, and wakes
-    tens of microseconds later), and starts its kernel before the caller starts its own."""
-    _fetch_add(signals, LAUNCHES)
-    start = _cycles()
-    while _cycles() - start < budget and _atomic_load(work, CLAIMED) == 0:
-        pass
-
-
-@cached(njit, nogil=True)
-def wait(work: npt.NDArray[np.int64], n: int) -> None:
-    """Return once ``n`` chunks of ``work`` are done: those that helper threads still hold
-    when the caller finds none left to claim (a spin: a chunk takes microseconds)."""
-    while _atomic_load(work, DONE) < n:
-        pass
+    fetch_add(work, DONE, 1)
 
 
 #: Accumulators per chunk of the global norm: enough independent float64 sums that the
