@@ -232,7 +232,7 @@ class Helpers:
                 self._start(helpers)
             if len(self._packet) < hand.words:
                 self._packet = np.zeros(hand.words, np.int64)
-            hand.launch(self._signals, self._packet, hand.trampoline, helpers, chunks, full)
+            handoff.launch(self._signals, self._packet, hand.trampoline, helpers, chunks, full)
         finally:
             self._lock.release()
 
@@ -243,7 +243,8 @@ class Helpers:
             self._signals = np.zeros(handoff.SIGNALS, np.int64)
             self._watch_cycles = _spin_cycles()
         while len(self.threads) < helpers:
-            thread = threading.Thread(target=handoff.serve, args=(self._signals, len(self.threads), self._watch_cycles),
+            masks = np.zeros((2, handoff.MASK_WORDS), np.int64)
+            thread = threading.Thread(target=handoff.serve, args=(self._signals, len(self.threads), self._watch_cycles, masks),
                                       name="numbaopt-helper", daemon=True)
             thread.start()
             self.threads.append(thread)

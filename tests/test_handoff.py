@@ -75,11 +75,15 @@ def _two_chunks(seen_together, budget, work):
         c = handoff.fetch_add(work, handoff.CLAIMED, 1)
 
 
+def _masks():
+    return np.zeros((2, handoff.MASK_WORDS), np.int64)
+
+
 def test_a_helper_takes_a_chunk_while_the_calling_thread_holds_another():
     if handoff.cycles() == 0:
         pytest.skip("no cycle counter to time the wait with")
     signals = np.zeros(handoff.SIGNALS, np.int64)
-    helper = threading.Thread(target=handoff.serve, args=(signals, 0, 0), daemon=True)  # it sleeps between launches
+    helper = threading.Thread(target=handoff.serve, args=(signals, 0, 0, _masks()), daemon=True)  # it sleeps between launches
     helper.start()
     threads._HELPER_THREADS.add(helper)  # it lives on, asleep, as numbaopt's own do (forks beside it are safe)
     seen = np.zeros(1, np.bool_)
@@ -87,7 +91,7 @@ def test_a_helper_takes_a_chunk_while_the_calling_thread_holds_another():
         seen[0] = False
         arguments = (seen, 10**10, np.array([0, 0, 1], np.int64))
         hand = handoff.launcher(_two_chunks, arguments, (_two_chunks, compute_fingerprint(arguments)))
-        hand.launch(signals, np.zeros(hand.words, np.int64), hand.trampoline, 1, 2, arguments)
+        handoff.launch(signals, np.zeros(hand.words, np.int64), hand.trampoline, 1, 2, arguments)
         assert list(arguments[-1][:2]) == [4, 2] and signals[handoff.ACTIVE] == 0
         if seen[0]:
             break
@@ -101,7 +105,8 @@ import numpy as np
 from numbaopt.kernels import handoff
 
 signals = np.zeros(handoff.SIGNALS, np.int64)
-threading.Thread(target=handoff.serve, args=(signals, 0, 10**12), daemon=True).start()  # it watches
+threading.Thread(target=handoff.serve, args=(signals, 0, 10**12, np.zeros((2, handoff.MASK_WORDS), np.int64)),
+                 daemon=True).start()  # it watches
 time.sleep(0.05)
 # A launch announced but closed (OPEN 0), its packet and trampoline gone (address 0): a
 # helper that read them would crash the process.
@@ -120,10 +125,9 @@ def test_a_helper_that_sees_a_closed_launch_touches_nothing_of_it():
 
 
 @njit
-def _move_off():
-    mask, others = np.zeros(handoff._MASK_WORDS, np.int64), np.zeros(handoff._MASK_WORDS, np.int64)
+def _move_off(masks):
     before = handoff._getcpu()
-    handoff._leave_cpu(before, mask, others)
+    handoff._leave_cpu(before, masks)
     return before, handoff._getcpu()
 
 
@@ -133,6 +137,6 @@ def test_a_helper_leaves_the_calling_threads_cpu_and_keeps_its_affinity():
     allowed = os.sched_getaffinity(0)
     if len(allowed) < 2:
         pytest.skip("one CPU: nowhere to go")
-    before, after = _move_off()
+    before, after = _move_off(np.zeros((2, handoff.MASK_WORDS), np.int64))
     assert before in allowed and after in allowed and after != before
     assert os.sched_getaffinity(0) == allowed

@@ -448,7 +448,7 @@ def test_a_launch_whose_helpers_never_come_is_done_by_the_calling_thread(monkeyp
 
     alone = _run_forced(SERIAL, monkeypatch)
     absent = threads.Helpers()
-    monkeypatch.setattr(handoff, "serve", lambda signals, number, budget: None)  # started, and gone at once
+    monkeypatch.setattr(handoff, "serve", lambda signals, number, budget, masks: None)  # started, and gone at once
     monkeypatch.setattr(threads, "HELPERS", absent)
     assert _same(alone, _run_forced(threads.Way(4, False), monkeypatch))
     assert absent.threads and absent._signals[handoff.LAUNCHES] > 0  # the launches were announced

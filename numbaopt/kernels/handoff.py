@@ -7,11 +7,12 @@ comes too late to help (docs/benchmarks.md, "Two busy processes beside the step"
 ``numbaopt.threads`` stays in compiled code for its whole life: it watches for launches,
 sleeps on a futex when none comes, and runs each launch's kernel through a *trampoline*.
 
-How a launch is handed over (``launcher``). The calling thread writes the launch's
+How a launch is handed over (``launch``). The calling thread writes the launch's
 arguments into a *packet* of 64-bit words (an array's address, shape and strides; a
 number's bits), publishes the packet and the address of the trampoline (a C function
-compiled for the kernel and the arguments' types, which rebuilds the arguments from the
-words and calls the kernel), announces the launch and runs its own share. ``signals``:
+compiled for the kernel and the arguments' types by ``launcher``, which rebuilds the
+arguments from the words and calls the kernel), announces the launch and runs its own
+share through the trampoline too. ``signals``:
 
 - ``LAUNCHES``, launches announced (its low 32 bits are the futex word sleepers wait on);
 - ``OPEN``, the number of the launch whose packet is valid, 0 between launches;
@@ -64,7 +65,7 @@ CLAIMED, DONE, WORKERS = 0, 1, 2
 LAUNCHES, OPEN, ACTIVE, SLEEPERS, PACKET, TRAMPOLINE, WANTED, CALLER_CPU = range(8)
 SIGNALS = 8
 #: Words of a CPU mask (glibc's ``cpu_set_t``: 1024 CPUs).
-_MASK_WORDS = 16
+MASK_WORDS = 16
 
 #: Linux's futex system call number, by machine (the generic table's 98 where it has one).
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "riscv64": 98, "ppc64le": 221}
@@ -195,23 +196,28 @@ def _affinity(typingctx: Any, mask: Any, setting: Any) -> tuple[Any, Callable[..
 
 
 @njit(nogil=True, inline="always")
-def _leave_cpu(cpu: int, mask: npt.NDArray[np.int64], others: npt.NDArray[np.int64]) -> None:
-    """Move the calling thread off ``cpu``, where the scheduler may put it again later."""
-    if _affinity(mask, False) != 0:
+def _leave_cpu(cpu: int, masks: npt.NDArray[np.int64]) -> None:
+    """Move the calling thread off ``cpu``, where the scheduler may put it again later:
+    narrow its CPU mask (read into ``masks[0]``) to the others (``masks[1]``), and restore it."""
+    if _affinity(masks[0], False) != 0:
         return
-    others[:] = mask
-    others[cpu // 64] &= ~(np.int64(1) << (cpu % 64))
-    if others.any() and _affinity(others, True) == 0:
-        _affinity(mask, True)
+    others = 0
+    for word in range(masks.shape[1]):
+        masks[1, word] = masks[0, word]
+        if word == cpu // 64:
+            masks[1, word] &= ~(np.int64(1) << (cpu % 64))
+        others |= masks[1, word]
+    if others != 0 and _affinity(masks[1], True) == 0:
+        _affinity(masks[0], True)
 
 
 @cached(njit, nogil=True)
-def serve(signals: npt.NDArray[np.int64], number: int, budget: int) -> None:
+def serve(signals: npt.NDArray[np.int64], number: int, budget: int, masks: npt.NDArray[np.int64]) -> None:
     """A helper thread's life, in compiled code: watch ``signals`` for a launch for
     ``budget`` cycles, else sleep until one is announced; join it if it wants this helper
-    (the ``number``-th); leave the calling thread's CPU; forever."""
+    (the ``number``-th); leave the calling thread's CPU (``masks``, two rows of
+    ``MASK_WORDS``, are its room for CPU masks); forever."""
     seen = atomic_load(signals, LAUNCHES)
-    mask, others = np.zeros(_MASK_WORDS, np.int64), np.zeros(_MASK_WORDS, np.int64)
     while True:
         latest = seen
         start = _cycles()
@@ -230,8 +236,8 @@ def serve(signals: npt.NDArray[np.int64], number: int, budget: int) -> None:
             _call(atomic_load(signals, TRAMPOLINE), atomic_load(signals, PACKET))
         fetch_add(signals, ACTIVE, -1)
         cpu = signals[CALLER_CPU]
-        if cpu >= 0 and cpu < 64 * _MASK_WORDS and _getcpu() == cpu:
-            _leave_cpu(cpu, mask, others)
+        if cpu >= 0 and cpu < 64 * masks.shape[1] and _getcpu() == cpu:
+            _leave_cpu(cpu, masks)
 
 
 @intrinsic
@@ -350,17 +356,19 @@ def _unpack(typingctx: Any, address: Any, prototype: Any) -> tuple[Any, Callable
     return result(types.int64, prototype), codegen
 
 
-#: The globals of each copy of ``_launch`` and ``_trampoline``: the kernel, and a constant
-#: of its arguments' types.
+#: The globals of each copy of ``_trampoline``: the kernel, and a constant of its arguments' types.
 KERNEL: Callable[..., None]
 PROTOTYPE: tuple[Any, ...]
 
 
-def _launch(signals: npt.NDArray[np.int64], packet: npt.NDArray[np.int64], trampoline: int, helpers: int,
-            chunks: int, arguments: Any) -> None:
-    """Run ``KERNEL(*arguments)`` (its last argument the launch's ``work``) on the calling
-    thread and up to ``helpers`` helpers; return once every one of ``chunks`` is done and no
-    helper can touch ``arguments`` any more. Copied per kernel (``launcher``)."""
+@cached(njit, nogil=True)
+def launch(signals: npt.NDArray[np.int64], packet: npt.NDArray[np.int64], trampoline: int, helpers: int,
+           chunks: int, arguments: Any) -> None:
+    """Run a launch of the kernel of ``trampoline`` (a ``Handoff``'s) over ``arguments``
+    (the kernel's, its ``work`` last) on the calling thread and up to ``helpers`` helpers;
+    return once every one of ``chunks`` is done and no helper can touch ``arguments`` any
+    more. The calling thread runs its share through the trampoline too, so this function
+    holds no kernel: it compiles in a moment, once per argument types."""
     _pack(packet, arguments)
     work = arguments[-1]
     signals[PACKET] = packet.ctypes.data
@@ -371,18 +379,12 @@ def _launch(signals: npt.NDArray[np.int64], packet: npt.NDArray[np.int64], tramp
     fetch_add(signals, LAUNCHES, 1)
     if atomic_load(signals, SLEEPERS) > 0:
         _futex(signals, LAUNCHES, _FUTEX_WAKE_PRIVATE, 0x7FFFFFFF)  # all: the wanted ones may be any
-    failed = False
-    try:
-        KERNEL(*arguments)
-    except Exception:  # noqa: BLE001 - raised below, once no helper can touch the arguments
-        failed = True
-    while not failed and atomic_load(work, DONE) < chunks:  # chunks that helpers still hold
+    _call(trampoline, packet.ctypes.data)
+    while atomic_load(work, DONE) < chunks:  # chunks that helpers still hold
         pass
     atomic_store(signals, OPEN, 0)
     while atomic_load(signals, ACTIVE) != 0:
         pass
-    if failed:
-        raise RuntimeError("a CPU kernel failed on the calling thread")
 
 
 def _trampoline(address: int) -> None:
@@ -393,14 +395,12 @@ def _trampoline(address: int) -> None:
 class Handoff(NamedTuple):
     """What hands launches of one kernel, with arguments of one set of types, to helpers."""
 
-    launch: Any  # _launch's copy for the kernel
     trampoline: int  # the address of _trampoline's copy for the kernel and the types
     words: int  # the packet's length
     code: Any  # the compiled trampoline, which must live as long as its address is used
 
 
 _HANDOFFS: dict[Hashable, Handoff | None] = {}
-_LAUNCHERS: dict[Any, Any] = {}  # kernel -> its copy of _launch
 
 
 def _prototype(value_type: Any) -> Any:
@@ -413,9 +413,9 @@ def _prototype(value_type: Any) -> Any:
 
 
 def _name(kernel: Any) -> str:
-    """The qualified name of ``kernel``'s copies here: its own, and the stamp of its source
-    file. Numba's cache checks only the stamp of this file, and a copy's compiled code holds
-    the kernel's: an edited kernel must not load a stale copy."""
+    """The qualified name of ``kernel``'s trampolines: its own, and the stamp of its source
+    file. Numba's cache checks only the stamp of this file, and a trampoline's compiled code
+    holds the kernel's: an edited kernel must not load a stale trampoline."""
     function = kernel.py_func
     try:
         stat = os.stat(function.__code__.co_filename)
@@ -439,13 +439,10 @@ def launcher(kernel: Any, arguments: tuple[Any, ...], key: Hashable) -> Handoff 
     value_type = typeof(arguments)
     handoff = None
     if isinstance(kernel, CPUDispatcher) and supported(value_type):
-        name = _name(kernel)
-        if kernel not in _LAUNCHERS:
-            _LAUNCHERS[kernel] = cached(njit, nogil=True)(renamed(_launch, f"{name}__launch", {"KERNEL": kernel}))
         types_digest = hashlib.sha256(str(value_type).encode()).hexdigest()[:16]
-        trampoline = renamed(_trampoline, f"{name}__trampoline__{types_digest}",
+        trampoline = renamed(_trampoline, f"{_name(kernel)}__trampoline__{types_digest}",
                              {"KERNEL": kernel, "PROTOTYPE": _prototype(value_type)})
         code = cfunc(types.void(types.int64), cache=True)(trampoline)
-        handoff = Handoff(_LAUNCHERS[kernel], code.address, sum(_words(leaf) for leaf in _leaves(value_type)), code)
+        handoff = Handoff(code.address, sum(_words(leaf) for leaf in _leaves(value_type)), code)
     _HANDOFFS[key] = handoff
     return handoff
