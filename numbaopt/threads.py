@@ -214,16 +214,10 @@ class Helpers:
     def run(self, kernel: Callable[..., None], arguments: tuple[Any, ...], work: Any, helpers: int, chunks: int) -> None:
         """``kernel(*arguments, work)`` on the calling thread and up to ``helpers`` others;
         returns once all ``chunks`` are done."""
-        from numba._dispatcher import compute_fingerprint
-
         from numbaopt.kernels import handoff
 
         full = (*arguments, work)
-        try:
-            key: Hashable = (kernel, compute_fingerprint(full))
-        except (TypeError, ValueError, NotImplementedError):  # a type Numba fingerprints only the slow way
-            key = None
-        hand = handoff.launcher(kernel, full, key) if key is not None else None
+        hand = handoff.launcher(kernel, full)
         if hand is None or not self._lock.acquire(blocking=False):
             kernel(*full)
             return

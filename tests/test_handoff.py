@@ -7,7 +7,6 @@ import threading
 import numpy as np
 import pytest
 from numba import njit
-from numba._dispatcher import compute_fingerprint
 
 from numbaopt import threads
 from numbaopt.kernels import handoff
@@ -41,7 +40,7 @@ def _pack(packet, arguments):
 
 def test_a_packet_carries_every_argument_bitwise():
     arguments = _arguments()
-    hand = handoff.launcher(_record, arguments, (_record, compute_fingerprint(arguments)))
+    hand = handoff.launcher(_record, arguments)
     assert hand is not None and hand.words == (1 + 4) + (1 + 2) + 3 + 1 + (1 + 2) + (1 + 2)
     packet = np.zeros(hand.words, np.int64)
     _pack(packet, arguments)
@@ -55,9 +54,11 @@ def test_a_packet_carries_every_argument_bitwise():
 
 def test_what_cannot_travel_in_a_packet_runs_without_helpers():
     strided = (np.zeros(10)[::2], np.array([0, 0, 1], np.int64))
-    assert handoff.launcher(_record, strided, (_record, compute_fingerprint(strided))) is None
+    assert handoff.launcher(_record, strided) is None
     plain = _arguments()
-    assert handoff.launcher(lambda *a: None, plain, ("python", compute_fingerprint(plain))) is None
+    assert handoff.launcher(lambda *a: None, plain) is None
+    untyped = (object(), np.array([0, 0, 1], np.int64))
+    assert handoff.launcher(_record, untyped) is None
 
 
 @njit(nogil=True, cache=True)
@@ -90,7 +91,7 @@ def test_a_helper_takes_a_chunk_while_the_calling_thread_holds_another():
     for _ in range(3):  # a helper woken from its sleep comes within microseconds; allow for a busy machine
         seen[0] = False
         arguments = (seen, 10**10, np.array([0, 0, 1], np.int64))
-        hand = handoff.launcher(_two_chunks, arguments, (_two_chunks, compute_fingerprint(arguments)))
+        hand = handoff.launcher(_two_chunks, arguments)
         handoff.launch(signals, np.zeros(hand.words, np.int64), hand.trampoline, 1, 2, arguments)
         assert list(arguments[-1][:2]) == [4, 2] and signals[handoff.ACTIVE] == 0
         if seen[0]:

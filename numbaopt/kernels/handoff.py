@@ -54,6 +54,14 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 from numba.np.numpy_support import as_dtype
 
+try:  # the key Numba's dispatchers find an overload by: a fast one
+    from numba._dispatcher import compute_fingerprint as _fingerprint
+except ImportError:  # another Numba: the types themselves (slower)
+    def _fingerprint(arguments: Any) -> Any:
+        from numba import typeof
+
+        return str(typeof(arguments))
+
 from numbaopt.kernels import cached, renamed
 
 #: A launch's ``work``: ``work[CLAIMED]``, chunks claimed so far (the next one to claim);
@@ -426,17 +434,24 @@ def _name(kernel: Any) -> str:
     return f"{function.__qualname__}__{digest}"
 
 
-def launcher(kernel: Any, arguments: tuple[Any, ...], key: Hashable) -> Handoff | None:
+def launcher(kernel: Any, arguments: tuple[Any, ...]) -> Handoff | None:
     """The ``Handoff`` of ``kernel`` (the build that runs on the calling thread) for
-    ``arguments`` (its work last), whose types ``key`` stands for; None where ``kernel`` is
-    no Numba function or the arguments cannot travel in a packet. Compiled once per kernel
-    and types, and kept in Numba's cache."""
-    if key in _HANDOFFS:
-        return _HANDOFFS[key]
+    ``arguments`` (its work last); None where ``kernel`` is no Numba function or the
+    arguments cannot travel in a packet. Compiled once per kernel and argument types, and
+    kept in Numba's cache; found again by the types' fingerprint (under a microsecond)."""
     from numba import typeof
     from numba.core.registry import CPUDispatcher
 
-    value_type = typeof(arguments)
+    try:
+        key: Hashable = (kernel, _fingerprint(arguments))
+    except (TypeError, ValueError, NotImplementedError):  # a value Numba does not fingerprint: no helpers
+        return None
+    if key in _HANDOFFS:
+        return _HANDOFFS[key]
+    try:
+        value_type = typeof(arguments)
+    except ValueError:  # a value Numba cannot type: the kernel would refuse it too
+        return None
     handoff = None
     if isinstance(kernel, CPUDispatcher) and supported(value_type):
         types_digest = hashlib.sha256(str(value_type).encode()).hexdigest()[:16]
