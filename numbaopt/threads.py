@@ -226,7 +226,7 @@ class Helpers:
                 self._start(helpers)
             if len(self._packet) < hand.words:
                 self._packet = np.zeros(hand.words, np.int64)
-            handoff.launch(self._signals, self._packet, hand.trampoline, helpers, chunks, full)
+            handoff.launch(self._signals, self._packet, hand.addresses, helpers, chunks, full)
         finally:
             self._lock.release()
 

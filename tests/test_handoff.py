@@ -41,10 +41,11 @@ def _pack(packet, arguments):
 def test_a_packet_carries_every_argument_bitwise():
     arguments = _arguments()
     hand = handoff.launcher(_record, arguments)
-    assert hand is not None and hand.words == (1 + 4) + (1 + 2) + 3 + 1 + (1 + 2) + (1 + 2)
+    assert hand is not None and hand.words == 1 + (1 + 4) + (1 + 2) + 3 + 1 + (1 + 2) + (1 + 2)
+    trampoline, kernel = hand.addresses
     packet = np.zeros(hand.words, np.int64)
-    _pack(packet, arguments)
-    ctypes.CFUNCTYPE(None, ctypes.c_int64)(hand.trampoline)(packet.ctypes.data)  # as a helper calls it
+    _pack(packet, (kernel, arguments))
+    ctypes.CFUNCTYPE(None, ctypes.c_int64)(trampoline)(packet.ctypes.data)  # as a helper calls it
     expected = np.zeros(8)
     _record(*arguments[:4], expected, arguments[5])
     out = arguments[4]
@@ -92,7 +93,7 @@ def test_a_helper_takes_a_chunk_while_the_calling_thread_holds_another():
         seen[0] = False
         arguments = (seen, 10**10, np.array([0, 0, 1], np.int64))
         hand = handoff.launcher(_two_chunks, arguments)
-        handoff.launch(signals, np.zeros(hand.words, np.int64), hand.trampoline, 1, 2, arguments)
+        handoff.launch(signals, np.zeros(hand.words, np.int64), hand.addresses, 1, 2, arguments)
         assert list(arguments[-1][:2]) == [4, 2] and signals[handoff.ACTIVE] == 0
         if seen[0]:
             break

@@ -7,11 +7,11 @@ comes too late to help (docs/benchmarks.md, "Two busy processes beside the step"
 ``numbaopt.threads`` stays in compiled code for its whole life: it watches for launches,
 sleeps on a futex when none comes, and runs each launch's kernel through a *trampoline*.
 
-How a launch is handed over (``launch``). The calling thread writes the launch's
-arguments into a *packet* of 64-bit words (an array's address, shape and strides; a
-number's bits), publishes the packet and the address of the trampoline (a C function
-compiled for the kernel and the arguments' types by ``launcher``, which rebuilds the
-arguments from the words and calls the kernel), announces the launch and runs its own
+How a launch is handed over (``launch``). The calling thread writes the kernel's address
+and the launch's arguments into a *packet* of 64-bit words (an array's address, shape and
+strides; a number's bits), publishes the packet and the address of the trampoline (a C
+function compiled per argument types, which rebuilds the arguments from the words and
+calls the kernel's compiled code by its address), announces the launch and runs its own
 share through the trampoline too. ``signals``:
 
 - ``LAUNCHES``, launches announced (its low 32 bits are the futex word sleepers wait on);
@@ -39,7 +39,6 @@ says whether this process has it; where it does not, steps use no helpers.
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import sys
 from collections.abc import Callable, Hashable
@@ -261,6 +260,28 @@ def _call(typingctx: Any, function: Any, argument: Any) -> tuple[Any, Callable[.
     return types.none(types.int64, types.int64), codegen
 
 
+@intrinsic
+def _call_kernel(typingctx: Any, function: Any, arguments: Any) -> tuple[Any, Callable[..., Any]]:
+    """Call the Numba-compiled function at address ``function`` with ``arguments`` (a tuple
+    of its arguments' types), by Numba's own calling convention; its return value and
+    status are dropped (a kernel returns nothing and raises nothing)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        argument_types = list(signature.args[1].types)
+        values = [builder.extract_value(args[1], i) for i in range(len(argument_types))]
+        function_type = context.call_conv.get_function_type(types.none, argument_types)
+        target = builder.inttoptr(args[0], function_type.as_pointer())
+        result_type = function_type.args[0].pointee
+        result = cgutils.alloca_once(builder, result_type)
+        builder.store(cgutils.get_null_value(result_type), result)
+        exception = cgutils.alloca_once(builder, function_type.args[1].pointee)
+        packed = list(context.get_arg_packer(argument_types).as_arguments(builder, values))
+        builder.call(target, [result, exception, *packed])
+        return context.get_dummy_value()
+
+    return types.none(types.int64, arguments), codegen
+
+
 def _leaves(value_type: Any) -> list[Any]:
     """The arrays and numbers of ``value_type``, nested tuples flattened, in order."""
     if isinstance(value_type, types.BaseTuple):
@@ -364,20 +385,21 @@ def _unpack(typingctx: Any, address: Any, prototype: Any) -> tuple[Any, Callable
     return result(types.int64, prototype), codegen
 
 
-#: The globals of each copy of ``_trampoline``: the kernel, and a constant of its arguments' types.
-KERNEL: Callable[..., None]
+#: The global of each copy of ``_trampoline``: a constant of the kernel's address and
+#: arguments' types.
 PROTOTYPE: tuple[Any, ...]
 
 
 @cached(njit, nogil=True)
-def launch(signals: npt.NDArray[np.int64], packet: npt.NDArray[np.int64], trampoline: int, helpers: int,
+def launch(signals: npt.NDArray[np.int64], packet: npt.NDArray[np.int64], handoff: tuple[int, int], helpers: int,
            chunks: int, arguments: Any) -> None:
-    """Run a launch of the kernel of ``trampoline`` (a ``Handoff``'s) over ``arguments``
-    (the kernel's, its ``work`` last) on the calling thread and up to ``helpers`` helpers;
-    return once every one of ``chunks`` is done and no helper can touch ``arguments`` any
-    more. The calling thread runs its share through the trampoline too, so this function
-    holds no kernel: it compiles in a moment, once per argument types."""
-    _pack(packet, arguments)
+    """Run a launch of a kernel over ``arguments`` (the kernel's, its ``work`` last) on the
+    calling thread and up to ``helpers`` helpers; return once every one of ``chunks`` is
+    done and no helper can touch ``arguments`` any more. ``handoff`` is a ``Handoff``'s
+    (trampoline, kernel) addresses. The calling thread runs its share through the
+    trampoline too, so this function holds no kernel: it compiles once per argument types."""
+    trampoline, kernel = handoff
+    _pack(packet, (kernel, arguments))
     work = arguments[-1]
     signals[PACKET] = packet.ctypes.data
     signals[TRAMPOLINE] = trampoline
@@ -396,19 +418,23 @@ def launch(signals: npt.NDArray[np.int64], packet: npt.NDArray[np.int64], trampo
 
 
 def _trampoline(address: int) -> None:
-    """Run ``KERNEL`` on the arguments packed at ``address``. Copied per kernel and types."""
-    KERNEL(*_unpack(address, PROTOTYPE))
+    """Call the kernel whose address and arguments are packed at ``address``. Copied per
+    argument types, whatever the kernel: it calls the kernel's compiled code by address."""
+    kernel, arguments = _unpack(address, PROTOTYPE)
+    _call_kernel(kernel, arguments)
 
 
 class Handoff(NamedTuple):
     """What hands launches of one kernel, with arguments of one set of types, to helpers."""
 
-    trampoline: int  # the address of _trampoline's copy for the kernel and the types
+    addresses: tuple[int, int]  # the trampoline's for the types, and the kernel's compiled code's
     words: int  # the packet's length
-    code: Any  # the compiled trampoline, which must live as long as its address is used
 
 
 _HANDOFFS: dict[Hashable, Handoff | None] = {}
+#: The compiled trampolines by the types they unpack (their code must live as long as
+#: their addresses are used: for the process).
+_TRAMPOLINES: dict[str, Any] = {}
 
 
 def _prototype(value_type: Any) -> Any:
@@ -418,20 +444,6 @@ def _prototype(value_type: Any) -> Any:
     if isinstance(value_type, types.Array):
         return np.empty((0,) * value_type.ndim, as_dtype(value_type.dtype))
     return as_dtype(value_type).type(0)
-
-
-def _name(kernel: Any) -> str:
-    """The qualified name of ``kernel``'s trampolines: its own, and the stamp of its source
-    file. Numba's cache checks only the stamp of this file, and a trampoline's compiled code
-    holds the kernel's: an edited kernel must not load a stale trampoline."""
-    function = kernel.py_func
-    try:
-        stat = os.stat(function.__code__.co_filename)
-        stamp = f"{stat.st_mtime_ns}-{stat.st_size}"
-    except OSError:
-        stamp = ""
-    digest = hashlib.sha256(f"{function.__module__}.{function.__qualname__}@{stamp}".encode()).hexdigest()[:16]
-    return f"{function.__qualname__}__{digest}"
 
 
 def launcher(kernel: Any, arguments: tuple[Any, ...]) -> Handoff | None:
@@ -454,10 +466,16 @@ def launcher(kernel: Any, arguments: tuple[Any, ...]) -> Handoff | None:
         return None
     handoff = None
     if isinstance(kernel, CPUDispatcher) and supported(value_type):
-        types_digest = hashlib.sha256(str(value_type).encode()).hexdigest()[:16]
-        trampoline = renamed(_trampoline, f"{_name(kernel)}__trampoline__{types_digest}",
-                             {"KERNEL": kernel, "PROTOTYPE": _prototype(value_type)})
-        code = cfunc(types.void(types.int64), cache=True)(trampoline)
-        handoff = Handoff(code.address, sum(_words(leaf) for leaf in _leaves(value_type)), code)
+        signature = tuple(value_type.types)
+        kernel.compile(signature)  # compiled already, or loaded from the cache
+        overload = kernel.overloads[signature]
+        address = overload.library.get_pointer_to_function(overload.fndesc.llvm_func_name)
+        packed = types.Tuple([types.int64, value_type])
+        name = str(packed)
+        if name not in _TRAMPOLINES:
+            digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+            trampoline = renamed(_trampoline, f"_trampoline__{digest}", {"PROTOTYPE": _prototype(packed)})
+            _TRAMPOLINES[name] = cfunc(types.void(types.int64), cache=True)(trampoline)
+        handoff = Handoff((_TRAMPOLINES[name].address, address), sum(_words(leaf) for leaf in _leaves(packed)))
     _HANDOFFS[key] = handoff
     return handoff
