@@ -449,7 +449,7 @@ def _prototype(value_type: Any) -> Any:
 def launcher(kernel: Any, arguments: tuple[Any, ...]) -> Handoff | None:
     """The ``Handoff`` of ``kernel`` (the build that runs on the calling thread) for
     ``arguments`` (its work last); None where ``kernel`` is no Numba function or the
-    arguments cannot travel in a packet. Compiled once per kernel and argument types, and
+    arguments cannot travel in a packet. Its trampoline is compiled once per argument types, and
     kept in Numba's cache; found again by the types' fingerprint (under a microsecond)."""
     from numba import typeof
     from numba.core.registry import CPUDispatcher
