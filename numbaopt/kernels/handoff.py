@@ -451,15 +451,15 @@ def launcher(kernel: Any, arguments: tuple[Any, ...]) -> Handoff | None:
     ``arguments`` (its work last); None where ``kernel`` is no Numba function or the
     arguments cannot travel in a packet. Its trampoline is compiled once per argument types, and
     kept in Numba's cache; found again by the types' fingerprint (under a microsecond)."""
-    from numba import typeof
-    from numba.core.registry import CPUDispatcher
-
     try:
         key: Hashable = (kernel, _fingerprint(arguments))
     except (TypeError, ValueError, NotImplementedError):  # a value Numba does not fingerprint: no helpers
         return None
-    if key in _HANDOFFS:
+    if key in _HANDOFFS:  # every launch but the first of its kind returns here
         return _HANDOFFS[key]
+    from numba import typeof
+    from numba.core.registry import CPUDispatcher
+
     try:
         value_type = typeof(arguments)
     except ValueError:  # a value Numba cannot type: the kernel would refuse it too
